@@ -1,0 +1,18 @@
+"""The Azure Functions app: one DFApp, blueprints from ``proactive/``, no logic here.
+
+Settings are resolved at import, so a missing or malformed setting fails the app at start with a
+message naming the setting.
+"""
+
+import os
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from proactive import composition
+from proactive.functions import health_blueprint
+
+composition.configure(os.environ)
+
+app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(health_blueprint)

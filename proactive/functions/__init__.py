@@ -1,0 +1,5 @@
+"""Functions blueprints: triggers are wiring (parse, call one service, map the result)."""
+
+from proactive.functions.health import bp as health_blueprint
+
+__all__ = ["health_blueprint"]

@@ -1,0 +1,261 @@
+"""The stores of :mod:`proactive.ports`, written once over an :class:`~proactive.ports.EntityTable`.
+
+Row layout (ARCHITECTURE.md "Data"): each row holds the model's full JSON in ``body`` (split over
+``body1``, ``body2``, ... when longer than one table property may be) plus a few plain columns
+that queries filter on (``active``, ``status``) and the original ids (keys may be hashed when ids
+are very long, see :mod:`proactive.keys`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from proactive.errors import ConcurrencyConflict
+from proactive.keys import compose, encode_key
+from proactive.models import (
+    DeadLetter,
+    DeliveryRecord,
+    DeliveryStatus,
+    Notification,
+    Preferences,
+    StoredReference,
+    WireModel,
+)
+from proactive.ports import ETAG_FIELD, Entity, EntityTable, Page, Versioned
+
+M = TypeVar("M", bound=WireModel)
+
+# A table string property holds at most 64 KiB of UTF-16: 15,000 characters stay under it even when
+# every character needs a surrogate pair.
+BODY_CHUNK_CHARS = 15_000
+# Azure Tables' limit for one entity-group transaction.
+MAX_BATCH = 100
+
+
+def to_entity(partition_key: str, row_key: str, model: WireModel, **columns: object) -> Entity:
+    """Build the entity for ``model``: keys, plain columns, and the JSON body in chunks."""
+    text = model.to_json_text()
+    entity: Entity = {"PartitionKey": partition_key, "RowKey": row_key, **columns}
+    chunks = [text[i : i + BODY_CHUNK_CHARS] for i in range(0, len(text), BODY_CHUNK_CHARS)] or [""]
+    for index, chunk in enumerate(chunks):
+        entity["body" if index == 0 else f"body{index}"] = chunk
+    return entity
+
+
+def from_entity(entity: Entity, model: type[M]) -> M:
+    """Rebuild the model stored by :func:`to_entity`."""
+    parts = [entity["body"]]
+    index = 1
+    while f"body{index}" in entity:
+        parts.append(entity[f"body{index}"])
+        index += 1
+    return model.from_json("".join(parts))
+
+
+class TableReferenceStore:
+    """References: PartitionKey = tenant id, RowKey = ``user:{aad}`` / ``channel:{id}`` / ``chat:{id}``."""
+
+    def __init__(self, table: EntityTable) -> None:
+        self._table = table
+
+    async def upsert(self, reference: StoredReference) -> None:
+        await self._table.upsert(self._entity(reference))
+
+    async def get(self, tenant_id: str, key: str) -> StoredReference | None:
+        found = await self._table.get(encode_key(tenant_id), encode_key(key))
+        return from_entity(found[0], StoredReference) if found else None
+
+    async def deactivate(self, tenant_id: str, key: str, reason: str, at: datetime) -> bool:
+        found = await self._table.get(encode_key(tenant_id), encode_key(key))
+        if found is None:
+            return False
+        current = from_entity(found[0], StoredReference)
+        updated = current.model_copy(update={"active": False, "stale_reason": reason, "updated_at": at})
+        await self._table.upsert(self._entity(updated))
+        return True
+
+    async def list_tenant(
+        self,
+        tenant_id: str,
+        *,
+        active_only: bool = True,
+        page_size: int = 1000,
+        continuation: str | None = None,
+    ) -> Page[StoredReference]:
+        where: dict[str, object] = {"PartitionKey": encode_key(tenant_id)}
+        if active_only:
+            where["active"] = True
+        page = await self._table.query(where, page_size=page_size, continuation=continuation)
+        return Page([from_entity(e, StoredReference) for e in page.items], page.continuation)
+
+    @staticmethod
+    def _entity(reference: StoredReference) -> Entity:
+        return to_entity(
+            encode_key(reference.tenant_id),
+            encode_key(reference.key),
+            reference,
+            tenantId=reference.tenant_id,
+            recipientKey=reference.key,
+            kind=reference.kind.value,
+            active=reference.active,
+        )
+
+
+class TablePreferenceStore:
+    """Preferences: PartitionKey = tenant id, RowKey = AAD object id."""
+
+    def __init__(self, table: EntityTable) -> None:
+        self._table = table
+
+    async def get(self, tenant_id: str, aad_object_id: str) -> Preferences | None:
+        found = await self._table.get(encode_key(tenant_id), encode_key(aad_object_id))
+        return from_entity(found[0], Preferences) if found else None
+
+    async def put(self, preferences: Preferences) -> None:
+        await self._table.upsert(
+            to_entity(
+                encode_key(preferences.tenant_id),
+                encode_key(preferences.aad_object_id),
+                preferences,
+                tenantId=preferences.tenant_id,
+                aadObjectId=preferences.aad_object_id,
+            )
+        )
+
+
+class TableNotificationStore:
+    """Notifications: PartitionKey = notification id, RowKey = ``meta``."""
+
+    ROW = "meta"
+
+    def __init__(self, table: EntityTable) -> None:
+        self._table = table
+
+    async def create(self, notification: Notification) -> Versioned[Notification]:
+        etag = await self._table.insert(self._entity(notification))
+        return Versioned(notification, etag)
+
+    async def get(self, notification_id: str) -> Versioned[Notification] | None:
+        found = await self._table.get(encode_key(notification_id), self.ROW)
+        return Versioned(from_entity(found[0], Notification), found[1]) if found else None
+
+    async def replace(self, notification: Notification, etag: str) -> Versioned[Notification]:
+        new_etag = await self._table.replace(self._entity(notification), etag)
+        return Versioned(notification, new_etag)
+
+    def _entity(self, notification: Notification) -> Entity:
+        return to_entity(
+            encode_key(notification.id), self.ROW, notification, status=notification.status.value
+        )
+
+
+class TableDeliveryLedger:
+    """Deliveries: PartitionKey = ``{notificationId}:{tenantId}``, RowKey = recipient key."""
+
+    def __init__(self, table: EntityTable) -> None:
+        self._table = table
+
+    async def add_pending(self, records: Sequence[DeliveryRecord]) -> int:
+        by_partition: dict[str, list[Entity]] = {}
+        for record in records:
+            entity = self._entity(record)
+            by_partition.setdefault(entity["PartitionKey"], []).append(entity)
+        added = 0
+        for entities in by_partition.values():
+            for start in range(0, len(entities), MAX_BATCH):
+                added += await self._insert_missing(entities[start : start + MAX_BATCH])
+        return added
+
+    async def _insert_missing(self, entities: list[Entity]) -> int:
+        # Fast path: one atomic batch. If any row exists (a repeated materialisation after a crash),
+        # the batch is rejected whole, and rows are inserted one by one, skipping existing ones,
+        # so a row that already moved on (sending, sent) is never reset to pending.
+        try:
+            await self._table.insert_batch(entities)
+            return len(entities)
+        except ConcurrencyConflict:
+            pass
+        added = 0
+        for entity in entities:
+            try:
+                await self._table.insert(entity)
+                added += 1
+            except ConcurrencyConflict:
+                continue
+        return added
+
+    async def get(
+        self, notification_id: str, tenant_id: str, recipient_key: str
+    ) -> Versioned[DeliveryRecord] | None:
+        found = await self._table.get(compose(notification_id, tenant_id), encode_key(recipient_key))
+        return Versioned(from_entity(found[0], DeliveryRecord), found[1]) if found else None
+
+    async def replace(self, record: DeliveryRecord, etag: str) -> Versioned[DeliveryRecord]:
+        new_etag = await self._table.replace(self._entity(record), etag)
+        return Versioned(record, new_etag)
+
+    async def list(
+        self,
+        notification_id: str,
+        tenant_id: str,
+        *,
+        statuses: Sequence[DeliveryStatus] | None = None,
+        page_size: int = 1000,
+        continuation: str | None = None,
+    ) -> Page[Versioned[DeliveryRecord]]:
+        where: dict[str, object] = {"PartitionKey": compose(notification_id, tenant_id)}
+        if statuses:
+            where["status"] = tuple(status.value for status in statuses)
+        page = await self._table.query(where, page_size=page_size, continuation=continuation)
+        return Page(
+            [Versioned(from_entity(e, DeliveryRecord), e[ETAG_FIELD]) for e in page.items],
+            page.continuation,
+        )
+
+    async def count_by_status(self, notification_id: str, tenant_id: str) -> Mapping[DeliveryStatus, int]:
+        counts: Counter[DeliveryStatus] = Counter()
+        continuation: str | None = None
+        where = {"PartitionKey": compose(notification_id, tenant_id)}
+        while True:
+            page = await self._table.query(where, select=["status"], continuation=continuation)
+            counts.update(DeliveryStatus(e["status"]) for e in page.items)
+            if page.continuation is None:
+                return dict(counts)
+            continuation = page.continuation
+
+    @staticmethod
+    def _entity(record: DeliveryRecord) -> Entity:
+        return to_entity(
+            compose(record.notification_id, record.tenant_id),
+            encode_key(record.recipient_key),
+            record,
+            status=record.status.value,
+            recipientKey=record.recipient_key,
+        )
+
+
+class TableDeadLetterStore:
+    """Dead letters: PartitionKey = UTC day ``yyyymmdd``, RowKey = id."""
+
+    def __init__(self, table: EntityTable) -> None:
+        self._table = table
+
+    async def add(self, entry: DeadLetter) -> None:
+        await self._table.upsert(
+            to_entity(
+                entry.day,
+                encode_key(entry.id),
+                entry,
+                sourceQueue=entry.source_queue,
+                reason=entry.reason[:1000],
+            )
+        )
+
+    async def list_day(
+        self, day: str, *, page_size: int = 1000, continuation: str | None = None
+    ) -> Page[DeadLetter]:
+        page = await self._table.query({"PartitionKey": day}, page_size=page_size, continuation=continuation)
+        return Page([from_entity(e, DeadLetter) for e in page.items], page.continuation)

@@ -1,0 +1,234 @@
+"""Contract of the stores (references, preferences, notifications, ledger, dead letters) on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from proactive.errors import ConcurrencyConflict
+from proactive.ledger import claim
+from proactive.models import (
+    ConversationReference,
+    DeadLetter,
+    DeliveryRecord,
+    DeliveryStatus,
+    Notification,
+    Preferences,
+    QuietHours,
+    RecipientKind,
+    StoredReference,
+)
+from proactive.stores import (
+    TableDeadLetterStore,
+    TableDeliveryLedger,
+    TableNotificationStore,
+    TablePreferenceStore,
+    TableReferenceStore,
+)
+from tests.contract.conftest import TableFactory
+
+NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+HOSTILE_TENANT = "tenant/with#odd?chars\\"
+
+
+def reference(tenant: str, aad: str, *, active: bool = True) -> StoredReference:
+    return StoredReference(
+        tenant_id=tenant,
+        kind=RecipientKind.USER,
+        recipient_id=aad,
+        reference=ConversationReference.from_json(
+            {
+                "activityId": "f:123",
+                "user": {"id": f"29:{aad}", "aadObjectId": aad, "name": "Ada"},
+                "bot": {"id": "28:bot", "name": "Notifier"},
+                "conversation": {"id": f"a:{aad}", "conversationType": "personal", "tenantId": tenant},
+                "channelId": "msteams",
+                "serviceUrl": "https://smba.trafficmanager.net/emea/",
+            }
+        ),
+        active=active,
+        time_zone="Europe/Paris",
+        updated_at=NOW,
+    )
+
+
+def delivery(notification: str, tenant: str, key: str, status: DeliveryStatus = DeliveryStatus.PENDING):
+    return DeliveryRecord(
+        notification_id=notification,
+        tenant_id=tenant,
+        recipient_key=key,
+        status=status,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+@pytest.mark.parametrize("tenant", [TENANT, HOSTILE_TENANT])
+@pytest.mark.parametrize(
+    "aad", ["00000000-0000-0000-0000-000000000001", "id/with\\all#the?bad\x01chars", "x" * 600]
+)
+async def test_reference_round_trips_with_hostile_and_long_ids(
+    new_table: TableFactory, tenant: str, aad: str
+) -> None:
+    store = TableReferenceStore(new_table())
+    stored = reference(tenant, aad)
+    await store.upsert(stored)
+    assert await store.get(tenant, stored.key) == stored
+    assert await store.get(tenant, "user:someone-else") is None
+
+
+async def test_reference_upsert_refreshes_and_deactivate_records_reason(new_table: TableFactory) -> None:
+    store = TableReferenceStore(new_table())
+    await store.upsert(reference(TENANT, "u1"))
+    refreshed = reference(TENANT, "u1").model_copy(update={"time_zone": "Asia/Tokyo"})
+    await store.upsert(refreshed)
+    assert (await store.get(TENANT, "user:u1")) == refreshed
+    assert await store.deactivate(TENANT, "user:u1", "uninstalled", NOW + timedelta(hours=1))
+    gone = await store.get(TENANT, "user:u1")
+    assert gone is not None and not gone.active and gone.stale_reason == "uninstalled"
+    assert not await store.deactivate(TENANT, "user:never-seen", "uninstalled", NOW)
+
+
+async def test_list_tenant_pages_over_1000_active_references_only(new_table: TableFactory) -> None:
+    store = TableReferenceStore(new_table())
+    await asyncio.gather(
+        *(store.upsert(reference(TENANT, f"u{i:04}", active=i % 10 != 0)) for i in range(1100))
+    )
+    await store.upsert(reference("other-tenant", "u0001"))
+    keys: list[str] = []
+    continuation = None
+    while True:
+        page = await store.list_tenant(TENANT, continuation=continuation)
+        keys.extend(r.key for r in page.items)
+        if page.continuation is None:
+            break
+        continuation = page.continuation
+    assert len(keys) == len(set(keys)) == 990
+    assert all(r.tenant_id == TENANT for r in (await store.list_tenant(TENANT, page_size=5)).items)
+    everything = await store.list_tenant(TENANT, active_only=False, page_size=1000)
+    assert len(everything.items) == 1000 and everything.continuation is not None
+
+
+async def test_preferences_round_trip_and_overwrite(new_table: TableFactory) -> None:
+    store = TablePreferenceStore(new_table())
+    prefs = Preferences(
+        tenant_id=HOSTILE_TENANT,
+        aad_object_id="u/1",
+        opted_out_categories=("deployments",),
+        quiet_hours=QuietHours(start="22:00", end="07:00"),
+        time_zone="America/New_York",
+        updated_at=NOW,
+    )
+    assert await store.get(HOSTILE_TENANT, "u/1") is None
+    await store.put(prefs)
+    assert await store.get(HOSTILE_TENANT, "u/1") == prefs
+    everything_off = prefs.model_copy(update={"opted_out_all": True})
+    await store.put(everything_off)
+    assert await store.get(HOSTILE_TENANT, "u/1") == everything_off
+
+
+async def test_notification_create_is_insert_only(new_table: TableFactory) -> None:
+    store = TableNotificationStore(new_table())
+    note = Notification(id="deploy-2026-11-21-42", request={"message": {"text": "hi"}}, created_at=NOW)
+    created = await store.create(note)
+    with pytest.raises(ConcurrencyConflict):
+        await store.create(note.model_copy(update={"request": {"message": {"text": "other"}}}))
+    found = await store.get(note.id)
+    assert found is not None and found.value == note and found.etag == created.etag
+
+
+async def test_notification_replace_is_guarded_by_etag(new_table: TableFactory) -> None:
+    store = TableNotificationStore(new_table())
+    created = await store.create(Notification(id="n1", request={}, created_at=NOW))
+    updated = await store.replace(created.value.model_copy(update={"counts": {"sent": 3}}), created.etag)
+    with pytest.raises(ConcurrencyConflict):
+        await store.replace(created.value.model_copy(update={"counts": {"sent": 1}}), created.etag)
+    found = await store.get("n1")
+    assert found is not None and found.value.counts == {"sent": 3} and found.etag == updated.etag
+
+
+async def test_notification_with_an_80_kb_message_round_trips(new_table: TableFactory) -> None:
+    store = TableNotificationStore(new_table())
+    text = "🚀 deploy notice " * 5000  # ~85,000 characters, many outside the BMP
+    note = Notification(id="big", request={"message": {"text": text}}, created_at=NOW)
+    await store.create(note)
+    found = await store.get("big")
+    assert found is not None and found.value.request["message"]["text"] == text
+
+
+async def test_ledger_add_pending_is_idempotent_and_never_resets_progress(new_table: TableFactory) -> None:
+    ledger = TableDeliveryLedger(new_table())
+    records = [delivery("n1", TENANT, f"user:u{i:03}") for i in range(150)]
+    assert await ledger.add_pending(records) == 150
+    first = await ledger.get("n1", TENANT, "user:u007")
+    assert first is not None
+    await ledger.replace(
+        first.value.model_copy(update={"status": DeliveryStatus.SENT, "activity_id": "1"}), first.etag
+    )
+    assert await ledger.add_pending([*records, delivery("n1", TENANT, "user:new")]) == 1
+    again = await ledger.get("n1", TENANT, "user:u007")
+    assert again is not None and again.value.status is DeliveryStatus.SENT
+
+
+async def test_two_claims_of_one_ledger_row_exactly_one_wins(new_table: TableFactory) -> None:
+    ledger = TableDeliveryLedger(new_table())
+    await ledger.add_pending([delivery("n1", TENANT, "user:u1")])
+    results = await asyncio.gather(*(claim(ledger, "n1", TENANT, "user:u1", NOW) for _ in range(6)))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert winners[0].value.status is DeliveryStatus.SENDING and winners[0].value.attempts == 1
+    assert await claim(ledger, "n1", TENANT, "user:u1", NOW) is None
+
+
+async def test_claim_skips_rows_that_are_settled_or_missing(new_table: TableFactory) -> None:
+    ledger = TableDeliveryLedger(new_table())
+    await ledger.add_pending(
+        [
+            delivery("n1", TENANT, "user:sent", DeliveryStatus.SENT),
+            delivery("n1", TENANT, "user:later", DeliveryStatus.DEFERRED),
+        ]
+    )
+    assert await claim(ledger, "n1", TENANT, "user:sent", NOW) is None
+    assert await claim(ledger, "n1", TENANT, "user:missing", NOW) is None
+    deferred = await claim(ledger, "n1", TENANT, "user:later", NOW)
+    assert deferred is not None and deferred.value.status is DeliveryStatus.SENDING
+
+
+async def test_ledger_lists_by_status_with_paging_and_counts(new_table: TableFactory) -> None:
+    ledger = TableDeliveryLedger(new_table())
+    statuses = [DeliveryStatus.PENDING, DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SUPPRESSED]
+    records = [delivery("n/1", HOSTILE_TENANT, f"user:u{i:04}", statuses[i % 4]) for i in range(1204)]
+    await ledger.add_pending(records)
+    await ledger.add_pending([delivery("n/1", "another-tenant", "user:u0000")])
+    sent_keys: list[str] = []
+    continuation = None
+    while True:
+        page = await ledger.list(
+            "n/1", HOSTILE_TENANT, statuses=[DeliveryStatus.SENT], page_size=200, continuation=continuation
+        )
+        sent_keys.extend(v.value.recipient_key for v in page.items)
+        if page.continuation is None:
+            break
+        continuation = page.continuation
+    assert len(sent_keys) == len(set(sent_keys)) == 301
+    counts = await ledger.count_by_status("n/1", HOSTILE_TENANT)
+    assert counts == {
+        DeliveryStatus.PENDING: 301,
+        DeliveryStatus.SENT: 301,
+        DeliveryStatus.FAILED: 301,
+        DeliveryStatus.SUPPRESSED: 301,
+    }
+
+
+async def test_dead_letters_are_kept_by_day(new_table: TableFactory) -> None:
+    store = TableDeadLetterStore(new_table())
+    entry = DeadLetter(
+        id="m/1#x", source_queue="deliveries-retry", payload={"a": 1}, reason="429 x5", created_at=NOW
+    )
+    await store.add(entry)
+    await store.add(entry.model_copy(update={"id": "m2", "created_at": NOW + timedelta(days=1)}))
+    page = await store.list_day("20261121")
+    assert page.items == [entry]

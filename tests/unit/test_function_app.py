@@ -1,0 +1,73 @@
+"""function_app.py as the Functions host would index it: triggers, routes, methods, auth, bindings."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from types import ModuleType
+
+import pytest
+
+from proactive.errors import ConfigurationError
+
+# name -> (trigger type, route, methods, auth level). Extended as issues add functions.
+EXPECTED_HTTP = {
+    "health": ("httpTrigger", "health", ["GET"], "anonymous"),
+}
+
+
+def _load(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> ModuleType:
+    for name in [n for n in list(sys.modules) if n == "function_app"]:
+        del sys.modules[name]
+    for key in ("AzureWebJobsStorage", "MicrosoftAppId"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    return importlib.import_module("function_app")
+
+
+@pytest.fixture
+def function_app(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    module = _load(monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    module.app.functions_bindings = None  # get_functions() is not idempotent
+    return module
+
+
+def _enum_value(value: object) -> str:
+    return str(getattr(value, "value", value))
+
+
+def test_http_functions_have_the_declared_routes_methods_and_auth(function_app: ModuleType) -> None:
+    functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    for name, (trigger, route, methods, auth) in EXPECTED_HTTP.items():
+        assert name in functions, f"{name} is not registered"
+        binding = next(b.get_dict_repr() for b in functions[name].get_bindings() if b.type == trigger)
+        assert binding["route"] == route
+        assert sorted(_enum_value(m) for m in binding["methods"]) == methods
+        assert _enum_value(binding["authLevel"]) == auth
+
+
+def test_every_python_parameter_has_a_binding(function_app: ModuleType) -> None:
+    for function in function_app.app.get_functions():
+        names = {b.name for b in function.get_bindings()}
+        parameters = set(inspect.signature(function.get_user_function()).parameters)
+        assert parameters <= names, f"{function.get_function_name()}: unbound parameters {parameters - names}"
+
+
+def test_function_names_are_unique(function_app: ModuleType) -> None:
+    names = [f.get_function_name() for f in function_app.app.get_functions()]
+    assert len(names) == len(set(names))
+
+
+def test_management_routes_are_never_anonymous(function_app: ModuleType) -> None:
+    anonymous_ok = {"health", "messages"}  # the bot route is authenticated by its JWT instead
+    for function in function_app.app.get_functions():
+        for binding in function.get_bindings():
+            if binding.type == "httpTrigger" and binding.get_dict_repr()["route"] not in anonymous_ok:
+                assert _enum_value(binding.get_dict_repr()["authLevel"]) != "anonymous"
+
+
+def test_a_missing_storage_setting_fails_the_app_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
+        _load(monkeypatch, {})

@@ -1,0 +1,130 @@
+"""Settings.from_env: every default in one place; bad values fail naming the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from proactive.errors import ConfigurationError
+from proactive.settings import BotAuthKind, Settings
+
+APP_ID = "11111111-2222-3333-4444-555555555555"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+MINIMAL = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+PRODUCTION = {
+    **MINIMAL,
+    "MicrosoftAppId": APP_ID,
+    "MicrosoftAppTenantId": TENANT,
+    "MicrosoftAppPassword": "s3cret-value",
+    "TENANT_ALLOW_LIST": TENANT.upper(),
+}
+
+
+def test_minimal_environment_is_local_anonymous_mode_with_documented_defaults() -> None:
+    settings = Settings.from_env(MINIMAL)
+    assert settings.bot.auth is BotAuthKind.ANONYMOUS and settings.bot.anonymous
+    assert settings.send_rate_per_tenant == 50.0
+    assert settings.graph_rate_per_tenant == 30.0
+    assert settings.batch_size == 50
+    assert settings.tables.deliveries == "deliveries"
+    assert settings.queues.deliveries_retry == "deliveries-retry"
+    assert settings.graph_base_url == "https://graph.microsoft.com/v1.0"
+    assert settings.tenant_allowed("any-tenant")
+    assert settings.dev_outbound_hosts == frozenset()
+
+
+def test_production_identity_with_secret_and_allow_list() -> None:
+    settings = Settings.from_env(PRODUCTION)
+    assert settings.bot.auth is BotAuthKind.SECRET
+    assert settings.bot.secret == "s3cret-value"
+    assert settings.tenant_allowed(TENANT) and not settings.tenant_allowed(
+        "00000000-0000-0000-0000-000000000000"
+    )
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    settings = Settings.from_env(
+        {**PRODUCTION, "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=abc"}
+    )
+    text = repr(settings)
+    assert (
+        "s3cret-value" not in text
+        and "UseDevelopmentStorage" not in text
+        and "InstrumentationKey" not in text
+    )
+
+
+def test_managed_identity_and_certificate_identities() -> None:
+    msi = Settings.from_env(
+        {**MINIMAL, "MicrosoftAppId": APP_ID, "MicrosoftAppTenantId": TENANT, "MicrosoftAppType": "UserAssignedMSI",
+         "TENANT_ALLOW_LIST": "*"}
+    )  # fmt: skip
+    assert msi.bot.auth is BotAuthKind.MANAGED_IDENTITY and msi.tenant_allow_list is None
+    cert = Settings.from_env(
+        {**PRODUCTION, "MicrosoftAppPassword": "", "MicrosoftAppCertificatePath": "/certs/bot.pem"}
+    )
+    assert cert.bot.auth is BotAuthKind.CERTIFICATE and cert.bot.certificate_path == "/certs/bot.pem"
+
+
+def test_per_tenant_rate_overrides() -> None:
+    settings = Settings.from_env(
+        {**MINIMAL, "SEND_RATE_PER_TENANT": "30", "SEND_RATE_OVERRIDES": f"{TENANT}=12.5"}
+    )
+    assert settings.send_rate_for(TENANT.upper()) == 12.5
+    assert settings.send_rate_for("another") == 30.0
+
+
+@pytest.mark.parametrize(
+    ("environ", "setting"),
+    [
+        ({}, "AzureWebJobsStorage"),
+        ({**MINIMAL, "AzureWebJobsStorage": "   "}, "AzureWebJobsStorage"),
+        ({**PRODUCTION, "MicrosoftAppPassword": ""}, "MicrosoftAppPassword"),
+        ({**PRODUCTION, "MicrosoftAppTenantId": ""}, "MicrosoftAppTenantId"),
+        ({**PRODUCTION, "TENANT_ALLOW_LIST": ""}, "TENANT_ALLOW_LIST"),
+    ],
+)
+def test_missing_required_setting_fails_naming_it(environ: dict[str, str], setting: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(environ)
+    assert caught.value.setting == setting
+    assert setting in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MicrosoftAppId", "not-a-guid"),
+        ("MicrosoftAppType", "Something"),
+        ("SEND_RATE_PER_TENANT", "fast"),
+        ("SEND_RATE_PER_TENANT", "0"),
+        ("SEND_RATE_PER_TENANT", "5000"),
+        ("GRAPH_RATE_PER_TENANT", "-1"),
+        ("BATCH_SIZE", "1.5"),
+        ("BATCH_SIZE", "0"),
+        ("MAX_SEND_ATTEMPTS", "many"),
+        ("TENANT_ALLOW_LIST", "contoso.onmicrosoft.com"),
+        ("SEND_RATE_OVERRIDES", "tenant=fast"),
+        ("GRAPH_BASE_URL", "graph.microsoft.com"),
+        ("BOT_OPENID_METADATA_URL", "ftp://example"),
+        ("TABLE_DELIVERIES", "bad-name"),
+        ("QUEUE_INSTALLS", "Upper_Case"),
+        ("FUNCTION_KEY_REQUIRED", "maybe"),
+        ("DEV_OUTBOUND_HOSTS", "http://127.0.0.1:3978/"),
+    ],
+)
+def test_malformed_setting_fails_naming_it(name: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**PRODUCTION, name: value})
+    assert caught.value.setting == name
+    assert name in str(caught.value)
+
+
+def test_both_secret_and_certificate_is_ambiguous() -> None:
+    with pytest.raises(ConfigurationError, match="MicrosoftAppPassword"):
+        Settings.from_env({**PRODUCTION, "MicrosoftAppCertificatePath": "/certs/bot.pem"})
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env(MINIMAL)
+    with pytest.raises(AttributeError):
+        settings.batch_size = 7  # type: ignore[misc]
