@@ -85,12 +85,17 @@ class AuthenticationError(ProactiveError):
     """An inbound request's credentials failed validation. Maps to HTTP 401.
 
     Attributes:
-        reason: a short code such as ``expired`` or ``bad_audience``; never the token.
+        reason: a stable short code such as ``expired`` or ``invalid_audience``; never the token.
+        detail: a short text we write ourselves (never attacker-controlled claim values).
+        status_code: the HTTP status the endpoint answers with.
     """
 
-    def __init__(self, reason: str, message: str | None = None) -> None:
-        super().__init__(message or reason)
+    status_code = 401
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
         self.reason = reason
+        self.detail = detail
 
 
 class OutboundHostRefused(ProactiveError):

@@ -61,6 +61,10 @@ import jwt
 from microsoft_agents.hosting.core.authorization.agent_auth_configuration import AgentAuthConfiguration
 from microsoft_agents.hosting.core.authorization.authentication_constants import AuthenticationConstants
 
+from proactive.errors import AuthenticationError
+
+__all__ = ["AuthFailure", "AuthenticationError", "BotAuthSettings", "BotAuthenticator", "Claims"]
+
 logger = logging.getLogger(__name__)
 
 BOT_FRAMEWORK_OPENID_METADATA_URL: str = AuthenticationConstants.PUBLIC_ABS_OPENID_METADATA_URL
@@ -97,26 +101,6 @@ class AuthFailure(StrEnum):
     NOT_YET_VALID = "not_yet_valid"
     SERVICE_URL_MISMATCH = "service_url_mismatch"
     KEYS_UNAVAILABLE = "keys_unavailable"
-
-
-class AuthenticationError(Exception):
-    """The inbound request is not authenticated; the HTTP layer answers 401.
-
-    Defined here until the project's error tree in ``proactive/errors.py`` adopts it.
-
-    Attributes:
-        reason: Why the request was refused.
-        status_code: The HTTP status the bot endpoint answers with.
-    """
-
-    status_code = 401
-
-    def __init__(self, reason: AuthFailure, detail: str = "") -> None:
-        # The message never contains the token or claim values an attacker controls beyond the
-        # short detail we write ourselves.
-        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
-        self.reason = reason
-        self.detail = detail
 
 
 def entra_issuers(tenant_id: str) -> tuple[str, str]:
