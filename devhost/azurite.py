@@ -51,7 +51,8 @@ def connection_string(blob: int, queue: int, table: int) -> str:
     )
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """``preexec_fn`` for children: SIGTERM when this process dies, own process group."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
@@ -78,7 +79,8 @@ class Azurite:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=10)
+                # In memory there is nothing to flush: a short grace period, then SIGKILL.
+                self.process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
@@ -113,7 +115,7 @@ def start(*, ports: tuple[int, int, int] | None = None, timeout: float = 30.0) -
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=log,
-        preexec_fn=_die_with_parent,  # ties the child's life to ours
+        preexec_fn=die_with_parent,  # ties the child's life to ours
     )
     azurite = Azurite(process, log, blob, queue, table)
     deadline = time.monotonic() + timeout

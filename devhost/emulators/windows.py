@@ -24,6 +24,10 @@ class Limit:
     count: int
     seconds: float
 
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.seconds <= 0:
+            raise ValueError(f"a limit needs count >= 1 and seconds > 0, got {self.count}/{self.seconds}s")
+
 
 @dataclass
 class SlidingWindows:
@@ -58,6 +62,10 @@ class SlidingWindows:
         longest = max(limit.seconds for limit in limits)
         while log and log[0] <= now - longest:
             log.popleft()
+        if not log:
+            # Forget idle keys (one per chat or conversation) so memory follows live traffic only.
+            del self._log[key]
+            return None
         wait = 0.0
         for limit in limits:
             # Requests still inside this window are those newer than now - seconds.

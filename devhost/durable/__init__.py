@@ -1,0 +1,31 @@
+"""A local stand-in for the Durable Functions extension, driving the real Python replay engine."""
+
+from devhost.durable.clock import Clock, ManualClock, SystemClock
+from devhost.durable.counters import Stats
+from devhost.durable.engine import (
+    DurableRuntime,
+    InstanceExists,
+    InstanceGone,
+    InstanceNotFound,
+    UnknownFunction,
+)
+from devhost.durable.functions import FunctionIndex, load_app
+from devhost.durable.store import DurableStore, EntityRecord, InstanceRecord, MemoryStore
+
+__all__ = [
+    "Clock",
+    "DurableRuntime",
+    "DurableStore",
+    "EntityRecord",
+    "FunctionIndex",
+    "InstanceExists",
+    "InstanceGone",
+    "InstanceNotFound",
+    "InstanceRecord",
+    "ManualClock",
+    "MemoryStore",
+    "Stats",
+    "SystemClock",
+    "UnknownFunction",
+    "load_app",
+]

@@ -1,0 +1,72 @@
+"""``python -m devhost run`` (Azurite + emulators + host) and ``python -m devhost azurite``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from devhost import azurite
+from devhost.azurite import die_with_parent, free_port
+
+
+def azurite_main(argv: list[str]) -> int:
+    """Run Azurite in memory until Ctrl-C / SIGTERM, printing its connection string."""
+    instance = azurite.start()
+    print(f"Azurite running; AzureWebJobsStorage={instance.connection_string}", flush=True)
+    _wait_for_signal()
+    instance.stop()
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    # Wait in short slices: the main thread must get back to the interpreter for the handler to run.
+    while not stop.wait(0.5):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    """Start Azurite (default ports), the Teams and Graph emulators and the host; stop all on a signal."""
+    port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 7071
+    instance = azurite.start(ports=(10000, 10001, 10002))
+    env = {**os.environ, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    print(f"Azurite: {instance.connection_string}", flush=True)
+    for name in ("emulate-teams", "emulate-graph"):
+        emulator_port = free_port()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "devhost", name, "--port", str(emulator_port)],
+            env=env,
+            preexec_fn=die_with_parent,  # children never outlive `devhost run`, even on SIGKILL
+        )
+        children.append((name, child))
+        env[f"DEVHOST_{name.upper().replace('-', '_')}_URL"] = f"http://127.0.0.1:{emulator_port}"
+        print(
+            f"{name}: http://127.0.0.1:{emulator_port} (exits at once if that emulator does not exist yet)",
+            flush=True,
+        )
+    # The durable store on Azurite is not implemented yet, so the host keeps durable state in memory.
+    host = subprocess.Popen(
+        [sys.executable, "-m", "devhost", "serve", "--port", str(port), "--memory"],
+        env=env,
+        preexec_fn=die_with_parent,
+    )
+    children.append(("host", host))
+    print(f"host: http://127.0.0.1:{port}/api/", flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        for _, child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for _, child in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=10)
+        instance.stop()
+    return 0

@@ -1,0 +1,1274 @@
+"""Per-tenant send limiter: a pure state machine behind the ``tenant_limiter@{tenantId}`` entity.
+
+Every operation is ``(state, operation, input) -> (state, decision)``. The module does no I/O, reads no
+clock and imports nothing from ``azure``; the entity trigger is a few lines around :func:`apply`, which
+never raises: an unknown operation or malformed input returns ``{"error": {"code", "message", "details"}}``
+and the state unchanged (Durable would turn an exception into an opaque error result).
+
+Time
+    Every time is **epoch seconds (float, UTC)** in state and decisions. Inputs also accept an ISO 8601
+    string (``"2026-11-21T09:00:00Z"``; no offset means UTC), so an orchestrator can pass
+    ``context.current_utc_datetime.timestamp()`` or ``.isoformat()``. A grant carries ``notBefore`` and,
+    for ``create_timer``, ``notBeforeIso``. Orchestrations replay with their episode's time, which can lag:
+    an operation whose ``now`` is older than the newest time the entity has seen runs at that newest time,
+    so the entity's clock never moves back and no grant is ever earlier than its caller's ``now``.
+
+Token bucket with bookings (the ceiling)
+    Rate ``r`` (configured ceiling, default 50 msg/s per the facts sheet; AIMD may lower the effective
+    rate), burst ``b`` (default one second of rate: 50 tokens), slice ``D = b / r`` (1 s). The state keeps
+    a calendar of *reserved intervals* on the time line. A grant of ``n`` tokens reserves a free interval
+    ``[a, a + n/r)`` with ``a >= max(now, holdUntil)`` and is sent at
+    ``notBefore = max(now, holdUntil, a + n/r - D)``: its interval lies inside
+    ``[notBefore, notBefore + D]`` and no two intervals overlap. The batches sent in a window
+    ``[t, t + w]`` therefore have their intervals inside ``[t, t + w + D]``, so ``sum(n) / r <= w + D``:
+    **granted tokens never exceed r * w + b over any window.** Capacity is booked ahead (the bucket "goes
+    negative"), so callers asking at the same instant are staggered: ten orchestrations asking for 20 at
+    ``t`` get 0.4 s intervals back to back and ``notBefore`` = t, t, t+0.2, t+0.6, ..., t+3.0 (200 tokens
+    within 3 s = 50 * 3 + 50). With one priority in play this is GCRA, a token bucket that may go negative.
+
+    One grant holds ``n <= min(want, r * D, max(1, r * maxBookingSeconds))`` tokens (rounded down; 50 by
+    default): a batch is sent all at once, so it never exceeds one burst, and a 100k-recipient request
+    books one slice and queues for the next like everyone else; it cannot lock the tenant out.
+    AIMD changes ``r``, not ``D``: the effective burst is ``r * D`` (25 at 25 msg/s), and the rate floor is
+    ``max(minRate, rate / burst)`` so that a grant can always hold one token. Bookings already made keep
+    their intervals when the rate changes, so across a change the bound holds with the highest rate in
+    force (never above the configured one); across a ``configure`` it holds with the larger ``D`` too.
+
+Priority (urgent before normal, normal never starved)
+    Each priority's demand is *active* until ``priorityWindowSeconds`` (10 s) after the ``notBefore`` of
+    its latest request. While only one priority is active it may use any free interval (first fit). While
+    both are active the time line is cut into frames of ``F = max(D, 1 / (s * r), 1 / ((1 - s) * r))``
+    seconds, ``s = normalShare`` (0.2): the first ``(1 - s) * F`` of every frame is urgent's and the last
+    ``s * F`` normal's (at 50 msg/s: 40 urgent tokens, then 10 normal tokens, every second). An urgent
+    request takes the earliest free urgent part, ahead of every normal booking made after it arrived, and
+    normal requests keep ``s`` of the rate however much urgent asks: starvation-free with a fixed 20 %
+    share. Bookings made before urgent demand appeared stand (they were promised), so an urgent notice
+    waits at most for what was already booked: one slice per concurrent requester (a 100k deploy run by one
+    orchestration holds one slice, <= 1 s). Until ``priorityWindowSeconds`` after the last urgent request,
+    normal is held to its share even if urgent has gone quiet.
+
+AIMD (feedback from ``report``)
+    A report counts responses: ``sent`` (2xx), ``throttled`` (429, with the largest ``retryAfter``),
+    ``serverErrors`` (5xx, timeouts) and ``failed`` (other 4xx: about one recipient, neutral for the
+    tenant). On any 429 the effective rate is multiplied by ``decreaseFactor`` (0.5; floor ``minRate``,
+    1 msg/s) and ``now + retryAfter`` (capped at ``maxHoldSeconds``, 300 s) becomes a floor for every
+    later ``notBefore`` of the tenant. 429s from batches granted before the last decrease were caused by
+    the old rate and do not decrease it again (reports echo the grant's ``grantedAt``; without it, at most
+    one decrease per ``decreaseIntervalSeconds``, 1 s). After ``increaseAfterSeconds`` (5 s) without a
+    429, each clean report adds ``increasePerSecond`` (1 msg/s) per clean second since the last credit, up
+    to the configured rate: from 25 back to 50 msg/s takes 5 + 25 = 30 s.
+
+Circuit breaker
+    A report is *bad* when ``throttled + serverErrors > badFraction * attempts`` (``badFraction`` 0.5;
+    attempts = sent + throttled + serverErrors + failed), *clean* when it has attempts and is not bad,
+    *empty* otherwise (ignored). Closed -> open after ``breakerThreshold`` (3) consecutive bad reports; a
+    clean report resets the count. Open: ``acquire`` answers ``Grant(0, notBefore=openUntil)`` with
+    ``openUntil = max(now + cooldown, holdUntil)``, first cool-down 5 s. Once ``openUntil`` has passed,
+    the next requester gets one probe of ``probeTokens`` (1) and the breaker is half-open; the others get
+    ``Grant(0)`` and ask again after ``halfOpenPollSeconds`` (1 s). The probe holder's report decides:
+    clean closes the breaker and the rate restarts at ``restartFraction`` of the ceiling (0.2: 10 msg/s)
+    and climbs by AIMD; bad re-opens with the cool-down doubled (5, 10, 20, 40 ... capped at 300 s). A
+    probe not reported within ``probeTimeoutSeconds`` (30 s) counts as lost and the next requester probes.
+    Reports that arrive while open come from batches granted before it opened and do not move it.
+
+Operations, inputs and decisions (plain JSON; camelCase keys, snake_case accepted on input)
+    - ``acquire {now, want, priority: "urgent"|"normal", requester}`` ->
+      ``{"grant": {tokens, notBefore, notBeforeIso, grantedAt, reason, rate}}``
+    - ``report {now, sent, throttled, serverErrors, failed, retryAfter, requester, grantedAt}`` ->
+      ``{"report": {rate, phase, holdUntil, openUntil, verdict}}``
+    - ``configure {now?, <any config field>}`` -> ``{"config": {...}}`` (fields not given are kept)
+    - ``get`` -> ``{"snapshot": {...}}`` (read-only)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, TypeAlias, cast
+
+__all__ = [
+    "Acquire",
+    "Breaker",
+    "Grant",
+    "LimiterConfig",
+    "LimiterInputError",
+    "LimiterState",
+    "Priority",
+    "Report",
+    "ReportAck",
+    "Stats",
+    "acquire",
+    "apply",
+    "configure",
+    "initial_state",
+    "parse_time",
+    "report",
+    "snapshot",
+]
+
+Priority: TypeAlias = Literal["urgent", "normal"]
+Phase: TypeAlias = Literal["closed", "open", "half_open"]
+GrantReason: TypeAlias = Literal["granted", "probe", "breaker_open", "probe_in_flight"]
+JsonObject: TypeAlias = dict[str, Any]
+
+STATE_VERSION: Final = 1
+# Comparisons on epoch floats (~1.7e9, one ulp is ~2.4e-7 s) need a tolerance well above an ulp and well below
+# one token's interval at the highest allowed rate (1 / 10,000 s).
+_EPS: Final = 1e-6
+_MAX_EPOCH: Final = 1e11  # year 5138: rejects milliseconds passed as seconds and keeps float precision sane
+_MAX_RATE: Final = 10_000.0
+_MAX_SECONDS: Final = 86_400.0
+_MAX_COUNT: Final = 10**9
+# The calendar holds one interval per gap; gaps only appear while priorities split frames, so this is never
+# reached in practice. Past it the farthest gaps are marked busy, which wastes capacity but never exceeds it.
+_MAX_BOOKED: Final = 64
+_MAX_REQUESTER: Final = 512
+
+
+class LimiterInputError(ValueError):
+    """Malformed state or operation input; :func:`apply` turns it into an error decision.
+
+    Attributes:
+        code: Machine-readable reason (``invalid_input``, ``unknown_field``, ``invalid_state``, ...).
+        details: Field-level details for the error decision.
+    """
+
+    def __init__(self, code: str, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+    def to_json(self) -> JsonObject:
+        """The error decision: ``{"error": {"code", "message", "details"}}``."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parsing helpers (strict: parse at the edge, reject unknown keys)
+# ----------------------------------------------------------------------------------------------------
+
+_CAMEL_BOUNDARY = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def _snake(key: str) -> str:
+    return _CAMEL_BOUNDARY.sub("_", key).lower()
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def parse_time(value: object, name: str = "now") -> float:
+    """Parse a time given as epoch seconds (int/float) or an ISO 8601 string into epoch seconds.
+
+    Args:
+        value: Epoch seconds, an ISO 8601 string (naive means UTC) or a ``datetime``.
+        name: Field name used in the error.
+
+    Returns:
+        Epoch seconds as a float.
+
+    Raises:
+        LimiterInputError: The value is not a finite time between 1970 and year 5138.
+    """
+    seconds: float
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        seconds = moment.timestamp()
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise LimiterInputError(
+                "invalid_input", f"{name} must be epoch seconds or an ISO 8601 time", {"field": name}
+            ) from None
+        seconds = (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)).timestamp()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise LimiterInputError(
+            "invalid_input", f"{name} must be epoch seconds or an ISO 8601 time", {"field": name}
+        )
+    if not (math.isfinite(seconds) and 0.0 <= seconds <= _MAX_EPOCH):
+        raise LimiterInputError("invalid_input", f"{name} is out of range", {"field": name})
+    return seconds
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+_MISSING: Final = object()
+
+
+class _Fields:
+    """Reads one JSON object strictly: typed getters, unknown keys rejected by :meth:`done`."""
+
+    def __init__(self, data: object, where: str, *, snake_case_too: bool) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise LimiterInputError("invalid_input", f"{where} must be a JSON object", {"where": where})
+        self._where = where
+        self._values: dict[str, object] = {}
+        for raw_key, value in data.items():
+            if not isinstance(raw_key, str):
+                raise LimiterInputError("invalid_input", f"{where} has a non-string key", {"where": where})
+            key = _snake(raw_key) if snake_case_too else raw_key
+            if key in self._values:
+                raise LimiterInputError(
+                    "invalid_input", f"{where} repeats field {raw_key!r}", {"where": where, "field": raw_key}
+                )
+            self._values[key] = value
+        self._snake_case_too = snake_case_too
+        self._used: set[str] = set()
+
+    def _key(self, name: str) -> str:
+        return name if self._snake_case_too else _camel(name)
+
+    def _raw(self, name: str) -> object:
+        key = self._key(name)
+        self._used.add(key)
+        return self._values.get(key, _MISSING)
+
+    def _bad(self, name: str, expected: str) -> LimiterInputError:
+        return LimiterInputError(
+            "invalid_input",
+            f"{self._where}.{_camel(name)} must be {expected}",
+            {"where": self._where, "field": _camel(name)},
+        )
+
+    def missing(self, name: str) -> LimiterInputError:
+        return LimiterInputError(
+            "invalid_input",
+            f"{self._where}.{_camel(name)} is required",
+            {"where": self._where, "field": _camel(name)},
+        )
+
+    def has(self, name: str) -> bool:
+        return self._key(name) in self._values
+
+    def number(self, name: str, low: float, high: float, default: float | None = None) -> float:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            if default is None:
+                raise self._bad(name, f"a number in [{low}, {high}]")
+            return default
+        if not isinstance(raw, int | float) or isinstance(raw, bool):
+            raise self._bad(name, f"a number in [{low}, {high}]")
+        value = float(raw)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise self._bad(name, f"a number in [{low}, {high}]")
+        return value
+
+    def optional_number(self, name: str, low: float, high: float) -> float | None:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            return None
+        return self.number(name, low, high)
+
+    def integer(self, name: str, low: int, high: int, default: int | None = None) -> int:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            if default is None:
+                raise self._bad(name, f"an integer in [{low}, {high}]")
+            return default
+        # JSON writers in other languages may send 20.0 for 20.
+        if isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
+            raw = int(raw)
+        if not isinstance(raw, int) or isinstance(raw, bool) or not low <= raw <= high:
+            raise self._bad(name, f"an integer in [{low}, {high}]")
+        return raw
+
+    def time(self, name: str, default: float | None = None) -> float:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            if default is None:
+                raise self._bad(name, "epoch seconds or an ISO 8601 time")
+            return default
+        return parse_time(raw, f"{self._where}.{_camel(name)}")
+
+    def optional_time(self, name: str) -> float | None:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            return None
+        return parse_time(raw, f"{self._where}.{_camel(name)}")
+
+    def text(self, name: str, default: str | None = None, *, choices: Iterable[str] = ()) -> str:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            if default is None:
+                raise self._bad(name, "a string")
+            return default
+        allowed = tuple(choices)
+        if not isinstance(raw, str) or len(raw) > _MAX_REQUESTER or (allowed and raw not in allowed):
+            raise self._bad(
+                name, f"one of {list(allowed)}" if allowed else f"a string of <= {_MAX_REQUESTER}"
+            )
+        return raw
+
+    def optional_text(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            return None
+        return self.text(name)
+
+    def raw(self, name: str) -> object:
+        return self._raw(name)
+
+    def done(self) -> None:
+        unknown = sorted(set(self._values) - self._used)
+        if unknown:
+            raise LimiterInputError(
+                "unknown_field",
+                f"{self._where} has unknown field(s): {', '.join(_camel(k) for k in unknown)}",
+                {"where": self._where, "fields": [_camel(k) for k in unknown]},
+            )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------
+
+# name -> (kind, low, high); kind "f" float, "i" int, "o" optional float. Drives validation and JSON.
+_CONFIG_SPEC: Final[dict[str, tuple[str, float, float]]] = {
+    "rate": ("f", 0.01, _MAX_RATE),
+    "burst": ("o", 1.0, _MAX_RATE * 60),
+    "min_rate": ("f", 0.01, _MAX_RATE),
+    "max_booking_seconds": ("f", 0.001, 3600.0),
+    "normal_share": ("f", 0.01, 0.99),
+    "priority_window_seconds": ("f", 0.0, _MAX_SECONDS),
+    "decrease_factor": ("f", 0.01, 0.99),
+    "decrease_interval_seconds": ("f", 0.0, _MAX_SECONDS),
+    "increase_per_second": ("f", 0.0, _MAX_RATE),
+    "increase_after_seconds": ("f", 0.0, _MAX_SECONDS),
+    "max_hold_seconds": ("f", 0.0, _MAX_SECONDS),
+    "breaker_threshold": ("i", 1, 1000),
+    "bad_fraction": ("f", 0.0, 0.99),
+    "cooldown_seconds": ("f", 0.001, _MAX_SECONDS),
+    "max_cooldown_seconds": ("f", 0.001, _MAX_SECONDS),
+    "probe_tokens": ("i", 1, 1000),
+    "probe_timeout_seconds": ("f", 0.001, _MAX_SECONDS),
+    "half_open_poll_seconds": ("f", 0.001, _MAX_SECONDS),
+    "restart_fraction": ("f", 0.001, 1.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterConfig:
+    """Settings of one tenant's limiter; every number of the module docstring is a field here.
+
+    Attributes:
+        rate: Configured ceiling in messages per second (Teams: 50 per app per tenant; 30 is a safe floor).
+        burst: Tokens one instant may use; ``None`` means one second of rate (at least one token).
+        min_rate: Floor of the effective rate under AIMD.
+        max_booking_seconds: One grant reserves at most this many seconds of capacity.
+        normal_share: Share of the rate normal requests keep while urgent demand is active.
+        priority_window_seconds: How long demand of a priority stays active after its latest ``notBefore``.
+        decrease_factor: Multiplicative decrease on 429.
+        decrease_interval_seconds: Minimum time between two decreases when a report has no ``grantedAt``.
+        increase_per_second: Additive increase per clean second.
+        increase_after_seconds: Quiet time after the last 429 before the rate climbs.
+        max_hold_seconds: Cap on how long one ``Retry-After`` may hold the tenant.
+        breaker_threshold: Consecutive bad reports that open the breaker.
+        bad_fraction: A report is bad when 429s plus 5xx exceed this fraction of its attempts.
+        cooldown_seconds: First cool-down of an open breaker.
+        max_cooldown_seconds: Cap of the doubling cool-down.
+        probe_tokens: Tokens of the half-open probe.
+        probe_timeout_seconds: A probe not reported within this is considered lost.
+        half_open_poll_seconds: How soon other requesters ask again while a probe is out.
+        restart_fraction: Effective rate after a clean probe, as a fraction of ``rate``.
+    """
+
+    rate: float = 50.0
+    burst: float | None = None
+    min_rate: float = 1.0
+    max_booking_seconds: float = 1.0
+    normal_share: float = 0.2
+    priority_window_seconds: float = 10.0
+    decrease_factor: float = 0.5
+    decrease_interval_seconds: float = 1.0
+    increase_per_second: float = 1.0
+    increase_after_seconds: float = 5.0
+    max_hold_seconds: float = 300.0
+    breaker_threshold: int = 3
+    bad_fraction: float = 0.5
+    cooldown_seconds: float = 5.0
+    max_cooldown_seconds: float = 300.0
+    probe_tokens: int = 1
+    probe_timeout_seconds: float = 30.0
+    half_open_poll_seconds: float = 1.0
+    restart_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        # Validate through the same path as JSON so Python can never build a config JSON would refuse; store
+        # ints given for float fields as floats so the JSON form is the same however the config was made.
+        _check_config_values(self.to_json())
+        for name, (kind, _, _) in _CONFIG_SPEC.items():
+            value = getattr(self, name)
+            if kind != "i" and value is not None:
+                object.__setattr__(self, name, float(value))
+
+    @property
+    def burst_tokens(self) -> float:
+        """The burst in tokens: ``burst``, or one second of rate and never less than one token."""
+        return self.burst if self.burst is not None else max(1.0, self.rate)
+
+    @property
+    def slice_seconds(self) -> float:
+        """``D = burst / rate``: the longest stretch of time one grant's interval may span."""
+        return self.burst_tokens / self.rate
+
+    @property
+    def floor_rate(self) -> float:
+        """Lowest effective rate: ``minRate``, raised so one token fits a slice, never above ``rate``."""
+        return min(self.rate, max(self.min_rate, 1.0 / self.slice_seconds))
+
+    def to_json(self) -> JsonObject:
+        """Plain JSON with camelCase keys."""
+        return {_camel(name): getattr(self, name) for name in _CONFIG_SPEC}
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str = "config") -> LimiterConfig:
+        """Parse and validate; missing fields take their defaults.
+
+        Raises:
+            LimiterInputError: A field is unknown, of the wrong type or out of range.
+        """
+        reader = _Fields(data, where, snake_case_too=True)
+        values = _read_config_fields(reader, {f.name: f.default for f in fields(cls)})
+        reader.done()
+        return cls(**values)
+
+
+def _read_config_fields(reader: _Fields, base: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Every config field from ``reader``; a missing one takes ``base[name]`` (required when ``base`` is None)."""
+    values: dict[str, Any] = {}
+    for name, (kind, low, high) in _CONFIG_SPEC.items():
+        current = None if base is None else base[name]
+        if base is None and kind == "o" and not reader.has(name):
+            raise reader.missing(name)
+        if kind == "i":
+            values[name] = reader.integer(name, int(low), int(high), default=current)
+        elif kind == "o":
+            values[name] = reader.optional_number(name, low, high) if reader.has(name) else current
+        else:
+            values[name] = reader.number(name, low, high, default=current)
+    return values
+
+
+def _check_config_values(values: Mapping[str, Any]) -> None:
+    reader = _Fields(values, "config", snake_case_too=True)
+    _read_config_fields(reader, None)
+    reader.done()
+    if values["minRate"] > values["rate"]:
+        raise LimiterInputError(
+            "invalid_input", "config.minRate must not exceed config.rate", {"field": "minRate"}
+        )
+    if values["maxCooldownSeconds"] < values["cooldownSeconds"]:
+        raise LimiterInputError(
+            "invalid_input",
+            "config.maxCooldownSeconds must be >= config.cooldownSeconds",
+            {"field": "maxCooldownSeconds"},
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# State
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """Circuit breaker of one tenant.
+
+    Attributes:
+        phase: ``closed``, ``open`` or ``half_open``.
+        consecutive_bad: Bad reports in a row while closed.
+        open_until: When an open breaker allows a probe.
+        cooldown_seconds: Cool-down used by the latest opening (0 before the first one).
+        probe_requester: Who holds the half-open probe.
+        probe_deadline: When an unreported probe counts as lost.
+    """
+
+    phase: Phase = "closed"
+    consecutive_bad: int = 0
+    open_until: float = 0.0
+    cooldown_seconds: float = 0.0
+    probe_requester: str | None = None
+    probe_deadline: float = 0.0
+
+    def to_json(self) -> JsonObject:
+        """Plain JSON with camelCase keys."""
+        return {
+            "phase": self.phase,
+            "consecutiveBad": self.consecutive_bad,
+            "openUntil": self.open_until,
+            "cooldownSeconds": self.cooldown_seconds,
+            "probeRequester": self.probe_requester,
+            "probeDeadline": self.probe_deadline,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Breaker:
+        """Parse strictly (state is written only by :meth:`to_json`)."""
+        reader = _Fields(data, "state.breaker", snake_case_too=False)
+        phase = reader.text("phase", choices=("closed", "open", "half_open"))
+        result = cls(
+            phase=cast(Phase, phase),
+            consecutive_bad=reader.integer("consecutive_bad", 0, _MAX_COUNT),
+            open_until=reader.number("open_until", 0.0, _MAX_EPOCH * 2),
+            cooldown_seconds=reader.number("cooldown_seconds", 0.0, _MAX_SECONDS),
+            probe_requester=reader.optional_text("probe_requester"),
+            probe_deadline=reader.number("probe_deadline", 0.0, _MAX_EPOCH * 2),
+        )
+        reader.done()
+        return result
+
+
+_STAT_FIELDS: Final = (
+    "grants",
+    "granted",
+    "refusals",
+    "reports",
+    "sent",
+    "throttled",
+    "server_errors",
+    "failed",
+    "decreases",
+    "breaker_opens",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Running totals for ``get`` and telemetry.
+
+    Attributes:
+        grants: Grants with tokens.
+        granted: Tokens granted.
+        refusals: ``Grant(0)`` answers (breaker open or probe in flight).
+        reports: Reports received.
+        sent: Responses reported as 2xx.
+        throttled: Responses reported as 429.
+        server_errors: Responses reported as 5xx or timeouts.
+        failed: Other failed responses reported.
+        decreases: Multiplicative decreases applied.
+        breaker_opens: Times the breaker opened.
+    """
+
+    grants: int = 0
+    granted: int = 0
+    refusals: int = 0
+    reports: int = 0
+    sent: int = 0
+    throttled: int = 0
+    server_errors: int = 0
+    failed: int = 0
+    decreases: int = 0
+    breaker_opens: int = 0
+
+    def to_json(self) -> JsonObject:
+        """Plain JSON with camelCase keys."""
+        return {_camel(name): getattr(self, name) for name in _STAT_FIELDS}
+
+    @classmethod
+    def from_json(cls, data: object) -> Stats:
+        """Parse strictly."""
+        reader = _Fields(data, "state.stats", snake_case_too=False)
+        values = {name: reader.integer(name, 0, 2**62) for name in _STAT_FIELDS}
+        reader.done()
+        return cls(**values)
+
+    def add(self, **deltas: int) -> Stats:
+        """Totals with ``deltas`` added (saturating, so years of traffic never overflow the JSON range)."""
+        return replace(self, **{k: min(2**62, getattr(self, k) + v) for k, v in deltas.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterState:
+    """Everything one tenant's limiter remembers; stored by the entity as :meth:`to_json`.
+
+    Attributes:
+        config: Settings.
+        rate: Effective rate (AIMD), between ``config.floor_rate`` and ``config.rate``.
+        clock: Newest ``now`` seen; operations never run earlier than this.
+        booked: Reserved intervals ``(start, end)``, sorted, disjoint, ending after ``clock``.
+        hold_until: No ``notBefore`` before this (the latest ``Retry-After``).
+        last_throttle_at: When the latest 429 was reported.
+        last_decrease_at: When the rate was last decreased.
+        last_increase_at: When additive increase last credited time.
+        urgent_until: Urgent demand is active until then.
+        normal_until: Normal demand is active until then.
+        breaker: Circuit breaker.
+        stats: Running totals.
+    """
+
+    config: LimiterConfig = field(default_factory=LimiterConfig)
+    rate: float = 50.0
+    clock: float = 0.0
+    booked: tuple[tuple[float, float], ...] = ()
+    hold_until: float = 0.0
+    last_throttle_at: float | None = None
+    last_decrease_at: float | None = None
+    last_increase_at: float | None = None
+    urgent_until: float = 0.0
+    normal_until: float = 0.0
+    breaker: Breaker = field(default_factory=Breaker)
+    stats: Stats = field(default_factory=Stats)
+
+    def to_json(self) -> JsonObject:
+        """Plain JSON (floats, ints, strings, lists, nulls) with camelCase keys; round-trips exactly."""
+        return {
+            "v": STATE_VERSION,
+            "config": self.config.to_json(),
+            "rate": self.rate,
+            "clock": self.clock,
+            "booked": [[start, end] for start, end in self.booked],
+            "holdUntil": self.hold_until,
+            "lastThrottleAt": self.last_throttle_at,
+            "lastDecreaseAt": self.last_decrease_at,
+            "lastIncreaseAt": self.last_increase_at,
+            "urgentUntil": self.urgent_until,
+            "normalUntil": self.normal_until,
+            "breaker": self.breaker.to_json(),
+            "stats": self.stats.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> LimiterState:
+        """Parse a stored state strictly.
+
+        Raises:
+            LimiterInputError: ``code="invalid_state"`` when anything is missing, unknown or out of range.
+        """
+        try:
+            reader = _Fields(data, "state", snake_case_too=False)
+            version = reader.integer("v", 0, 1000)
+            if version != STATE_VERSION:
+                raise LimiterInputError("invalid_state", f"state version {version} is not {STATE_VERSION}")
+            config = LimiterConfig.from_json(reader.raw("config"), where="state.config")
+            rate = reader.number("rate", config.floor_rate, config.rate)
+            far = _MAX_EPOCH * 2
+            booked = _parse_booked(reader.raw("booked"))
+            state = cls(
+                config=config,
+                rate=rate,
+                clock=reader.number("clock", 0.0, _MAX_EPOCH),
+                booked=booked,
+                hold_until=reader.number("hold_until", 0.0, far),
+                last_throttle_at=reader.optional_number("last_throttle_at", 0.0, far),
+                last_decrease_at=reader.optional_number("last_decrease_at", 0.0, far),
+                last_increase_at=reader.optional_number("last_increase_at", 0.0, far),
+                urgent_until=reader.number("urgent_until", 0.0, far),
+                normal_until=reader.number("normal_until", 0.0, far),
+                breaker=Breaker.from_json(reader.raw("breaker")),
+                stats=Stats.from_json(reader.raw("stats")),
+            )
+            reader.done()
+            return state
+        except LimiterInputError as exc:
+            raise LimiterInputError(
+                "invalid_state", f"stored state is unusable: {exc.message}", exc.details
+            ) from exc
+
+
+def _parse_booked(raw: object) -> tuple[tuple[float, float], ...]:
+    problem = LimiterInputError("invalid_state", "state.booked must be sorted disjoint [start, end] pairs")
+    if not isinstance(raw, list) or len(raw) > _MAX_BOOKED:
+        raise problem
+    result: list[tuple[float, float]] = []
+    previous_end = -math.inf
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise problem
+        start, end = pair
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in pair):
+            raise problem
+        if not (previous_end <= start < end <= _MAX_EPOCH * 2):
+            raise problem
+        result.append((float(start), float(end)))
+        previous_end = float(end)
+    return tuple(result)
+
+
+def initial_state(config: LimiterConfig | None = None) -> LimiterState:
+    """A fresh limiter: breaker closed, effective rate at the configured ceiling, nothing booked."""
+    chosen = config or LimiterConfig()
+    return LimiterState(config=chosen, rate=chosen.rate)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Operation inputs and decisions
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Input of ``acquire``.
+
+    Attributes:
+        now: Caller's time (epoch seconds).
+        want: Tokens wanted (>= 1); the grant may be smaller.
+        priority: ``urgent`` or ``normal``.
+        requester: Who asks (the orchestration instance id); identifies the half-open probe holder.
+    """
+
+    now: float
+    want: int
+    priority: Priority = "normal"
+    requester: str = ""
+
+    @classmethod
+    def from_json(cls, data: object) -> Acquire:
+        """Parse an operation input (camelCase or snake_case keys)."""
+        reader = _Fields(data, "acquire", snake_case_too=True)
+        result = cls(
+            now=reader.time("now"),
+            want=reader.integer("want", 1, _MAX_COUNT),
+            priority=cast(Priority, reader.text("priority", "normal", choices=("urgent", "normal"))),
+            requester=reader.text("requester", ""),
+        )
+        reader.done()
+        return result
+
+    def to_json(self) -> JsonObject:
+        """Plain JSON with camelCase keys."""
+        return {"now": self.now, "want": self.want, "priority": self.priority, "requester": self.requester}
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Input of ``report``: the outcome of one sent batch, counted in responses (attempts), not recipients.
+
+    Attributes:
+        now: Caller's time.
+        sent: 2xx responses.
+        throttled: 429 responses.
+        server_errors: 5xx responses, timeouts and connection failures.
+        failed: Other failures (400/403/404/413...), neutral for the tenant's health.
+        retry_after: Largest ``Retry-After`` seen, in seconds.
+        requester: Who reports; decides a half-open probe when it is the probe holder.
+        granted_at: ``grantedAt`` of the grant the batch used, so one overload is punished once.
+    """
+
+    now: float
+    sent: int = 0
+    throttled: int = 0
+    server_errors: int = 0
+    failed: int = 0
+    retry_after: float | None = None
+    requester: str | None = None
+    granted_at: float | None = None
+
+    @property
+    def attempts(self) -> int:
+        """All responses the batch saw."""
+        return self.sent + self.throttled + self.server_errors + self.failed
+
+    @classmethod
+    def from_json(cls, data: object) -> Report:
+        """Parse an operation input (camelCase or snake_case keys)."""
+        reader = _Fields(data, "report", snake_case_too=True)
+        result = cls(
+            now=reader.time("now"),
+            sent=reader.integer("sent", 0, _MAX_COUNT, default=0),
+            throttled=reader.integer("throttled", 0, _MAX_COUNT, default=0),
+            server_errors=reader.integer("server_errors", 0, _MAX_COUNT, default=0),
+            failed=reader.integer("failed", 0, _MAX_COUNT, default=0),
+            retry_after=reader.optional_number("retry_after", 0.0, _MAX_SECONDS),
+            requester=reader.optional_text("requester"),
+            granted_at=reader.optional_time("granted_at"),
+        )
+        reader.done()
+        return result
+
+    def to_json(self) -> JsonObject:
+        """Plain JSON with camelCase keys."""
+        return {
+            "now": self.now,
+            "sent": self.sent,
+            "throttled": self.throttled,
+            "serverErrors": self.server_errors,
+            "failed": self.failed,
+            "retryAfter": self.retry_after,
+            "requester": self.requester,
+            "grantedAt": self.granted_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Decision of ``acquire``: wait until ``not_before``, then send ``tokens`` messages (0: ask again then).
+
+    Attributes:
+        tokens: Messages the caller may send; 0 only while the breaker is open or a probe is out.
+        not_before: Earliest send time (epoch seconds), never before the caller's ``now``.
+        granted_at: Entity time of the grant; echo it in the batch's report.
+        reason: ``granted``, ``probe``, ``breaker_open`` or ``probe_in_flight``.
+        rate: Effective rate when granted, for telemetry.
+    """
+
+    tokens: int
+    not_before: float
+    granted_at: float
+    reason: GrantReason
+    rate: float
+
+    def to_json(self) -> JsonObject:
+        """Plain JSON with camelCase keys, plus ``notBeforeIso`` for ``create_timer``."""
+        return {
+            "tokens": self.tokens,
+            "notBefore": self.not_before,
+            "notBeforeIso": _iso(self.not_before),
+            "grantedAt": self.granted_at,
+            "reason": self.reason,
+            "rate": self.rate,
+        }
+
+    def not_before_datetime(self) -> datetime:
+        """``not_before`` as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.not_before, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportAck:
+    """Decision of ``report``: what the tenant looks like after it.
+
+    Attributes:
+        rate: Effective rate.
+        phase: Breaker phase.
+        hold_until: Floor of every ``notBefore``.
+        open_until: When an open breaker allows a probe.
+        verdict: How the report was read: ``bad``, ``clean`` or ``empty``.
+    """
+
+    rate: float
+    phase: Phase
+    hold_until: float
+    open_until: float
+    verdict: Literal["bad", "clean", "empty"]
+
+    def to_json(self) -> JsonObject:
+        """Plain JSON with camelCase keys."""
+        return {
+            "rate": self.rate,
+            "phase": self.phase,
+            "holdUntil": self.hold_until,
+            "openUntil": self.open_until,
+            "verdict": self.verdict,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# The calendar of reserved intervals
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    """Where a priority may book while both are active: ``[k * frame + offset, + length)`` of each frame."""
+
+    frame: float
+    offset: float
+    length: float
+
+
+def _lanes(config: LimiterConfig, rate: float) -> tuple[_Lane, _Lane]:
+    share = config.normal_share
+    frame = max(config.slice_seconds, 1.0 / (share * rate), 1.0 / ((1.0 - share) * rate))
+    urgent = _Lane(frame, 0.0, (1.0 - share) * frame)
+    normal = _Lane(frame, (1.0 - share) * frame, share * frame)
+    return urgent, normal
+
+
+def _fit_in_gap(gap_start: float, gap_end: float, length: float, lane: _Lane | None) -> float | None:
+    if lane is not None and length > lane.length + _EPS:
+        lane = None  # cannot happen with the token caps; guards the loop below against never ending
+    if lane is None:
+        return gap_start if gap_start + length <= gap_end + _EPS else None
+    k = math.floor((gap_start - lane.offset) / lane.frame)
+    while True:
+        part_start = k * lane.frame + lane.offset
+        if part_start >= gap_end:
+            return None
+        start = max(gap_start, part_start)
+        if start + length <= min(gap_end, part_start + lane.length) + _EPS:
+            return start
+        k += 1
+
+
+def _first_fit(
+    booked: tuple[tuple[float, float], ...], start: float, length: float, lane: _Lane | None
+) -> float:
+    cursor = start
+    for busy_start, busy_end in (*booked, (math.inf, math.inf)):
+        if busy_end <= cursor + _EPS:
+            continue
+        if busy_start > cursor:
+            found = _fit_in_gap(cursor, busy_start, length, lane)
+            if found is not None:
+                return found
+        cursor = max(cursor, busy_end)
+    raise AssertionError("unreachable: the gap after the last booking is unbounded")  # pragma: no cover
+
+
+def _book(
+    booked: tuple[tuple[float, float], ...], start: float, end: float
+) -> tuple[tuple[float, float], ...]:
+    merged: list[tuple[float, float]] = []
+    for interval in sorted((*booked, (start, end))):
+        if merged and interval[0] <= merged[-1][1] + _EPS:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], interval[1]))
+        else:
+            merged.append(interval)
+    while len(merged) > _MAX_BOOKED:
+        # Fill the farthest gap: conservative (capacity wasted), never over the ceiling.
+        last = merged.pop()
+        merged[-1] = (merged[-1][0], last[1])
+    return tuple(merged)
+
+
+def _prune(booked: tuple[tuple[float, float], ...], now: float) -> tuple[tuple[float, float], ...]:
+    if not booked or booked[0][1] > now:
+        return booked
+    return tuple(interval for interval in booked if interval[1] > now)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Operations
+# ----------------------------------------------------------------------------------------------------
+
+
+def _advance(state: LimiterState, now: float) -> tuple[LimiterState, float]:
+    moment = max(now, state.clock)
+    return replace(state, clock=moment, booked=_prune(state.booked, moment)), moment
+
+
+def _mark_demand(state: LimiterState, priority: Priority, until: float) -> LimiterState:
+    if priority == "urgent":
+        return replace(state, urgent_until=max(state.urgent_until, until))
+    return replace(state, normal_until=max(state.normal_until, until))
+
+
+def _refuse(
+    state: LimiterState, request: Acquire, now: float, not_before: float, reason: GrantReason
+) -> tuple[LimiterState, Grant]:
+    state = _mark_demand(state, request.priority, not_before + state.config.priority_window_seconds)
+    state = replace(state, stats=state.stats.add(refusals=1))
+    return state, Grant(0, max(not_before, now), now, reason, state.rate)
+
+
+def _book_grant(
+    state: LimiterState, request: Acquire, now: float, most: int, reason: GrantReason
+) -> tuple[LimiterState, Grant]:
+    config, rate = state.config, state.rate
+    slice_seconds = config.slice_seconds
+    urgent_lane, normal_lane = _lanes(config, rate)
+    lane: _Lane | None = None
+    if request.priority == "urgent" and state.normal_until > now:
+        lane = urgent_lane
+    elif request.priority == "normal" and state.urgent_until > now:
+        lane = normal_lane
+    caps = [
+        most,
+        math.floor(rate * slice_seconds + 1e-9),
+        max(1, math.floor(rate * config.max_booking_seconds + 1e-9)),
+    ]
+    if lane is not None:
+        caps.append(math.floor(rate * lane.length + 1e-9))
+    tokens = max(1, min(caps))
+    length = tokens / rate
+    earliest = max(now, state.hold_until)
+    start = _first_fit(state.booked, earliest, length, lane)
+    # Sent up to one slice before its interval: the bucket's burst. min() guards float error so s <= a holds.
+    not_before = min(start, max(earliest, start + length - slice_seconds))
+    state = replace(
+        state,
+        booked=_book(state.booked, start, start + length),
+        stats=state.stats.add(grants=1, granted=tokens),
+    )
+    state = _mark_demand(state, request.priority, not_before + config.priority_window_seconds)
+    return state, Grant(tokens, not_before, now, reason, rate)
+
+
+def _grant_probe(state: LimiterState, request: Acquire, now: float) -> tuple[LimiterState, Grant]:
+    state, grant = _book_grant(state, request, now, min(request.want, state.config.probe_tokens), "probe")
+    breaker = replace(
+        state.breaker,
+        phase="half_open",
+        probe_requester=request.requester,
+        probe_deadline=grant.not_before + state.config.probe_timeout_seconds,
+    )
+    return replace(state, breaker=breaker), grant
+
+
+def acquire(state: LimiterState, request: Acquire) -> tuple[LimiterState, Grant]:
+    """Grant up to ``request.want`` tokens and the time to send them.
+
+    Args:
+        state: Current state.
+        request: Who wants how many, when, at which priority.
+
+    Returns:
+        The new state and the grant. ``tokens > 0`` unless the breaker is open or a half-open probe is out, in
+        which case ``tokens == 0`` and ``not_before`` says when to ask again.
+    """
+    state, now = _advance(state, request.now)
+    breaker = state.breaker
+    if breaker.phase == "open":
+        if now < breaker.open_until:
+            return _refuse(state, request, now, max(breaker.open_until, state.hold_until), "breaker_open")
+        return _grant_probe(state, request, now)
+    if breaker.phase == "half_open":
+        probe_out = now < breaker.probe_deadline and request.requester != breaker.probe_requester
+        if probe_out:
+            poll = min(breaker.probe_deadline, now + state.config.half_open_poll_seconds)
+            return _refuse(state, request, now, poll, "probe_in_flight")
+        # The probe was lost (deadline passed) or its holder asks again without reporting: probe anew.
+        return _grant_probe(state, request, now)
+    return _book_grant(state, request, now, request.want, "granted")
+
+
+def _verdict(config: LimiterConfig, outcome: Report) -> Literal["bad", "clean", "empty"]:
+    attempts = outcome.attempts
+    if attempts == 0:
+        return "empty"
+    if outcome.throttled + outcome.server_errors > config.bad_fraction * attempts:
+        return "bad"
+    return "clean"
+
+
+def _open(state: LimiterState, now: float, cooldown: float) -> LimiterState:
+    breaker = Breaker(
+        phase="open",
+        consecutive_bad=0,
+        open_until=max(now + cooldown, state.hold_until),
+        cooldown_seconds=cooldown,
+    )
+    return replace(state, breaker=breaker, stats=state.stats.add(breaker_opens=1))
+
+
+def _aimd(state: LimiterState, outcome: Report, now: float) -> LimiterState:
+    config = state.config
+    if outcome.throttled > 0:
+        hold = now + min(outcome.retry_after or 0.0, config.max_hold_seconds)
+        state = replace(state, last_throttle_at=now, hold_until=max(state.hold_until, hold))
+        last = state.last_decrease_at
+        if outcome.granted_at is not None:
+            # Batches granted before the last decrease were sized by the old rate: already punished.
+            fresh = last is None or outcome.granted_at > last
+        else:
+            fresh = last is None or now - last >= config.decrease_interval_seconds
+        if fresh:
+            rate = max(config.floor_rate, state.rate * config.decrease_factor)
+            state = replace(
+                state,
+                rate=rate,
+                last_decrease_at=now,
+                last_increase_at=now,
+                stats=state.stats.add(decreases=1),
+            )
+        return state
+    if outcome.attempts == 0 or state.breaker.phase != "closed":
+        return state
+    if state.rate >= config.rate:
+        return replace(state, last_increase_at=now)
+    credit_from = state.last_increase_at if state.last_increase_at is not None else now
+    if state.last_throttle_at is not None:
+        credit_from = max(credit_from, state.last_throttle_at + config.increase_after_seconds)
+    if now <= credit_from:
+        return state
+    rate = min(config.rate, state.rate + config.increase_per_second * (now - credit_from))
+    return replace(state, rate=rate, last_increase_at=now)
+
+
+def report(state: LimiterState, outcome: Report) -> tuple[LimiterState, ReportAck]:
+    """Feed back one batch's outcome: AIMD on 429, ``Retry-After`` hold, circuit breaker.
+
+    Args:
+        state: Current state.
+        outcome: Response counts of one batch.
+
+    Returns:
+        The new state and an acknowledgement with the rate and breaker phase after the report.
+    """
+    state, now = _advance(state, outcome.now)
+    config = state.config
+    verdict = _verdict(config, outcome)
+    state = replace(
+        state,
+        stats=state.stats.add(
+            reports=1,
+            sent=outcome.sent,
+            throttled=outcome.throttled,
+            server_errors=outcome.server_errors,
+            failed=outcome.failed,
+        ),
+    )
+    state = _aimd(state, outcome, now)
+    breaker = state.breaker
+    if verdict != "empty":
+        if breaker.phase == "closed":
+            if verdict == "clean":
+                state = replace(state, breaker=replace(breaker, consecutive_bad=0))
+            elif breaker.consecutive_bad + 1 >= config.breaker_threshold:
+                state = _open(state, now, config.cooldown_seconds)
+            else:
+                state = replace(state, breaker=replace(breaker, consecutive_bad=breaker.consecutive_bad + 1))
+        elif breaker.phase == "half_open" and outcome.requester in (None, breaker.probe_requester):
+            if verdict == "bad":
+                cooldown = min(
+                    config.max_cooldown_seconds, max(breaker.cooldown_seconds, config.cooldown_seconds) * 2
+                )
+                state = _open(state, now, cooldown)
+            else:
+                restart = max(config.floor_rate, min(state.rate, config.restart_fraction * config.rate))
+                state = replace(state, breaker=Breaker(), rate=restart, last_increase_at=now)
+        # While open, reports come from batches granted before it opened: they say nothing about recovery.
+    breaker = state.breaker
+    ack = ReportAck(state.rate, breaker.phase, state.hold_until, breaker.open_until, verdict)
+    return state, ack
+
+
+def configure(state: LimiterState, config: LimiterConfig, now: float | None = None) -> LimiterState:
+    """Replace the settings; the effective rate follows a ceiling change.
+
+    A limiter running at its ceiling moves to the new ceiling; one held down by AIMD keeps its rate, clamped
+    into the new ``[floor_rate, rate]``. Bookings already made stand.
+
+    Args:
+        state: Current state.
+        config: New settings.
+        now: Optional time, to advance the entity clock.
+
+    Returns:
+        The new state.
+    """
+    if now is not None:
+        state, _ = _advance(state, now)
+    at_ceiling = state.rate >= state.config.rate
+    rate = config.rate if at_ceiling else state.rate
+    rate = min(config.rate, max(config.floor_rate, rate))
+    breaker = state.breaker
+    if breaker.cooldown_seconds > config.max_cooldown_seconds:
+        breaker = replace(breaker, cooldown_seconds=config.max_cooldown_seconds)
+    return replace(state, config=config, rate=rate, breaker=breaker)
+
+
+def snapshot(state: LimiterState) -> JsonObject:
+    """A read-only view for ``get``: phase, rates, holds, bookings, demand and totals."""
+    config = state.config
+    clock = state.clock
+    return {
+        "phase": state.breaker.phase,
+        "rate": state.rate,
+        "configuredRate": config.rate,
+        "burst": config.burst_tokens,
+        "effectiveBurst": state.rate * config.slice_seconds,
+        "clock": clock,
+        "holdUntil": state.hold_until,
+        "openUntil": state.breaker.open_until,
+        "bookedUntil": state.booked[-1][1] if state.booked else None,
+        "bookedSeconds": sum(end - max(start, clock) for start, end in state.booked),
+        "urgentActive": state.urgent_until > clock,
+        "normalActive": state.normal_until > clock,
+        "consecutiveBad": state.breaker.consecutive_bad,
+        "probeRequester": state.breaker.probe_requester,
+        "stats": state.stats.to_json(),
+        "config": config.to_json(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entity entry point
+# ----------------------------------------------------------------------------------------------------
+
+OPERATIONS: Final = ("acquire", "report", "configure", "get")
+
+
+def _load(stored: object, defaults: LimiterConfig | None) -> LimiterState:
+    if stored is None:
+        return initial_state(defaults)
+    if isinstance(stored, str):
+        try:
+            stored = json.loads(stored)
+        except ValueError:
+            raise LimiterInputError("invalid_state", "stored state is not JSON") from None
+        if stored is None:
+            return initial_state(defaults)
+    return LimiterState.from_json(stored)
+
+
+def _dispatch(
+    current: LimiterState, operation: str, operation_input: object
+) -> tuple[LimiterState, JsonObject]:
+    if operation == "acquire":
+        new_state, grant = acquire(current, Acquire.from_json(operation_input))
+        return new_state, {"grant": grant.to_json()}
+    if operation == "report":
+        new_state, ack = report(current, Report.from_json(operation_input))
+        return new_state, {"report": ack.to_json()}
+    if operation == "configure":
+        reader = _Fields(operation_input, "configure", snake_case_too=True)
+        now = reader.optional_time("now")
+        changes = {name: reader.raw(name) for name in _CONFIG_SPEC if reader.has(name)}
+        reader.done()
+        merged = {**current.config.to_json(), **{_camel(k): v for k, v in changes.items()}}
+        new_config = LimiterConfig.from_json(merged, where="configure")
+        new_state = configure(current, new_config, now)
+        return new_state, {"config": new_config.to_json()}
+    if operation == "get":
+        if operation_input not in (None, {}):
+            _Fields(operation_input, "get", snake_case_too=True).done()
+        return current, {"snapshot": snapshot(current)}
+    raise LimiterInputError(
+        "unknown_operation",
+        f"unknown operation {str(operation)[:64]!r}",
+        {"operations": list(OPERATIONS)},
+    )
+
+
+def apply(
+    state: object,
+    operation: object,
+    operation_input: object = None,
+    *,
+    defaults: LimiterConfig | None = None,
+) -> tuple[Any, JsonObject]:
+    """Run one entity operation; never raises.
+
+    Args:
+        state: The stored state (``LimiterState.to_json()`` output, the same as a JSON string, or ``None``
+            for a new entity).
+        operation: ``acquire``, ``report``, ``configure`` or ``get``.
+        operation_input: The operation's JSON input.
+        defaults: Settings for a new entity (e.g. the tenant's rate from ``Settings.send_rate_for``).
+
+    Returns:
+        ``(new_state_json, decision_json)``. On any error the state is returned exactly as given and the
+        decision is ``{"error": {"code", "message", "details"}}``.
+    """
+    try:
+        current = _load(state, defaults)
+        if not isinstance(operation, str):
+            raise LimiterInputError(
+                "unknown_operation", "operation must be a string", {"operations": list(OPERATIONS)}
+            )
+        new_state, decision = _dispatch(current, operation, operation_input)
+        if operation == "get":
+            return state, decision  # read-only: not even a new entity's defaults get stored
+        return new_state.to_json(), decision
+    except LimiterInputError as exc:
+        return state, exc.to_json()
+    except Exception as exc:  # last line of defence: entity code must never raise (STYLE.md rule 3)
+        error = LimiterInputError(
+            "internal_error", f"{type(exc).__name__} while running {str(operation)[:64]!r}"
+        )
+        return state, error.to_json()

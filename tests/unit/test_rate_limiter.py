@@ -1,0 +1,975 @@
+"""Tests for the per-tenant send limiter (``proactive.rate_limiter``): rules, properties, simulations.
+
+Time is always injected (epoch seconds around ``T0``); nothing sleeps. Simulations drive the pure functions with
+an event queue, the way orchestrations would drive the entity: acquire -> wait until ``notBefore`` -> send ->
+report -> acquire again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proactive.rate_limiter import (
+    Acquire,
+    Grant,
+    LimiterConfig,
+    LimiterInputError,
+    LimiterState,
+    Priority,
+    Report,
+    acquire,
+    apply,
+    configure,
+    initial_state,
+    parse_time,
+    report,
+    snapshot,
+)
+
+T0 = 1_795_251_600.0  # 2026-11-21T09:00:00Z
+TOL = 1e-6
+
+
+def ask(
+    state: LimiterState, now: float, want: int, priority: Priority = "normal", requester: str = "r"
+) -> tuple[LimiterState, Grant]:
+    return acquire(state, Acquire(now=now, want=want, priority=priority, requester=requester))
+
+
+def tell(state: LimiterState, now: float, **counts: Any) -> LimiterState:
+    new_state, _ = report(state, Report(now=now, **counts))
+    return new_state
+
+
+def max_in_window(grants: Sequence[tuple[float, int]], window: float) -> int:
+    """Largest number of tokens whose not_before falls in any closed window [t, t + window]."""
+    ordered = sorted(grants)
+    best = total = 0
+    left = 0
+    for time, tokens in ordered:
+        total += tokens
+        while ordered[left][0] < time - window - 1e-9:
+            total -= ordered[left][1]
+            left += 1
+        best = max(best, total)
+    return best
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Token bucket with bookings
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_defaults_follow_the_facts_sheet_50_per_second_with_one_second_burst() -> None:
+    config = LimiterConfig()
+    assert (config.rate, config.burst_tokens, config.slice_seconds) == (50.0, 50.0, 1.0)
+    assert initial_state().rate == 50.0
+
+
+def test_idle_tenant_grants_what_is_wanted_now() -> None:
+    _, grant = ask(initial_state(), T0, 7)
+    assert (grant.tokens, grant.not_before, grant.reason) == (7, T0, "granted")
+
+
+def test_one_grant_never_exceeds_the_burst_so_a_huge_request_takes_one_slice() -> None:
+    state, huge = ask(initial_state(), T0, 100_000, requester="deploy")
+    state, small = ask(state, T0, 5, requester="other")
+    assert huge.tokens == 50
+    assert small.tokens == 5
+    assert small.not_before - T0 == pytest.approx(0.1, abs=TOL)
+
+
+def test_max_booking_seconds_bounds_one_grant_below_the_burst() -> None:
+    state = initial_state(LimiterConfig(rate=50, burst=200, max_booking_seconds=0.5))
+    _, grant = ask(state, T0, 1000)
+    assert grant.tokens == 25
+
+
+def test_concurrent_requesters_at_one_instant_get_staggered_not_before_times() -> None:
+    state = initial_state()
+    offsets = []
+    for i in range(10):
+        state, grant = ask(state, T0, 20, requester=f"r{i}")
+        assert grant.tokens == 20
+        offsets.append(round(grant.not_before - T0, 3))
+    assert offsets == [0.0, 0.0, 0.2, 0.6, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0]
+
+
+def test_bucket_refills_after_idle_time_up_to_one_burst_only() -> None:
+    state, _ = ask(initial_state(), T0, 50)
+    state, later = ask(state, T0 + 0.5, 50)
+    assert later.tokens == 50
+    assert later.not_before == pytest.approx(T0 + 1.0, abs=TOL)
+    state, after_idle = ask(state, T0 + 60, 50)
+    state, next_one = ask(state, T0 + 60, 50)
+    assert after_idle.not_before == T0 + 60
+    assert next_one.not_before == pytest.approx(T0 + 61, abs=TOL)
+
+
+def test_grant_is_never_before_the_callers_now_even_when_an_older_now_arrives() -> None:
+    state, _ = ask(initial_state(), T0 + 10, 1)
+    state, grant = ask(state, T0 + 5, 1)  # a replaying orchestration with an older episode time
+    assert grant.not_before >= T0 + 10
+    assert state.clock == T0 + 10
+
+
+def test_calendar_stays_bounded_and_safe_when_priorities_leave_many_gaps() -> None:
+    state, _ = ask(initial_state(), T0, 40, "urgent", "u")
+    grants = []
+    for i in range(200):  # normal bookings in the 20 % part of successive frames leave urgent gaps between
+        state, grant = ask(state, T0, 10, "normal", f"n{i}")
+        grants.append((grant.not_before, grant.tokens))
+    assert len(state.booked) <= 64
+    state, urgent = ask(state, T0, 40, "urgent", "u")
+    grants.append((urgent.not_before, urgent.tokens))
+    assert urgent.not_before <= T0 + 1.0  # the gaps kept near now are still usable
+    assert max_in_window(grants, 1.0) <= 50 * 1.0 + 50
+
+
+def test_bookings_are_pruned_once_they_are_in_the_past() -> None:
+    state = initial_state()
+    for i in range(5):
+        state, _ = ask(state, T0, 50, requester=f"r{i}")
+    assert state.booked
+    state, _ = ask(state, T0 + 100, 1)
+    assert len(state.booked) == 1
+    assert state.booked[0][0] == T0 + 100
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Priority
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_urgent_request_goes_ahead_of_normal_requests_made_after_it() -> None:
+    state, _ = ask(initial_state(), T0, 50, "normal", "deploy")
+    state, urgent = ask(state, T0, 50, "urgent", "incident")
+    state, normal = ask(state, T0, 50, "normal", "deploy")
+    assert urgent.not_before < normal.not_before
+    state, urgent_again = ask(state, T0, 50, "urgent", "incident")
+    assert urgent_again.not_before < normal.not_before + 1.0
+
+
+def test_urgent_notice_waits_only_for_slices_already_booked_not_the_whole_deploy() -> None:
+    state = initial_state()
+    for i in range(3):  # three deploy orchestrations, each holding one slice
+        state, _ = ask(state, T0, 100_000, "normal", f"deploy{i}")
+    state, urgent = ask(state, T0, 50, "urgent", "incident")
+    assert urgent.tokens > 0
+    assert urgent.not_before - T0 <= 3.0 + TOL
+
+
+def test_while_urgent_is_active_normal_keeps_its_fixed_share_per_frame() -> None:
+    state, _ = ask(initial_state(), T0, 40, "urgent", "u")
+    state, normal = ask(state, T0, 50, "normal", "n")
+    assert normal.tokens == 10  # 20 % of a 1 s frame at 50 msg/s
+    # Urgent holds [0, 0.8) of the frame, normal the last 0.2 s: together one busy second.
+    assert len(state.booked) == 1
+    assert state.booked[0][1] - T0 == pytest.approx(1.0, abs=TOL)
+    state, more = ask(state, T0, 50, "normal", "n2")
+    assert more.tokens == 10
+    assert state.booked[-1][0] - T0 == pytest.approx(1.8, abs=TOL)
+
+
+def test_normal_uses_the_full_rate_again_once_urgent_demand_expires() -> None:
+    state, urgent = ask(initial_state(), T0, 40, "urgent", "u")
+    quiet = urgent.not_before + state.config.priority_window_seconds + 0.1
+    state, normal = ask(state, quiet, 50, "normal", "n")
+    assert normal.tokens == 50
+    assert normal.not_before == quiet
+
+
+def test_urgent_alone_uses_the_full_rate() -> None:
+    _, grant = ask(initial_state(), T0, 50, "urgent", "u")
+    assert grant.tokens == 50
+    assert grant.not_before == T0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AIMD and Retry-After
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_429_halves_the_effective_rate() -> None:
+    state = tell(initial_state(), T0, sent=10, throttled=5)
+    assert state.rate == 25.0
+    assert state.stats.decreases == 1
+
+
+def test_rate_never_falls_below_the_floor() -> None:
+    state = initial_state()
+    for i in range(20):
+        state = tell(state, T0 + 2 * i, throttled=1)
+    assert state.rate == 1.0
+
+
+def test_retry_after_is_a_floor_for_every_requester_of_the_tenant() -> None:
+    state = tell(initial_state(), T0, sent=1, throttled=1, retry_after=7.5)
+    state, first = ask(state, T0 + 1, 5, requester="a")
+    state, second = ask(state, T0 + 1, 5, "urgent", requester="b")
+    assert first.not_before >= T0 + 7.5
+    assert second.not_before >= T0 + 7.5
+
+
+def test_retry_after_hold_is_capped() -> None:
+    state = tell(initial_state(), T0, throttled=1, retry_after=86_400)
+    assert state.hold_until == T0 + 300
+
+
+def test_429s_from_batches_granted_before_the_decrease_do_not_decrease_again() -> None:
+    state, grant = ask(initial_state(), T0, 20)
+    state = tell(state, T0 + 1, throttled=20, granted_at=grant.granted_at)
+    state = tell(state, T0 + 1.5, throttled=20, granted_at=grant.granted_at)
+    state = tell(state, T0 + 9, throttled=20, granted_at=grant.granted_at)
+    assert state.rate == 25.0
+    state, fresh = ask(state, T0 + 10, 20)
+    state = tell(state, T0 + 11, throttled=20, granted_at=fresh.granted_at)
+    assert state.rate == 12.5
+
+
+def test_without_granted_at_at_most_one_decrease_per_interval() -> None:
+    state = tell(initial_state(), T0, throttled=1)
+    state = tell(state, T0 + 0.5, throttled=1)
+    assert state.rate == 25.0
+    state = tell(state, T0 + 1.0, throttled=1)
+    assert state.rate == 12.5
+
+
+def test_rate_does_not_climb_during_the_quiet_period_after_a_429() -> None:
+    state = tell(initial_state(), T0, throttled=1)
+    state = tell(state, T0 + 4.9, sent=10)
+    assert state.rate == 25.0
+
+
+def test_rate_climbs_one_per_clean_second_after_the_quiet_period_up_to_the_ceiling() -> None:
+    state = tell(initial_state(), T0, throttled=1)
+    state = tell(state, T0 + 7, sent=10)
+    assert state.rate == pytest.approx(27.0)
+    state = tell(state, T0 + 10, sent=10)
+    assert state.rate == pytest.approx(30.0)
+    state = tell(state, T0 + 1000, sent=10)
+    assert state.rate == 50.0
+
+
+def test_empty_reports_do_not_raise_the_rate() -> None:
+    state = tell(initial_state(), T0, throttled=1)
+    state = tell(state, T0 + 20)
+    assert state.rate == 25.0
+
+
+def test_lower_rate_gives_longer_intervals_and_a_smaller_effective_burst() -> None:
+    state = tell(initial_state(), T0, throttled=1)
+    state, grant = ask(state, T0 + 1, 100)
+    assert grant.tokens == 25
+    state, second = ask(state, T0 + 1, 25)
+    assert second.not_before == pytest.approx(T0 + 2, abs=TOL)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Circuit breaker
+# ----------------------------------------------------------------------------------------------------------
+
+
+def open_breaker(state: LimiterState, now: float) -> LimiterState:
+    for i in range(state.config.breaker_threshold):
+        state = tell(state, now + i * 0.01, sent=0, server_errors=5)
+    return state
+
+
+def test_breaker_opens_after_three_consecutive_bad_reports() -> None:
+    state = tell(initial_state(), T0, server_errors=5)
+    state = tell(state, T0 + 0.1, server_errors=5)
+    assert state.breaker.phase == "closed"
+    state = tell(state, T0 + 0.2, server_errors=5)
+    assert state.breaker.phase == "open"
+    assert state.breaker.open_until == pytest.approx(T0 + 0.2 + 5)
+
+
+def test_a_clean_report_resets_the_bad_streak_and_an_empty_one_does_not() -> None:
+    state = tell(initial_state(), T0, server_errors=5)
+    state = tell(state, T0, server_errors=5)
+    state = tell(state, T0)  # empty: no attempts
+    assert state.breaker.consecutive_bad == 2
+    state = tell(state, T0, sent=5)
+    assert state.breaker.consecutive_bad == 0
+
+
+@pytest.mark.parametrize(
+    ("counts", "verdict"),
+    [
+        ({"sent": 5, "server_errors": 5}, "clean"),  # exactly half is not dominating
+        ({"sent": 4, "server_errors": 3, "throttled": 3}, "bad"),  # 429s and 5xx together dominate
+        ({"failed": 10, "server_errors": 2}, "clean"),  # recipient failures are not the tenant's health
+        ({"sent": 0}, "empty"),
+    ],
+)
+def test_a_batch_is_bad_when_429s_and_5xx_are_more_than_half_of_its_responses(
+    counts: dict[str, Any], verdict: str
+) -> None:
+    _, ack = report(initial_state(), Report(now=T0, **counts))
+    assert ack.verdict == verdict
+
+
+def test_open_breaker_grants_zero_tokens_until_the_probe_time() -> None:
+    state = open_breaker(initial_state(), T0)
+    state, grant = ask(state, T0 + 1, 20)
+    assert (grant.tokens, grant.reason) == (0, "breaker_open")
+    assert grant.not_before == state.breaker.open_until
+
+
+def test_half_open_grants_one_probe_to_one_requester_and_others_wait() -> None:
+    state = open_breaker(initial_state(), T0)
+    probe_time = state.breaker.open_until
+    state, probe = ask(state, probe_time, 20, requester="a")
+    state, other = ask(state, probe_time + 0.1, 20, requester="b")
+    assert (probe.tokens, probe.reason) == (1, "probe")
+    assert state.breaker.phase == "half_open"
+    assert (other.tokens, other.reason) == (0, "probe_in_flight")
+    assert other.not_before == pytest.approx(probe_time + 1.1)
+
+
+def test_clean_probe_closes_the_breaker_and_the_rate_restarts_low() -> None:
+    state = open_breaker(initial_state(), T0)
+    state, _ = ask(state, state.breaker.open_until, 20, requester="a")
+    state = tell(state, state.clock + 0.5, sent=1, requester="a")
+    assert state.breaker.phase == "closed"
+    assert state.rate == 10.0
+    state, grant = ask(state, state.clock, 50, requester="b")
+    assert grant.tokens == 10
+
+
+def test_bad_probe_reopens_with_a_doubled_capped_cooldown() -> None:
+    state = open_breaker(initial_state(LimiterConfig(max_cooldown_seconds=30)), T0)
+    cooldowns = [state.breaker.cooldown_seconds]
+    for _ in range(4):
+        state, _ = ask(state, state.breaker.open_until, 20, requester="a")
+        state = tell(state, state.clock + 0.1, server_errors=1, requester="a")
+        assert state.breaker.phase == "open"
+        cooldowns.append(state.breaker.cooldown_seconds)
+    assert cooldowns == [5, 10, 20, 30, 30]
+
+
+def test_only_the_probe_holders_report_decides_the_half_open_breaker() -> None:
+    state = open_breaker(initial_state(), T0)
+    state, _ = ask(state, state.breaker.open_until, 20, requester="a")
+    state = tell(state, state.clock, server_errors=20, requester="late-batch")
+    assert state.breaker.phase == "half_open"
+
+
+def test_a_lost_probe_is_replaced_after_its_timeout() -> None:
+    state = open_breaker(initial_state(), T0)
+    state, _ = ask(state, state.breaker.open_until, 20, requester="a")
+    state, grant = ask(state, state.clock + 31, 20, requester="b")
+    assert (grant.tokens, grant.reason) == (1, "probe")
+    assert state.breaker.probe_requester == "b"
+
+
+def test_reports_while_open_do_not_change_the_breaker() -> None:
+    state = open_breaker(initial_state(), T0)
+    before = state.breaker
+    state = tell(state, T0 + 1, sent=20)
+    assert state.breaker == before
+
+
+def test_retry_after_longer_than_the_cooldown_delays_the_probe() -> None:
+    state = initial_state()
+    for i in range(3):
+        state = tell(state, T0 + i, throttled=10, retry_after=60)
+    assert state.breaker.phase == "open"
+    state, grant = ask(state, T0 + 10, 5)
+    assert grant.not_before == pytest.approx(T0 + 62)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configure, get, apply, JSON
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_configure_moves_a_limiter_at_its_ceiling_to_the_new_ceiling() -> None:
+    state = configure(initial_state(), LimiterConfig(rate=30))
+    assert (state.rate, state.config.burst_tokens) == (30.0, 30.0)
+    _, grant = ask(state, T0, 100)
+    assert grant.tokens == 30
+
+
+def test_configure_keeps_a_throttled_rate_within_the_new_bounds() -> None:
+    state = tell(initial_state(), T0, throttled=1)
+    assert configure(state, LimiterConfig(rate=100)).rate == 25.0
+    assert configure(state, LimiterConfig(rate=20)).rate == 20.0
+
+
+def test_small_burst_raises_the_rate_floor_so_one_token_always_fits() -> None:
+    config = LimiterConfig(rate=50, burst=10, min_rate=1)
+    assert config.floor_rate == 5.0
+    state = initial_state(config)
+    for i in range(10):
+        state = tell(state, T0 + 2 * i, throttled=1)
+    _, grant = ask(state, T0 + 100, 10)
+    assert state.rate == 5.0
+    assert grant.tokens == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"rate": 0},
+        {"rate": -1},
+        {"rate": "fast"},
+        {"burst": 0.5},
+        {"normalShare": 1.0},
+        {"minRate": 60},
+        {"cooldownSeconds": 10, "maxCooldownSeconds": 5},
+        {"breakerThreshold": 1.5},
+        {"speed": 3},
+    ],
+)
+def test_invalid_configuration_is_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(LimiterInputError):
+        LimiterConfig.from_json(bad)
+
+
+def test_apply_creates_a_new_entity_with_defaults_and_grants() -> None:
+    new_state, decision = apply(
+        None, "acquire", {"now": T0, "want": 5, "priority": "urgent", "requester": "x"}
+    )
+    assert decision["grant"]["tokens"] == 5
+    assert decision["grant"]["notBeforeIso"] == "2026-11-21T09:00:00Z"
+    assert LimiterState.from_json(new_state).stats.granted == 5
+
+
+def test_apply_uses_the_given_defaults_for_a_new_entity() -> None:
+    new_state, decision = apply(None, "acquire", {"now": T0, "want": 100}, defaults=LimiterConfig(rate=30))
+    assert decision["grant"]["tokens"] == 30
+    assert new_state["config"]["rate"] == 30.0
+
+
+def test_apply_accepts_iso_times_and_snake_case_keys() -> None:
+    state, _ = apply(None, "acquire", {"now": "2026-11-21T09:00:00+00:00", "want": 1})
+    state, decision = apply(
+        state, "report", {"now": "2026-11-21T09:00:01Z", "throttled": 1, "retry_after": 2, "granted_at": T0}
+    )
+    assert decision["report"]["holdUntil"] == T0 + 3
+    assert decision["report"]["rate"] == 25.0
+
+
+def test_apply_accepts_a_datetime_and_a_json_string_state() -> None:
+    state, _ = apply(None, "configure", {"rate": 40})
+    moment = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    _, decision = apply(json.dumps(state), "acquire", {"now": moment, "want": 3})
+    assert decision["grant"]["notBefore"] == T0
+
+
+@pytest.mark.parametrize(
+    ("operation", "operation_input", "code"),
+    [
+        ("explode", {}, "unknown_operation"),
+        (42, {}, "unknown_operation"),
+        ("acquire", {"want": 5}, "invalid_input"),
+        ("acquire", {"now": T0, "want": 0}, "invalid_input"),
+        ("acquire", {"now": T0, "want": True}, "invalid_input"),
+        ("acquire", {"now": T0, "want": 5, "priority": "vip"}, "invalid_input"),
+        ("acquire", {"now": T0 * 1000, "want": 5}, "invalid_input"),  # milliseconds, not seconds
+        ("acquire", {"now": "yesterday", "want": 5}, "invalid_input"),
+        ("acquire", {"now": T0, "want": 5, "colour": "red"}, "unknown_field"),
+        ("acquire", {"now": T0, "want": 5, "wantTokens": 1}, "unknown_field"),
+        ("acquire", [1, 2], "invalid_input"),
+        ("report", {"now": T0, "sent": -1}, "invalid_input"),
+        ("report", {"now": T0, "retryAfter": math.inf}, "invalid_input"),
+        ("report", {"now": T0, "retryAfter": 1, "retry_after": 2}, "invalid_input"),
+        ("configure", {"rate": 0}, "invalid_input"),
+        ("configure", {"rate": 50, "tenant": "x"}, "unknown_field"),
+        ("get", {"anything": 1}, "unknown_field"),
+    ],
+)
+def test_apply_returns_an_error_decision_and_leaves_the_state_unchanged(
+    operation: object, operation_input: object, code: str
+) -> None:
+    state, _ = apply(None, "acquire", {"now": T0, "want": 5})
+    frozen = json.dumps(state, sort_keys=True)
+    new_state, decision = apply(state, operation, operation_input)
+    assert new_state is state
+    assert json.dumps(new_state, sort_keys=True) == frozen
+    assert decision["error"]["code"] == code
+    assert decision["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["not json", {"v": 2}, {"v": 1}, [], 7, {**initial_state().to_json(), "rate": 500.0}],
+)
+def test_apply_refuses_an_unusable_stored_state_without_touching_it(stored: object) -> None:
+    new_state, decision = apply(stored, "acquire", {"now": T0, "want": 1})
+    assert new_state is stored
+    assert decision["error"]["code"] == "invalid_state"
+
+
+def test_get_is_read_only_and_shows_the_limiter() -> None:
+    state, _ = apply(None, "acquire", {"now": T0, "want": 5, "priority": "urgent"})
+    new_state, decision = apply(state, "get", None)
+    assert new_state == state
+    view = decision["snapshot"]
+    assert view["phase"] == "closed"
+    assert view["urgentActive"] is True
+    assert view["stats"]["granted"] == 5
+    assert snapshot(LimiterState.from_json(state)) == view
+
+
+def test_configure_through_apply_changes_only_the_given_fields() -> None:
+    state, decision = apply(None, "get", None)
+    assert state is None  # get never creates the entity
+    assert decision["snapshot"]["rate"] == 50.0
+    new_state, decision = apply(state, "configure", {"now": T0, "rate": 30, "normal_share": 0.3})
+    assert decision["config"]["rate"] == 30.0
+    assert decision["config"]["normalShare"] == 0.3
+    assert decision["config"]["breakerThreshold"] == 3
+    assert new_state["rate"] == 30.0
+
+
+def test_parse_time_treats_naive_iso_as_utc() -> None:
+    assert parse_time("2026-11-21T09:00:00") == T0
+    assert parse_time("2026-11-21T10:00:00+01:00") == T0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Properties
+# ----------------------------------------------------------------------------------------------------------
+
+REQUESTERS = ["a", "b", "c", "d"]
+
+acquire_ops = st.builds(
+    lambda dt, want, priority, who: ("acquire", dt, {"want": want, "priority": priority, "requester": who}),
+    st.floats(0, 2.0),
+    st.integers(1, 150),
+    st.sampled_from(["urgent", "normal"]),
+    st.sampled_from(REQUESTERS),
+)
+report_ops = st.builds(
+    lambda dt, sent, throttled, errors, failed, retry, who, echo: (
+        "report",
+        dt,
+        {
+            "sent": sent,
+            "throttled": throttled,
+            "serverErrors": errors,
+            "failed": failed,
+            "retryAfter": retry,
+            "requester": who,
+            "echo": echo,
+        },
+    ),
+    st.floats(0, 2.0),
+    st.integers(0, 30),
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.integers(0, 2),
+    st.none() | st.floats(0, 5.0),
+    st.none() | st.sampled_from(REQUESTERS),
+    st.booleans(),
+)
+configs = st.builds(
+    lambda rate, burst, share, threshold: LimiterConfig(
+        rate=rate, burst=burst, min_rate=min(1.0, rate), normal_share=share, breaker_threshold=threshold
+    ),
+    st.floats(1.0, 120.0),
+    st.none() | st.floats(1.0, 150.0),
+    st.floats(0.05, 0.5),
+    st.integers(1, 4),
+)
+
+
+def run_ops(
+    config: LimiterConfig, ops: list[tuple[str, float, dict[str, Any]]]
+) -> tuple[list[tuple[float, int, float]], list[LimiterState]]:
+    """Apply ops at non-decreasing times; returns grants (not_before, tokens, now) and every state."""
+    state = initial_state(config)
+    now = T0
+    last_granted_at: float | None = None
+    grants: list[tuple[float, int, float]] = []
+    states = [state]
+    for kind, dt, values in ops:
+        now += dt
+        if kind == "acquire":
+            state, grant = acquire(state, Acquire(now=now, **values))
+            assert grant.not_before >= now - 1e-9
+            if grant.tokens:
+                grants.append((grant.not_before, grant.tokens, now))
+                last_granted_at = grant.granted_at
+        else:
+            values = dict(values)
+            echo = values.pop("echo")
+            state, _ = report(
+                state,
+                Report(
+                    now=now,
+                    sent=values["sent"],
+                    throttled=values["throttled"],
+                    server_errors=values["serverErrors"],
+                    failed=values["failed"],
+                    retry_after=values["retryAfter"],
+                    requester=values["requester"],
+                    granted_at=last_granted_at if echo else None,
+                ),
+            )
+        states.append(state)
+    return grants, states
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    configs,
+    st.lists(acquire_ops | report_ops, min_size=1, max_size=60),
+    st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+)
+def test_property_granted_tokens_in_any_window_never_exceed_rate_times_window_plus_burst(
+    config: LimiterConfig, ops: list[tuple[str, float, dict[str, Any]]], window: float
+) -> None:
+    grants, states = run_ops(config, ops)
+    assert all(not_before >= now - 1e-9 for not_before, _, now in grants)
+    assert all(config.floor_rate - 1e-9 <= s.rate <= config.rate for s in states)
+    # The highest effective rate in force and its burst (r * D), never above the configured ones.
+    rate = max(s.rate for s in states)
+    ceiling = rate * window + rate * config.slice_seconds
+    assert max_in_window([(t, n) for t, n, _ in grants], window) <= ceiling + 1e-6 * rate
+
+
+configure_ops = st.builds(
+    lambda dt, rate, burst: ("configure", dt, {"rate": rate, "burst": burst}),
+    st.floats(0, 2.0),
+    st.floats(1.0, 120.0),
+    st.none() | st.floats(1.0, 150.0),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(acquire_ops | report_ops | configure_ops, min_size=1, max_size=50),
+    st.sampled_from([0.0, 1.0, 4.0]),
+)
+def test_property_window_bound_holds_across_reconfiguration_with_the_largest_rate_and_slice(
+    ops: list[tuple[str, float, dict[str, Any]]], window: float
+) -> None:
+    state_json: Any = None
+    now = T0
+    grants: list[tuple[float, int]] = []
+    rates, slices = [50.0], [1.0]
+    for kind, dt, values in ops:
+        now += dt
+        wire_input = {k: v for k, v in values.items() if k != "echo"} | {"now": now}
+        state_json, decision = apply(state_json, kind, wire_input)
+        assert "error" not in decision
+        state = LimiterState.from_json(state_json)
+        rates.append(state.rate)
+        slices.append(state.config.slice_seconds)
+        if kind == "acquire" and decision["grant"]["tokens"]:
+            grants.append((decision["grant"]["notBefore"], decision["grant"]["tokens"]))
+    ceiling = max(rates) * (window + max(slices))
+    assert max_in_window(grants, window) <= ceiling + 1e-6 * max(rates)
+
+
+@settings(max_examples=60, deadline=None)
+@given(configs, st.lists(acquire_ops | report_ops, min_size=1, max_size=40))
+def test_property_state_json_round_trips_exactly(
+    config: LimiterConfig, ops: list[tuple[str, float, dict[str, Any]]]
+) -> None:
+    _, states = run_ops(config, ops)
+    for state in states:
+        wire = json.loads(json.dumps(state.to_json(), allow_nan=False))
+        assert wire == state.to_json()
+        assert LimiterState.from_json(wire) == state
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(acquire_ops | report_ops, min_size=1, max_size=40))
+def test_property_apply_over_json_matches_the_python_api(
+    ops: list[tuple[str, float, dict[str, Any]]],
+) -> None:
+    """What the entity does (JSON state between operations) is exactly what the pure functions do."""
+    state_json: Any = None
+    state = initial_state()
+    now = T0
+    for kind, dt, values in ops:
+        now += dt
+        wire_input = {k: v for k, v in values.items() if k != "echo"} | {"now": now}
+        state_json, decision = apply(json.loads(json.dumps(state_json)), kind, wire_input)
+        if kind == "acquire":
+            state, grant = acquire(state, Acquire.from_json(wire_input))
+            assert decision == {"grant": grant.to_json()}
+        else:
+            state, ack = report(state, Report.from_json(wire_input))
+            assert decision == {"report": ack.to_json()}
+        assert state_json == state.to_json()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+field_names = st.sampled_from(
+    ["now", "want", "priority", "requester", "sent", "throttled", "serverErrors", "retryAfter", "grantedAt",
+     "rate", "burst", "failed", "retry_after", "normalShare", "x"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.none() | st.just(initial_state().to_json()) | json_values,
+    st.sampled_from(["acquire", "report", "configure", "get"]) | st.text(max_size=6) | json_values,
+    st.dictionaries(field_names | st.text(max_size=6), json_values | st.floats(T0 - 10, T0 + 10), max_size=6)
+    | json_values,
+)
+def test_property_apply_never_raises_and_errors_leave_the_state_untouched(
+    stored: Any, operation: Any, operation_input: Any
+) -> None:
+    before = json.dumps(stored, sort_keys=True, default=repr)
+    new_state, decision = apply(stored, operation, operation_input)
+    assert isinstance(decision, dict)
+    assert len(decision) == 1
+    if "error" in decision:
+        assert new_state is stored
+        assert json.dumps(stored, sort_keys=True, default=repr) == before
+        assert set(decision["error"]) == {"code", "message", "details"}
+        assert decision["error"]["code"] != "internal_error"
+    else:
+        json.dumps(new_state, allow_nan=False)
+        json.dumps(decision, allow_nan=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Simulations
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Requester:
+    name: str
+    want: int
+    priority: Priority = "normal"
+    sent: int = 0
+    waits: list[float] = field(default_factory=list)
+    log: list[tuple[float, int]] = field(default_factory=list)
+
+
+@dataclass
+class Sim:
+    """Event-driven tenant: requesters loop acquire -> wait -> send -> report, with injected latency."""
+
+    state: LimiterState
+    send: Callable[[float, int], tuple[int, int, int, float | None]]  # -> sent, throttled, 5xx, retry-after
+    latency: float = 0.25
+    grants: list[tuple[float, int]] = field(default_factory=list)
+    rate_trace: list[tuple[float, float]] = field(default_factory=list)
+    phase_trace: list[tuple[float, str]] = field(default_factory=list)
+
+    def run(
+        self, requesters: Sequence[Requester], until: float, starts: Sequence[float] | None = None
+    ) -> None:
+        queue: list[tuple[float, int, int, str, Grant | None]] = []
+        for i, when in enumerate(starts or [T0] * len(requesters)):
+            heapq.heappush(queue, (when, 0, i, "acquire", None))
+        seq = 1
+        while queue:
+            now, _, index, kind, grant = heapq.heappop(queue)
+            if now >= until:
+                continue
+            who = requesters[index]
+            if kind == "acquire":
+                self.state, grant = acquire(
+                    self.state,
+                    Acquire(now=now, want=who.want, priority=who.priority, requester=who.name),
+                )
+                self.phase_trace.append((now, self.state.breaker.phase))
+                if grant.tokens == 0:
+                    heapq.heappush(queue, (grant.not_before, seq, index, "acquire", None))
+                else:
+                    who.waits.append(grant.not_before - now)
+                    heapq.heappush(queue, (grant.not_before, seq, index, "send", grant))
+            else:
+                assert grant is not None
+                sent, throttled, errors, retry_after = self.send(now, grant.tokens)
+                if sent + throttled + errors:
+                    self.grants.append((now, grant.tokens))
+                who.sent += sent
+                who.log.append((now, sent))
+                self.state, _ = report(
+                    self.state,
+                    Report(
+                        now=now + self.latency,
+                        sent=sent,
+                        throttled=throttled,
+                        server_errors=errors,
+                        retry_after=retry_after,
+                        requester=who.name,
+                        granted_at=grant.granted_at,
+                    ),
+                )
+                self.rate_trace.append((now + self.latency, self.state.rate))
+                self.phase_trace.append((now + self.latency, self.state.breaker.phase))
+                heapq.heappush(queue, (now + self.latency, seq, index, "acquire", None))
+            seq += 1
+
+    def tokens_between(self, start: float, end: float) -> int:
+        return sum(n for t, n in self.grants if start <= t < end)
+
+
+def always_ok(now: float, tokens: int) -> tuple[int, int, int, float | None]:
+    return tokens, 0, 0, None
+
+
+def test_simulation_three_hours_at_the_edge_of_the_rate_achieves_95_percent_and_never_exceeds_it() -> None:
+    hours = 3
+    sim = Sim(initial_state(), always_ok)
+    requesters = [Requester(f"orch{i}", 20) for i in range(10)]
+    sim.run(requesters, T0 + hours * 3600)
+    achieved = sim.tokens_between(T0, T0 + hours * 3600) / (hours * 3600)
+    assert achieved >= 0.95 * 50
+    for window in (0.0, 1.0, 2.0, 30.0):
+        assert max_in_window(sim.grants, window) <= 50 * window + 50 + 1e-6
+    assert min(r.sent for r in requesters) > 0.9 * max(r.sent for r in requesters)  # fair among equals
+
+
+class TeamsTenant:
+    """Server side of one tenant: a token bucket at ``rate(t)`` msg/s (burst one second); 429 beyond it."""
+
+    def __init__(self, rate: Callable[[float], float]) -> None:
+        self.rate = rate
+        self.level = rate(T0)
+        self.at = T0
+        self.accepted: list[tuple[float, int]] = []
+        self.throttled: list[tuple[float, int]] = []
+
+    def __call__(self, now: float, tokens: int) -> tuple[int, int, int, float | None]:
+        rate = self.rate(now)
+        self.level = min(rate, self.level + rate * (now - self.at))
+        self.at = now
+        accepted = max(0, min(tokens, math.floor(self.level + 1e-9)))
+        self.level -= accepted
+        refused = tokens - accepted
+        self.accepted.append((now, accepted))
+        if refused:
+            self.throttled.append((now, refused))
+            return accepted, refused, 0, round((1 - self.level) / rate + 0.05, 3)  # Retry-After, fractional
+        return accepted, 0, 0, None
+
+    def accepted_between(self, start: float, end: float) -> int:
+        return sum(n for t, n in self.accepted if start <= t < end)
+
+    def throttled_between(self, start: float, end: float) -> int:
+        return sum(n for t, n in self.throttled if start <= t < end)
+
+
+def test_simulation_teams_like_throttling_aimd_backs_off_during_a_drop_and_recovers_after() -> None:
+    drop_start, drop_end, end = T0 + 300, T0 + 600, T0 + 900
+    server = TeamsTenant(lambda t: 25.0 if drop_start <= t < drop_end else 50.0)
+    sim = Sim(initial_state(), server)
+    sim.run([Requester(f"orch{i}", 20) for i in range(10)], end)
+
+    def rate_at(moment: float) -> float:
+        return [rate for t, rate in sim.rate_trace if t <= moment][-1]
+
+    # At the limiter's own rate the server never throttles: the limiter's output conforms to its bucket.
+    assert server.throttled_between(T0, drop_start) == 0
+    assert server.accepted_between(T0, drop_start) >= 0.95 * 50 * 300
+    # During the drop AIMD halves quickly and then saws around the server's 25 msg/s.
+    assert rate_at(drop_start + 5) <= 25.0
+    during = server.accepted_between(drop_start + 30, drop_end) / (drop_end - drop_start - 30)
+    throttled = server.throttled_between(drop_start + 30, drop_end)
+    assert 0.6 * 25 <= during <= 25 * 1.05
+    assert throttled <= 0.1 * server.accepted_between(drop_start + 30, drop_end)
+    assert sim.state.stats.breaker_opens == 0  # 429s with progress do not trip the breaker
+    # After the drop the rate climbs back to the ceiling within a minute and the tenant runs at 50 msg/s again.
+    assert rate_at(drop_end + 60) == 50.0
+    assert server.accepted_between(drop_end + 60, end) >= 0.95 * 50 * (end - drop_end - 60)
+    assert server.throttled_between(drop_end + 60, end) == 0
+
+
+def test_simulation_urgent_is_served_first_and_normal_is_never_starved() -> None:
+    sim = Sim(initial_state(), always_ok)
+    normal = [Requester(f"deploy{i}", 50, "normal") for i in range(3)]
+    urgent = [Requester(f"incident{i}", 50, "urgent") for i in range(3)]
+    # Deploys saturate the tenant alone for 30 s, then an incident broadcast joins for 120 s.
+    sim.run(normal + urgent, T0 + 150, starts=[T0] * 3 + [T0 + 30] * 3)
+    # The first incident batch waits behind the three deploy slices already booked (<= 3 s), not the deploy;
+    # the other two incident orchestrations asked at the same instant and queue one frame each behind it.
+    first_urgent_waits = sorted(r.waits[0] for r in urgent)
+    assert first_urgent_waits[0] <= 3.0 + TOL
+    assert all(wait <= first_urgent_waits[0] + i + TOL for i, wait in enumerate(first_urgent_waits))
+    urgent_waits = [w for r in urgent for w in r.waits[3:]]
+    # Three incident orchestrations share urgent's 40 tokens per frame: each waits at most three frames.
+    assert max(urgent_waits) <= len(urgent) * 1.0 + TOL
+    alone = sum(n for r in normal for t, n in r.log if t < T0 + 30) / 30
+    assert alone >= 0.95 * 50  # before the incident the deploys had the whole rate
+    both_active = (T0 + 40, T0 + 150)
+    span = both_active[1] - both_active[0]
+    normal_rate = sum(n for r in normal for t, n in r.log if both_active[0] <= t < both_active[1]) / span
+    urgent_rate = sum(n for r in urgent for t, n in r.log if both_active[0] <= t < both_active[1]) / span
+    assert urgent_rate >= 0.75 * 50  # urgent gets ~80 % while both are active
+    assert normal_rate >= 0.95 * 0.2 * 50  # never starved: at least its 20 % share
+    assert urgent_rate >= 3.5 * normal_rate
+    assert urgent_rate + normal_rate >= 0.95 * 50
+    assert max_in_window(sim.grants, 1.0) <= 50 + 50 + 1e-6
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    urgent_count=st.integers(1, 5),
+    normal_count=st.integers(1, 3),
+    urgent_want=st.integers(10, 200),
+    latency=st.floats(0.05, 0.6),
+    share=st.sampled_from([0.1, 0.2, 0.3]),
+)
+def test_property_normal_keeps_its_share_whatever_urgent_demand(
+    urgent_count: int, normal_count: int, urgent_want: int, latency: float, share: float
+) -> None:
+    sim = Sim(initial_state(LimiterConfig(normal_share=share)), always_ok, latency=latency)
+    normal = [Requester(f"n{i}", 50, "normal") for i in range(normal_count)]
+    urgent = [Requester(f"u{i}", urgent_want, "urgent") for i in range(urgent_count)]
+    sim.run(normal + urgent, T0 + 60)
+    settled = T0 + 5
+    normal_rate = sum(n for r in normal for t, n in r.log if t >= settled) / (T0 + 60 - settled)
+    assert normal_rate >= 0.9 * share * 50
+    # Urgent first: an urgent request only ever waits behind the other urgent requesters' bookings (one urgent
+    # part of a 1 s frame each), never behind normal ones, however many normal requesters there are.
+    urgent_waits = [w for r in urgent for w in r.waits[2:]]
+    assert max(urgent_waits) <= urgent_count * 1.0 + TOL
+    assert max_in_window(sim.grants, 1.0) <= 100 + 1e-6
+
+
+def test_simulation_breaker_opens_probes_backs_off_and_closes_when_the_tenant_recovers() -> None:
+    outage_start, outage_end = T0 + 10, T0 + 50
+
+    def flaky(now: float, tokens: int) -> tuple[int, int, int, float | None]:
+        if outage_start <= now < outage_end:
+            return 0, 0, tokens, None
+        return tokens, 0, 0, None
+
+    sim = Sim(initial_state(), flaky)
+    sim.run([Requester(f"orch{i}", 20) for i in range(3)], T0 + 200)
+    phases = [phase for _, phase in sim.phase_trace]
+    transitions = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    # Probes at 5, 10 and 20 s cool-downs fail during the outage; the one after a 40 s cool-down succeeds.
+    assert transitions == ["closed", "open", *["half_open", "open"] * 3, "half_open", "closed"]
+    # While the breaker was open or half-open only 1-token probes went out.
+    opened_at = next(t for t, p in sim.phase_trace if p == "open")
+    closed_again = next(t for t, p in sim.phase_trace if t > opened_at and p == "closed")
+    assert all(n == 1 for t, n in sim.grants if opened_at + 1 < t < closed_again - 1)
+    # Cool-downs doubled while the outage lasted: 5, 10, 20 (then the probe after 50 s succeeds).
+    assert closed_again >= outage_end
+    assert closed_again <= outage_end + 40 + 5
+    # The rate restarted low and climbed back to the ceiling.
+    restart_rate = next(rate for t, rate in sim.rate_trace if t >= closed_again)
+    assert restart_rate <= 12.0
+    assert sim.state.rate == 50.0
+    assert sim.state.stats.breaker_opens >= 3
