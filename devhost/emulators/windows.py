@@ -77,6 +77,7 @@ class SlidingWindows:
         if wait <= 0:
             return None
         # Round up to milliseconds so that waiting exactly this long is always enough.
+        # Float noise can turn 0.2 into 0.201; that errs on the safe side, which is the point.
         return math.ceil(wait * 1000) / 1000
 
     def reset(self) -> None:
