@@ -10,9 +10,10 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from proactive import composition
-from proactive.functions import health_blueprint
+from proactive.functions import health_blueprint, messages_blueprint
 
 composition.configure(os.environ)
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_blueprint)
+app.register_functions(messages_blueprint)

@@ -11,9 +11,17 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from proactive import __version__
+from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
+from proactive.adapters.bot_token import token_provider
+from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.table_storage import AzureTables
+from proactive.bot import ActivityHandler, BotEndpoint
 from proactive.errors import ConfigurationError, StorageError
+from proactive.models import utc_now
+from proactive.outbound import OutboundPolicy
 from proactive.settings import Settings
 from proactive.stores import (
     TableDeadLetterStore,
@@ -32,6 +40,9 @@ class Services:
 
     settings: Settings
     _tables: AzureTables | None = field(default=None, init=False)
+    _http: aiohttp.ClientSession | None = field(default=None, init=False)
+    _connector: BotConnectorClient | None = field(default=None, init=False)
+    _bot_endpoint: BotEndpoint | None = field(default=None, init=False)
 
     @property
     def tables(self) -> AzureTables:
@@ -58,6 +69,53 @@ class Services:
     @property
     def dead_letters(self) -> TableDeadLetterStore:
         return TableDeadLetterStore(self.tables.table(self.settings.tables.deadletters))
+
+    async def http(self) -> aiohttp.ClientSession:
+        """The worker's shared aiohttp session, created on first use inside the running event loop."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def connector(self) -> BotConnectorClient:
+        """The Bot Connector client (outbound token, outbound host allow-list)."""
+        if self._connector is None:
+            session = await self.http()
+            tokens = token_provider(self.settings.bot, session, authority_host=self.settings.authority_host)
+            policy = OutboundPolicy.for_bot_connector(self.settings)
+            self._connector = BotConnectorClient(session, tokens, policy)
+        return self._connector
+
+    async def bot_endpoint(self) -> BotEndpoint:
+        """``POST /api/messages``: JWT-checked when an app id is configured, anonymous otherwise."""
+        if self._bot_endpoint is None:
+            session = await self.http()
+            authenticator = None
+            if not self.settings.bot.anonymous:
+                auth_settings = BotAuthSettings(
+                    app_id=self.settings.bot.app_id, openid_metadata_url=self.settings.bot_openid_metadata_url
+                )
+                authenticator = BotAuthenticator(auth_settings, session)
+            handler = ActivityHandler(
+                self.references,
+                self.preferences,
+                await self.connector(),
+                tenant_allowed=self.settings.tenant_allowed,
+                service_url_allowed=OutboundPolicy.for_bot_connector(self.settings).allows,
+                clock=utc_now,
+            )
+            self._bot_endpoint = BotEndpoint(handler, authenticator)
+        return self._bot_endpoint
+
+    async def close(self) -> None:
+        """Close what was opened (tests and the devhost; the Functions worker just exits)."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        self._connector = None
+        self._bot_endpoint = None
+        if self._tables is not None:
+            await self._tables.close()
+            self._tables = None
 
     async def health(self) -> dict[str, object]:
         """Version and whether storage answers; nothing else (the route is anonymous)."""

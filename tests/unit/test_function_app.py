@@ -14,6 +14,7 @@ from proactive.errors import ConfigurationError
 # name -> (trigger type, route, methods, auth level). Extended as issues add functions.
 EXPECTED_HTTP = {
     "health": ("httpTrigger", "health", ["GET"], "anonymous"),
+    "messages": ("httpTrigger", "messages", ["POST"], "anonymous"),
 }
 
 

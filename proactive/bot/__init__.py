@@ -1,0 +1,26 @@
+"""The bot: inbound Teams activities captured as conversation references, consent commands, welcome.
+
+``BotEndpoint`` (HTTP-free) answers ``POST /api/messages``; ``ActivityHandler`` does the work for one
+parsed activity; ``plan_capture`` and ``parse_command`` are the pure rules underneath.
+"""
+
+from proactive.bot.activity import InboundActivity, parse_activity
+from proactive.bot.capture import ReferenceCapture, plan_capture
+from proactive.bot.commands import apply_command, parse_command
+from proactive.bot.endpoint import Authenticator, BotEndpoint, EndpointAnswer
+from proactive.bot.handler import ActivityHandler, HandlerOutcome, ReplySender
+
+__all__ = [
+    "ActivityHandler",
+    "Authenticator",
+    "BotEndpoint",
+    "EndpointAnswer",
+    "HandlerOutcome",
+    "InboundActivity",
+    "ReferenceCapture",
+    "ReplySender",
+    "apply_command",
+    "parse_activity",
+    "parse_command",
+    "plan_capture",
+]

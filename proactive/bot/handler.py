@@ -1,0 +1,210 @@
+"""One activity, handled: tenant check, capture, consent commands, welcome; store first, reply after.
+
+Order matters and is the contract of this module:
+
+1. an activity of a tenant outside the allow-list is ignored (logged, counted), nothing is read or stored;
+2. an activity whose ``serviceUrl`` fails the outbound policy is ignored too: a reference the product may
+   never use is worthless, and in anonymous mode (no JWT proved the URL) it keeps anyone from planting
+   references that point elsewhere (decision for issue 5);
+3. references are captured (:mod:`proactive.bot.capture`), then preferences are written (commands);
+4. only then replies go out (welcome, confirmations). A reply that fails is logged with its error class,
+   status and code (never the token nor the text) and counted; the capture stands.
+
+Storage failures propagate (the endpoint answers 503, Teams redelivers; every step is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from proactive.bot import texts
+from proactive.bot.activity import ActivityType, ConversationType, InboundActivity
+from proactive.bot.capture import CaptureResult, ReferenceCapture, plan_capture
+from proactive.bot.commands import apply_command, parse_command
+from proactive.errors import DeliveryError, OutboundHostRefused
+from proactive.models import RecipientKind, recipient_key
+from proactive.ports import PreferenceStore, ReferenceStore
+
+__all__ = ["ActivityHandler", "HandlerOutcome", "ReplySender"]
+
+logger = logging.getLogger(__name__)
+
+
+class ReplySender(Protocol):
+    """Sends one activity into a conversation (``BotConnectorClient`` fits)."""
+
+    async def send_activity(
+        self, service_url: str, conversation_id: str, activity: Mapping[str, Any]
+    ) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class HandlerOutcome:
+    """What handling did, for the endpoint's log line and for tests.
+
+    Attributes:
+        handled: ``False`` when the activity was ignored (``reason`` says why).
+        reason: ``tenant_not_allowed``, ``service_url_not_allowed`` or ``unhandled_type`` when ignored.
+        capture: What the capture did.
+        replies: How many replies were sent successfully.
+    """
+
+    handled: bool
+    reason: str | None = None
+    capture: CaptureResult = field(default_factory=CaptureResult)
+    replies: int = 0
+
+
+class ActivityHandler:
+    """Handles parsed activities.
+
+    Args:
+        references: The reference store.
+        preferences: The preference store the broadcast pipeline reads.
+        replies: Sends welcome and confirmations.
+        tenant_allowed: The tenant allow-list (``Settings.tenant_allowed``).
+        service_url_allowed: The outbound policy (``OutboundPolicy.allows``).
+        clock: The current time, aware UTC.
+    """
+
+    def __init__(
+        self,
+        references: ReferenceStore,
+        preferences: PreferenceStore,
+        replies: ReplySender,
+        *,
+        tenant_allowed: Callable[[str], bool],
+        service_url_allowed: Callable[[str], bool],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._capture = ReferenceCapture(references, clock)
+        self._preferences = preferences
+        self._replies = replies
+        self._tenant_allowed = tenant_allowed
+        self._service_url_allowed = service_url_allowed
+        self._clock = clock
+        self.counters: Counter[str] = Counter()
+
+    async def handle(self, activity: InboundActivity) -> HandlerOutcome:
+        """Capture, apply commands, reply.
+
+        Raises:
+            InvalidInput: the activity lacks a field its capture needs (nothing was stored).
+            StorageError: the tables failed.
+        """
+        if not self._tenant_allowed(activity.tenant_id):
+            self.counters["ignored_tenant"] += 1
+            logger.warning(
+                "Ignored a %s activity of tenant %s (not on the allow-list)",
+                activity.type,
+                activity.tenant_id,
+            )
+            return HandlerOutcome(False, "tenant_not_allowed")
+        if not self._service_url_allowed(activity.service_url):
+            self.counters["ignored_service_url"] += 1
+            logger.warning(
+                "Ignored a %s activity: its serviceUrl is not an allowed Bot Connector host", activity.type
+            )
+            return HandlerOutcome(False, "service_url_not_allowed")
+        if activity.type not in set(ActivityType):
+            self.counters["ignored_type"] += 1
+            return HandlerOutcome(False, "unhandled_type")
+
+        steps = plan_capture(activity)  # may raise InvalidInput: before anything is written
+        capture = await self._capture.apply(activity, steps)
+        self.counters["captured"] += len(capture.stored) + len(capture.unchanged)
+        self.counters["deactivated"] += len(capture.deactivated)
+        outgoing = await self._respond(activity, capture)
+
+        sent = 0
+        for text in outgoing:
+            sent += await self._reply(activity, text)
+        return HandlerOutcome(True, None, capture, sent)
+
+    async def _respond(self, activity: InboundActivity, capture: CaptureResult) -> list[str]:
+        """Writes preferences for commands and returns the texts to send (after all writes)."""
+        personal = activity.conversation_type == ConversationType.PERSONAL
+        if activity.type != ActivityType.MESSAGE:
+            if personal and self._is_new_install(activity, capture):
+                return [texts.welcome(_name(activity.bot))]
+            return []
+        if not personal:
+            # With RSC permissions a bot sees every channel message: only answer when addressed.
+            if activity.mentions_bot() and activity.command_text():
+                return [texts.group_context()]
+            return []
+        aad = activity.aad_object_id
+        if aad is None:  # plan_capture already refused personal messages without it
+            return []
+        current = await self._preferences.get(activity.tenant_id, aad)
+        command_text = activity.command_text()
+        if not command_text and not activity.text.strip():
+            # Attachments only, reactions, card submits: keep the time zone fresh, say nothing.
+            await self._refresh_time_zone(activity, current)
+            return []
+        result = apply_command(
+            parse_command(command_text),
+            current,
+            tenant_id=activity.tenant_id,
+            aad_object_id=aad,
+            time_zone=activity.time_zone,
+            now=self._clock(),
+        )
+        if result.preferences is not None:
+            await self._preferences.put(result.preferences)
+            self.counters["preferences_written"] += 1
+        else:
+            await self._refresh_time_zone(activity, current)
+        return [result.reply]
+
+    async def _refresh_time_zone(self, activity: InboundActivity, current: Any) -> None:
+        zone = activity.time_zone
+        if current is not None and zone is not None and current.time_zone != zone:
+            await self._preferences.put(
+                current.model_copy(update={"time_zone": zone, "updated_at": self._clock()})
+            )
+
+    @staticmethod
+    def _is_new_install(activity: InboundActivity, capture: CaptureResult) -> bool:
+        installed = (activity.type == ActivityType.INSTALLATION_UPDATE and activity.action == "add") or (
+            activity.type == ActivityType.CONVERSATION_UPDATE and activity.bot_added()
+        )
+        aad = activity.aad_object_id
+        # Teams sends both events on a personal install: only the first finds no active reference.
+        return (
+            installed and aad is not None and recipient_key(RecipientKind.USER, aad) in capture.newly_active
+        )
+
+    async def _reply(self, activity: InboundActivity, text: str) -> int:
+        reply: dict[str, Any] = {
+            "type": "message",
+            "text": text,
+            "textFormat": "markdown",
+            "from": dict(activity.bot),
+            "recipient": dict(activity.sender),
+            "conversation": {"id": activity.conversation_id},
+        }
+        if activity.type == ActivityType.MESSAGE and activity.id:
+            reply["replyToId"] = activity.id
+        try:
+            await self._replies.send_activity(activity.service_url, activity.conversation_id, reply)
+        except (DeliveryError, OutboundHostRefused) as exc:
+            self.counters["reply_failed"] += 1
+            status = getattr(exc, "status", None)
+            code = getattr(exc, "code", None)
+            logger.warning(
+                "Reply to a %s activity failed: %s %s %s", activity.type, type(exc).__name__, status, code
+            )
+            return 0
+        self.counters["replied"] += 1
+        return 1
+
+
+def _name(account: Mapping[str, Any]) -> str | None:
+    value = account.get("name")
+    return value if isinstance(value, str) and value.strip() else None

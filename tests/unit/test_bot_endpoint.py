@@ -1,0 +1,116 @@
+"""BotEndpoint statuses that need no Azurite: anonymous mode, unreachable signing keys, storage failures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
+from proactive.adapters.memory_tables import MemoryEntityTable
+from proactive.bot import ActivityHandler, BotEndpoint
+from proactive.errors import StorageError
+from proactive.ports import Entity
+from proactive.stores import TablePreferenceStore, TableReferenceStore
+from tests.support.jwt_keys import LocalOpenIdServer
+
+PAYLOADS = Path(__file__).parents[1] / "payloads" / "teams"
+APP_ID = "5c1e7a2b-3d4f-4a6b-9c8d-0e1f2a3b4c5d"
+NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+
+
+def body(name: str, **changes: Any) -> bytes:
+    data = json.loads((PAYLOADS / f"{name}.json").read_text())
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+class RecordingSender:
+    """Stands in for the Bot Connector (the integration tests use the real client and emulator)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, Mapping[str, Any]]] = []
+
+    async def send_activity(self, service_url: str, conversation_id: str, activity: Mapping[str, Any]) -> str:
+        self.sent.append((service_url, conversation_id, activity))
+        return "1"
+
+
+class BrokenTable(MemoryEntityTable):
+    """A table whose writes fail like an unreachable storage account."""
+
+    async def upsert(self, entity: Entity) -> str:
+        raise StorageError("storage unreachable")
+
+
+def endpoint(
+    references: MemoryEntityTable | None = None, authenticator: BotAuthenticator | None = None
+) -> tuple[BotEndpoint, RecordingSender]:
+    sender = RecordingSender()
+    handler = ActivityHandler(
+        TableReferenceStore(references or MemoryEntityTable("references")),
+        TablePreferenceStore(MemoryEntityTable("preferences")),
+        sender,
+        tenant_allowed=lambda tenant: True,
+        service_url_allowed=lambda url: True,
+        clock=lambda: NOW,
+    )
+    return BotEndpoint(handler, authenticator), sender
+
+
+async def test_anonymous_mode_is_announced_once(caplog: pytest.LogCaptureFixture) -> None:
+    bot, sender = endpoint()
+    with caplog.at_level(logging.WARNING, logger="proactive.bot.endpoint"):
+        for _ in range(3):
+            answer = await bot.handle(body("personal_message", text="help"), None)
+            assert answer.status == 200
+    assert [r.getMessage() for r in caplog.records].count(
+        "Bot endpoint runs anonymous: no MicrosoftAppId is set, tokens are not checked"
+    ) == 1
+    assert len(sender.sent) == 3
+
+
+@pytest.mark.parametrize("raw", [b"", b"[1, 2]", b"\xff\xfe", b'"text"'])
+async def test_bodies_that_are_not_json_objects_are_400(raw: bytes) -> None:
+    answer = await endpoint()[0].handle(raw, None)
+    assert answer.status == 400 and answer.body["error"]["code"] == "invalid_json"
+
+
+async def test_a_storage_failure_is_503_and_sends_nothing() -> None:
+    bot, sender = endpoint(references=BrokenTable("references"))
+    answer = await bot.handle(body("personal_install"), None)
+    assert answer.status == 503 and answer.body["error"]["code"] == "storage_unavailable"
+    assert sender.sent == []
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def test_unreachable_signing_keys_are_503_not_401(session: aiohttp.ClientSession) -> None:
+    async with LocalOpenIdServer([]) as server:
+        server.fail_with = 503
+        settings = BotAuthSettings(app_id=APP_ID, openid_metadata_url=server.metadata_url)
+        bot, sender = endpoint(authenticator=BotAuthenticator(settings, session))
+        # A syntactically valid RS256 header with a kid, so the key lookup is reached.
+        header = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0"
+        answer = await bot.handle(body("personal_message"), f"Bearer {header}.e30.c2ln")
+    assert answer.status == 503 and answer.body["error"]["code"] == "keys_unavailable"
+    assert sender.sent == []
+
+
+async def test_welcome_goes_to_the_personal_conversation_with_the_incoming_service_url() -> None:
+    bot, sender = endpoint()
+    await bot.handle(body("personal_install", serviceUrl="https://smba.trafficmanager.net/emea/"), None)
+    ((service_url, conversation, activity),) = sender.sent
+    assert service_url == "https://smba.trafficmanager.net/emea/"
+    assert conversation.startswith("a:") and activity["type"] == "message"
+    assert "stop" in activity["text"]
