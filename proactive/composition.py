@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from proactive import __version__
+from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
 from proactive.adapters.bot_token import token_provider
 from proactive.adapters.connector import BotConnectorClient
@@ -102,6 +103,7 @@ class Services:
                 tenant_allowed=self.settings.tenant_allowed,
                 service_url_allowed=OutboundPolicy.for_bot_connector(self.settings).allows,
                 clock=utc_now,
+                reply_builder=build_reply,
             )
             self._bot_endpoint = BotEndpoint(handler, authenticator)
         return self._bot_endpoint

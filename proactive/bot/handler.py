@@ -26,9 +26,11 @@ from proactive.bot import texts
 from proactive.bot.activity import ActivityType, ConversationType, InboundActivity
 from proactive.bot.capture import CaptureResult, ReferenceCapture, plan_capture
 from proactive.bot.commands import apply_command, parse_command
-from proactive.errors import DeliveryError, OutboundHostRefused
+from proactive.errors import DeliveryError, InvalidInput, OutboundHostRefused
 from proactive.models import RecipientKind, recipient_key
 from proactive.ports import PreferenceStore, ReferenceStore
+
+ReplyBuilder = Callable[[Mapping[str, Any], str], dict[str, Any]]
 
 __all__ = ["ActivityHandler", "HandlerOutcome", "ReplySender"]
 
@@ -70,6 +72,8 @@ class ActivityHandler:
         tenant_allowed: The tenant allow-list (``Settings.tenant_allowed``).
         service_url_allowed: The outbound policy (``OutboundPolicy.allows``).
         clock: The current time, aware UTC.
+        reply_builder: Builds a reply's wire JSON from the inbound activity and a text
+            (``proactive.adapters.agents_activity.build_reply``, the Agents SDK's schema).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class ActivityHandler:
         tenant_allowed: Callable[[str], bool],
         service_url_allowed: Callable[[str], bool],
         clock: Callable[[], datetime],
+        reply_builder: ReplyBuilder,
     ) -> None:
         self._capture = ReferenceCapture(references, clock)
         self._preferences = preferences
@@ -88,6 +93,7 @@ class ActivityHandler:
         self._tenant_allowed = tenant_allowed
         self._service_url_allowed = service_url_allowed
         self._clock = clock
+        self._build_reply = reply_builder
         self.counters: Counter[str] = Counter()
 
     async def handle(self, activity: InboundActivity) -> HandlerOutcome:
@@ -181,16 +187,12 @@ class ActivityHandler:
         )
 
     async def _reply(self, activity: InboundActivity, text: str) -> int:
-        reply: dict[str, Any] = {
-            "type": "message",
-            "text": text,
-            "textFormat": "markdown",
-            "from": dict(activity.bot),
-            "recipient": dict(activity.sender),
-            "conversation": {"id": activity.conversation_id},
-        }
-        if activity.type == ActivityType.MESSAGE and activity.id:
-            reply["replyToId"] = activity.id
+        try:
+            reply = self._build_reply(activity.raw, text)
+        except InvalidInput:
+            self.counters["reply_failed"] += 1
+            logger.warning("No reply to a %s activity: it does not fit the SDK's schema", activity.type)
+            return 0
         try:
             await self._replies.send_activity(activity.service_url, activity.conversation_id, reply)
         except (DeliveryError, OutboundHostRefused) as exc:

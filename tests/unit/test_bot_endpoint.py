@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
 from proactive.adapters.memory_tables import MemoryEntityTable
 from proactive.bot import ActivityHandler, BotEndpoint
@@ -60,6 +61,7 @@ def endpoint(
         tenant_allowed=lambda tenant: True,
         service_url_allowed=lambda url: True,
         clock=lambda: NOW,
+        reply_builder=build_reply,
     )
     return BotEndpoint(handler, authenticator), sender
 
