@@ -30,8 +30,6 @@ the directory and forgets installs), ``POST /_emulator/faults`` (``{"faults": [.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import secrets
 import time
@@ -54,6 +52,7 @@ from devhost.emulators.graph_service import (
     Reply,
     error_body,
 )
+from devhost.emulators.serving import run_until_signal
 
 __all__ = ["SERVICE_KEY", "GraphEmulatorConfig", "build_app", "main"]
 
@@ -330,22 +329,6 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(config: GraphEmulatorConfig, port: int, stop: asyncio.Event | None = None) -> None:
-    """Serve on 127.0.0.1 until ``stop`` is set (forever when None), printing the base URL once bound."""
-    runner = web.AppRunner(build_app(config), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    print(f"http://127.0.0.1:{bound}", flush=True)
-    try:
-        await (stop or asyncio.Event()).wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str]) -> int:
     """``python -m devhost emulate-graph``: run the emulator until interrupted."""
     args = _parse_args(argv)
@@ -354,6 +337,4 @@ def main(argv: list[str]) -> int:
     except (OSError, ValidationError) as exc:
         print(f"emulate-graph: bad configuration: {exc}")
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, args.port))
-    return 0
+    return run_until_signal(build_app(config), args.port)

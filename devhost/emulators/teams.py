@@ -51,8 +51,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +59,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from devhost.emulators.serving import run_until_signal
 from devhost.emulators.teams_faults import RandomFaults, parse_rules
 from devhost.emulators.teams_service import (
     PER_BOT_PER_THREAD,
@@ -285,25 +284,6 @@ def load_config(args: argparse.Namespace) -> TeamsEmulatorConfig:
     return config.merged(overrides)
 
 
-async def serve(config: TeamsEmulatorConfig, port: int, stop: asyncio.Event) -> None:
-    """Serve on 127.0.0.1 until ``stop`` is set, printing the base URL once listening."""
-    app = build_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    site = web.SockSite(runner, sock)
-    await site.start()
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    app[_APP_KEY].base_url = base_url
-    print(base_url, flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str]) -> int:
     """Entry point of ``python -m devhost emulate-teams``."""
     args = _parse_args(argv)
@@ -313,12 +293,9 @@ def main(argv: list[str]) -> int:
         print(f"emulate-teams: bad config: {exc}", file=sys.stderr)
         return 2
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await serve(config, args.port, stop)
+    app = build_app(config)
 
-    asyncio.run(run())
-    return 0
+    def remember_base_url(base_url: str) -> None:
+        app[_APP_KEY].base_url = base_url
+
+    return run_until_signal(app, args.port, on_bound=remember_base_url)

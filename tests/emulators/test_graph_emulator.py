@@ -941,13 +941,13 @@ async def test_command_line_prints_base_url_and_serves(tmp_path: Path) -> None:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
         async with aiohttp.ClientSession() as session:
-            emulator = Emulator(line.strip(), None, session, FakeClock())  # type: ignore[arg-type]
+            emulator = Emulator(line.strip().rstrip("/"), None, session, FakeClock())  # type: ignore[arg-type]
             token = await emulator.token("tenant-a")
             status, _, body = await emulator.call("GET", "/users?$top=2", token)
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), timeout=10)
 
-    assert line.strip() == f"http://127.0.0.1:{port}"
+    assert line.strip() == f"http://127.0.0.1:{port}/"
     assert status == 200
     assert len(body["value"]) == 2

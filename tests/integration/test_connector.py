@@ -57,25 +57,13 @@ from proactive.errors import (
 )
 from proactive.outbound import OutboundPolicy
 from proactive.settings import BotAuthKind, BotIdentity, Secret
+from tests.emulators.conftest import FakeClock
 
 TENANT = "11111111-1111-1111-1111-111111111111"
 APP_ID = "aaaaaaaa-0000-0000-0000-000000000001"
 SECRET = "s3cr3t-value-never-logged"
 CHANNEL_THREAD = "19:abcDEF123@thread.tacv2;messageid=1700000000001"
 PERSONAL = "a:1Xyz-PQR_stu:vw"
-
-
-class FakeClock:
-    """Monotonic seconds moved by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass(frozen=True)
