@@ -228,6 +228,11 @@ class DeliveryRecord(WireModel):
     conversation_id: str | None = None
     data: dict[str, JsonScalar] = Field(default_factory=dict)
     not_before: AwareDatetime | None = None
+    # Update (PATCH) and recall (DELETE) of a sent message record their progress here, not as a new
+    # status, so counts by status keep meaning "what happened to the delivery". Values:
+    # "update:<digest of the message>" (a later PATCH with other content updates again) or "delete".
+    last_operation: str | None = None
+    last_operation_at: AwareDatetime | None = None
     created_at: AwareDatetime
     updated_at: AwareDatetime
 

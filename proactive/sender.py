@@ -1,0 +1,1081 @@
+"""The ``send_batch`` activity's service: send each recipient its message once, classify, record.
+
+:class:`BatchSender` picks the next up-to-``limit`` claimable rows of one ``{notificationId}:{tenantId}``
+ledger partition itself (``pending``, or ``deferred`` whose ``not_before`` has come), so no recipient list
+passes through Durable, and works on them concurrently (``asyncio.Semaphore``), one shared HTTP session.
+
+Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outcome``):
+
+1. **claim** (:func:`proactive.ledger.claim`, ETag-guarded ``pending/deferred -> sending``); ``None`` means
+   another worker has it or it is settled: skip it silently.
+2. **reference**: missing or inactive ->
+
+   * user: ``stale`` with ``no_reference`` (or the stored stale reason) and ``{tenantId, aadObjectId,
+     reason}`` to queue ``installs`` (the Graph bootstrap installs the app and stores a reference, so the
+     *next* broadcast reaches them); but a user whose reference was closed by their own act (blocked the
+     bot: ``MessageWritesBlocked`` / ``ConversationBlockedByUser``, or ``uninstalled``) is ``unreachable``
+     and never reinstalled behind their back;
+   * channel or group chat: ``skipped`` with ``no_reference`` (the bot is not installed there);
+   * one row, one cheap outcome and at most one queue message: a tenant full of missing references
+     produces no calls to Teams at all (no error storm).
+
+3. **service URL**: a reference whose ``serviceUrl`` fails the outbound allow-list is never used:
+   ``failed`` with ``service_url_refused``.
+4. **preferences** (users): opted out of everything or of the category -> ``suppressed``. Inside quiet hours
+   in the recipient's time zone (preferences, else reference; unknown -> UTC, and the record says so) and not
+   urgent -> ``deferred`` with ``not_before`` = the window's end (:mod:`proactive.quiet_hours`).
+5. **send** the rendered message (:func:`proactive.message_content.render` with the row's ``data``) with
+   in-process retries by type (:func:`proactive.retry.call_with_retries`): 429 after ``Retry-After``,
+   412/502/503/504 and connect failures with full-jitter backoff, bounded attempts.
+6. **record** with an ETag-guarded replace of the claimed row:
+
+   ================================  =============================================================
+   answer                            row
+   ================================  =============================================================
+   2xx                               ``sent`` + activity id + conversation id
+   403 MessageWritesBlocked /        ``unreachable``; the reference is deactivated with the code
+   ConversationBlockedByUser
+   403 BotNotInConversationRoster /  ``stale``; the reference is deactivated; ``installs`` gets
+   ForbiddenOperationException /     ``{tenantId, aadObjectId | teamId, reason}``
+   404 ConversationNotFound
+   403 BotDisabledByAdmin            ``failed``; the batch **halts** for the tenant (rows not yet sent
+                                     stay ``pending``; ``SendBatchResult.halted`` names the code)
+   401 / NotEnoughPermissions /      ``failed``; halts too: every other send would fail the same way
+   InvalidBotApiHost
+   400 / 413                         ``failed``, never retried
+   500                               ``failed`` (the docs say do not retry)
+   transient, attempts exhausted     ``pending`` with ``last_error`` and ``not_before``; a
+   (or Retry-After too long)         :class:`~proactive.sender_ports.RetryRequest` goes to
+                                     ``deliveries-retry``, visible at ``not_before``
+   ================================  =============================================================
+
+   Side effects (deactivate, enqueue) happen **before** the row is written: if they fail the row stays
+   ``sending`` and reconciliation re-drives it, so nothing is lost (a repeated install request is harmless:
+   Graph answers 409 for an installed app).
+
+Who owns which retry (STYLE.md rule 11): this module retries in-process; rows it hands off are owned by
+the ``deliveries-retry`` queue (its trigger calls :meth:`BatchSender.redrive`; after ``maxDequeueCount`` in
+host.json they go to ``deliveries-retry-poison`` and are dead-lettered). ``send_batch`` never picks a
+``pending`` row whose ``not_before`` lies ahead: that row is the queue's. If the enqueue itself fails the
+row is recorded ``pending`` without ``not_before``, so the orchestration picks it up again.
+
+Exactly once, and the one duplicate window
+    The claim makes a re-run activity, a replayed orchestration or two concurrent workers harmless: one
+    winner per row, and a row leaves ``sending`` only through its winner's ETag-guarded write. A duplicate
+    is possible only when **Teams may have accepted a send that the ledger does not record as sent**:
+
+    * a send that ended in ``Timeout`` or ``ConnectionLost`` (the request may have been processed): it is
+      **not** retried in-process; the row is handed to ``deliveries-retry`` marked ``uncertain`` and
+      counted in ``SendBatchResult.uncertain``, and its later re-drive may duplicate it (at-least-once,
+      chosen over silently losing the message: the Bot Connector has no idempotency key to check);
+    * a crash (or a failed ledger write, counted in ``unrecorded``) between Teams accepting and the row
+      being written leaves the row ``sending``; :func:`reconcile_stuck` returns such rows to ``pending``
+      after a deadline (count returned), and the re-drive may duplicate it.
+
+    Both are the same window, "accepted but not recorded"; everything else is sent at most once. A
+    ``ConnectFailed`` transport failure never reached Teams and is retried like a 503.
+
+Update and delete (``operation="update"|"delete"``) work on ``sent`` rows with an activity id and mark each
+row done in ``DeliveryRecord.last_operation`` (``update:<digest>`` or ``delete``); they are idempotent at Teams' side, so a repeated call
+after a crash is harmless and timeouts are retried in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, Field
+
+from proactive.broadcast_request import BroadcastRequest, Urgency
+from proactive.errors import (
+    ActivityNotFound,
+    BotMisconfigured,
+    ConcurrencyConflict,
+    DeliveryError,
+    InvalidInput,
+    MessageRejected,
+    OutboundHostRefused,
+    ProactiveError,
+    RecipientUnreachable,
+    RecordNotFound,
+    ReferenceStale,
+    ServiceBusy,
+    ServiceFailed,
+    StorageError,
+    TenantDisabled,
+    Throttled,
+    TransientDeliveryError,
+    TransportFailure,
+)
+from proactive.ledger import claim
+from proactive.message_content import MessageContent, render
+from proactive.models import (
+    DeliveryRecord,
+    DeliveryStatus,
+    ErrorInfo,
+    NotificationStatus,
+    Preferences,
+    RecipientKind,
+    SendOutcome,
+    SendStatus,
+    StoredReference,
+    WireModel,
+)
+from proactive.ports import DeliveryLedger, NotificationStore, PreferenceStore, ReferenceStore, Versioned
+from proactive.quiet_hours import quiet_until
+from proactive.retry import Failed, RetryPolicy, Sleep, Succeeded, UniformSource, call_with_retries
+from proactive.sender_ports import BotConnector, InstallRequest, RetryRequest, WorkQueue
+
+__all__ = [
+    "BatchSender",
+    "Operation",
+    "Reason",
+    "RowOutcome",
+    "SendBatchInput",
+    "SendBatchResult",
+    "needs_redelivery",
+    "reconcile_stuck",
+]
+
+logger = logging.getLogger(__name__)
+
+Operation = Literal["send", "update", "delete"]
+
+
+# Reasons a user's reference was closed by the user's own act: never reinstalled behind their back.
+_USER_CLOSED = frozenset({"messagewritesblocked", "conversationblockedbyuser", "uninstalled"})
+# Transport failures after which the request may have been processed (see the module docstring).
+_MAYBE_DELIVERED = frozenset({"Timeout", "ConnectionLost"})
+MAX_HANDOFF_DELAY = 3600.0
+
+
+class Reason:
+    """Stable ``last_error.code`` values the sender writes itself (Teams' own codes are kept as they come)."""
+
+    NO_REFERENCE = "no_reference"
+    SERVICE_URL_REFUSED = "service_url_refused"
+    OPTED_OUT = "opted_out"
+    OPTED_OUT_CATEGORY = "opted_out_category"
+    QUIET_HOURS = "quiet_hours"
+    MISSING_PLACEHOLDER = "missing_placeholder_value"
+    RECONCILED = "reconciled"
+    TENANT_HALTED = "tenant_halted"
+
+
+class SendBatchInput(WireModel):
+    """Input of activity ``send_batch`` (JSON from the orchestration).
+
+    Attributes:
+        notification_id: the notification.
+        tenant_id: the tenant whose ledger partition to work on.
+        limit: at most this many rows (the limiter's grant).
+        now: the orchestration's time; rows deferred until then or earlier are due.
+        urgency: ``urgent`` ignores quiet hours (never opt-outs).
+        operation: ``send`` new messages, or ``update`` / ``delete`` the sent ones.
+    """
+
+    notification_id: str = Field(min_length=1)
+    tenant_id: str = Field(min_length=1)
+    limit: int = Field(ge=0)
+    now: AwareDatetime
+    urgency: Urgency = Urgency.NORMAL
+    operation: Operation = "send"
+
+
+class SendBatchResult(WireModel):
+    """Output of activity ``send_batch``: counts for the orchestration and the limiter.
+
+    Row counts (each claimed row lands in exactly one): ``sent``, ``suppressed``, ``deferred``, ``skipped``,
+    ``unreachable``, ``stale``, ``failed``, ``retry_queued`` (handed to ``deliveries-retry``, row
+    ``pending``) and ``unrecorded`` (sent or settled but the ledger write failed; row left ``sending`` for
+    :func:`reconcile_stuck`). ``attempted`` is their sum. For update/delete, ``sent`` counts rows updated
+    or deleted, ``failed`` rows that could not be.
+
+    Response counts for the limiter: ``requests`` (Bot Connector calls made), ``throttled`` (429 answers,
+    including retried ones), ``server_errors`` (5xx, timeouts, connection failures), ``max_retry_after``.
+
+    Attributes:
+        uncertain: rows whose last send timed out or lost its connection (may have been delivered; the
+            documented duplicate window). They are also in ``retry_queued``.
+        halted: the error code that stopped this batch for the tenant (``BotDisabledByAdmin``,
+            ``BotNotRegistered``, ...), or ``cancelled`` for a cancelled notification; rows not yet sent
+            stay ``pending``.
+        next_deferred_at: the earliest ``not_before`` of a row deferred past ``now`` (quiet hours).
+        remaining: claimable rows left (0 means none at all); otherwise at least 1, counted from the
+            ledger pages read.
+    """
+
+    attempted: int = 0
+    sent: int = 0
+    suppressed: int = 0
+    deferred: int = 0
+    skipped: int = 0
+    unreachable: int = 0
+    stale: int = 0
+    failed: int = 0
+    retry_queued: int = 0
+    unrecorded: int = 0
+    uncertain: int = 0
+    requests: int = 0
+    throttled: int = 0
+    server_errors: int = 0
+    max_retry_after: float | None = None
+    next_deferred_at: AwareDatetime | None = None
+    remaining: int = 0
+    halted: str | None = None
+    elapsed_ms: int = 0
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What became of one claimed row: the row's new status, why, and the send when one was made.
+
+    Attributes:
+        recipient_key: the row.
+        status: the row's status as written (``pending`` for a hand-off, ``sending`` if unrecorded).
+        reason: ``last_error.code`` written, if any.
+        send: the send's outcome when a Bot Connector call was made.
+        handed_off: a :class:`RetryRequest` was queued.
+        uncertain: the last attempt may have been delivered.
+        recorded: the ledger write succeeded.
+        failures: every error seen on the way (for throttle and server-error counts).
+        requests: Bot Connector calls made.
+        not_before: the ``not_before`` written (deferrals and hand-offs).
+    """
+
+    recipient_key: str
+    status: DeliveryStatus
+    reason: str | None = None
+    send: SendOutcome | None = None
+    handed_off: bool = False
+    uncertain: bool = False
+    recorded: bool = True
+    failures: tuple[ProactiveError, ...] = ()
+    requests: int = 0
+    not_before: datetime | None = None
+
+
+def needs_redelivery(outcome: RowOutcome | None) -> bool:
+    """Whether a ``deliveries-retry`` trigger should let the queue deliver its message again (raise)."""
+    return outcome is not None and outcome.status is DeliveryStatus.PENDING
+
+
+class _Uncertain(ProactiveError):
+    """A send that may have reached Teams: ends the in-process retries (not transient on purpose)."""
+
+    def __init__(self, cause: TransportFailure) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Halt(Exception):
+    """Internal: the batch was halted before this row was sent."""
+
+
+@dataclass
+class _Batch:
+    """What every row of one batch shares."""
+
+    notification_id: str
+    tenant_id: str
+    now: datetime
+    urgent: bool
+    message: MessageContent
+    category: str | None
+    operation: Operation = "send"
+    halted: str | None = None
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    rows: list[Versioned[DeliveryRecord]]
+    remaining: int
+    next_deferred_at: datetime | None
+
+
+class BatchSender:
+    """Sends batches of one notification to one tenant (see the module docstring).
+
+    Args:
+        ledger: the delivery ledger.
+        references: conversation references.
+        preferences: users' opt-outs and quiet hours.
+        notifications: where the notification (its stored request: message, category) is read.
+        connector: the Bot Connector.
+        installs: queue ``installs`` (the Graph bootstrap reads it).
+        retries: queue ``deliveries-retry``.
+        policy: in-process retry policy (:meth:`RetryPolicy.for_sends`).
+        clock: current time (timestamps on rows, elapsed time).
+        sleep: awaited between retries (``asyncio.sleep``).
+        rng: jitter source.
+        service_url_allowed: the outbound allow-list (``OutboundPolicy.for_bot_connector(...).allows``).
+        concurrency: sends in flight at once inside a batch.
+        handoff_delay: seconds before a handed-off row is retried (at least the ``Retry-After``).
+        on_outcome: called with every :class:`RowOutcome` (the one place for metrics).
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: DeliveryLedger,
+        references: ReferenceStore,
+        preferences: PreferenceStore,
+        notifications: NotificationStore,
+        connector: BotConnector,
+        installs: WorkQueue,
+        retries: WorkQueue,
+        policy: RetryPolicy,
+        clock: Callable[[], datetime],
+        sleep: Sleep,
+        rng: UniformSource,
+        service_url_allowed: Callable[[str], bool],
+        concurrency: int = 16,
+        handoff_delay: float = 60.0,
+        on_outcome: Callable[[RowOutcome], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._ledger = ledger
+        self._references = references
+        self._preferences = preferences
+        self._notifications = notifications
+        self._connector = connector
+        self._installs = installs
+        self._retries = retries
+        self._policy = policy
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng
+        self._allowed = service_url_allowed
+        self._concurrency = concurrency
+        self._handoff_delay = handoff_delay
+        self._on_outcome = on_outcome
+
+    # ---- entry points -----------------------------------------------------------------------------
+
+    async def send_batch(self, request: SendBatchInput) -> SendBatchResult:
+        """Work on the next up-to-``limit`` claimable rows; see the module docstring.
+
+        Raises:
+            StorageError: the ledger could not be read or a claim failed (the activity fails and is
+                retried; claimed rows it could not settle stay ``sending`` for reconciliation).
+        """
+        started = self._clock()
+        batch = await self._batch(request.notification_id, request.tenant_id, request.now, request.urgency)
+        if batch is None:
+            return SendBatchResult(halted="cancelled", elapsed_ms=self._elapsed(started))
+        operation = batch.operation = request.operation
+        marker = _marker(operation, batch.message)
+        if operation == "send":
+            candidates = await self._send_candidates(request)
+        else:
+            candidates = await self._sent_candidates(request, marker)
+
+        def work(row: Versioned[DeliveryRecord]) -> Awaitable[RowOutcome | None]:
+            if operation == "send":
+                return self._send_row(batch, row)
+            return self._operate_row(batch, row, operation, marker)
+
+        semaphore = asyncio.Semaphore(self._concurrency)
+
+        async def bounded(row: Versioned[DeliveryRecord]) -> RowOutcome | None:
+            async with semaphore:
+                if batch.halted is not None:
+                    return None
+                return await work(row)
+
+        results = await asyncio.gather(*(bounded(row) for row in candidates.rows), return_exceptions=True)
+        outcomes = [r for r in results if isinstance(r, RowOutcome)]
+        for outcome in outcomes:
+            self._emit(outcome)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        left = sum(1 for r in results if r is None and batch.halted is not None)
+        return self._result(batch, outcomes, candidates, left, started)
+
+    async def redrive(self, message: RetryRequest) -> RowOutcome | None:
+        """Re-drive one row handed to ``deliveries-retry`` (the queue trigger's service).
+
+        Claims the row (``None`` when it is no longer pending: already sent, settled, or taken by another
+        worker; the trigger then just completes) and sends it like :meth:`send_batch` would, except that a
+        transient failure is not queued again: the row is recorded ``pending`` and the trigger should raise
+        (see :func:`needs_redelivery`) so the queue redelivers its message and, after ``maxDequeueCount``,
+        moves it to the poison queue, where it is dead-lettered. That count is the one bound on re-drives.
+        """
+        now = self._clock()
+        batch = await self._batch(message.notification_id, message.tenant_id, now, Urgency.NORMAL)
+        if batch is None:
+            return None
+        current = await self._ledger.get(message.notification_id, message.tenant_id, message.recipient_key)
+        if current is None or current.value.status is not DeliveryStatus.PENDING:
+            return None
+        outcome = await self._send_row(batch, current, hand_off=False)
+        if outcome is not None:
+            self._emit(outcome)
+        return outcome
+
+    # ---- selection --------------------------------------------------------------------------------
+
+    async def _batch(
+        self, notification_id: str, tenant_id: str, now: datetime, urgency: Urgency
+    ) -> _Batch | None:
+        found = await self._notifications.get(notification_id)
+        if found is None:
+            raise RecordNotFound(f"notification {notification_id!r} not found")
+        if found.value.status is NotificationStatus.CANCELLED:
+            return None
+        request = BroadcastRequest.from_json(found.value.request)
+        return _Batch(
+            notification_id=notification_id,
+            tenant_id=tenant_id,
+            now=now,
+            urgent=urgency is Urgency.URGENT,
+            message=request.message,
+            category=request.category,
+        )
+
+    async def _send_candidates(self, request: SendBatchInput) -> _Candidates:
+        def due(record: DeliveryRecord) -> bool | None:
+            # True: take it. None: deferred into the future (reported). False: not ours (queue-owned).
+            if record.not_before is None or record.not_before <= request.now:
+                return True
+            return None if record.status is DeliveryStatus.DEFERRED else False
+
+        return await self._scan(request, (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED), due)
+
+    async def _sent_candidates(self, request: SendBatchInput, marker: str) -> _Candidates:
+        def due(record: DeliveryRecord) -> bool:
+            done = record.last_operation
+            return record.activity_id is not None and done != marker and done != "delete"
+
+        return await self._scan(request, (DeliveryStatus.SENT,), due)
+
+    async def _scan(
+        self,
+        request: SendBatchInput,
+        statuses: tuple[DeliveryStatus, ...],
+        due: Callable[[DeliveryRecord], bool | None],
+    ) -> _Candidates:
+        rows: list[Versioned[DeliveryRecord]] = []
+        extra = 0
+        next_deferred: datetime | None = None
+        continuation: str | None = None
+        page_size = max(100, min(1000, request.limit * 4))
+        while True:
+            page = await self._ledger.list(
+                request.notification_id,
+                request.tenant_id,
+                statuses=statuses,
+                page_size=page_size,
+                continuation=continuation,
+            )
+            for row in page.items:
+                verdict = due(row.value)
+                if verdict is None and row.value.not_before is not None:
+                    if next_deferred is None or row.value.not_before < next_deferred:
+                        next_deferred = row.value.not_before
+                elif verdict and len(rows) < request.limit:
+                    rows.append(row)
+                elif verdict:
+                    extra += 1
+            continuation = page.continuation
+            # Once the batch is full and one more row is known to wait, ``remaining > 0`` is settled:
+            # reading on would only refine a count nobody needs exactly.
+            if continuation is None or extra > 0:
+                break
+        return _Candidates(rows, extra, next_deferred)
+
+    # ---- one row: send ----------------------------------------------------------------------------
+
+    async def _send_row(
+        self, batch: _Batch, listed: Versioned[DeliveryRecord], *, hand_off: bool = True
+    ) -> RowOutcome | None:
+        record = listed.value
+        claimed = await claim(
+            self._ledger, record.notification_id, record.tenant_id, record.recipient_key, self._clock()
+        )
+        if claimed is None:
+            return None
+        try:
+            return await self._deliver(batch, listed, claimed, hand_off)
+        except _Halt:
+            await self._release(listed, claimed)
+            return None
+
+    async def _deliver(
+        self,
+        batch: _Batch,
+        listed: Versioned[DeliveryRecord],
+        claimed: Versioned[DeliveryRecord],
+        hand_off: bool,
+    ) -> RowOutcome:
+        key = claimed.value.recipient_key
+        kind, recipient_id = _split_key(key)
+        previous_attempts = listed.value.attempts
+        reference = await self._references.get(batch.tenant_id, key)
+
+        if reference is None or not reference.active:
+            return await self._without_reference(batch, claimed, kind, recipient_id, reference)
+        if not self._allowed(reference.reference.service_url):
+            return await self._settle(
+                claimed,
+                DeliveryStatus.FAILED,
+                Reason.SERVICE_URL_REFUSED,
+                "the reference's serviceUrl is not on the outbound allow-list",
+                attempts=previous_attempts,
+            )
+        preferences = None
+        if kind is RecipientKind.USER:
+            preferences = await self._preferences.get(batch.tenant_id, recipient_id)
+        if preferences is not None:
+            held = await self._consent(batch, claimed, preferences, reference, previous_attempts)
+            if held is not None:
+                return held
+        try:
+            activity = _outgoing(render(batch.message, claimed.value.data), reference, batch.notification_id)
+        except InvalidInput as exc:
+            return await self._settle(
+                claimed,
+                DeliveryStatus.FAILED,
+                Reason.MISSING_PLACEHOLDER,
+                str(exc),
+                attempts=previous_attempts,
+            )
+        if batch.halted is not None:
+            raise _Halt
+        conversation_id = reference.reference.conversation.id
+        service_url = reference.reference.service_url
+
+        async def send_once() -> str | None:
+            if batch.halted is not None:
+                raise _Halt
+            try:
+                return await self._connector.send_activity(service_url, conversation_id, activity)
+            except TransportFailure as exc:
+                if exc.code in _MAYBE_DELIVERED:
+                    raise _Uncertain(exc) from exc
+                raise
+
+        result = await call_with_retries(send_once, policy=self._policy, sleep=self._sleep, rng=self._rng)
+        attempts = previous_attempts + result.attempts
+        if isinstance(result, Succeeded):
+            send = SendOutcome(
+                recipient_key=key, status=SendStatus.SENT, attempts=result.attempts, activity_id=result.value
+            )
+            return await self._settle(
+                claimed,
+                DeliveryStatus.SENT,
+                None,
+                attempts=attempts,
+                send=send,
+                failures=result.failures,
+                activity_id=result.value,
+                conversation_id=conversation_id,
+            )
+        return await self._failed_send(batch, claimed, reference, result, attempts, hand_off)
+
+    async def _without_reference(
+        self,
+        batch: _Batch,
+        claimed: Versioned[DeliveryRecord],
+        kind: RecipientKind,
+        recipient_id: str,
+        reference: StoredReference | None,
+    ) -> RowOutcome:
+        attempts = claimed.value.attempts - 1  # no send was made: the claim's count does not stand
+        reason = (reference.stale_reason if reference is not None else None) or Reason.NO_REFERENCE
+        if kind is not RecipientKind.USER:
+            return await self._settle(
+                claimed,
+                DeliveryStatus.SKIPPED,
+                Reason.NO_REFERENCE,
+                f"bot not installed ({reason})",
+                attempts=attempts,
+            )
+        if reason.lower() in _USER_CLOSED:
+            return await self._settle(
+                claimed,
+                DeliveryStatus.UNREACHABLE,
+                reason,
+                "the user closed the conversation",
+                attempts=attempts,
+            )
+        await self._installs.put(
+            InstallRequest(tenant_id=batch.tenant_id, aad_object_id=recipient_id, reason=reason).to_json()
+        )
+        return await self._settle(
+            claimed, DeliveryStatus.STALE, reason, "no usable reference; install requested", attempts=attempts
+        )
+
+    async def _consent(
+        self,
+        batch: _Batch,
+        claimed: Versioned[DeliveryRecord],
+        preferences: Preferences,
+        reference: StoredReference,
+        attempts: int,
+    ) -> RowOutcome | None:
+        if not preferences.allows(batch.category):
+            code = Reason.OPTED_OUT if preferences.opted_out_all else Reason.OPTED_OUT_CATEGORY
+            detail = (
+                "opted out of all notifications"
+                if preferences.opted_out_all
+                else f"opted out of {batch.category}"
+            )
+            return await self._settle(claimed, DeliveryStatus.SUPPRESSED, code, detail, attempts=attempts)
+        if batch.urgent or preferences.quiet_hours is None:
+            return None
+        decision = quiet_until(
+            preferences.quiet_hours, preferences.time_zone or reference.time_zone, batch.now
+        )
+        if decision.until is None:
+            return None
+        zone = "time zone unknown: UTC assumed" if decision.assumed_utc else decision.zone
+        detail = f"quiet hours {preferences.quiet_hours.start}-{preferences.quiet_hours.end} ({zone})"
+        return await self._settle(
+            claimed,
+            DeliveryStatus.DEFERRED,
+            Reason.QUIET_HOURS,
+            detail,
+            attempts=attempts,
+            not_before=decision.until,
+        )
+
+    async def _failed_send(
+        self,
+        batch: _Batch,
+        claimed: Versioned[DeliveryRecord],
+        reference: StoredReference,
+        result: Failed,
+        attempts: int,
+        hand_off: bool,
+    ) -> RowOutcome:
+        error = result.error
+        key = claimed.value.recipient_key
+        failures = result.failures
+        if isinstance(error, _Uncertain | TransientDeliveryError) or not isinstance(
+            error, DeliveryError | OutboundHostRefused
+        ):
+            # Transient (or not a delivery answer at all, e.g. a token endpoint hiccup): later, out of process.
+            return await self._later(batch, claimed, error, result, attempts, hand_off)
+        status, send_status = _classify(error)
+        code = _code(error)
+        send = SendOutcome(
+            recipient_key=key,
+            status=send_status,
+            attempts=result.attempts,
+            http_status=_status(error),
+            error_code=code,
+        )
+        if isinstance(error, RecipientUnreachable):
+            await self._references.deactivate(batch.tenant_id, key, code, self._clock())
+        elif isinstance(error, ReferenceStale):
+            await self._references.deactivate(batch.tenant_id, key, code, self._clock())
+            install = _install_request(batch.tenant_id, reference, code)
+            if install is not None:
+                await self._installs.put(install.to_json())
+        elif isinstance(error, TenantDisabled | BotMisconfigured):
+            batch.halted = batch.halted or code
+            logger.warning("Sending halted for tenant %s: %s", batch.tenant_id, code)
+        return await self._settle(
+            claimed, status, code, str(error), attempts=attempts, send=send, failures=failures
+        )
+
+    async def _later(
+        self,
+        batch: _Batch,
+        claimed: Versioned[DeliveryRecord],
+        error: ProactiveError,
+        result: Failed,
+        attempts: int,
+        hand_off: bool,
+    ) -> RowOutcome:
+        uncertain = isinstance(error, _Uncertain)
+        cause: ProactiveError = error.cause if isinstance(error, _Uncertain) else error
+        code = _code(cause)
+        retry_after = cause.retry_after if isinstance(cause, Throttled) else None
+        delay = min(MAX_HANDOFF_DELAY, max(self._handoff_delay, retry_after or 0.0))
+        not_before: datetime | None = self._clock() + timedelta(seconds=delay)
+        handed_off = False
+        if hand_off:
+            message = RetryRequest(
+                notification_id=batch.notification_id,
+                tenant_id=batch.tenant_id,
+                recipient_key=claimed.value.recipient_key,
+                reason=code,
+                uncertain=uncertain,
+            )
+            try:
+                await self._retries.put(message.to_json(), delay=delay)
+                handed_off = True
+            except StorageError:
+                # Nothing is lost: a pending row without not_before is picked up by the next batch.
+                logger.warning("Could not queue a retry; the row stays pending for the next batch")
+                not_before = None
+        send = SendOutcome(
+            recipient_key=claimed.value.recipient_key,
+            status=SendStatus.THROTTLED if isinstance(cause, Throttled) else SendStatus.TRANSIENT,
+            attempts=result.attempts,
+            http_status=_status(cause),
+            error_code=code,
+            retry_after=retry_after,
+        )
+        return await self._settle(
+            claimed,
+            DeliveryStatus.PENDING,
+            code,
+            str(cause) + ("; may have been delivered" if uncertain else ""),
+            attempts=attempts,
+            send=send,
+            failures=result.failures,
+            not_before=not_before,
+            handed_off=handed_off,
+            uncertain=uncertain,
+        )
+
+    # ---- one row: update / delete -----------------------------------------------------------------
+
+    async def _operate_row(
+        self, batch: _Batch, row: Versioned[DeliveryRecord], operation: Operation, marker: str
+    ) -> RowOutcome | None:
+        record = row.value
+        reference = await self._references.get(batch.tenant_id, record.recipient_key)
+        conversation_id = record.conversation_id or (
+            reference.reference.conversation.id if reference else None
+        )
+        activity_id = record.activity_id
+        if reference is None or conversation_id is None or activity_id is None:
+            return await self._mark(row, marker, DeliveryStatus.FAILED, Reason.NO_REFERENCE, "no reference")
+        service_url = reference.reference.service_url
+        if not self._allowed(service_url):
+            return await self._mark(row, marker, DeliveryStatus.FAILED, Reason.SERVICE_URL_REFUSED, "refused")
+
+        async def once() -> None:
+            if batch.halted is not None:
+                raise _Halt
+            if operation == "delete":
+                await self._connector.delete_activity(service_url, conversation_id, activity_id)
+                return
+            activity = _outgoing(render(batch.message, record.data), reference, batch.notification_id)
+            await self._connector.update_activity(service_url, conversation_id, activity_id, activity)
+
+        try:
+            result = await call_with_retries(once, policy=self._policy, sleep=self._sleep, rng=self._rng)
+        except _Halt:
+            return None
+        if isinstance(result, Succeeded):
+            return await self._mark(row, marker, DeliveryStatus.SENT, None, "", result)
+        error = result.error
+        if isinstance(error, TransientDeliveryError):
+            # Left unmarked and counted in ``remaining``: the next batch takes the row again (update and
+            # delete are idempotent, so no queue hand-off is needed).
+            return RowOutcome(
+                record.recipient_key,
+                DeliveryStatus.PENDING,
+                _code(error),
+                failures=result.failures,
+                requests=result.attempts,
+                recorded=False,
+            )
+        if isinstance(error, TenantDisabled | BotMisconfigured):
+            batch.halted = batch.halted or _code(error)
+            return RowOutcome(
+                record.recipient_key,
+                DeliveryStatus.FAILED,
+                _code(error),
+                failures=result.failures,
+                requests=1,
+            )
+        if isinstance(error, ActivityNotFound):
+            # "update/delete of an unknown message: drop" (facts sheet): the row is done either way.
+            return await self._mark(row, marker, DeliveryStatus.SENT, _code(error), str(error), result)
+        return await self._mark(row, marker, DeliveryStatus.FAILED, _code(error), str(error), result)
+
+    async def _mark(
+        self,
+        row: Versioned[DeliveryRecord],
+        marker: str,
+        counted_as: DeliveryStatus,
+        code: str | None,
+        detail: str,
+        result: Succeeded[None] | Failed | None = None,
+    ) -> RowOutcome:
+        now = self._clock()
+        changes: dict[str, Any] = {"last_operation": marker, "last_operation_at": now, "updated_at": now}
+        if code is not None:
+            changes["last_error"] = ErrorInfo(code=code, message=detail[:500])
+        recorded = True
+        try:
+            await self._ledger.replace(row.value.model_copy(update=changes), row.etag)
+        except ConcurrencyConflict:
+            recorded = False  # another worker did the same idempotent call and recorded it
+        failures = result.failures if result is not None else ()
+        requests = result.attempts if result is not None else 0
+        return RowOutcome(
+            row.value.recipient_key, counted_as, code, failures=failures, requests=requests, recorded=recorded
+        )
+
+    # ---- recording --------------------------------------------------------------------------------
+
+    async def _settle(
+        self,
+        claimed: Versioned[DeliveryRecord],
+        status: DeliveryStatus,
+        code: str | None,
+        detail: str = "",
+        *,
+        attempts: int,
+        send: SendOutcome | None = None,
+        failures: tuple[ProactiveError, ...] = (),
+        not_before: datetime | None = None,
+        activity_id: str | None = None,
+        conversation_id: str | None = None,
+        handed_off: bool = False,
+        uncertain: bool = False,
+    ) -> RowOutcome:
+        changes: dict[str, Any] = {
+            "status": status,
+            "attempts": max(0, attempts),
+            "last_error": ErrorInfo(
+                code=code, message=detail[:500], http_status=send.http_status if send else None
+            )
+            if code is not None
+            else None,
+            "not_before": not_before,
+            "updated_at": self._clock(),
+        }
+        if activity_id is not None or status is DeliveryStatus.SENT:
+            changes["activity_id"] = activity_id
+            changes["conversation_id"] = conversation_id
+        record = claimed.value.model_copy(update=changes)
+        recorded = True
+        try:
+            await self._ledger.replace(record, claimed.etag)
+        except ConcurrencyConflict:
+            # Only reconciliation moves a row out of ``sending`` besides its claimer: its deadline was too
+            # short for this send. The row is pending again and will be re-driven (the duplicate window).
+            logger.warning("A claimed row changed under its sender (reconciled too early?)")
+            recorded = False
+        except StorageError:
+            logger.warning("Could not record a settled row; it stays 'sending' for reconciliation")
+            recorded = False
+        return RowOutcome(
+            claimed.value.recipient_key,
+            status if recorded else DeliveryStatus.SENDING,
+            code,
+            send=send,
+            handed_off=handed_off,
+            uncertain=uncertain,
+            recorded=recorded,
+            failures=failures,
+            requests=send.attempts if send is not None else 0,
+            not_before=not_before,
+        )
+
+    async def _release(self, listed: Versioned[DeliveryRecord], claimed: Versioned[DeliveryRecord]) -> None:
+        # The batch halted before this row was sent: give the row back untouched (its old status and count).
+        restored = claimed.value.model_copy(
+            update={
+                "status": listed.value.status,
+                "attempts": listed.value.attempts,
+                "updated_at": self._clock(),
+                "last_error": ErrorInfo(code=Reason.TENANT_HALTED, message="batch halted before this send"),
+            }
+        )
+        try:
+            await self._ledger.replace(restored, claimed.etag)
+        except StorageError:
+            logger.warning("Could not release a claimed row; reconciliation will")
+
+    # ---- results ----------------------------------------------------------------------------------
+
+    def _emit(self, outcome: RowOutcome) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+
+    def _elapsed(self, started: datetime) -> int:
+        return max(0, int((self._clock() - started).total_seconds() * 1000))
+
+    def _result(
+        self, batch: _Batch, outcomes: list[RowOutcome], candidates: _Candidates, left: int, started: datetime
+    ) -> SendBatchResult:
+        statuses: Counter[DeliveryStatus] = Counter()
+        unrecorded = 0
+        for outcome in outcomes:
+            if not outcome.recorded and outcome.status is DeliveryStatus.SENDING:
+                unrecorded += 1
+            else:
+                statuses[outcome.status] += 1
+        failures = [f for outcome in outcomes for f in outcome.failures]
+        throttles = [f for f in failures if isinstance(f, Throttled)]
+        retry_afters = [t.retry_after for t in throttles if t.retry_after is not None]
+        deferred_now = [o.not_before for o in outcomes if o.status is DeliveryStatus.DEFERRED]
+        # A row left pending was handed to the retry queue, or (update/delete, or the enqueue failed) waits
+        # for the next batch and so counts as remaining.
+        handed_off = sum(1 for o in outcomes if o.handed_off)
+        left += statuses[DeliveryStatus.PENDING] - handed_off
+        return SendBatchResult(
+            attempted=len(outcomes),
+            sent=statuses[DeliveryStatus.SENT],
+            suppressed=statuses[DeliveryStatus.SUPPRESSED],
+            deferred=statuses[DeliveryStatus.DEFERRED],
+            skipped=statuses[DeliveryStatus.SKIPPED],
+            unreachable=statuses[DeliveryStatus.UNREACHABLE],
+            stale=statuses[DeliveryStatus.STALE],
+            failed=statuses[DeliveryStatus.FAILED],
+            retry_queued=handed_off,
+            unrecorded=unrecorded,
+            uncertain=sum(1 for o in outcomes if o.uncertain),
+            requests=sum(o.requests for o in outcomes),
+            throttled=len(throttles),
+            server_errors=sum(1 for f in failures if _server_error(f)),
+            max_retry_after=max(retry_afters) if retry_afters else None,
+            next_deferred_at=_earliest(candidates.next_deferred_at, *deferred_now),
+            remaining=candidates.remaining + left,
+            halted=batch.halted,
+            elapsed_ms=self._elapsed(started),
+        )
+
+
+async def reconcile_stuck(
+    ledger: DeliveryLedger,
+    notification_id: str,
+    tenant_id: str,
+    *,
+    now: datetime,
+    older_than: timedelta,
+) -> int:
+    """Return rows stuck in ``sending`` for longer than ``older_than`` to ``pending`` (at-least-once).
+
+    A row stays ``sending`` only when its sender crashed (or could not write) between the claim and the
+    record. Teams may or may not have received that send: re-driving it is the documented duplicate window
+    (module docstring). ``older_than`` must exceed the longest a ``send_batch`` can run (host.json
+    ``functionTimeout``, 10 min, so 15 min is a safe choice), or a live send could be re-driven.
+
+    Returns:
+        How many rows were returned to ``pending`` (rows another writer changed meanwhile are left alone).
+    """
+    cutoff = now - older_than
+    moved = 0
+    continuation: str | None = None
+    while True:
+        page = await ledger.list(
+            notification_id, tenant_id, statuses=[DeliveryStatus.SENDING], continuation=continuation
+        )
+        for row in page.items:
+            if row.value.status is not DeliveryStatus.SENDING or row.value.updated_at > cutoff:
+                continue
+            reset = row.value.model_copy(
+                update={
+                    "status": DeliveryStatus.PENDING,
+                    "not_before": None,
+                    "updated_at": now,
+                    "last_error": ErrorInfo(
+                        code=Reason.RECONCILED,
+                        message="left 'sending' by a sender that stopped; re-driven (may duplicate)",
+                    ),
+                }
+            )
+            try:
+                await ledger.replace(reset, row.etag)
+                moved += 1
+            except ConcurrencyConflict:
+                continue
+        continuation = page.continuation
+        if continuation is None:
+            return moved
+
+
+# ---- helpers -------------------------------------------------------------------------------------------
+
+
+def _split_key(key: str) -> tuple[RecipientKind, str]:
+    prefix, _, rest = key.partition(":")
+    try:
+        return RecipientKind(prefix), rest
+    except ValueError:
+        return RecipientKind.CHAT, key
+
+
+def _marker(operation: Operation, message: MessageContent) -> str:
+    if operation == "delete":
+        return "delete"
+    digest = hashlib.sha256(message.to_json_text().encode()).hexdigest()[:16]
+    return f"update:{digest}"
+
+
+def _outgoing(activity: dict[str, Any], stored: StoredReference, notification_id: str) -> dict[str, Any]:
+    """The rendered activity addressed like the Bot Framework SDKs' ``apply_conversation_reference``.
+
+    ``channelData.proactive.notificationId`` names the broadcast, so a duplicate is countable (the emulator's
+    stats do) and a bot can recognise its own messages.
+    """
+    reference = stored.reference
+    conversation: dict[str, Any] = {"id": reference.conversation.id}
+    if reference.conversation.tenant_id:
+        conversation["tenantId"] = reference.conversation.tenant_id
+    outgoing = {**activity, "from": {"id": reference.bot.id}, "conversation": conversation}
+    if stored.kind is RecipientKind.USER and reference.user is not None:
+        recipient: dict[str, Any] = {"id": reference.user.id}
+        if reference.user.aad_object_id:
+            recipient["aadObjectId"] = reference.user.aad_object_id
+        outgoing["recipient"] = recipient
+    channel_data = dict(activity.get("channelData") or {})
+    channel_data["tenant"] = {"id": stored.tenant_id}
+    channel_data["proactive"] = {"notificationId": notification_id}
+    outgoing["channelData"] = channel_data
+    return outgoing
+
+
+def _install_request(tenant_id: str, reference: StoredReference, reason: str) -> InstallRequest | None:
+    if reference.kind is RecipientKind.USER:
+        return InstallRequest(tenant_id=tenant_id, aad_object_id=reference.recipient_id, reason=reason)
+    if reference.team_id:
+        return InstallRequest(tenant_id=tenant_id, team_id=reference.team_id, reason=reason)
+    return None  # a group chat: only its members can add the bot back
+
+
+def _classify(error: ProactiveError) -> tuple[DeliveryStatus, SendStatus]:
+    if isinstance(error, RecipientUnreachable):
+        return DeliveryStatus.UNREACHABLE, SendStatus.UNREACHABLE
+    if isinstance(error, ReferenceStale):
+        return DeliveryStatus.STALE, SendStatus.STALE
+    if isinstance(error, TenantDisabled):
+        return DeliveryStatus.FAILED, SendStatus.TENANT_DISABLED
+    if isinstance(error, MessageRejected):
+        return DeliveryStatus.FAILED, SendStatus.REJECTED
+    return DeliveryStatus.FAILED, SendStatus.FAILED
+
+
+def _code(error: ProactiveError) -> str:
+    if isinstance(error, OutboundHostRefused):
+        return Reason.SERVICE_URL_REFUSED
+    if isinstance(error, DeliveryError) and error.code:
+        return error.code
+    if isinstance(error, DeliveryError) and error.status is not None:
+        return f"http_{error.status}"
+    return type(error).__name__
+
+
+def _status(error: ProactiveError) -> int | None:
+    return error.status if isinstance(error, DeliveryError) else None
+
+
+def _server_error(error: ProactiveError) -> bool:
+    cause = error.cause if isinstance(error, _Uncertain) else error
+    if isinstance(cause, TransportFailure | ServiceFailed):
+        return True
+    return isinstance(cause, ServiceBusy) and (cause.status or 0) >= 500
+
+
+def _earliest(*moments: datetime | None) -> datetime | None:
+    present = [m for m in moments if m is not None]
+    return min(present) if present else None

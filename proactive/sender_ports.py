@@ -1,0 +1,122 @@
+"""Ports the sender needs beyond :mod:`proactive.ports`: the Bot Connector and the work queues.
+
+* :class:`BotConnector` is what :class:`~proactive.adapters.connector.BotConnectorClient` already offers for
+  proactive messages (send, update, delete), so the client fits as is.
+* :class:`WorkQueue` is an Azure Storage queue reduced to what the product uses: put a JSON message (optionally
+  invisible for a while), receive, delete. Adapters: :mod:`proactive.adapters.storage_queues` (Azure / Azurite)
+  and :mod:`proactive.adapters.memory_queues` (in-memory fake); one contract suite runs against both.
+* The two hand-off messages, :class:`InstallRequest` (queue ``installs``, read by the Graph bootstrap) and
+  :class:`RetryRequest` (queue ``deliveries-retry``, read by its queue trigger), are wire models so producer
+  and consumer parse the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from pydantic import Field, model_validator
+
+from proactive.models import WireModel
+
+__all__ = ["BotConnector", "InstallRequest", "QueueMessage", "RetryRequest", "WorkQueue"]
+
+
+class BotConnector(Protocol):
+    """The Bot Connector calls of a proactive sender (``BotConnectorClient`` implements it).
+
+    Every method raises the error tree: :class:`~proactive.errors.OutboundHostRefused` before anything is
+    sent to a refused service URL, :class:`~proactive.errors.DeliveryError` subclasses for the answers.
+    """
+
+    async def send_activity(
+        self, service_url: str, conversation_id: str, activity: Mapping[str, Any]
+    ) -> str | None:
+        """Post ``activity``; the new activity id (``None`` if a 2xx named none: still accepted)."""
+
+    async def update_activity(
+        self, service_url: str, conversation_id: str, activity_id: str, activity: Mapping[str, Any]
+    ) -> None:
+        """Replace a sent activity."""
+
+    async def delete_activity(self, service_url: str, conversation_id: str, activity_id: str) -> None:
+        """Delete a sent activity."""
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """One received message.
+
+    Attributes:
+        id: the queue's message id.
+        pop_receipt: proves this receiver holds the message; needed to delete it.
+        body: the JSON object that was put.
+        dequeue_count: how many times it has been received, this time included.
+    """
+
+    id: str
+    pop_receipt: str
+    body: dict[str, Any]
+    dequeue_count: int
+
+
+class WorkQueue(Protocol):
+    """A storage queue of JSON objects. Created on first use, never in a constructor.
+
+    Messages are plain JSON text (host.json ``messageEncoding: none``), so a Functions queue trigger reads
+    exactly what :meth:`put` wrote. Errors: :class:`~proactive.errors.StorageError`.
+    """
+
+    name: str
+
+    async def put(self, body: Mapping[str, Any], *, delay: float = 0.0) -> None:
+        """Add a message, invisible for ``delay`` seconds (rounded up to whole seconds, at most 7 days)."""
+
+    async def receive(
+        self, *, max_messages: int = 32, visibility_timeout: float = 30.0
+    ) -> list[QueueMessage]:
+        """Take up to ``max_messages`` (1..32) visible messages, hiding them for ``visibility_timeout``."""
+
+    async def delete(self, message: QueueMessage) -> None:
+        """Remove a received message for good."""
+
+
+class InstallRequest(WireModel):
+    """Queue ``installs``: ask the Graph bootstrap to (re)install the bot for a user or a team.
+
+    Wire form ``{"tenantId", "aadObjectId" | "teamId", "reason"}``; ``reason`` is the Teams error code or
+    sender reason that made the reference useless (``ConversationNotFound``, ``no_reference``, ...).
+    """
+
+    tenant_id: str = Field(min_length=1)
+    aad_object_id: str | None = None
+    team_id: str | None = None
+    reason: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> InstallRequest:
+        if (self.aad_object_id is None) == (self.team_id is None):
+            raise ValueError("an install request names exactly one of aadObjectId and teamId")
+        return self
+
+
+class RetryRequest(WireModel):
+    """Queue ``deliveries-retry``: one ledger row whose in-process retries ran out, to re-drive later.
+
+    Attributes:
+        notification_id: the notification.
+        tenant_id: the recipient's tenant.
+        recipient_key: the row's key (``user:{aad}``, ``channel:{id}``, ...).
+        operation: what to re-drive (only ``send`` is handed off today).
+        reason: the last error's code (``Throttled``, ``ServiceUnavailable``, ``Timeout``, ...).
+        uncertain: the last attempt may have been delivered (a timeout or a lost connection): a re-drive
+            may duplicate it (the one documented duplicate window, see :mod:`proactive.sender`).
+    """
+
+    notification_id: str = Field(min_length=1)
+    tenant_id: str = Field(min_length=1)
+    recipient_key: str = Field(min_length=1)
+    operation: Literal["send"] = "send"
+    reason: str
+    uncertain: bool = False

@@ -1,0 +1,303 @@
+"""``send_batch`` end to end: the real Teams emulator over HTTP, the ledger and queues on Azurite.
+
+300 recipients in one tenant; the emulator answers 10 % of sends 429, 5 % 5xx and 2 % hang until the client
+times out, 10 users have blocked the bot and 10 have stale conversations, 5 have no reference at all and 5
+opted out. Two workers run ``send_batch`` on the same partition at once until nothing is claimable, the
+``deliveries-retry`` queue is drained through ``redrive`` (as its trigger would), stuck rows are reconciled,
+and then: every deliverable recipient received exactly one message (the emulator's per-conversation counts
+and duplicate list), every other one is recorded with its reason, and the counts add up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from devhost.emulators.teams import build_app
+from devhost.emulators.teams_state import TeamsEmulatorConfig
+from proactive.adapters.bot_token import AnonymousTokens
+from proactive.adapters.connector import BotConnectorClient
+from proactive.adapters.storage_queues import AzureQueues
+from proactive.adapters.table_storage import AzureTables
+from proactive.models import (
+    ChannelAccount,
+    ConversationAccount,
+    ConversationReference,
+    DeliveryRecord,
+    DeliveryStatus,
+    Notification,
+    Preferences,
+    RecipientKind,
+    StoredReference,
+)
+from proactive.outbound import OutboundPolicy
+from proactive.retry import RetryPolicy
+from proactive.sender import BatchSender, SendBatchInput, SendBatchResult, needs_redelivery, reconcile_stuck
+from proactive.sender_ports import RetryRequest
+from proactive.stores import (
+    TableDeliveryLedger,
+    TableNotificationStore,
+    TablePreferenceStore,
+    TableReferenceStore,
+)
+
+pytestmark = pytest.mark.azurite
+
+TENANT = "22222222-2222-2222-2222-222222222222"
+BOT = "28:aaaaaaaa-0000-0000-0000-000000000002"
+NOTIFICATION = "incident-300"
+USERS = 300
+BLOCKED = range(0, 10)
+STALE = range(10, 20)
+NO_REFERENCE = range(20, 25)
+OPTED_OUT = range(25, 30)
+
+
+def aad(index: int) -> str:
+    return str(uuid.UUID(int=0x300000 + index))
+
+
+def conversation(index: int) -> str:
+    return f"a:conv-{index}"
+
+
+@pytest.fixture
+async def emulator_base() -> AsyncIterator[str]:
+    config = TeamsEmulatorConfig(
+        tenant_rate=5000,
+        seed=20260601,
+        rates={"429": 0.10, "503": 0.03, "502": 0.02, "timeout": 0.02},
+        rate_operations=("send",),
+        rate_retry_after=0.05,
+        timeout_seconds=3,
+        faults=(
+            *({"match": {"user": aad(i)}, "kind": "blocked"} for i in BLOCKED),
+            *({"match": {"user": aad(i)}, "kind": "conversation_not_found"} for i in STALE),
+        ),
+    )
+    runner = web.AppRunner(build_app(config), shutdown_timeout=0.5)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    await runner.cleanup()
+
+
+async def test_300_recipients_with_faults_each_get_exactly_one_message_and_every_other_is_recorded(
+    emulator_base: str, storage_connection_string: str, unique_name: str
+) -> None:
+    tables = AzureTables.from_connection_string(storage_connection_string)
+    queues = AzureQueues.from_connection_string(storage_connection_string)
+    async with aiohttp.ClientSession() as http:
+        try:
+            await run_scenario(http, tables, queues, emulator_base, unique_name)
+        finally:
+            await queues.close()
+            await tables.close()
+
+
+async def run_scenario(
+    http: aiohttp.ClientSession, tables: AzureTables, queues: AzureQueues, base: str, name: str
+) -> None:
+    ledger = TableDeliveryLedger(tables.table(f"{name}deliveries"))
+    references = TableReferenceStore(tables.table(f"{name}references"))
+    preferences = TablePreferenceStore(tables.table(f"{name}preferences"))
+    notifications = TableNotificationStore(tables.table(f"{name}notifications"))
+    installs, retries = queues.queue(f"{name}-installs"), queues.queue(f"{name}-retry")
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    await seed(ledger, references, preferences, notifications, base, now)
+    connector = BotConnectorClient(http, AnonymousTokens(), OutboundPolicy(["127.0.0.1"]), timeout=0.5)
+
+    def worker(seed_value: int) -> BatchSender:
+        return BatchSender(
+            ledger=ledger,
+            references=references,
+            preferences=preferences,
+            notifications=notifications,
+            connector=connector,
+            installs=installs,
+            retries=retries,
+            policy=RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05, max_retry_after=1.0),
+            clock=lambda: datetime.now(UTC),
+            sleep=asyncio.sleep,
+            rng=random.Random(seed_value),
+            service_url_allowed=OutboundPolicy(["127.0.0.1"]).allows,
+            concurrency=16,
+            handoff_delay=0.0,
+        )
+
+    async def drive(sender: BatchSender) -> list[SendBatchResult]:
+        results: list[SendBatchResult] = []
+        for _ in range(40):
+            request = SendBatchInput(notification_id=NOTIFICATION, tenant_id=TENANT, limit=50, now=now)
+            result = await sender.send_batch(request)
+            results.append(result)
+            if result.remaining == 0:
+                break
+        return results
+
+    # Two workers on the same partition at once (a replayed orchestration, a duplicated activity).
+    first, second = await asyncio.gather(drive(worker(1)), drive(worker(2)))
+    batches = first + second
+    redriven = await drain_retries(worker(3), retries, ledger)
+    reconciled = await reconcile_stuck(
+        ledger, NOTIFICATION, TENANT, now=datetime.now(UTC), older_than=timedelta(0)
+    )
+    stats_before_rerun = await stats(http, base)
+    rerun = await worker(4).send_batch(
+        SendBatchInput(notification_id=NOTIFICATION, tenant_id=TENANT, limit=500, now=now)
+    )
+    final = await stats(http, base)
+
+    # Exactly one message per deliverable recipient, no duplicates, nothing new on a re-run.
+    deliverable = [i for i in range(USERS) if i not in {*BLOCKED, *STALE, *NO_REFERENCE, *OPTED_OUT}]
+    received = {cid: entry["count"] for cid, entry in final["conversations"].items()}
+    assert final["duplicates"] == []
+    assert all(received.get(conversation(i)) == 1 for i in deliverable)
+    assert sum(received.values()) == len(deliverable) == 270
+    assert final["byNotification"][NOTIFICATION] == {"conversations": 270, "deliveries": 270}
+    assert rerun.attempted == 0 and rerun.remaining == 0
+    assert final["totals"]["activities"] == stats_before_rerun["totals"]["activities"]
+    # The faults really happened.
+    assert final["byStatus"].get("429", 0) > 0 and final["byStatus"].get("503", 0) > 0
+    assert final["injected"].get("timeout", 0) > 0
+
+    # Every other recipient is recorded with its reason, and the ledger's counts add up.
+    counts = await ledger.count_by_status(NOTIFICATION, TENANT)
+    assert counts == {
+        DeliveryStatus.SENT: 270,
+        DeliveryStatus.UNREACHABLE: 10,
+        DeliveryStatus.STALE: 15,
+        DeliveryStatus.SUPPRESSED: 5,
+    }
+    reasons = await reasons_by_status(ledger)
+    assert reasons[DeliveryStatus.UNREACHABLE] == Counter({"MessageWritesBlocked": 10})
+    assert reasons[DeliveryStatus.STALE] == Counter({"ConversationNotFound": 10, "no_reference": 5})
+    assert reasons[DeliveryStatus.SUPPRESSED] == Counter({"opted_out": 5})
+    install_requests = await drain(installs)
+    assert sorted(m["aadObjectId"] for m in install_requests) == sorted(
+        aad(i) for i in (*STALE, *NO_REFERENCE)
+    )
+
+    # The batch results agree with the ledger: each recipient settled once, by one worker.
+    sent = sum(b.sent for b in batches) + redriven
+    assert sent == 270
+    assert sum(b.unreachable for b in batches) == 10 and sum(b.stale for b in batches) == 15
+    assert sum(b.suppressed for b in batches) == 5
+    assert sum(b.throttled for b in batches) > 0 and sum(b.server_errors for b in batches) > 0
+    assert reconciled == 0
+
+
+async def seed(
+    ledger: TableDeliveryLedger,
+    references: TableReferenceStore,
+    preferences: TablePreferenceStore,
+    notifications: TableNotificationStore,
+    base: str,
+    now: datetime,
+) -> None:
+    request = {
+        "notificationId": NOTIFICATION,
+        "audience": {"tenants": [TENANT]},
+        "message": {"text": "Incident resolved, {{name}}."},
+        "category": "incidents",
+    }
+    await notifications.create(Notification(id=NOTIFICATION, request=request, created_at=now))
+    await ledger.add_pending(
+        [
+            DeliveryRecord(
+                notification_id=NOTIFICATION,
+                tenant_id=TENANT,
+                recipient_key=f"user:{aad(i)}",
+                data={"name": f"User {i}"},
+                created_at=now,
+                updated_at=now,
+            )
+            for i in range(USERS)
+        ]
+    )
+    gate = asyncio.Semaphore(16)
+
+    async def reference(index: int) -> None:
+        async with gate:
+            await references.upsert(
+                StoredReference(
+                    tenant_id=TENANT,
+                    kind=RecipientKind.USER,
+                    recipient_id=aad(index),
+                    reference=ConversationReference(
+                        bot=ChannelAccount(id=BOT),
+                        user=ChannelAccount(id=f"29:user-{index}", aad_object_id=aad(index)),
+                        conversation=ConversationAccount(id=conversation(index), tenant_id=TENANT),
+                        service_url=base,
+                    ),
+                    updated_at=now,
+                )
+            )
+
+    await asyncio.gather(*(reference(i) for i in range(USERS) if i not in NO_REFERENCE))
+    for index in OPTED_OUT:
+        await preferences.put(
+            Preferences(tenant_id=TENANT, aad_object_id=aad(index), opted_out_all=True, updated_at=now)
+        )
+
+
+async def drain_retries(sender: BatchSender, retries: Any, ledger: TableDeliveryLedger) -> int:
+    """What the ``deliveries-retry`` trigger does: re-drive each message; let failures come back."""
+    sent = 0
+    for _ in range(30):
+        messages = await retries.receive(max_messages=32, visibility_timeout=1)
+        if not messages:
+            page = await ledger.list(
+                NOTIFICATION, TENANT, statuses=[DeliveryStatus.PENDING, DeliveryStatus.SENDING]
+            )
+            if not page.items:
+                return sent
+            await asyncio.sleep(0.5)
+            continue
+        for message in messages:
+            outcome = await sender.redrive(RetryRequest.from_json(message.body))
+            if not needs_redelivery(outcome):
+                await retries.delete(message)
+            if outcome is not None and outcome.status is DeliveryStatus.SENT:
+                sent += 1
+    raise AssertionError("the retry queue did not drain")
+
+
+async def drain(queue: Any) -> list[dict[str, Any]]:
+    bodies: list[dict[str, Any]] = []
+    while messages := await queue.receive(max_messages=32, visibility_timeout=60):
+        for message in messages:
+            bodies.append(message.body)
+            await queue.delete(message)
+    return bodies
+
+
+async def reasons_by_status(ledger: TableDeliveryLedger) -> dict[DeliveryStatus, Counter[str]]:
+    found: dict[DeliveryStatus, Counter[str]] = {}
+    continuation = None
+    while True:
+        page = await ledger.list(NOTIFICATION, TENANT, continuation=continuation)
+        for row in page.items:
+            code = row.value.last_error.code if row.value.last_error else ""
+            found.setdefault(row.value.status, Counter())[code] += 1
+        continuation = page.continuation
+        if continuation is None:
+            return found
+
+
+async def stats(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    async with http.get(base + "_emulator/stats?activities=0") as response:
+        body: dict[str, Any] = await response.json()
+        return body

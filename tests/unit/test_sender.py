@@ -1,0 +1,892 @@
+"""``BatchSender`` rule by rule: in-memory tables and queues, the real Teams emulator over HTTP on loopback.
+
+The emulator (``devhost.emulators.teams``) answers every scripted Teams error, 429 with ``Retry-After``,
+timeouts and connection resets, so the connector is the real ``BotConnectorClient``; a hand-written
+connector appears only where the emulator cannot help (a send Teams accepted whose answer never arrived).
+Sleep, clock and jitter are injected: every delay is checked exactly and nothing really waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from devhost.emulators.teams import build_app
+from devhost.emulators.teams_state import TeamsEmulatorConfig
+from proactive.adapters.bot_token import AnonymousTokens
+from proactive.adapters.connector import BotConnectorClient
+from proactive.adapters.memory_queues import MemoryWorkQueue
+from proactive.adapters.memory_tables import MemoryEntityTable
+from proactive.errors import StorageError, TransportFailure
+from proactive.ledger import claim
+from proactive.models import (
+    ChannelAccount,
+    ConversationAccount,
+    ConversationReference,
+    DeliveryRecord,
+    DeliveryStatus,
+    Notification,
+    NotificationStatus,
+    Preferences,
+    QuietHours,
+    RecipientKind,
+    StoredReference,
+)
+from proactive.outbound import OutboundPolicy
+from proactive.ports import DeliveryLedger, Versioned
+from proactive.retry import RetryPolicy
+from proactive.sender import (
+    BatchSender,
+    Reason,
+    RowOutcome,
+    SendBatchInput,
+    SendBatchResult,
+    needs_redelivery,
+    reconcile_stuck,
+)
+from proactive.sender_ports import BotConnector, RetryRequest
+from proactive.stores import (
+    TableDeliveryLedger,
+    TableNotificationStore,
+    TablePreferenceStore,
+    TableReferenceStore,
+)
+
+TENANT = "11111111-1111-1111-1111-111111111111"
+BOT = "28:aaaaaaaa-0000-0000-0000-000000000001"
+NOTIFICATION = "deploy-42"
+T0 = datetime(2026, 6, 1, 16, 0, tzinfo=UTC)
+
+
+def aad(index: int) -> str:
+    return str(uuid.UUID(int=index + 1))
+
+
+class Clock:
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Sleeps:
+    """Records every delay; never waits."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+class Half:
+    """Jitter source that always draws 0.5."""
+
+    def random(self) -> float:
+        return 0.5
+
+
+@dataclass
+class Emulator:
+    base: str
+    http: aiohttp.ClientSession
+
+    async def faults(self, *rules: Mapping[str, Any]) -> None:
+        async with self.http.post(self.base + "_emulator/faults", json=list(rules)) as response:
+            assert response.status == 200, await response.text()
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.http.get(self.base + "_emulator/stats") as response:
+            body: dict[str, Any] = await response.json()
+            return body
+
+    async def received(self, conversation_id: str) -> list[dict[str, Any]]:
+        conversation = (await self.stats())["conversations"].get(conversation_id)
+        return list(conversation["activities"]) if conversation else []
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def emulator(http: aiohttp.ClientSession) -> AsyncIterator[Emulator]:
+    app = build_app(TeamsEmulatorConfig(tenant_rate=1000, timeout_seconds=5))
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    yield Emulator(f"http://127.0.0.1:{sock.getsockname()[1]}/", http)
+    await runner.cleanup()
+
+
+@dataclass
+class World:
+    """Everything a BatchSender is built from, in memory, plus the emulator."""
+
+    emulator: Emulator
+    http: aiohttp.ClientSession
+    ledger: TableDeliveryLedger = field(
+        default_factory=lambda: TableDeliveryLedger(MemoryEntityTable("deliveries"))
+    )
+    references: TableReferenceStore = field(
+        default_factory=lambda: TableReferenceStore(MemoryEntityTable("references"))
+    )
+    preferences: TablePreferenceStore = field(
+        default_factory=lambda: TablePreferenceStore(MemoryEntityTable("preferences"))
+    )
+    notifications: TableNotificationStore = field(
+        default_factory=lambda: TableNotificationStore(MemoryEntityTable("notifications"))
+    )
+    clock: Clock = field(default_factory=Clock)
+    sleeps: Sleeps = field(default_factory=Sleeps)
+    outcomes: list[RowOutcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The queues keep the same (injected) time as the sender, so delayed messages surface on cue.
+        self.installs = MemoryWorkQueue("installs", clock=lambda: self.clock().timestamp())
+        self.retries = MemoryWorkQueue("deliveries-retry", clock=lambda: self.clock().timestamp())
+
+    def connector(self, timeout: float = 5.0) -> BotConnectorClient:
+        return BotConnectorClient(
+            self.http, AnonymousTokens(), OutboundPolicy(["127.0.0.1"]), timeout=timeout
+        )
+
+    def sender(
+        self,
+        *,
+        connector: BotConnector | None = None,
+        max_attempts: int = 4,
+        concurrency: int = 4,
+        ledger: DeliveryLedger | None = None,
+        max_retry_after: float = 60.0,
+    ) -> BatchSender:
+        return BatchSender(
+            ledger=ledger or self.ledger,
+            references=self.references,
+            preferences=self.preferences,
+            notifications=self.notifications,
+            connector=connector or self.connector(),
+            installs=self.installs,
+            retries=self.retries,
+            policy=RetryPolicy(
+                max_attempts=max_attempts, base_delay=0.5, max_delay=8.0, max_retry_after=max_retry_after
+            ),
+            clock=self.clock,
+            sleep=self.sleeps,
+            rng=Half(),
+            service_url_allowed=OutboundPolicy(["127.0.0.1"]).allows,
+            concurrency=concurrency,
+            handoff_delay=60.0,
+            on_outcome=self.outcomes.append,
+        )
+
+    async def notification(
+        self,
+        text: str = "Deploy done, {{name}}",
+        *,
+        category: str | None = None,
+        status: NotificationStatus | None = None,
+    ) -> None:
+        request: dict[str, Any] = {
+            "notificationId": NOTIFICATION,
+            "audience": {"tenants": [TENANT]},
+            "message": {"text": text},
+        }
+        if category:
+            request["category"] = category
+        notification = Notification(id=NOTIFICATION, request=request, created_at=T0)
+        if status is not None:
+            notification = notification.model_copy(update={"status": status})
+        existing = await self.notifications.get(NOTIFICATION)
+        if existing is None:
+            await self.notifications.create(notification)
+        else:
+            await self.notifications.replace(notification, existing.etag)
+
+    async def user(
+        self, index: int, *, service_url: str | None = None, active: bool = True, reason: str | None = None
+    ) -> str:
+        """A user with a reference (conversation ``a:conv-{index}``) and a pending row; returns its key."""
+        key = f"user:{aad(index)}"
+        await self.references.upsert(
+            StoredReference(
+                tenant_id=TENANT,
+                kind=RecipientKind.USER,
+                recipient_id=aad(index),
+                reference=ConversationReference(
+                    bot=ChannelAccount(id=BOT),
+                    user=ChannelAccount(id=f"29:user-{index}", aad_object_id=aad(index)),
+                    conversation=ConversationAccount(id=f"a:conv-{index}", tenant_id=TENANT),
+                    service_url=service_url or self.emulator.base,
+                ),
+                active=active,
+                stale_reason=reason,
+                updated_at=T0,
+            )
+        )
+        await self.row(key, {"name": f"User {index}"})
+        return key
+
+    async def channel(
+        self, channel_id: str, *, team_id: str = "19:team@thread.tacv2", reference: bool = True
+    ) -> str:
+        key = f"channel:{channel_id}"
+        if reference:
+            await self.references.upsert(
+                StoredReference(
+                    tenant_id=TENANT,
+                    kind=RecipientKind.CHANNEL,
+                    recipient_id=channel_id,
+                    team_id=team_id,
+                    reference=ConversationReference(
+                        bot=ChannelAccount(id=BOT),
+                        conversation=ConversationAccount(id=channel_id, tenant_id=TENANT),
+                        service_url=self.emulator.base,
+                    ),
+                    updated_at=T0,
+                )
+            )
+        await self.row(key, {"name": "team"})
+        return key
+
+    async def row(self, key: str, data: dict[str, Any]) -> None:
+        await self.ledger.add_pending(
+            [
+                DeliveryRecord(
+                    notification_id=NOTIFICATION,
+                    tenant_id=TENANT,
+                    recipient_key=key,
+                    data=data,
+                    created_at=T0,
+                    updated_at=T0,
+                )
+            ]
+        )
+
+    async def record(self, key: str) -> DeliveryRecord:
+        found = await self.ledger.get(NOTIFICATION, TENANT, key)
+        assert found is not None
+        return found.value
+
+    async def send(
+        self, sender: BatchSender | None = None, *, limit: int = 50, **extra: Any
+    ) -> SendBatchResult:
+        request = SendBatchInput(
+            notification_id=NOTIFICATION, tenant_id=TENANT, limit=limit, now=self.clock(), **extra
+        )
+        return await (sender or self.sender()).send_batch(request)
+
+
+@pytest.fixture
+async def world(emulator: Emulator, http: aiohttp.ClientSession) -> World:
+    w = World(emulator, http)
+    await w.notification()
+    return w
+
+
+def user_rule(index: int, **rule: Any) -> dict[str, Any]:
+    return {"match": {"user": aad(index)}, "operations": ["send"], **rule}
+
+
+# ---- the happy path and exactly-once -----------------------------------------------------------------
+
+
+async def test_each_pending_recipient_gets_its_personalised_message_once_and_the_row_records_it(
+    world: World,
+) -> None:
+    keys = [await world.user(i) for i in range(3)]
+
+    result = await world.send()
+
+    assert (result.attempted, result.sent, result.requests, result.remaining) == (3, 3, 3, 0)
+    for index, key in enumerate(keys):
+        record = await world.record(key)
+        [activity] = await world.emulator.received(f"a:conv-{index}")
+        assert record.status is DeliveryStatus.SENT and record.attempts == 1
+        assert record.activity_id == activity["id"] and record.conversation_id == f"a:conv-{index}"
+        assert activity["text"] == f"Deploy done, User {index}"
+        assert activity["notificationId"] == NOTIFICATION
+    assert [o.status for o in world.outcomes] == [DeliveryStatus.SENT] * 3
+
+
+async def test_running_the_same_batch_again_sends_nothing_new(world: World) -> None:
+    for i in range(3):
+        await world.user(i)
+    await world.send()
+
+    again = await world.send()
+
+    stats = await world.emulator.stats()
+    assert again.attempted == 0 and again.sent == 0 and again.requests == 0
+    assert stats["totals"]["activities"] == 3 and stats["duplicates"] == []
+
+
+async def test_the_limit_bounds_a_batch_and_remaining_says_when_there_is_more(world: World) -> None:
+    for i in range(5):
+        await world.user(i)
+
+    first = await world.send(limit=2)
+    second = await world.send(limit=2)
+    third = await world.send(limit=2)
+
+    assert (first.sent, second.sent, third.sent) == (2, 2, 1)
+    assert first.remaining > 0 and second.remaining > 0 and third.remaining == 0
+
+
+async def test_two_concurrent_batches_on_one_partition_never_send_twice(world: World) -> None:
+    for i in range(12):
+        await world.user(i)
+
+    one, two = await asyncio.gather(world.send(), world.send())
+
+    stats = await world.emulator.stats()
+    assert one.sent + two.sent == 12
+    assert stats["totals"]["activities"] == 12 and stats["duplicates"] == []
+
+
+async def test_a_cancelled_notification_sends_nothing(world: World) -> None:
+    await world.user(0)
+    await world.notification(status=NotificationStatus.CANCELLED)
+
+    result = await world.send()
+
+    assert result.halted == "cancelled" and result.attempted == 0
+    assert (await world.record("user:" + aad(0))).status is DeliveryStatus.PENDING
+
+
+# ---- references ------------------------------------------------------------------------------------
+
+
+async def test_a_user_without_a_reference_is_stale_and_handed_to_installs_without_any_call(
+    world: World,
+) -> None:
+    key = f"user:{aad(7)}"
+    await world.row(key, {"name": "x"})
+
+    result = await world.send()
+
+    record = await world.record(key)
+    assert result.stale == 1 and result.requests == 0
+    assert record.status is DeliveryStatus.STALE and record.last_error is not None
+    assert record.last_error.code == Reason.NO_REFERENCE and record.attempts == 0
+    assert world.installs.bodies() == [{"tenantId": TENANT, "aadObjectId": aad(7), "reason": "no_reference"}]
+
+
+async def test_a_channel_without_a_reference_is_skipped_and_not_installed(world: World) -> None:
+    key = await world.channel("19:gone@thread.tacv2", reference=False)
+
+    result = await world.send()
+
+    record = await world.record(key)
+    assert result.skipped == 1 and record.status is DeliveryStatus.SKIPPED
+    assert record.last_error is not None and record.last_error.code == Reason.NO_REFERENCE
+    assert world.installs.bodies() == []
+
+
+async def test_a_user_who_blocked_the_bot_is_unreachable_and_never_reinstalled(world: World) -> None:
+    key = await world.user(0, active=False, reason="MessageWritesBlocked")
+
+    result = await world.send()
+
+    assert result.unreachable == 1 and (await world.record(key)).status is DeliveryStatus.UNREACHABLE
+    assert world.installs.bodies() == [] and result.requests == 0
+
+
+async def test_a_reference_whose_service_url_is_refused_is_never_used(world: World) -> None:
+    key = await world.user(0, service_url="https://evil.example.com/teams/")
+
+    result = await world.send()
+
+    record = await world.record(key)
+    assert result.failed == 1 and result.requests == 0
+    assert record.status is DeliveryStatus.FAILED and record.last_error is not None
+    assert record.last_error.code == Reason.SERVICE_URL_REFUSED
+    assert (await world.emulator.stats())["totals"]["requests"] == 0
+
+
+# ---- preferences -----------------------------------------------------------------------------------
+
+
+async def prefer(world: World, index: int, **values: Any) -> None:
+    await world.preferences.put(
+        Preferences(tenant_id=TENANT, aad_object_id=aad(index), updated_at=T0, **values)
+    )
+
+
+async def test_opted_out_users_are_suppressed_by_all_or_by_category_and_others_are_sent(world: World) -> None:
+    await world.notification(category="Deployments")
+    keys = [await world.user(i) for i in range(3)]
+    await prefer(world, 0, opted_out_all=True)
+    await prefer(world, 1, opted_out_categories=("deployments",))
+    await prefer(world, 2, opted_out_categories=("incidents",))
+
+    result = await world.send()
+
+    records = [await world.record(k) for k in keys]
+    assert (result.suppressed, result.sent, result.requests) == (2, 1, 1)
+    assert [r.status for r in records] == [
+        DeliveryStatus.SUPPRESSED,
+        DeliveryStatus.SUPPRESSED,
+        DeliveryStatus.SENT,
+    ]
+    assert [r.last_error.code if r.last_error else None for r in records] == [
+        Reason.OPTED_OUT,
+        Reason.OPTED_OUT_CATEGORY,
+        None,
+    ]
+
+
+async def test_inside_quiet_hours_a_message_is_deferred_to_the_windows_end_then_sent(world: World) -> None:
+    key = await world.user(0)
+    await prefer(world, 0, quiet_hours=QuietHours(start="11:00", end="13:00"), time_zone="America/New_York")
+    # T0 is 12:00 in New York (EDT): inside; the window ends at 13:00 EDT = 17:00Z.
+
+    deferred = await world.send()
+    early = await world.send()
+    world.clock.now = T0 + timedelta(hours=1)
+    later = await world.send()
+
+    assert deferred.deferred == 1 and deferred.next_deferred_at == T0 + timedelta(hours=1)
+    assert deferred.remaining == 0 and deferred.requests == 0
+    assert early.attempted == 0 and early.next_deferred_at == T0 + timedelta(hours=1)
+    assert later.sent == 1
+    record = await world.record(key)
+    assert record.status is DeliveryStatus.SENT and record.attempts == 1 and record.not_before is None
+
+
+async def test_quiet_hours_with_an_unknown_time_zone_use_utc_and_the_record_says_so(world: World) -> None:
+    key = await world.user(0)
+    await prefer(world, 0, quiet_hours=QuietHours(start="15:00", end="17:00"), time_zone="Nowhere/Land")
+
+    result = await world.send()
+
+    record = await world.record(key)
+    assert result.deferred == 1 and record.not_before == T0 + timedelta(hours=1)
+    assert record.last_error is not None and "UTC assumed" in record.last_error.message
+
+
+async def test_urgent_messages_ignore_quiet_hours_but_not_opt_outs(world: World) -> None:
+    quiet, opted = await world.user(0), await world.user(1)
+    await prefer(world, 0, quiet_hours=QuietHours(start="15:00", end="17:00"), time_zone="UTC")
+    await prefer(world, 1, opted_out_all=True, quiet_hours=QuietHours(start="15:00", end="17:00"))
+
+    result = await world.send(urgency="urgent")
+
+    assert (await world.record(quiet)).status is DeliveryStatus.SENT
+    assert (await world.record(opted)).status is DeliveryStatus.SUPPRESSED
+    assert (result.sent, result.suppressed) == (1, 1)
+
+
+# ---- retries ---------------------------------------------------------------------------------------
+
+
+async def test_a_429_is_retried_after_its_retry_after_and_counted(world: World) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind="429", times=1, retry_after=2.5))
+
+    result = await world.send()
+
+    assert world.sleeps.delays == [2.5]  # max(Retry-After, jitter 0.5 * 0.5)
+    assert (result.sent, result.throttled, result.max_retry_after, result.requests) == (1, 1, 2.5, 2)
+    assert (await world.record(key)).attempts == 2
+
+
+async def test_412_and_5xx_are_retried_with_full_jitter_backoff(world: World) -> None:
+    await world.user(0)
+    await world.emulator.faults(user_rule(0, sequence=["503", "412", "502"]))
+
+    result = await world.send()
+
+    assert world.sleeps.delays == [0.25, 0.5, 1.0]  # 0.5 * min(8, 0.5 * 2**n)
+    assert (result.sent, result.server_errors, result.throttled) == (1, 2, 0)
+
+
+async def test_exhausted_retries_hand_the_row_to_the_retry_queue_and_leave_it_pending(world: World) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind="503"))
+
+    result = await world.send(world.sender(max_attempts=3))
+    again = await world.send()
+
+    record = await world.record(key)
+    assert (result.retry_queued, result.server_errors, result.requests) == (1, 3, 3)
+    assert record.status is DeliveryStatus.PENDING and record.attempts == 3
+    assert record.last_error is not None and record.last_error.code == "ServiceUnavailable"
+    assert record.not_before == T0 + timedelta(seconds=60)
+    assert world.retries.bodies() == [
+        {
+            "notificationId": NOTIFICATION,
+            "tenantId": TENANT,
+            "recipientKey": key,
+            "operation": "send",
+            "reason": "ServiceUnavailable",
+            "uncertain": False,
+        }
+    ]
+    # The row is the queue's now: the orchestration's next batch leaves it alone.
+    assert again.attempted == 0 and again.remaining == 0
+
+
+async def test_a_retry_after_beyond_the_policy_is_not_slept_but_handed_off_for_that_long(
+    world: World,
+) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind="429", times=1, retry_after=600))
+
+    result = await world.send(world.sender(max_retry_after=60))
+
+    assert world.sleeps.delays == [] and result.retry_queued == 1 and result.max_retry_after == 600
+    assert (await world.record(key)).not_before == T0 + timedelta(seconds=600)
+
+
+async def test_a_timeout_is_never_retried_in_process_and_is_counted_as_uncertain(world: World) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind="timeout", times=1))
+
+    result = await world.send(world.sender(connector=world.connector(timeout=0.2)))
+
+    [message] = world.retries.bodies()
+    assert (result.uncertain, result.retry_queued, result.requests, result.server_errors) == (1, 1, 1, 1)
+    assert world.sleeps.delays == []
+    assert message["uncertain"] is True and message["reason"] == "Timeout"
+    assert (await world.record(key)).status is DeliveryStatus.PENDING
+
+
+async def test_a_lost_connection_is_uncertain_too(world: World) -> None:
+    await world.user(0)
+    await world.emulator.faults(user_rule(0, kind="reset", times=1))
+
+    result = await world.send()
+
+    assert result.uncertain == 1 and result.requests == 1
+    assert world.retries.bodies()[0]["reason"] == "ConnectionLost"
+
+
+async def test_a_connection_that_never_opened_is_retried_like_a_503(world: World) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    await world.user(0, service_url=closed)
+
+    result = await world.send(world.sender(max_attempts=3))
+
+    assert world.sleeps.delays == [0.25, 0.5]
+    assert (result.retry_queued, result.uncertain, result.requests) == (1, 0, 3)
+    assert world.retries.bodies()[0]["reason"] == "ConnectFailed"
+
+
+# ---- permanent answers -----------------------------------------------------------------------------
+
+
+async def test_a_blocked_user_is_unreachable_and_its_reference_deactivated(world: World) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind="blocked"))
+
+    result = await world.send()
+
+    reference = await world.references.get(TENANT, key)
+    assert result.unreachable == 1 and result.requests == 1
+    assert (await world.record(key)).status is DeliveryStatus.UNREACHABLE
+    assert reference is not None and not reference.active and reference.stale_reason == "MessageWritesBlocked"
+    assert world.installs.bodies() == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [
+        ("conversation_not_found", "ConversationNotFound"),
+        ("not_in_roster", "BotNotInConversationRoster"),
+        ("forbidden_operation", "ForbiddenOperationException"),
+    ],
+)
+async def test_a_stale_conversation_deactivates_the_reference_and_asks_for_a_reinstall(
+    world: World, kind: str, code: str
+) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind=kind))
+
+    result = await world.send()
+    again = await world.send()
+
+    reference = await world.references.get(TENANT, key)
+    record = await world.record(key)
+    assert result.stale == 1 and record.status is DeliveryStatus.STALE
+    assert record.last_error is not None and record.last_error.code == code
+    assert reference is not None and not reference.active and reference.stale_reason == code
+    assert world.installs.bodies() == [{"tenantId": TENANT, "aadObjectId": aad(0), "reason": code}]
+    assert again.attempted == 0
+
+
+async def test_a_stale_channel_asks_to_reinstall_in_its_team(world: World) -> None:
+    await world.channel("19:old@thread.tacv2", team_id="19:teamA@thread.tacv2")
+    await world.emulator.faults({"match": {"conversation": "19:old@thread.tacv2"}, "kind": "not_in_roster"})
+
+    result = await world.send()
+
+    assert result.stale == 1
+    assert world.installs.bodies() == [
+        {"tenantId": TENANT, "teamId": "19:teamA@thread.tacv2", "reason": "BotNotInConversationRoster"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [("bad_argument", "BadArgument"), ("message_too_big", "MessageSizeTooBig"), ("500", "ServiceError")],
+)
+async def test_rejected_messages_and_500s_fail_without_a_retry(world: World, kind: str, code: str) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind=kind))
+
+    result = await world.send()
+
+    record = await world.record(key)
+    assert (result.failed, result.requests) == (1, 1) and world.sleeps.delays == []
+    assert record.status is DeliveryStatus.FAILED and record.last_error is not None
+    assert record.last_error.code == code
+
+
+async def test_a_missing_placeholder_value_fails_the_row_without_a_call(world: World) -> None:
+    key = f"user:{aad(0)}"
+    await world.user(0)
+    found = await world.ledger.get(NOTIFICATION, TENANT, key)
+    assert found is not None
+    await world.ledger.replace(found.value.model_copy(update={"data": {}}), found.etag)
+
+    result = await world.send()
+
+    record = await world.record(key)
+    assert result.failed == 1 and result.requests == 0
+    assert record.last_error is not None and record.last_error.code == Reason.MISSING_PLACEHOLDER
+
+
+async def test_bot_disabled_by_admin_halts_the_tenant_and_leaves_the_rest_pending(world: World) -> None:
+    keys = [await world.user(i) for i in range(4)]
+    await world.emulator.faults({"operations": ["send"], "kind": "admin_disabled", "times": 1})
+
+    result = await world.send(world.sender(concurrency=1))
+
+    records = [await world.record(k) for k in keys]
+    assert result.halted == "BotDisabledByAdmin" and result.failed == 1 and result.requests == 1
+    assert records[0].status is DeliveryStatus.FAILED
+    assert [r.status for r in records[1:]] == [DeliveryStatus.PENDING] * 3
+    assert all(r.attempts == 0 for r in records[1:])
+    assert result.remaining >= 1
+
+
+async def test_a_halt_releases_rows_already_claimed_by_concurrent_sends(world: World) -> None:
+    keys = [await world.user(i) for i in range(6)]
+    await world.emulator.faults({"operations": ["send"], "kind": "admin_disabled"})
+
+    result = await world.send(world.sender(concurrency=6))
+
+    statuses = [(await world.record(k)).status for k in keys]
+    assert result.halted == "BotDisabledByAdmin"
+    assert set(statuses) <= {DeliveryStatus.FAILED, DeliveryStatus.PENDING}
+    assert statuses.count(DeliveryStatus.FAILED) == result.failed >= 1
+
+
+# ---- the duplicate window, reconciliation and re-drives --------------------------------------------
+
+
+class FailingRecords:
+    """A ledger whose writes of ``sent`` rows fail: a crash between Teams accepting and the record."""
+
+    def __init__(self, inner: TableDeliveryLedger) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def replace(self, record: DeliveryRecord, etag: str) -> Versioned[DeliveryRecord]:
+        if record.status is DeliveryStatus.SENT:
+            raise StorageError("table storage: ServerBusy")
+        return await self.inner.replace(record, etag)
+
+
+async def test_a_send_that_could_not_be_recorded_stays_sending_until_reconciled_then_is_redriven(
+    world: World,
+) -> None:
+    key = await world.user(0)
+
+    crashed = await world.send(world.sender(ledger=FailingRecords(world.ledger)))  # type: ignore[arg-type]
+    world.clock.now = T0 + timedelta(minutes=5)
+    too_soon = await reconcile_stuck(
+        world.ledger, NOTIFICATION, TENANT, now=world.clock(), older_than=timedelta(minutes=15)
+    )
+    world.clock.now = T0 + timedelta(minutes=20)
+    reconciled = await reconcile_stuck(
+        world.ledger, NOTIFICATION, TENANT, now=world.clock(), older_than=timedelta(minutes=15)
+    )
+    redriven = await world.send()
+
+    stats = await world.emulator.stats()
+    assert crashed.unrecorded == 1 and crashed.sent == 0
+    assert (too_soon, reconciled, redriven.sent) == (0, 1, 1)
+    assert (await world.record(key)).status is DeliveryStatus.SENT
+    # The documented window: Teams got it twice.
+    [duplicate] = stats["duplicates"]
+    assert duplicate["conversationId"] == "a:conv-0" and duplicate["count"] == 2
+
+
+async def test_reconciliation_leaves_settled_and_recently_claimed_rows_alone(world: World) -> None:
+    sent, fresh = await world.user(0), await world.user(1)
+    await world.send(limit=1)
+    await claim(world.ledger, NOTIFICATION, TENANT, fresh, world.clock())
+
+    moved = await reconcile_stuck(
+        world.ledger, NOTIFICATION, TENANT, now=world.clock(), older_than=timedelta(minutes=15)
+    )
+
+    assert moved == 0
+    assert (await world.record(sent)).status is DeliveryStatus.SENT
+    assert (await world.record(fresh)).status is DeliveryStatus.SENDING
+
+
+async def test_the_retry_queue_trigger_redrives_a_handed_off_row_once(world: World) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind="503", times=3))
+    await world.send(world.sender(max_attempts=3))
+    nothing_yet = await world.retries.receive()
+    world.clock.now = T0 + timedelta(seconds=60)
+    [message] = await world.retries.receive()
+    sender = world.sender()
+
+    outcome = await sender.redrive(RetryRequest.from_json(message.body))
+    repeat = await sender.redrive(RetryRequest.from_json(message.body))
+
+    assert nothing_yet == []
+    assert outcome is not None and outcome.status is DeliveryStatus.SENT and not needs_redelivery(outcome)
+    assert repeat is None
+    assert (await world.record(key)).status is DeliveryStatus.SENT
+    assert len(await world.emulator.received("a:conv-0")) == 1
+
+
+async def test_a_redrive_that_fails_again_asks_the_queue_to_redeliver_instead_of_requeueing(
+    world: World,
+) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind="503"))
+    await world.send(world.sender(max_attempts=2))
+    world.clock.now = T0 + timedelta(seconds=60)
+    [message] = await world.retries.receive()
+
+    outcome = await world.sender(max_attempts=2).redrive(RetryRequest.from_json(message.body))
+
+    assert needs_redelivery(outcome)
+    assert len(world.retries.bodies()) == 1  # only the original message: the queue counts the dequeues
+    assert (await world.record(key)).status is DeliveryStatus.PENDING
+
+
+class AcceptedButUnanswered:
+    """Teams processed the send but the answer was lost: the emulator cannot do this one."""
+
+    def __init__(self, inner: BotConnectorClient) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def send_activity(
+        self, service_url: str, conversation_id: str, activity: Mapping[str, Any]
+    ) -> str | None:
+        self.calls += 1
+        await self.inner.send_activity(service_url, conversation_id, activity)
+        raise TransportFailure(
+            "Bot Connector send: connection lost (ServerDisconnectedError)", code="ConnectionLost"
+        )
+
+    async def update_activity(self, *args: Any) -> None:
+        raise AssertionError("not used")
+
+    async def delete_activity(self, *args: Any) -> None:
+        raise AssertionError("not used")
+
+
+async def test_an_accepted_send_whose_answer_was_lost_is_not_resent_in_process(world: World) -> None:
+    key = await world.user(0)
+    connector = AcceptedButUnanswered(world.connector())
+
+    result = await world.send(world.sender(connector=connector))
+
+    assert connector.calls == 1 and result.uncertain == 1
+    assert len(await world.emulator.received("a:conv-0")) == 1
+    assert (await world.record(key)).last_error is not None
+
+
+# ---- update and delete -----------------------------------------------------------------------------
+
+
+async def test_update_then_delete_reach_every_sent_message_once_each(world: World) -> None:
+    keys = [await world.user(i) for i in range(3)]
+    await world.send()
+    await world.notification(text="Rolled back, {{name}}")
+
+    updated = await world.send(operation="update")
+    repeated = await world.send(operation="update")
+    deleted = await world.send(operation="delete")
+    after_delete = await world.send(operation="update")
+
+    stats = await world.emulator.stats()
+    assert (updated.sent, repeated.attempted, deleted.sent, after_delete.attempted) == (3, 0, 3, 0)
+    assert stats["totals"]["updates"] == 3 and stats["totals"]["deletes"] == 3
+    [view] = await world.emulator.received("a:conv-1")
+    assert view["text"] == "Rolled back, User 1" and view["deleted"] is True
+    record = await world.record(keys[1])
+    assert record.status is DeliveryStatus.SENT and record.last_operation == "delete"
+
+
+async def test_deleting_a_message_teams_no_longer_has_is_dropped(world: World) -> None:
+    key = await world.user(0)
+    await world.send()
+    await world.emulator.faults({"operations": ["delete"], "kind": "activity_not_found", "times": 1})
+
+    result = await world.send(operation="delete")
+
+    record = await world.record(key)
+    assert result.sent == 1 and result.remaining == 0
+    assert record.last_error is not None and record.last_error.code == "ActivityNotFoundInConversation"
+
+
+async def test_an_update_that_keeps_failing_transiently_stays_remaining_for_the_next_batch(
+    world: World,
+) -> None:
+    key = await world.user(0)
+    await world.send()
+    await world.emulator.faults({"operations": ["update"], "kind": "503"})
+
+    result = await world.send(world.sender(max_attempts=2), operation="update")
+
+    assert (result.sent, result.retry_queued, result.remaining, result.server_errors) == (0, 0, 1, 2)
+    assert (await world.record(key)).last_operation is None
+
+
+def test_the_activity_input_and_result_travel_as_camel_case_json() -> None:
+    wire = {
+        "notificationId": NOTIFICATION,
+        "tenantId": TENANT,
+        "limit": 50,
+        "now": "2026-06-01T16:00:00Z",
+        "urgency": "urgent",
+        "operation": "send",
+    }
+    request = SendBatchInput.from_json(wire)
+    result = SendBatchResult(sent=3, throttled=1, max_retry_after=2.5, next_deferred_at=T0, remaining=0)
+
+    assert request.limit == 50 and request.now == T0 and request.urgency == "urgent"
+    assert SendBatchResult.from_json(result.to_json()) == result
+    assert (
+        result.to_json()["maxRetryAfter"] == 2.5
+        and result.to_json()["nextDeferredAt"] == "2026-06-01T16:00:00Z"
+    )
