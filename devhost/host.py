@@ -5,6 +5,9 @@
   real ``func.HttpRequest`` objects; their ``func.HttpResponse`` is sent back.
 * Durable Functions through :class:`~devhost.durable.DurableRuntime`, the extension's webhook API
   (``/runtime/webhooks/durabletask``) and the client binding JSON for ``durable_client_input``.
+  Durable state lives in ``AzureWebJobsStorage`` (Azurite locally; tables named after host.json's
+  ``hubName``), so a host that is stopped or killed resumes every orchestration when it starts
+  again; ``--memory`` keeps it in process memory instead.
 * ``POST /admin/functions/{name}`` runs a non-HTTP function on demand, like the host's admin API.
 * ``GET /_devhost/stats``: the runtime's counters.
 """
@@ -27,10 +30,12 @@ from typing import Any
 
 import azure.functions as func
 from aiohttp import web
+from azure.core.exceptions import ServiceRequestError
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
 from devhost.durable import DurableRuntime, DurableStore, FunctionIndex, MemoryStore, load_app
+from devhost.durable.azurite_store import AzuriteStore
 from devhost.durable.clock import Clock
 from devhost.durable.functions import FunctionInfo
 from devhost.durable.webhooks import RPC_PREFIX, WEBHOOK_PREFIX, WebhookApi, client_binding
@@ -249,16 +254,14 @@ async def close_sdk_http_session() -> None:
 
 
 def build_store(settings: HostSettings, memory: bool) -> DurableStore:
-    """Memory store, or the Azurite/Azure Storage store on ``AzureWebJobsStorage``."""
+    """The durable store: on ``AzureWebJobsStorage`` (Azurite locally) unless ``memory`` is set.
+
+    On storage, orchestrations survive a restart of the host (even a killed one), as with the
+    Durable extension; in memory they are gone when the host stops.
+    """
     if memory:
         return MemoryStore()
-    try:
-        from devhost.durable.azurite_store import AzuriteStore  # type: ignore[import-not-found]
-    except ImportError:
-        raise SystemExit(
-            "devhost: the Azurite-backed durable store is not implemented yet; run with --memory"
-        ) from None
-    return AzuriteStore(settings.storage, task_hub=settings.task_hub)  # pragma: no cover
+    return AzuriteStore(settings.storage, task_hub=settings.task_hub)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -267,7 +270,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7071)
     parser.add_argument("--app", default="function_app", help="module[:attribute] of the Function app")
     parser.add_argument("--app-dir", type=Path, default=Path.cwd(), help="Function app root (host.json)")
-    parser.add_argument("--memory", action="store_true", help="keep durable state in memory only")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="keep durable state in memory only (default: in AzureWebJobsStorage, e.g. Azurite)",
+    )
     return parser.parse_args(argv)
 
 
@@ -284,8 +291,19 @@ async def serve(options: argparse.Namespace, stop: asyncio.Event | None = None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await host.start()
-    print(f"devhost: {len(host.index.functions)} functions on {host.origin}", flush=True)
+    try:
+        await host.start()
+    except ServiceRequestError as exc:
+        await host.stop()
+        raise SystemExit(
+            "devhost: cannot reach the storage in AzureWebJobsStorage for the durable task hub "
+            f"({type(exc).__name__}). Start Azurite (`python -m devhost azurite`, or use "
+            "`python -m devhost run`), or run with --memory."
+        ) from None
+    store = "in memory" if options.memory else f"task hub {settings.task_hub} in AzureWebJobsStorage"
+    print(
+        f"devhost: {len(host.index.functions)} functions on {host.origin}; durable state {store}", flush=True
+    )
     for route in host.routes:
         auth = "anonymous" if route.anonymous else "function key"
         methods = ",".join(sorted(route.methods))

@@ -51,9 +51,10 @@ def main(argv: list[str]) -> int:
             f"{name}: http://127.0.0.1:{emulator_port} (exits at once if that emulator does not exist yet)",
             flush=True,
         )
-    # The durable store on Azurite is not implemented yet, so the host keeps durable state in memory.
+    # Durable state goes to this Azurite (in memory: it lasts as long as `devhost run`, and survives a
+    # restart of the host alone).
     host = subprocess.Popen(
-        [sys.executable, "-m", "devhost", "serve", "--port", str(port), "--memory"],
+        [sys.executable, "-m", "devhost", "serve", "--port", str(port)],
         env=env,
         preexec_fn=die_with_parent,
     )

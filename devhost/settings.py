@@ -61,5 +61,5 @@ class HostSettings:
 
     @property
     def task_hub(self) -> str:
-        """``extensions.durableTask.hubName`` (default ``DevHostHub``)."""
-        return str(self.extension("durableTask", "hubName", default="DevHostHub"))
+        """``extensions.durableTask.hubName`` (default ``TestHubName``, the extension's local default)."""
+        return str(self.extension("durableTask", "hubName", default="TestHubName"))

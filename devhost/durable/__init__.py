@@ -1,5 +1,6 @@
 """A local stand-in for the Durable Functions extension, driving the real Python replay engine."""
 
+from devhost.durable.azurite_store import AzuriteStore
 from devhost.durable.clock import Clock, ManualClock, SystemClock
 from devhost.durable.counters import Stats
 from devhost.durable.engine import (
@@ -13,6 +14,7 @@ from devhost.durable.functions import FunctionIndex, load_app
 from devhost.durable.store import DurableStore, EntityRecord, InstanceRecord, MemoryStore
 
 __all__ = [
+    "AzuriteStore",
     "Clock",
     "DurableRuntime",
     "DurableStore",

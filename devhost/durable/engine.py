@@ -9,6 +9,20 @@
 * Entities process their inbox one batch at a time, so one entity runs one operation at a time.
 * Everything lives in a :class:`~devhost.durable.store.DurableStore`; on start the runtime re-derives
   outstanding work from each active instance's history, so a killed host resumes where it was.
+
+Crash safety rests on three rules (a host may die between any two store writes):
+
+1. An episode's commit (history + record) deletes the inbox messages it consumed in the same atomic
+   store write, so no message is applied twice or lost.
+2. Work whose re-execution is *not* harmless, entity operations, is written to the entity's inbox
+   *before* the history that records it is committed. If the host dies in between, the episode runs
+   again and sends the same operations under the same deterministic request ids, which the entity
+   has remembered; recovery never has to re-send an old operation. The same holds for entity
+   replies (written before the entity's state commit) and for the signals of an episode that ends
+   in ``continue_as_new`` or completion.
+3. Work whose re-execution is harmless or idempotent (activities: at-least-once like the extension;
+   timers; sub-orchestration creation, keyed by instance id) is started after the commit and
+   re-derived from history on start-up.
 """
 
 from __future__ import annotations
@@ -31,15 +45,24 @@ from devhost.durable.counters import Stats
 from devhost.durable.entities import parse_scheduler_id, run_entity_batch, scheduler_id
 from devhost.durable.functions import FunctionIndex
 from devhost.durable.orchestration import NonDeterminismError, ScheduledTask, new_tasks, run_episode
-from devhost.durable.store import DurableStore, EntityRecord, InstanceRecord, MemoryStore
+from devhost.durable.store import (
+    MAX_CONSUMED_PER_COMMIT,
+    DurableStore,
+    EntityRecord,
+    InstanceRecord,
+    MemoryStore,
+)
 from devhost.durable.timers import TimerService
 
 EventType = h.EventType
 log = logging.getLogger("devhost.durable")
 
-# How many answered request ids an entity remembers to drop re-deliveries (at-least-once).
+# How many answered request ids an entity remembers to drop re-deliveries. Re-deliveries only come
+# from an episode re-run after a crash, so they are recent: the window needs no more than this.
 ENTITY_DEDUP_WINDOW = 1000
-ENTITY_BATCH_SIZE = 100
+# Operations per entity batch, and messages per orchestration episode: one atomic store commit.
+ENTITY_BATCH_SIZE = MAX_CONSUMED_PER_COMMIT
+EPISODE_MESSAGES = MAX_CONSUMED_PER_COMMIT
 
 
 class InstanceNotFound(LookupError):
@@ -84,7 +107,7 @@ class DurableRuntime:
         *,
         clock: Clock | None = None,
         max_concurrent_activities: int = 10,
-        task_hub: str = "DevHostHub",
+        task_hub: str = "TestHubName",
     ) -> None:
         self.index = index
         self.store: DurableStore = store or MemoryStore()
@@ -201,7 +224,10 @@ class DurableRuntime:
         self._history_cache.pop(instance_id, None)
         await self.store.save_instance(record, [])
         self.stats.orchestrations_started += 1
-        await self._deliver(instance_id, {"event": self._execution_started(record)})
+        await self._deliver(instance_id, self._start_message(record))
+
+    def _start_message(self, record: InstanceRecord) -> dict[str, Any]:
+        return {"execution_id": record.execution_id, "event": self._execution_started(record)}
 
     def _execution_started(self, record: InstanceRecord) -> dict[str, Any]:
         parent = None
@@ -289,8 +315,11 @@ class DurableRuntime:
                 if remaining <= 0:
                     status = record.status if record else "missing"
                     raise TimeoutError(f"instance {instance_id} still {status} after {within}s")
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives just as the condition is notified, and the caller would wait on.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+                    async with asyncio.timeout(min(remaining, 0.5)):
+                        await self._changed.wait()
 
     async def _notify(self) -> None:
         if self._changed is not None:
@@ -336,9 +365,11 @@ class DurableRuntime:
         return history
 
     async def _process_orchestration(self, instance_id: str) -> None:
-        messages = await self.store.read_messages(instance_id)
+        messages = await self.store.read_messages(instance_id, EPISODE_MESSAGES)
         if not messages:
             return
+        if len(messages) == EPISODE_MESSAGES:
+            self._dirty.add(instance_id)  # more are waiting: another episode right after this one
         message_ids = [m.message_id for m in messages]
         record = await self.store.get_instance(instance_id)
         if record is None or record.is_terminal:
@@ -347,13 +378,17 @@ class DurableRuntime:
             return
         history = list(await self._history_for(record))
         seen = {key for key in map(h.completion_key, history) if key is not None}
+        scheduled = {key for key in map(h.scheduling_key, history) if key is not None}
         fresh: list[dict[str, Any]] = []
+        held: set[str] = set()
         terminate: dict[str, Any] | None = None
         for message in messages:
             execution = message.body.get("execution_id")
             if execution is not None and execution != record.execution_id:
                 continue  # a result for an execution that continued-as-new
             evt = message.body["event"]
+            if evt["EventType"] == EventType.EXECUTION_STARTED and history:
+                continue  # a second start of a running execution
             if evt["EventType"] == EventType.EXECUTION_TERMINATED:
                 terminate = evt
                 continue
@@ -361,19 +396,27 @@ class DurableRuntime:
             if key is not None:
                 if key in seen:
                     continue  # at-least-once delivery: already applied
+                if key not in scheduled:
+                    # An entity's answer to an operation sent by an episode that died before its
+                    # commit (rule 2): the SDK can only match it once the EventSent is in history.
+                    held.add(message.message_id)
+                    continue
                 seen.add(key)
             fresh.append(evt)
+        if held:
+            message_ids = [m for m in message_ids if m not in held]
         if not history and not any(e["EventType"] == EventType.EXECUTION_STARTED for e in fresh):
             fresh.insert(0, self._execution_started(record))
         fresh.sort(key=lambda e: e["EventType"] != EventType.EXECUTION_STARTED)
         now = self.clock.now()
 
+        if held and (fresh or terminate is not None):
+            self._dirty.add(instance_id)  # this episode commits progress: look at the held ones again
         if terminate is not None:
             events = [h.event(EventType.ORCHESTRATOR_STARTED, now), terminate]
             record.status = "Terminated"
             record.output = terminate.get("Input")
-            await self._commit(record, history, events, now)
-            await self.store.delete_messages(instance_id, message_ids)
+            await self._commit(record, history, events, now, message_ids)
             await self._notify_parent(record, failed_reason="terminated")
             await self._notify()
             return
@@ -390,8 +433,7 @@ class DurableRuntime:
             record.output = json.dumps(
                 f"The orchestrator function '{record.name}' doesn't exist in this app."
             )
-            await self._commit(record, history, events, now)
-            await self.store.delete_messages(instance_id, message_ids)
+            await self._commit(record, history, events, now, message_ids)
             await self._notify_parent(record, failed_reason=json.loads(record.output))
             await self._notify()
             return
@@ -438,23 +480,20 @@ class DurableRuntime:
             )  # fmt: skip
             self.stats.orchestrations_failed += 1
             log.warning("orchestration %s failed: %s", instance_id, result.error)
-            await self._commit(record, history, events, now)
-            await self.store.delete_messages(instance_id, message_ids)
+            await self._commit(record, history, events, now, message_ids)
             await self._notify_parent(record, failed_reason=reason, details=result.details)
         elif result.continue_as_new_input is not None and result.done:
             self.stats.continue_as_new += 1
-            for task in work:  # fire-and-forget work of the last episode (signals) still goes out
-                if task.kind == "entity_signal":
-                    await self._dispatch(record, task)
+            await self._send_entity_operations(record, work)  # before the commit: rule 2
             record.input = result.continue_as_new_input
             record.execution_id = uuid.uuid4().hex
             record.status = "Running"
             record.history_length = 0
             record.last_updated_time = h.iso(now)
             self._history_cache.pop(instance_id, None)
-            await self.store.save_instance(record, [])
-            await self.store.delete_messages(instance_id, message_ids)
-            await self._deliver(instance_id, {"event": self._execution_started(record)})
+            await self.store.save_instance(record, [], message_ids)
+            # Lost if the host dies right here; recovery then starts the empty execution itself.
+            await self._deliver(instance_id, self._start_message(record))
         elif result.done:
             record.status = "Completed"
             record.output = json.dumps(result.output)
@@ -464,16 +503,23 @@ class DurableRuntime:
                 )
             )
             self.stats.orchestrations_completed += 1
-            await self._commit(record, history, events, now)
-            await self.store.delete_messages(instance_id, message_ids)
+            await self._send_entity_operations(record, work)  # signals of the last episode still go out
+            await self._commit(record, history, events, now, message_ids)
             await self._notify_parent(record)
         else:
             record.status = "Running"
-            await self._commit(record, history, events, now)
-            await self.store.delete_messages(instance_id, message_ids)
+            await self._send_entity_operations(record, work)
+            await self._commit(record, history, events, now, message_ids)
             for task in work:
-                await self._dispatch(record, task)
+                if not task.kind.startswith("entity"):
+                    await self._dispatch(record, task)
         await self._notify()
+
+    async def _send_entity_operations(self, record: InstanceRecord, work: list[ScheduledTask]) -> None:
+        # Rule 2 of the module docstring: entity operations are durable before the history says so.
+        for task in work:
+            if task.kind.startswith("entity"):
+                await self._dispatch(record, task)
 
     async def _commit(
         self,
@@ -481,10 +527,11 @@ class DurableRuntime:
         history: list[dict[str, Any]],
         events: list[dict[str, Any]],
         now: datetime,
+        consumed: list[str],
     ) -> None:
         record.history_length = len(history) + len(events)
         record.last_updated_time = h.iso(now)
-        await self.store.save_instance(record, events)
+        await self.store.save_instance(record, events, consumed)
         self._history_cache[record.instance_id] = (record.execution_id, history + events)
 
     def _request_id(self, record: InstanceRecord, task_id: int) -> str:
@@ -559,6 +606,7 @@ class DurableRuntime:
         if (
             child is not None
             and child.parent_instance_id == parent.instance_id
+            and child.parent_execution_id == parent.execution_id
             and child.parent_task_id == task_id
         ):
             if child.is_terminal:
@@ -627,7 +675,7 @@ class DurableRuntime:
     # ------------------------------------------------------------------ entities
 
     async def _process_entity(self, entity_id: str) -> None:
-        messages = (await self.store.read_messages(entity_id))[:ENTITY_BATCH_SIZE]
+        messages = await self.store.read_messages(entity_id, ENTITY_BATCH_SIZE)
         if not messages:
             return
         record = await self.store.get_entity(entity_id) or EntityRecord(entity_id)
@@ -658,14 +706,15 @@ class DurableRuntime:
             while len(record.processed) > ENTITY_DEDUP_WINDOW:
                 record.processed.pop(next(iter(record.processed)))
             self.stats.entity_operations += len(batch)
-        await self.store.save_entity(record)
+        # Replies first, then the commit (rule 2): after a crash in between the batch runs again on
+        # the old state, answers the same, and the caller drops the second answer by request id.
         for body, answer in replies:
             evt = h.event(
                 EventType.EVENT_RAISED, self.clock.now(), Name=body["id"], Input=json.dumps(answer),
                 EntityResponse=True,
             )  # fmt: skip
             await self._deliver(body["parent"], {"execution_id": body.get("parent_execution"), "event": evt})
-        await self.store.delete_messages(entity_id, [m.message_id for m in messages])
+        await self.store.save_entity(record, [m.message_id for m in messages])
         if len(messages) == ENTITY_BATCH_SIZE:
             self._dirty.add(entity_id)
 
@@ -679,7 +728,7 @@ class DurableRuntime:
             history = await self._history_for(record)
             if not history and record.instance_id not in targets:
                 await self.store.add_messages(
-                    record.instance_id, [(_message_id(), {"event": self._execution_started(record)})]
+                    record.instance_id, [(_message_id(), self._start_message(record))]
                 )
                 targets.add(record.instance_id)
             inbox = await self.store.read_messages(record.instance_id)
@@ -704,15 +753,7 @@ class DurableRuntime:
                     self._arm_timer(record.instance_id, record.execution_id, tid, h.parse_iso(evt["FireAt"]))
                 elif etype == EventType.SUB_ORCHESTRATION_INSTANCE_CREATED and ("task", tid) not in done:
                     await self._ensure_child(record, tid, evt["Name"], evt["InstanceId"], evt.get("Input"))
-                elif etype == EventType.EVENT_SENT:
-                    request = json.loads(evt["Input"])
-                    if request.get("signal") or ("entity", request["id"]) not in done:
-                        body = {
-                            **request,
-                            "parent": record.instance_id,
-                            "parent_execution": record.execution_id,
-                        }
-                        await self.store.add_messages(evt["InstanceId"], [(_message_id(), body)])
-                        targets.add(evt["InstanceId"])
+                # EventSent needs nothing: the operation reached the entity's inbox before the history
+                # recorded it (rule 2), and the entity's reply goes to this inbox before its commit.
         for target in sorted(targets):
             self._kick(target)

@@ -6,12 +6,22 @@ event's own fields), exactly what ``azure.durable_functions`` parses into ``Hist
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from azure.durable_functions.models.history.HistoryEventType import HistoryEventType as EventType
 
-__all__ = ["COMPLETION_KEYS", "SCHEDULED_TYPES", "EventType", "event", "iso", "parse_iso"]
+__all__ = [
+    "COMPLETION_KEYS",
+    "SCHEDULED_TYPES",
+    "EventType",
+    "completion_key",
+    "event",
+    "iso",
+    "parse_iso",
+    "scheduling_key",
+]
 
 # Events that schedule work, keyed by their EventId (the orchestrator's sequence number).
 SCHEDULED_TYPES = frozenset(
@@ -71,4 +81,16 @@ def completion_key(evt: dict[str, Any]) -> tuple[str, Any] | None:
         return (kind, evt[field])
     if etype == EventType.EVENT_RAISED and evt.get("EntityResponse"):
         return ("entity", evt["Name"])
+    return None
+
+
+def scheduling_key(evt: dict[str, Any]) -> tuple[str, Any] | None:
+    """The identity a scheduling event gives its task (what :func:`completion_key` of its result is)."""
+    etype = evt["EventType"]
+    if etype in (EventType.TASK_SCHEDULED, EventType.SUB_ORCHESTRATION_INSTANCE_CREATED):
+        return ("task", evt["EventId"])
+    if etype == EventType.TIMER_CREATED:
+        return ("timer", evt["EventId"])
+    if etype == EventType.EVENT_SENT:
+        return ("entity", json.loads(evt["Input"])["id"])
     return None

@@ -70,4 +70,5 @@ class TimerService:
                 timeout = max(0.0, min(1.0, (self._heap[0][0] - self._clock.now()).total_seconds()))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):  # unlike wait_for, never swallows a cancel
+                    await self._wake.wait()

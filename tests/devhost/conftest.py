@@ -1,13 +1,17 @@
-"""Fixtures for the devhost tests: a durable runtime on the sample app."""
+"""Fixtures for the devhost tests: a durable runtime on the sample app, on each durable store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from devhost.durable import DurableRuntime, FunctionIndex, ManualClock
+from devhost.durable import DurableRuntime, DurableStore, FunctionIndex, ManualClock, MemoryStore
+from devhost.durable.azurite_store import AzuriteStore
 from tests.devhost.apps import sample
+
+StoreFactory = Callable[[], DurableStore]
 
 
 @pytest.fixture
@@ -16,17 +20,31 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@pytest.fixture(params=["memory", pytest.param("azurite", marks=pytest.mark.azurite)])
+def make_store(request: pytest.FixtureRequest) -> StoreFactory:
+    """Build stores of one kind: in memory, or on the session's Azurite under a task hub of this test.
+
+    Every store a test builds shares the test's task hub, so a second runtime sees the first one's state.
+    """
+    if request.param == "memory":
+        shared = MemoryStore()
+        return lambda: shared
+    connection = request.getfixturevalue("storage_connection_string")
+    hub = "Hub" + uuid.uuid4().hex[:12]
+    return lambda: AzuriteStore(connection, task_hub=hub)
+
+
 @pytest.fixture
-async def runtime() -> AsyncIterator[DurableRuntime]:
-    """An in-memory runtime on the wall clock."""
-    async with DurableRuntime(FunctionIndex.from_app(sample.app)) as rt:
+async def runtime(make_store: StoreFactory) -> AsyncIterator[DurableRuntime]:
+    """A runtime on the wall clock."""
+    async with DurableRuntime(FunctionIndex.from_app(sample.app), make_store()) as rt:
         yield rt
     assert rt.errors == []
 
 
 @pytest.fixture
-async def manual_runtime(clock: ManualClock) -> AsyncIterator[DurableRuntime]:
-    """An in-memory runtime whose timers fire only when the test advances ``clock``."""
-    async with DurableRuntime(FunctionIndex.from_app(sample.app), clock=clock) as rt:
+async def manual_runtime(clock: ManualClock, make_store: StoreFactory) -> AsyncIterator[DurableRuntime]:
+    """A runtime whose timers fire only when the test advances ``clock``."""
+    async with DurableRuntime(FunctionIndex.from_app(sample.app), make_store(), clock=clock) as rt:
         yield rt
     assert rt.errors == []

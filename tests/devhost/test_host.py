@@ -13,18 +13,21 @@ import pytest
 
 from devhost.azurite import free_port
 from devhost.durable import ManualClock
+from devhost.durable.azurite_store import AzuriteStore
+from devhost.durable.store import MemoryStore
 from devhost.durable.triggers import Ncrontab
-from devhost.host import DevHost, compile_route
+from devhost.host import DevHost, build_store, compile_route, parse_args
 from devhost.settings import HostSettings
 from tests.devhost.apps import sample
+from tests.devhost.conftest import StoreFactory
 
 KEY = "test-key"
 
 
 @pytest.fixture
-async def host() -> AsyncIterator[DevHost]:
+async def host(make_store: StoreFactory) -> AsyncIterator[DevHost]:
     settings = HostSettings({"DEVHOST_FUNCTION_KEY": KEY}, {})
-    async with DevHost(sample.app, settings, port=free_port()) as running:
+    async with DevHost(sample.app, settings, store=make_store(), port=free_port()) as running:
         yield running
     assert running.runtime.errors == []
 
@@ -159,6 +162,13 @@ def test_route_templates_compile_like_azure() -> None:
     match = pattern.match("/broadcasts/b1/deliveries/a/b")
     assert match is not None and match.group("id") == "b1" and match.group("rest") == "a/b"
     assert compile_route("x/{n:int}").match("/x/abc") is None
+
+
+def test_serve_keeps_durable_state_in_storage_unless_told_memory() -> None:
+    settings = HostSettings({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}, {})
+    stored = build_store(settings, memory=parse_args([]).memory)
+    assert isinstance(stored, AzuriteStore) and stored.instances_table == "TestHubNameDevInstances"
+    assert isinstance(build_store(settings, memory=parse_args(["--memory"]).memory), MemoryStore)
 
 
 def test_ncrontab_six_fields_with_seconds() -> None:

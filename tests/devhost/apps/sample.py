@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from datetime import timedelta
 
@@ -219,6 +220,49 @@ def long_steps(context: df.DurableOrchestrationContext):
     return steps
 
 
+@app.orchestration_trigger(context_name="context")
+def crash_drill(context: df.DurableOrchestrationContext):
+    """Waves of activities (one execution each, via continue_as_new), entity signals, then a child,
+    a timer and an entity call: everything a restart has to resume.
+
+    Input: ``{"run", "waves", "width", "signals", "timer_seconds", "table"?}`` (+ ``wave``, ``total``).
+    """
+    cfg = context.get_input()
+    run, wave, total = cfg["run"], cfg.get("wave", 0), cfg.get("total", 0)
+    entity = df.EntityId("counter", run)
+    if wave < cfg["waves"]:
+        tasks = [
+            context.call_activity("drill_step", {**_drill_target(cfg), "key": f"w{wave}-{i}", "value": i})
+            for i in range(cfg["width"])
+        ]
+        results = yield context.task_all(tasks)
+        for _ in range(cfg["signals"]):
+            context.signal_entity(entity, "add", 1)  # the last episode before continue_as_new
+        context.continue_as_new({**cfg, "wave": wave + 1, "total": total + sum(results)})
+        return None
+    child = yield context.call_sub_orchestrator(
+        "crash_drill_child", {**_drill_target(cfg), "steps": 3}, f"{context.instance_id}-child"
+    )
+    yield context.create_timer(context.current_utc_datetime + timedelta(seconds=cfg["timer_seconds"]))
+    count = yield context.call_entity(entity, "add", 1)
+    return {"total": total, "child": child, "count": count}
+
+
+@app.orchestration_trigger(context_name="context")
+def crash_drill_child(context: df.DurableOrchestrationContext):
+    cfg = context.get_input()
+    results = []
+    for i in range(cfg["steps"]):
+        step = {"run": cfg["run"], "table": cfg.get("table"), "key": f"child-{i}", "value": 1000 + i}
+        results.append((yield context.call_activity("drill_step", step)))
+    context.signal_entity(df.EntityId("counter", cfg["run"]), "add", 1)
+    return sum(results)
+
+
+def _drill_target(cfg: dict) -> dict:
+    return {"run": cfg["run"], "table": cfg.get("table")}
+
+
 # ---------------------------------------------------------------- activities
 
 
@@ -252,6 +296,29 @@ async def record_effect(marker: str) -> str:
     EFFECTS.append(marker)
     await asyncio.sleep(0.01)
     return marker
+
+
+# run -> keys of drill_step effects applied in this process (when no table is given).
+DRILL_EFFECTS: dict[str, set[str]] = {}
+
+
+@app.activity_trigger(input_name="step")
+async def drill_step(step: dict) -> int:
+    """Apply one effect, idempotently: a row per key in an Azure table, or a set entry in memory."""
+    if step.get("table"):
+        from azure.data.tables.aio import TableClient
+
+        async with TableClient.from_connection_string(
+            os.environ["AzureWebJobsStorage"],  # noqa: SIM112 - the Functions setting is spelled so
+            step["table"],
+        ) as table:
+            await table.upsert_entity(
+                {"PartitionKey": step["run"], "RowKey": step["key"], "Value": step["value"]}
+            )
+    else:
+        DRILL_EFFECTS.setdefault(step["run"], set()).add(step["key"])
+        await asyncio.sleep(0)
+    return int(step["value"])
 
 
 # ---------------------------------------------------------------- entities
