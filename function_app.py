@@ -10,10 +10,12 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from proactive import composition
-from proactive.functions import health_blueprint, messages_blueprint
+from proactive.functions import broadcasts_blueprint, durable_blueprint, health_blueprint, messages_blueprint
 
 composition.configure(os.environ)
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_blueprint)
 app.register_functions(messages_blueprint)
+app.register_functions(broadcasts_blueprint)
+app.register_functions(durable_blueprint)

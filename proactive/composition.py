@@ -8,8 +8,10 @@ first use, inside the worker's event loop, and never do I/O in a constructor.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -18,11 +20,16 @@ from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
 from proactive.adapters.bot_token import token_provider
 from proactive.adapters.connector import BotConnectorClient
+from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
+from proactive.audience import AudienceMaterialiser
 from proactive.bot import ActivityHandler, BotEndpoint
+from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
 from proactive.errors import ConfigurationError, StorageError
 from proactive.models import utc_now
 from proactive.outbound import OutboundPolicy
+from proactive.retry import RetryPolicy
+from proactive.sender import BatchSender, SendBatchInput
 from proactive.settings import Settings
 from proactive.stores import (
     TableDeadLetterStore,
@@ -118,6 +125,9 @@ class Services:
         if self._tables is not None:
             await self._tables.close()
             self._tables = None
+        if self._queues is not None:
+            await self._queues.close()
+            self._queues = None
 
     async def health(self) -> dict[str, object]:
         """Version and whether storage answers; nothing else (the route is anonymous)."""
@@ -127,6 +137,74 @@ class Services:
         except (StorageError, TimeoutError):
             storage = "unreachable"
         return {"status": "ok" if storage == "ok" else "degraded", "version": __version__, "storage": storage}
+
+    # ---- broadcasts (issue 6): the HTTP service, the activities' steps, the sender on the wire ----
+    _send_batch_json: JsonSender | None = field(default=None, init=False)
+
+    @property
+    def audience(self) -> AudienceMaterialiser:
+        """Writes a broadcast's ledger rows, tenant by tenant."""
+        return AudienceMaterialiser(
+            self.notifications,
+            self.references,
+            self.deliveries,
+            tenant_allowed=self.settings.tenant_allowed,
+            clock=utc_now,
+        )
+
+    def broadcasts(self, orchestrations: Orchestrations) -> BroadcastService:
+        """The service behind ``/api/broadcasts`` over this invocation's Durable client."""
+        return BroadcastService(
+            self.notifications,
+            self.deliveries,
+            orchestrations,
+            tenant_allowed=self.settings.tenant_allowed,
+            batch_size=self.settings.batch_size,
+            batches_per_execution=self.settings.batches_per_execution,
+            clock=utc_now,
+        )
+
+    async def broadcast_steps(self) -> BroadcastSteps:
+        """What the broadcast activities do."""
+        return BroadcastSteps(
+            self.notifications, self.deliveries, self.audience, await self.send_batch_json(), clock=utc_now
+        )
+
+    _queues: AzureQueues | None = field(default=None, init=False)
+
+    @property
+    def queues(self) -> AzureQueues:
+        if self._queues is None:
+            self._queues = AzureQueues.from_connection_string(self.settings.storage_connection)
+        return self._queues
+
+    async def batch_sender(self) -> BatchSender:
+        """The sender of ``send_batch`` (stateless between calls: built per use over shared clients)."""
+        return BatchSender(
+            ledger=self.deliveries,
+            references=self.references,
+            preferences=self.preferences,
+            notifications=self.notifications,
+            connector=await self.connector(),
+            installs=self.queues.queue(self.settings.queues.installs),
+            retries=self.queues.queue(self.settings.queues.deliveries_retry),
+            policy=RetryPolicy.for_sends(self.settings),
+            clock=utc_now,
+            sleep=asyncio.sleep,
+            rng=random.Random(),
+            service_url_allowed=OutboundPolicy.for_bot_connector(self.settings).allows,
+        )
+
+    async def send_batch_json(self) -> JsonSender:
+        """``send_batch`` on the wire (``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out)."""
+        if self._send_batch_json is not None:  # tests put a stand-in here
+            return self._send_batch_json
+        sender = await self.batch_sender()
+
+        async def send(payload: dict[str, Any]) -> dict[str, Any]:
+            return (await sender.send_batch(SendBatchInput.from_json(payload))).to_json()
+
+        return send
 
 
 _services: Services | None = None

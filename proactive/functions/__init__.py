@@ -1,6 +1,8 @@
 """Functions blueprints: triggers are wiring (parse, call one service, map the result)."""
 
+from proactive.functions.broadcasts import bp as broadcasts_blueprint
+from proactive.functions.durable import bp as durable_blueprint
 from proactive.functions.health import bp as health_blueprint
 from proactive.functions.messages import bp as messages_blueprint
 
-__all__ = ["health_blueprint", "messages_blueprint"]
+__all__ = ["broadcasts_blueprint", "durable_blueprint", "health_blueprint", "messages_blueprint"]

@@ -15,6 +15,24 @@ from proactive.errors import ConfigurationError
 EXPECTED_HTTP = {
     "health": ("httpTrigger", "health", ["GET"], "anonymous"),
     "messages": ("httpTrigger", "messages", ["POST"], "anonymous"),
+    "broadcasts_start": ("httpTrigger", "broadcasts", ["POST"], "function"),
+    "broadcasts_status": ("httpTrigger", "broadcasts/{id}", ["GET"], "function"),
+    "broadcasts_deliveries": ("httpTrigger", "broadcasts/{id}/deliveries", ["GET"], "function"),
+    "broadcasts_cancel": ("httpTrigger", "broadcasts/{id}/cancel", ["POST"], "function"),
+    "broadcasts_update": ("httpTrigger", "broadcasts/{id}", ["PATCH"], "function"),
+    "broadcasts_recall": ("httpTrigger", "broadcasts/{id}/messages", ["DELETE"], "function"),
+}
+
+# Durable functions: registered name -> trigger type (names from proactive.function_names).
+EXPECTED_DURABLE = {
+    "broadcast": "orchestrationTrigger",
+    "tenant_broadcast": "orchestrationTrigger",
+    "materialise_audience": "activityTrigger",
+    "send_batch": "activityTrigger",
+    "cancel_remaining": "activityTrigger",
+    "broadcast_progress": "activityTrigger",
+    "record_broadcast": "activityTrigger",
+    "tenant_limiter": "entityTrigger",
 }
 
 
@@ -72,3 +90,10 @@ def test_management_routes_are_never_anonymous(function_app: ModuleType) -> None
 def test_a_missing_storage_setting_fails_the_app_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
         _load(monkeypatch, {})
+
+
+def test_durable_orchestrations_activities_and_entities_are_registered(function_app: ModuleType) -> None:
+    functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    for name, trigger in EXPECTED_DURABLE.items():
+        assert name in functions, f"{name} is not registered"
+        assert trigger in {b.type for b in functions[name].get_bindings()}, f"{name} has no {trigger}"

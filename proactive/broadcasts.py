@@ -1,0 +1,683 @@
+"""The broadcast service: what the HTTP routes and the orchestrations' activities do.
+
+:class:`BroadcastService` sits behind ``/api/broadcasts`` (ARCHITECTURE.md flow 3 and 7):
+
+* ``start``: validate (:func:`~proactive.broadcast_request.parse_broadcast_request`), refuse tenants outside
+  the allow-list (403 ``tenant_not_allowed``), store the notification **insert-only** (the notification id
+  is the idempotency key), then start orchestration ``broadcast`` with instance id = notification id. The
+  same id posted again starts nothing and answers with the existing instance; a *different* body under a
+  taken id is 409 ``notification_conflict`` (``sendAt`` is left out of the comparison: a retry after the
+  scheduled time has passed parses it as "now"). A stored notification whose orchestration never started
+  (a crash between the two writes) is started by the repeated POST.
+* ``status``: counts by ledger status summed over the audience's tenants (the ledger is the truth, not
+  the orchestration's custom status), plus throttled count, rate and timing from the orchestration.
+* ``deliveries``: ledger rows as JSON or CSV, filtered by status, paged with an opaque continuation
+  (tenant index + the table's own continuation).
+* ``cancel``: sets the notification's ``cancelled`` flag (read by every ``send_batch``) and raises the
+  ``cancel`` event to the broadcast and its tenant orchestrations (ends timer waits early). Rows already
+  sent stay recorded; the rest become ``cancelled``.
+* ``update`` (PATCH) and ``recall`` (DELETE messages): store the new message (checked like a POST, against
+  every user's data), then start a paced fan-out with operation ``update`` / ``delete`` under instance id
+  ``{id}.update`` / ``{id}.delete``. Only once the send has finished, one at a time (409 otherwise).
+
+:class:`BroadcastSteps` is what the activities call: materialise, send a batch (after checking the
+cancelled flag), mark remaining rows cancelled, count, record the notification's status.
+
+Durable's client is behind the :class:`Orchestrations` port so this module imports nothing from ``azure``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from proactive import function_names as fn
+from proactive.audience import AudienceMaterialiser, audience_tenants, stored_request
+from proactive.broadcast_request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
+from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
+from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
+from proactive.orchestration.broadcast import child_instance_id
+from proactive.orchestration.runs import BroadcastRun, Operation
+from proactive.paging import decode_continuation, encode_continuation
+from proactive.ports import DeliveryLedger, NotificationStore
+
+JsonSender = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""``send_batch`` on the wire: ``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out."""
+
+TERMINAL: Final = frozenset({"Completed", "Failed", "Terminated", "Canceled"})
+MAX_PAGE_SIZE: Final = 1000
+DEFAULT_PAGE_SIZE: Final = 100
+CSV_COLUMNS: Final = (
+    "tenantId",
+    "recipientKey",
+    "status",
+    "attempts",
+    "activityId",
+    "errorCode",
+    "errorMessage",
+    "httpStatus",
+    "notBefore",
+    "updatedAt",
+)
+_OPERATION_SUFFIX: Final[Mapping[str, str]] = {"update": ".update", "delete": ".delete"}
+
+
+def operation_instance_id(notification_id: str, operation: Operation) -> str:
+    """The ``broadcast`` instance of an operation: the id itself for ``send``, ``{id}.update`` / ``{id}.delete``."""
+    return notification_id + _OPERATION_SUFFIX.get(operation, "")
+
+
+@dataclass(frozen=True)
+class OrchestrationState:
+    """What the service reads of an orchestration instance."""
+
+    runtime_status: str
+    custom_status: Any = None
+    output: Any = None
+    created_time: datetime | None = None
+    last_updated_time: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.runtime_status in TERMINAL
+
+
+class Orchestrations(Protocol):
+    """The part of the Durable client the service uses."""
+
+    async def start(self, name: str, instance_id: str, payload: dict[str, Any]) -> None:
+        """Start (or restart a finished) orchestration ``name`` under ``instance_id``."""
+
+    async def state(self, instance_id: str) -> OrchestrationState | None:
+        """The instance's status, or ``None`` when there is no such instance."""
+
+    async def raise_event(self, instance_id: str, name: str, data: Any) -> bool:
+        """Send an external event; ``False`` when the instance is missing or already finished."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A started (or already running) orchestration for a notification."""
+
+    notification_id: str
+    instance_id: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class DeliveriesPage:
+    """One page of ledger rows as JSON items, and the continuation of the next page."""
+
+    items: list[dict[str, Any]]
+    continuation: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": self.items, "continuation": self.continuation}
+
+    def to_csv(self) -> str:
+        """RFC 4180 CSV with a header; cells that a spreadsheet would run as a formula are quoted with '."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for item in self.items:
+            error = item.get("lastError") or {}
+            row = [
+                item["tenantId"],
+                item["recipientKey"],
+                item["status"],
+                item["attempts"],
+                item.get("activityId", ""),
+                error.get("code", ""),
+                error.get("message", ""),
+                error.get("httpStatus", ""),
+                item.get("notBefore", ""),
+                item.get("updatedAt", ""),
+            ]
+            writer.writerow([_csv_safe(value) for value in row])
+        return out.getvalue()
+
+
+def _csv_safe(value: object) -> str:
+    text = "" if value is None else str(value)
+    # Error messages come from remote services: never let them become spreadsheet formulas.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def not_found(notification_id: str) -> InvalidInput:
+    """404 with the contract body."""
+    return InvalidInput(f"no broadcast with id {notification_id!r}", code="not_found", field="id", status=404)
+
+
+def conflict(code: str, message: str) -> InvalidInput:
+    """409 with the contract body."""
+    return InvalidInput(message, code=code, status=409)
+
+
+async def ledger_counts(
+    ledger: DeliveryLedger, notification_id: str, tenants: Sequence[str]
+) -> dict[str, int]:
+    """Rows by status summed over ``tenants``, every status present (0 when none), plus ``total``."""
+    counts = {status.value: 0 for status in DeliveryStatus}
+    for tenant in tenants:
+        for status, count in (await ledger.count_by_status(notification_id, tenant)).items():
+            counts[status.value] += count
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def delivery_item(record: DeliveryRecord) -> dict[str, Any]:
+    """The public JSON of one ledger row (no personalisation data: it may be personal)."""
+    item: dict[str, Any] = {
+        "tenantId": record.tenant_id,
+        "recipientKey": record.recipient_key,
+        "status": record.status.value,
+        "attempts": record.attempts,
+        "updatedAt": record.updated_at.isoformat(),
+    }
+    if record.activity_id:
+        item["activityId"] = record.activity_id
+    if record.last_error:
+        item["lastError"] = record.last_error.to_json()
+    if record.not_before:
+        item["notBefore"] = record.not_before.isoformat()
+    return item
+
+
+class BroadcastService:
+    """The HTTP side of broadcasts (see the module docstring).
+
+    Args:
+        notifications: notification store.
+        ledger: delivery ledger.
+        orchestrations: the Durable client, behind its port.
+        tenant_allowed: ``Settings.tenant_allowed``.
+        batch_size: ``Settings.batch_size``.
+        batches_per_execution: ``Settings.batches_per_execution``.
+        clock: current time (aware UTC).
+        new_id: generator of notification ids when the caller gives none.
+        limits: request limits.
+    """
+
+    def __init__(
+        self,
+        notifications: NotificationStore,
+        ledger: DeliveryLedger,
+        orchestrations: Orchestrations,
+        *,
+        tenant_allowed: Callable[[str], bool],
+        batch_size: int,
+        batches_per_execution: int,
+        clock: Callable[[], datetime],
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        limits: BroadcastLimits | None = None,
+    ) -> None:
+        self._notifications = notifications
+        self._ledger = ledger
+        self._orchestrations = orchestrations
+        self._tenant_allowed = tenant_allowed
+        self._batch_size = batch_size
+        self._batches_per_execution = batches_per_execution
+        self._clock = clock
+        self._new_id = new_id
+        self._limits = limits or BroadcastLimits()
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self, body: bytes) -> Accepted:
+        """Validate, store insert-only, start ``broadcast`` (see the module docstring).
+
+        Raises:
+            InvalidInput: 400/413 bad body, 403 tenant not allowed, 409 same id with another body.
+        """
+        request = parse_broadcast_request(body, now=self._clock(), limits=self._limits)
+        tenants = audience_tenants(request)
+        refused = [tenant for tenant in tenants if not self._tenant_allowed(tenant)]
+        if refused:
+            raise InvalidInput(
+                "the audience addresses tenants this deployment does not serve",
+                code="tenant_not_allowed",
+                status=403,
+                details=[
+                    {
+                        "field": "audience",
+                        "code": "tenant_not_allowed",
+                        "message": f"tenant {t} is not allowed",
+                    }
+                    for t in refused[:100]
+                ],
+            )
+        notification_id = request.notification_id or self._new_id()
+        request = request.model_copy(update={"notification_id": notification_id})
+        stored = request.to_json()
+        notification = Notification(
+            id=notification_id,
+            request=stored,
+            status=NotificationStatus.SCHEDULED if request.send_at else NotificationStatus.ACCEPTED,
+            created_at=self._clock(),
+        )
+        created = True
+        try:
+            await self._notifications.create(notification)
+        except ConcurrencyConflict:
+            created = False
+            existing = await self._notifications.get(notification_id)
+            if existing is None:  # deleted in between: extremely unlikely, let the caller retry
+                raise
+            if _without_schedule(existing.value.request) != _without_schedule(stored):
+                raise conflict(
+                    "notification_conflict",
+                    f"notificationId {notification_id!r} is taken by a broadcast with a different body",
+                ) from None
+            request = stored_request(existing.value)
+        if await self._orchestrations.state(notification_id) is None:
+            try:
+                await self._orchestrations.start(
+                    fn.BROADCAST, notification_id, self._run(request, "send").to_json()
+                )
+            except Exception:
+                # A concurrent repeat of this POST may have started it between our read and our start.
+                if created or await self._orchestrations.state(notification_id) is None:
+                    raise
+        return Accepted(notification_id, notification_id, created)
+
+    def _run(self, request: BroadcastRequest, operation: Operation) -> BroadcastRun:
+        assert request.notification_id is not None
+        send_at = request.send_at.isoformat() if request.send_at and operation == "send" else None
+        return BroadcastRun(
+            notification_id=request.notification_id,
+            operation=operation,
+            urgency=request.urgency.value,
+            tenants=audience_tenants(request),
+            send_at=send_at,
+            batch_size=self._batch_size,
+            batches_per_execution=self._batches_per_execution,
+        )
+
+    # ------------------------------------------------------------------ read
+
+    async def _require(self, notification_id: str) -> tuple[Notification, str]:
+        found = await self._notifications.get(notification_id)
+        if found is None:
+            raise not_found(notification_id)
+        return found.value, found.etag
+
+    async def status(self, notification_id: str) -> dict[str, Any]:
+        """``GET /api/broadcasts/{id}``: counts, throttled, rate, timing.
+
+        Raises:
+            InvalidInput: 404 unknown id.
+        """
+        notification, _ = await self._require(notification_id)
+        request = stored_request(notification)
+        counts = await ledger_counts(self._ledger, notification_id, audience_tenants(request))
+        state = await self._orchestrations.state(notification_id)
+        custom = state.custom_status if state and isinstance(state.custom_status, dict) else {}
+        started_at, completed_at = custom.get("startedAt"), custom.get("completedAt")
+        body: dict[str, Any] = {
+            "id": notification_id,
+            "status": _public_status(notification, state, custom),
+            "runtimeStatus": state.runtime_status if state else None,
+            "counts": counts,
+            "throttled": int(custom.get("throttled") or notification.counts.get("throttled", 0)),
+            "createdAt": notification.created_at.isoformat(),
+            "sendAt": request.send_at.isoformat() if request.send_at else None,
+            "startedAt": started_at,
+            "completedAt": completed_at,
+            "rate": _rate(counts.get(DeliveryStatus.SENT.value, 0), started_at, completed_at, self._clock()),
+        }
+        operations: dict[str, Any] = {}
+        for operation in ("update", "delete"):
+            op_state = await self._orchestrations.state(operation_instance_id(notification_id, operation))
+            if op_state is not None:
+                operations[operation] = {
+                    "runtimeStatus": op_state.runtime_status,
+                    "instanceId": operation_instance_id(notification_id, operation),
+                }
+        if operations:
+            body["operations"] = operations
+        return body
+
+    async def deliveries(
+        self,
+        notification_id: str,
+        *,
+        statuses: str | None = None,
+        page_size: str | None = None,
+        continuation: str | None = None,
+    ) -> DeliveriesPage:
+        """``GET /api/broadcasts/{id}/deliveries``: one page of rows.
+
+        Args:
+            notification_id: the broadcast.
+            statuses: comma-separated delivery statuses to keep (``sent,failed``), or all.
+            page_size: 1..1000 (default 100), as given in the query string.
+            continuation: the previous page's continuation.
+
+        Raises:
+            InvalidInput: 404 unknown id; 400 bad status, page size or continuation.
+        """
+        wanted = _parse_statuses(statuses)
+        size = _parse_page_size(page_size)
+        notification, _ = await self._require(notification_id)
+        tenants = audience_tenants(stored_request(notification))
+        index, table_token = 0, None
+        if continuation:
+            position = decode_continuation(continuation)
+            try:
+                index = int(position.get("t", ""))
+            except ValueError:
+                raise InvalidInput(
+                    "malformed continuation token", code="invalid_continuation", field="continuation"
+                ) from None
+            table_token = position.get("c") or None
+        items: list[dict[str, Any]] = []
+        while len(items) < size and index < len(tenants):
+            page = await self._ledger.list(
+                notification_id,
+                tenants[index],
+                statuses=wanted,
+                page_size=size - len(items),
+                continuation=table_token,
+            )
+            items.extend(delivery_item(v.value) for v in page.items)
+            table_token = page.continuation
+            if table_token is None:
+                index += 1
+        token = (
+            encode_continuation({"t": str(index), "c": table_token or ""}) if index < len(tenants) else None
+        )
+        return DeliveriesPage(items, token)
+
+    # ------------------------------------------------------------------ change
+
+    async def cancel(self, notification_id: str) -> dict[str, Any]:
+        """``POST /api/broadcasts/{id}/cancel``.
+
+        Raises:
+            InvalidInput: 404 unknown id; 409 ``broadcast_finished`` when the send already ended.
+        """
+        notification, etag = await self._require(notification_id)
+        state = await self._orchestrations.state(notification_id)
+        if state is not None and state.terminal:
+            raise conflict("broadcast_finished", f"broadcast {notification_id!r} has already finished")
+        for _ in range(5):
+            if notification.status is NotificationStatus.CANCELLED:
+                break
+            try:
+                cancelled = notification.model_copy(
+                    update={"status": NotificationStatus.CANCELLED, "updated_at": self._clock()}
+                )
+                await self._notifications.replace(cancelled, etag)
+                break
+            except ConcurrencyConflict:
+                notification, etag = await self._require(notification_id)
+        tenants = audience_tenants(stored_request(notification))
+        await self._orchestrations.raise_event(notification_id, fn.CANCEL_EVENT, None)
+        for tenant in tenants:
+            await self._orchestrations.raise_event(
+                child_instance_id(notification_id, tenant), fn.CANCEL_EVENT, None
+            )
+        return {"id": notification_id, "status": "cancelling"}
+
+    async def update(self, notification_id: str, body: bytes) -> Accepted:
+        """``PATCH /api/broadcasts/{id}`` with ``{"message": {...}}``: update every sent message.
+
+        Raises:
+            InvalidInput: 404, 400/413 bad message, 409 while the send or another operation runs.
+        """
+        notification, etag = await self._require(notification_id)
+        await self._check_operation_allowed(notification_id, "update")
+        message = _message_patch(body)
+        merged = {k: v for k, v in notification.request.items() if k != "sendAt"}
+        merged["message"] = message
+        request = parse_broadcast_request(json.dumps(merged).encode(), now=self._clock(), limits=self._limits)
+        updated = notification.model_copy(
+            update={
+                "request": {**notification.request, "message": request.message.to_json()},
+                "updated_at": self._clock(),
+            }
+        )
+        try:
+            await self._notifications.replace(updated, etag)
+        except ConcurrencyConflict:
+            raise conflict("concurrent_change", "the broadcast changed while updating; try again") from None
+        return await self._start_operation(notification_id, request, "update")
+
+    async def recall(self, notification_id: str) -> Accepted:
+        """``DELETE /api/broadcasts/{id}/messages``: delete every sent message.
+
+        Raises:
+            InvalidInput: 404, 409 while the send or another operation runs.
+        """
+        notification, _ = await self._require(notification_id)
+        await self._check_operation_allowed(notification_id, "delete")
+        return await self._start_operation(notification_id, stored_request(notification), "delete")
+
+    async def _check_operation_allowed(self, notification_id: str, operation: Operation) -> None:
+        state = await self._orchestrations.state(notification_id)
+        if state is None or not state.terminal:
+            raise conflict(
+                "broadcast_in_progress",
+                f"broadcast {notification_id!r} is still sending; cancel it or wait until it completes",
+            )
+        for other in ("update", "delete"):
+            op_state = await self._orchestrations.state(operation_instance_id(notification_id, other))
+            if op_state is not None and not op_state.terminal:
+                raise conflict(
+                    "operation_in_progress", f"an {other} of broadcast {notification_id!r} is running"
+                )
+        if operation == "update":
+            recalled = await self._orchestrations.state(operation_instance_id(notification_id, "delete"))
+            if recalled is not None:
+                raise conflict(
+                    "messages_recalled", f"the messages of broadcast {notification_id!r} were recalled"
+                )
+
+    async def _start_operation(
+        self, notification_id: str, request: BroadcastRequest, operation: Operation
+    ) -> Accepted:
+        instance_id = operation_instance_id(notification_id, operation)
+        await self._orchestrations.start(fn.BROADCAST, instance_id, self._run(request, operation).to_json())
+        return Accepted(notification_id, instance_id, True)
+
+
+def _without_schedule(request: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in request.items() if k != "sendAt"}
+
+
+def _message_patch(body: bytes) -> Any:
+    try:
+        parsed = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the body is not valid JSON", code="invalid_json", field="") from None
+    if not isinstance(parsed, dict) or "message" not in parsed:
+        raise InvalidInput('send {"message": {...}}', code="invalid_request", field="message")
+    unknown = sorted(set(parsed) - {"message"})
+    if unknown:
+        raise InvalidInput(
+            "only the message can be updated",
+            code="unknown_field",
+            details=[
+                {"field": name[:64], "code": "unknown_field", "message": "not updatable"}
+                for name in unknown[:20]
+            ],
+        )
+    return parsed["message"]
+
+
+def _parse_statuses(raw: str | None) -> list[DeliveryStatus] | None:
+    if not raw:
+        return None
+    wanted: list[DeliveryStatus] = []
+    for part in (p.strip() for p in raw.split(",")):
+        try:
+            wanted.append(DeliveryStatus(part))
+        except ValueError:
+            raise InvalidInput(
+                f"unknown status {part[:40]!r}; use {', '.join(s.value for s in DeliveryStatus)}",
+                code="invalid_status",
+                field="status",
+            ) from None
+    return wanted
+
+
+def _parse_page_size(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_PAGE_SIZE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise InvalidInput(
+            f"pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}",
+            code="invalid_page_size",
+            field="pageSize",
+        )
+    return int(raw)
+
+
+def _public_status(
+    notification: Notification, state: OrchestrationState | None, custom: Mapping[str, Any]
+) -> str:
+    phase = custom.get("phase")
+    if (
+        state is not None
+        and state.runtime_status == "Completed"
+        and phase in ("completed", "cancelled", "failed")
+    ):
+        return str(phase)
+    if notification.status is NotificationStatus.CANCELLED:
+        return "cancelled" if state is None or state.terminal else "cancelling"
+    if state is None:
+        return notification.status.value
+    if state.runtime_status == "Failed":
+        return "failed"
+    if state.runtime_status in ("Terminated", "Canceled"):
+        return "cancelled"
+    if phase == "scheduled" or (
+        state.runtime_status == "Pending" and notification.status is NotificationStatus.SCHEDULED
+    ):
+        return "scheduled"
+    if state.runtime_status == "Completed":
+        return "completed"
+    return "running" if state.runtime_status == "Running" else "accepted"
+
+
+def _rate(sent: int, started_at: Any, completed_at: Any, now: datetime) -> dict[str, float] | None:
+    if not isinstance(started_at, str):
+        return None
+    start = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    end = (
+        datetime.fromisoformat(completed_at.replace("Z", "+00:00")) if isinstance(completed_at, str) else now
+    )
+    seconds = max((end - start).total_seconds(), 0.0)
+    return {
+        "sentPerSecond": round(sent / seconds, 3) if seconds > 0 else 0.0,
+        "elapsedSeconds": round(seconds, 3),
+    }
+
+
+class BroadcastSteps:
+    """What the broadcast activities do (one method per activity, JSON in and out).
+
+    Args:
+        notifications: notification store.
+        ledger: delivery ledger.
+        materialiser: audience materialiser.
+        sender: ``send_batch`` on the wire (the composition root wraps ``BatchSender``).
+        clock: current time.
+    """
+
+    def __init__(
+        self,
+        notifications: NotificationStore,
+        ledger: DeliveryLedger,
+        materialiser: AudienceMaterialiser,
+        sender: JsonSender,
+        *,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._notifications = notifications
+        self._ledger = ledger
+        self._materialiser = materialiser
+        self._sender = sender
+        self._clock = clock
+
+    async def materialise(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Activity ``materialise_audience``: ``{notificationId, tenantId, cursor}`` -> MaterialisePage."""
+        page = await self._materialiser.materialise(
+            str(payload["notificationId"]), str(payload["tenantId"]), payload.get("cursor")
+        )
+        return page.to_json()
+
+    async def send_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Activity ``send_batch``: stop at the cancelled flag (sends only), else run the sender."""
+        if payload.get("operation", "send") == "send":
+            found = await self._notifications.get(str(payload["notificationId"]))
+            if found is None or found.value.status is NotificationStatus.CANCELLED:
+                return {"cancelled": True, "remaining": 0}
+        result = await self._sender(payload)
+        return {**result, "cancelled": False}
+
+    async def cancel_remaining(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Activity ``cancel_remaining``: ``pending`` / ``deferred`` rows of a tenant -> ``cancelled``."""
+        notification_id, tenant_id = str(payload["notificationId"]), str(payload["tenantId"])
+        marked, continuation = 0, None
+        while True:
+            page = await self._ledger.list(
+                notification_id,
+                tenant_id,
+                statuses=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
+                continuation=continuation,
+            )
+            for row in page.items:
+                cancelled = row.value.model_copy(
+                    update={"status": DeliveryStatus.CANCELLED, "updated_at": self._clock()}
+                )
+                try:
+                    await self._ledger.replace(cancelled, row.etag)
+                    marked += 1
+                except ConcurrencyConflict:
+                    continue  # a sender claimed it first: it ends as sent (or failed), which is the truth
+            continuation = page.continuation
+            if continuation is None:
+                return {"cancelled": marked}
+
+    async def progress(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Activity ``broadcast_progress``: ``{"counts": {...}}`` from the ledger."""
+        return {
+            "counts": await ledger_counts(self._ledger, str(payload["notificationId"]), payload["tenants"])
+        }
+
+    async def record(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Activity ``record_broadcast``: store the notification's status (and counts when tenants are given).
+
+        A ``cancelled`` notification stays cancelled whatever the orchestration reports afterwards.
+        """
+        notification_id = str(payload["notificationId"])
+        status = NotificationStatus(str(payload["status"]))
+        tenants = payload.get("tenants")
+        counts = await ledger_counts(self._ledger, notification_id, tenants) if tenants is not None else None
+        for _ in range(5):
+            found = await self._notifications.get(notification_id)
+            if found is None:
+                raise RecordNotFound(f"notification {notification_id} not found")
+            current = found.value
+            new_status = current.status if current.status is NotificationStatus.CANCELLED else status
+            snapshot = dict(current.counts)
+            if counts is not None:
+                snapshot = {**counts, "throttled": int(payload.get("throttled", 0))}
+            try:
+                await self._notifications.replace(
+                    current.model_copy(
+                        update={"status": new_status, "counts": snapshot, "updated_at": self._clock()}
+                    ),
+                    found.etag,
+                )
+                break
+            except ConcurrencyConflict:
+                continue
+        return {"counts": counts} if counts is not None else {}

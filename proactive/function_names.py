@@ -1,0 +1,30 @@
+"""Every Durable function, entity and event name, in one place (STYLE.md rule 2).
+
+Orchestrators call activities, sub-orchestrations and entities by these names, and the triggers in
+:mod:`proactive.functions.durable` register under them, so a rename cannot leave a dangling caller.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Orchestrators
+BROADCAST: Final = "broadcast"
+TENANT_BROADCAST: Final = "tenant_broadcast"
+
+# Activities
+MATERIALISE_AUDIENCE: Final = "materialise_audience"
+SEND_BATCH: Final = "send_batch"
+CANCEL_REMAINING: Final = "cancel_remaining"
+BROADCAST_PROGRESS: Final = "broadcast_progress"
+RECORD_BROADCAST: Final = "record_broadcast"
+
+# Entities (key = tenant id)
+TENANT_LIMITER: Final = "tenant_limiter"
+
+# External events
+CANCEL_EVENT: Final = "cancel"
+
+# Limiter operations (see proactive.rate_limiter)
+LIMITER_ACQUIRE: Final = "acquire"
+LIMITER_REPORT: Final = "report"

@@ -1,0 +1,192 @@
+"""``broadcast``: schedule, materialise the audience, fan out one ``tenant_broadcast`` per tenant.
+
+Phases (one :class:`BroadcastRun` input carries the cursor across ``continue_as_new``):
+
+1. ``schedule``: with ``sendAt`` in the future, wait on a durable timer (a cancel event ends it early).
+2. ``materialise`` (``send`` only): activity ``materialise_audience`` once per page of a tenant's audience,
+   tenant by tenant; each call returns a cursor, never recipients. After
+   :data:`MATERIALISE_CALLS_PER_EXECUTION` calls the orchestration continues as new with the cursor, so its
+   history stays bounded for any audience size.
+3. ``send``: one ``tenant_broadcast`` sub-orchestration per tenant (instance id ``{instanceId}.{tenantId}``,
+   so cancel can reach it) in parallel; while they run, progress is polled from the ledger at growing
+   intervals (:data:`PROGRESS_FIRST_SECONDS` doubling to :data:`PROGRESS_MAX_SECONDS`) and published as
+   custom status; the output is the final summary. The parent cannot continue as new while its children
+   run, so its history grows with the *logarithm* of the duration (plus one poll per hour past the cap),
+   never with the audience: a 30-minute broadcast polls 7 times, one held 7 hours by quiet hours 14.
+   ``GET /api/broadcasts/{id}`` reads the ledger itself, so the custom status only has to be roughly live.
+
+``update`` and ``delete`` (PATCH / recall) skip scheduling and materialisation: they walk the rows the
+``send`` left and change the sent messages, paced by the same limiter.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import azure.durable_functions as df
+
+from proactive import function_names as fn
+from proactive.orchestration import policies
+from proactive.orchestration.clock import Orchestration, iso, now, parse_iso, wait_until
+from proactive.orchestration.runs import BroadcastRun, MaterialisePage, TenantRun, TenantSummary, add_counts
+
+MATERIALISE_CALLS_PER_EXECUTION = 50
+PROGRESS_FIRST_SECONDS = 15
+PROGRESS_MAX_SECONDS = 3600
+
+
+def child_instance_id(parent_instance_id: str, tenant_id: str) -> str:
+    """The ``tenant_broadcast`` instance of ``tenant_id`` under a ``broadcast`` instance."""
+    return f"{parent_instance_id}.{tenant_id}"
+
+
+def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
+    """Orchestrator body; input :class:`BroadcastRun` JSON, output the broadcast summary JSON."""
+    run = BroadcastRun.from_json(context.get_input())
+    sending = run.operation == "send"
+
+    if run.phase == "schedule":
+        if sending and run.send_at is not None:
+            context.set_custom_status({"phase": "scheduled", "sendAt": run.send_at})
+            if (yield from wait_until(context, parse_iso(run.send_at))):
+                record = yield context.call_activity_with_retry(
+                    fn.RECORD_BROADCAST,
+                    policies.BOOKKEEPING_RETRY,
+                    {
+                        "notificationId": run.notification_id,
+                        "status": "cancelled",
+                        "tenants": list(run.tenants),
+                    },
+                )
+                ended = {"phase": "cancelled", "completedAt": iso(now(context)), **record}
+                context.set_custom_status(ended)
+                return ended
+        run = run.model_copy(
+            update={"phase": "materialise" if sending else "send", "started_at": iso(now(context))}
+        )
+        if sending:
+            yield context.call_activity_with_retry(
+                fn.RECORD_BROADCAST,
+                policies.BOOKKEEPING_RETRY,
+                {"notificationId": run.notification_id, "status": "running"},
+            )
+
+    if run.phase == "materialise":
+        calls = 0
+        index, cursor, materialised = run.tenant_index, run.cursor, run.materialised
+        while index < len(run.tenants):
+            if calls == MATERIALISE_CALLS_PER_EXECUTION:
+                context.continue_as_new(
+                    run.model_copy(
+                        update={"tenant_index": index, "cursor": cursor, "materialised": materialised}
+                    ).to_json()
+                )
+                return None
+            page = MaterialisePage.from_json(
+                (
+                    yield context.call_activity_with_retry(
+                        fn.MATERIALISE_AUDIENCE,
+                        policies.MATERIALISE_RETRY,
+                        {
+                            "notificationId": run.notification_id,
+                            "tenantId": run.tenants[index],
+                            "cursor": cursor,
+                        },
+                    )
+                )
+            )
+            calls += 1
+            materialised += page.added
+            cursor = page.cursor
+            if cursor is None:
+                index += 1
+            context.set_custom_status(
+                {
+                    "phase": "materialising",
+                    "startedAt": run.started_at,
+                    "materialised": materialised,
+                    "tenantsDone": index,
+                    "tenants": len(run.tenants),
+                }
+            )
+        run = run.model_copy(
+            update={"phase": "send", "tenant_index": index, "cursor": None, "materialised": materialised}
+        )
+
+    children = [
+        context.call_sub_orchestrator(
+            fn.TENANT_BROADCAST,
+            TenantRun(
+                notification_id=run.notification_id,
+                tenant_id=tenant,
+                urgency=run.urgency,
+                operation=run.operation,
+                batch_size=run.batch_size,
+                batches_per_execution=run.batches_per_execution,
+            ).to_json(),
+            child_instance_id(context.instance_id, tenant),
+        )
+        for tenant in run.tenants
+    ]
+    everything = context.task_all(children)
+    status: dict[str, Any] = {
+        "phase": "sending",
+        "operation": run.operation,
+        "startedAt": run.started_at,
+        "materialised": run.materialised,
+        "tenants": len(run.tenants),
+    }
+    context.set_custom_status(status)
+    interval = PROGRESS_FIRST_SECONDS
+    while True:
+        poll = context.create_timer(now(context) + timedelta(seconds=interval))
+        winner = yield context.task_any([everything, poll])
+        if winner == everything:
+            poll.cancel()
+            break
+        try:
+            progress = yield context.call_activity_with_retry(
+                fn.BROADCAST_PROGRESS,
+                policies.BOOKKEEPING_RETRY,
+                {"notificationId": run.notification_id, "tenants": list(run.tenants)},
+            )
+        except Exception:  # progress is cosmetic: never fail a broadcast over it
+            progress = {}
+        status = {**status, **progress}
+        context.set_custom_status(status)
+        interval = min(interval * 2, PROGRESS_MAX_SECONDS)
+
+    summaries = [TenantSummary.from_json(s) for s in everything.result]
+    totals: dict[str, int] = {}
+    for item in summaries:
+        totals = add_counts(totals, item.totals)
+    outcome = (
+        "cancelled"
+        if any(s.outcome == "cancelled" for s in summaries)
+        else ("failed" if any(s.outcome == "failed" for s in summaries) else "completed")
+    )
+    final: dict[str, Any] = {
+        "phase": outcome,
+        "operation": run.operation,
+        "startedAt": run.started_at,
+        "completedAt": iso(now(context)),
+        "materialised": run.materialised,
+        "throttled": totals.get("throttled", 0),
+        "batchTotals": totals,
+        "tenants": [s.to_json() for s in summaries],
+    }
+    if sending:
+        record = yield context.call_activity_with_retry(
+            fn.RECORD_BROADCAST,
+            policies.BOOKKEEPING_RETRY,
+            {
+                "notificationId": run.notification_id,
+                "status": outcome,
+                "tenants": list(run.tenants),
+                "throttled": totals.get("throttled", 0),
+            },
+        )
+        final.update(record)
+    context.set_custom_status({k: v for k, v in final.items() if k != "tenants"})
+    return final

@@ -1,0 +1,123 @@
+"""The JSON that flows between the broadcast orchestrations: inputs, cursors and summaries.
+
+Only ids, counters and cursors travel through Durable (inputs, outputs, history); recipients stay in the
+delivery ledger. Every model here is a frozen :class:`~proactive.models.WireModel` (camelCase on the wire).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field
+
+from proactive.models import WireModel
+
+Operation = Literal["send", "update", "delete"]
+Urgency = Literal["normal", "urgent"]
+Phase = Literal["schedule", "materialise", "send"]
+TenantOutcome = Literal["completed", "cancelled", "failed"]
+
+# Counters of a SendBatchResult (camelCase, as the sender's JSON has them) that add up across batches.
+BATCH_COUNTERS: tuple[str, ...] = (
+    "attempted",
+    "sent",
+    "suppressed",
+    "deferred",
+    "skipped",
+    "unreachable",
+    "stale",
+    "failed",
+    "retryQueued",
+    "throttled",
+    "serverErrors",
+)
+
+
+def add_counts(totals: Mapping[str, int], batch: Mapping[str, Any]) -> dict[str, int]:
+    """Add one batch result's counters to running totals (missing counters count as 0)."""
+    summed = dict(totals)
+    for name in BATCH_COUNTERS:
+        value = batch.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            summed[name] = summed.get(name, 0) + value
+    return summed
+
+
+class BroadcastRun(WireModel):
+    """Input of ``broadcast`` (and of each of its ``continue_as_new`` executions).
+
+    Attributes:
+        notification_id: the notification (and orchestration instance id for ``send``).
+        operation: ``send`` the message, or ``update`` / ``delete`` the sent ones.
+        urgency: the limiter priority; ``urgent`` also ignores quiet hours in the sender.
+        tenants: every tenant of the audience, sorted.
+        send_at: ISO time to start at (``send`` only), or ``None`` for now.
+        batch_size: messages asked of the limiter per batch (``Settings.batch_size``).
+        batches_per_execution: batches before a tenant orchestration continues as new.
+        phase: where this execution starts: ``schedule`` -> ``materialise`` -> ``send``.
+        tenant_index: materialisation cursor: the tenant being materialised.
+        cursor: materialisation cursor inside that tenant (opaque, from the activity).
+        materialised: ledger rows created so far.
+        started_at: when sending started (ISO), set once scheduling is over.
+    """
+
+    notification_id: str = Field(min_length=1)
+    operation: Operation = "send"
+    urgency: Urgency = "normal"
+    tenants: tuple[str, ...] = ()
+    send_at: str | None = None
+    batch_size: int = Field(default=50, ge=1)
+    batches_per_execution: int = Field(default=20, ge=1)
+    phase: Phase = "schedule"
+    tenant_index: int = Field(default=0, ge=0)
+    cursor: str | None = None
+    materialised: int = Field(default=0, ge=0)
+    started_at: str | None = None
+
+
+class TenantRun(WireModel):
+    """Input of ``tenant_broadcast``; its counters carry over ``continue_as_new``.
+
+    Attributes:
+        notification_id: the notification.
+        tenant_id: the tenant (also the limiter entity's key).
+        urgency: limiter priority.
+        operation: ``send``, ``update`` or ``delete``.
+        batch_size: tokens asked per grant.
+        batches_per_execution: batches before ``continue_as_new``.
+        batches_done: batches sent by earlier executions.
+        executions: earlier executions (continue-as-new count).
+        totals: counters summed over every batch so far (:data:`BATCH_COUNTERS`).
+    """
+
+    notification_id: str = Field(min_length=1)
+    tenant_id: str = Field(min_length=1)
+    urgency: Urgency = "normal"
+    operation: Operation = "send"
+    batch_size: int = Field(default=50, ge=1)
+    batches_per_execution: int = Field(default=20, ge=1)
+    batches_done: int = Field(default=0, ge=0)
+    executions: int = Field(default=0, ge=0)
+    totals: dict[str, int] = Field(default_factory=dict)
+
+
+class TenantSummary(WireModel):
+    """Output of ``tenant_broadcast``."""
+
+    tenant_id: str
+    outcome: TenantOutcome
+    batches: int = 0
+    executions: int = 0
+    totals: dict[str, int] = Field(default_factory=dict)
+    cancelled: int = 0
+    error: str | None = None
+
+
+class MaterialisePage(WireModel):
+    """Output of the ``materialise_audience`` activity: how far one call got."""
+
+    added: int = 0
+    seen: int = 0
+    cursor: str | None = None
+    skipped_tenant: bool = False

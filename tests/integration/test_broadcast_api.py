@@ -1,0 +1,337 @@
+"""``/api/broadcasts`` end to end: function_app on the devhost (HTTP + the real Durable replay engine),
+the real sender against the Teams emulator over HTTP, tables and queues on Azurite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import importlib
+import io
+import json
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from devhost.azurite import free_port
+from devhost.emulators.teams import build_app
+from devhost.emulators.teams_state import TeamsEmulatorConfig
+from devhost.host import DevHost
+from devhost.settings import HostSettings
+from proactive import composition
+from proactive.models import (
+    ChannelAccount,
+    ConversationAccount,
+    ConversationReference,
+    RecipientKind,
+    StoredReference,
+)
+
+pytestmark = pytest.mark.azurite
+
+KEY = "integration-key"
+TENANT_A = "aaaaaaaa-1111-4111-8111-111111111111"
+TENANT_B = "bbbbbbbb-2222-4222-8222-222222222222"
+
+
+def aad(n: int) -> str:
+    return str(uuid.UUID(int=0x600000 + n))
+
+
+@dataclass
+class Api:
+    host: DevHost
+    http: aiohttp.ClientSession
+    emulator: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.host.origin}/api"
+
+    async def call(
+        self, method: str, path: str, *, key: bool = True, **kwargs: Any
+    ) -> aiohttp.ClientResponse:
+        headers = {"x-functions-key": KEY} if key else {}
+        response = await self.http.request(method, f"{self.base}/{path}", headers=headers, **kwargs)
+        await response.read()
+        return response
+
+    async def wait_done(self, location: str, within: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            async with self.http.get(location) as response:
+                if response.status == 200:
+                    return dict(await response.json())
+                assert response.status == 202
+            await asyncio.sleep(0.05)
+        raise TimeoutError(location)
+
+    async def emulator_stats(self) -> dict[str, Any]:
+        async with self.http.get(f"{self.emulator}_emulator/stats") as response:
+            return dict(await response.json())
+
+    async def seed(self, tenant: str, users: range) -> None:
+        references = composition.services().references
+        for n in users:
+            await references.upsert(
+                StoredReference(
+                    tenant_id=tenant,
+                    kind=RecipientKind.USER,
+                    recipient_id=aad(n),
+                    reference=ConversationReference(
+                        bot=ChannelAccount(id="28:bot"),
+                        conversation=ConversationAccount(id=f"a:conv-{n}", tenant_id=tenant),
+                        service_url=self.emulator,
+                    ),
+                    updated_at=datetime.now(UTC),
+                )
+            )
+
+
+def _load_function_app(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> ModuleType:
+    sys.modules.pop("function_app", None)
+    for name in ("MicrosoftAppId", "TENANT_ALLOW_LIST"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(composition, "_services", None)  # restored after the test
+    return importlib.import_module("function_app")
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[str]:
+    runner = web.AppRunner(build_app(TeamsEmulatorConfig()), shutdown_timeout=0.5)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def api(
+    monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str, emulator: str
+) -> AsyncIterator[Api]:
+    environ = {
+        "AzureWebJobsStorage": storage_connection_string,
+        "DEV_OUTBOUND_HOSTS": "127.0.0.1",
+        "TENANT_ALLOW_LIST": f"{TENANT_A},{TENANT_B}",
+        "BATCH_SIZE": "5",
+        "QUEUE_INSTALLS": f"{unique_name}-installs",
+        "QUEUE_DELIVERIES_RETRY": f"{unique_name}-retry",
+        **{
+            f"TABLE_{t.upper()}": f"{unique_name}{t}"
+            for t in ("references", "preferences", "notifications", "deliveries", "deadletters")
+        },
+    }
+    module = _load_function_app(monkeypatch, environ)
+    host = DevHost(module.app, HostSettings({"DEVHOST_FUNCTION_KEY": KEY}, {}), port=free_port())
+    async with aiohttp.ClientSession() as http, host:
+        try:
+            yield Api(host, http, emulator)
+        finally:
+            await host.runtime.idle()
+            await composition.services().close()
+    assert host.runtime.errors == []
+
+
+def broadcast(
+    notification_id: str | None, users: range, tenant: str = TENANT_A, **extra: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "audience": {"users": [{"tenantId": tenant, "aadObjectId": aad(n)} for n in users]},
+        "message": {"text": "Deploy 42 finished"},
+        **extra,
+    }
+    if notification_id:
+        body["notificationId"] = notification_id
+    return body
+
+
+async def _sent(api: Api, notification_id: str, users: range, tenant: str = TENANT_A) -> dict[str, Any]:
+    await api.seed(tenant, users)
+    response = await api.call("POST", "broadcasts", json=broadcast(notification_id, users, tenant))
+    assert response.status == 202
+    return await api.wait_done(response.headers["Location"])
+
+
+async def test_post_answers_202_with_location_and_polling_reaches_completion(api: Api) -> None:
+    await api.seed(TENANT_A, range(12))
+    await api.seed(TENANT_B, range(100, 104))
+    body = broadcast("deploy-42", range(12))
+    body["audience"]["tenants"] = [TENANT_B]
+    response = await api.call("POST", "broadcasts", json=body)
+    assert response.status == 202
+    payload = await response.json()
+    assert payload["id"] == "deploy-42"
+    assert response.headers["Location"] == payload["statusQueryGetUri"]
+    assert {"sendEventPostUri", "terminatePostUri", "purgeHistoryDeleteUri"} <= set(payload)
+    done = await api.wait_done(response.headers["Location"])
+    assert done["runtimeStatus"] == "Completed" and done["output"]["phase"] == "completed"
+
+    status = await (await api.call("GET", "broadcasts/deploy-42")).json()
+    assert status["status"] == "completed"
+    assert status["counts"]["sent"] == 16 and status["counts"]["total"] == 16
+    assert status["startedAt"] and status["completedAt"] and status["throttled"] == 0
+    stats = await api.emulator_stats()
+    assert stats["byNotification"]["deploy-42"] == {"conversations": 16, "deliveries": 16}
+    assert stats["duplicates"] == []
+
+
+async def test_the_same_notification_id_answers_with_the_existing_broadcast(api: Api) -> None:
+    await api.seed(TENANT_A, range(3))
+    first = await api.call("POST", "broadcasts", json=broadcast("once-only", range(3)))
+    second = await api.call("POST", "broadcasts", json=broadcast("once-only", range(3)))
+    assert (first.status, second.status) == (202, 202)
+    assert (await first.json())["id"] == (await second.json())["id"] == "once-only"
+    await api.wait_done(first.headers["Location"])
+    clash = await api.call("POST", "broadcasts", json=broadcast("once-only", range(2)))
+    assert clash.status == 409 and (await clash.json())["error"]["code"] == "notification_conflict"
+    assert [r.instance_id for r in await api.host.runtime.list_instances() if r.name == "broadcast"] == [
+        "once-only"
+    ]
+    assert (await api.emulator_stats())["byNotification"]["once-only"]["deliveries"] == 3
+
+
+async def test_deliveries_as_json_and_csv_with_status_filter_and_paging(api: Api) -> None:
+    await _sent(api, "report-me", range(7))
+    seen: list[str] = []
+    params: dict[str, str] = {"pageSize": "3"}
+    while True:
+        page = await (await api.call("GET", "broadcasts/report-me/deliveries", params=params)).json()
+        assert len(page["items"]) <= 3
+        seen.extend(item["recipientKey"] for item in page["items"])
+        if page["continuation"] is None:
+            break
+        params = {"pageSize": "3", "continuation": page["continuation"]}
+    assert sorted(seen) == sorted(f"user:{aad(n)}" for n in range(7))
+    failed = await (
+        await api.call("GET", "broadcasts/report-me/deliveries", params={"status": "failed"})
+    ).json()
+    assert failed == {"items": [], "continuation": None}
+
+    response = await api.call(
+        "GET", "broadcasts/report-me/deliveries", params={"format": "csv", "pageSize": "5"}
+    )
+    assert response.status == 200 and response.content_type == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(await response.text())))
+    assert len(rows) == 5 and {r["status"] for r in rows} == {"sent"} and all(r["activityId"] for r in rows)
+    assert response.headers["X-Continuation-Token"]
+    bad = await api.call("GET", "broadcasts/report-me/deliveries", params={"status": "nope"})
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "invalid_status"
+
+
+async def test_cancel_before_send_at_sends_nothing(api: Api) -> None:
+    await api.seed(TENANT_A, range(3))
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    response = await api.call("POST", "broadcasts", json=broadcast("cancel-me", range(3), sendAt=send_at))
+    assert response.status == 202
+    await api.host.runtime.idle()
+    status = await (await api.call("GET", "broadcasts/cancel-me")).json()
+    assert status["status"] == "scheduled" and status["sendAt"]
+    cancelled = await api.call("POST", "broadcasts/cancel-me/cancel")
+    assert cancelled.status == 202
+    done = await api.wait_done(response.headers["Location"])
+    assert done["output"]["phase"] == "cancelled"
+    status = await (await api.call("GET", "broadcasts/cancel-me")).json()
+    assert status["status"] == "cancelled" and status["counts"]["total"] == 0
+    assert "cancel-me" not in (await api.emulator_stats())["byNotification"]
+    again = await api.call("POST", "broadcasts/cancel-me/cancel")
+    assert again.status == 409
+
+
+async def test_patch_and_delete_go_through_the_paced_fan_out(api: Api) -> None:
+    await _sent(api, "fix-me", range(6))
+    patch = await api.call("PATCH", "broadcasts/fix-me", json={"message": {"text": "Deploy 42 rolled back"}})
+    assert patch.status == 202 and patch.headers["Location"]
+    done = await api.wait_done(patch.headers["Location"])
+    assert done["output"]["operation"] == "update" and done["output"]["phase"] == "completed"
+    stats = await api.emulator_stats()
+    conversations = [stats["conversations"][f"a:conv-{n}"] for n in range(6)]
+    assert [c["updates"] for c in conversations] == [1] * 6
+
+    recall = await api.call("DELETE", "broadcasts/fix-me/messages")
+    assert recall.status == 202
+    done = await api.wait_done(recall.headers["Location"])
+    assert done["output"]["operation"] == "delete"
+    stats = await api.emulator_stats()
+    assert [stats["conversations"][f"a:conv-{n}"]["deletes"] for n in range(6)] == [1] * 6
+    status = await (await api.call("GET", "broadcasts/fix-me")).json()
+    assert status["operations"]["update"]["runtimeStatus"] == "Completed"
+    assert status["operations"]["delete"]["runtimeStatus"] == "Completed"
+
+
+BAD_BODIES: list[tuple[str, bytes, int, str]] = [
+    ("not json", b"{", 400, "invalid_json"),
+    ("not an object", b"[]", 400, "not_an_object"),
+    (
+        "bad guid",
+        json.dumps(
+            broadcast("bad-guid", range(0)) | {"audience": {"users": [{"tenantId": "x", "aadObjectId": "y"}]}}
+        ).encode(),
+        400,
+        "invalid_guid",
+    ),
+    (
+        "empty audience",
+        json.dumps({"notificationId": "empty", "audience": {}, "message": {"text": "x"}}).encode(),
+        400,
+        "empty_audience",
+    ),
+    (
+        "no message",
+        json.dumps({"notificationId": "mute", "audience": {"tenants": [TENANT_A]}}).encode(),
+        400,
+        "missing_field",
+    ),
+    ("bad id", json.dumps(broadcast("a/b", range(1))).encode(), 400, "invalid_notification_id"),
+    (
+        "too large",
+        json.dumps(broadcast("huge", range(1)) | {"message": {"text": "x" * 90_000}}).encode(),
+        413,
+        "message_too_large",
+    ),
+    (
+        "tenant not allowed",
+        json.dumps(broadcast("elsewhere", range(1), tenant="cccccccc-3333-4333-8333-333333333333")).encode(),
+        403,
+        "tenant_not_allowed",
+    ),
+]
+
+
+async def test_every_bad_input_class_returns_the_contract_body_and_starts_nothing(api: Api) -> None:
+    for name, raw, status, code in BAD_BODIES:
+        response = await api.call("POST", "broadcasts", data=raw)
+        assert response.status == status, name
+        error = (await response.json())["error"]
+        assert set(error) == {"code", "message", "details"}, name
+        assert code in {error["code"], *(d.get("code") for d in error["details"])}, (name, error)
+    assert await api.host.runtime.list_instances() == []
+    for notification_id in ("bad-guid", "empty", "mute", "huge", "elsewhere"):
+        assert (await api.call("GET", f"broadcasts/{notification_id}")).status == 404
+
+
+async def test_every_route_needs_the_function_key(api: Api) -> None:
+    for method, path in [
+        ("POST", "broadcasts"),
+        ("GET", "broadcasts/x"),
+        ("GET", "broadcasts/x/deliveries"),
+        ("POST", "broadcasts/x/cancel"),
+        ("PATCH", "broadcasts/x"),
+        ("DELETE", "broadcasts/x/messages"),
+    ]:
+        response = await api.call(method, path, key=False, json=broadcast("keyless", range(1)))
+        assert response.status == 401, (method, path)
+    assert await api.host.runtime.list_instances() == []

@@ -1,0 +1,255 @@
+"""The broadcast orchestrations on the real replay engine: fan-out, pacing, scheduling, deferral, cancel."""
+
+# ruff: noqa: F811 - pytest fixtures imported from the harness are redefined as parameters
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import timedelta
+
+import pytest
+
+from proactive.errors import InvalidInput
+from proactive.models import DeliveryStatus, NotificationStatus
+from tests.unit.test_orchestration_harness import (
+    FORBIDDEN_TENANT,
+    START,
+    TENANTS,
+    Harness,
+    body,
+    harness,  # noqa: F401 - the fixture
+    settings_overrides,  # noqa: F401 - the fixture
+    user_id,
+)
+
+
+def _iso(value: object) -> str:
+    return value.isoformat().replace("+00:00", "Z")  # type: ignore[attr-defined]
+
+
+async def test_three_tenant_broadcast_completes_with_counts_that_add_up(harness: Harness) -> None:
+    await harness.seed_references(TENANTS[2], 60)
+    request = body(
+        users=[(TENANTS[0], user_id(0, n)) for n in range(5)],
+        channels=[(TENANTS[1], f"19:team{n}@thread.tacv2", f"19:chan{n}@thread.tacv2") for n in range(3)],
+        tenants=[TENANTS[2]],
+        notification_id="three-tenants",
+    )
+    accepted = await harness.service.start(request)
+    record = await harness.run(accepted.instance_id)
+
+    assert record.status == "Completed"
+    output = json.loads(record.output or "")
+    assert output["phase"] == "completed" and output["materialised"] == 68
+    assert {t["tenantId"]: t["outcome"] for t in output["tenants"]} == dict.fromkeys(TENANTS, "completed")
+    assert output["batchTotals"]["sent"] == 68 and output["counts"]["sent"] == 68
+    status = await harness.service.status("three-tenants")
+    assert status["status"] == "completed"
+    assert status["counts"]["total"] == 68 and status["counts"]["sent"] == 68
+    assert sum(v for k, v in status["counts"].items() if k != "total") == status["counts"]["total"]
+    assert status["startedAt"] and status["completedAt"] and status["rate"]["sentPerSecond"] > 0
+    stored = await harness.services.notifications.get("three-tenants")
+    assert stored is not None and stored.value.status is NotificationStatus.COMPLETED
+    assert stored.value.counts["sent"] == 68
+    # One tenant_broadcast per tenant, addressable by cancel.
+    for tenant in TENANTS:
+        child = await harness.runtime.get_instance(f"three-tenants.{tenant}")
+        assert child is not None and child.status == "Completed"
+
+
+async def test_batches_never_exceed_the_grant_and_follow_the_tenant_rate(harness: Harness) -> None:
+    accepted = await harness.service.start(body(tenants=[TENANTS[0]]))
+    await harness.seed_references(TENANTS[0], 240)
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    calls = harness.sender.calls
+    assert sum(c["limit"] for c in calls) >= 240 and max(c["limit"] for c in calls) <= 50
+    # 50 msg/s with a one-second burst: 240 messages need at least 240/50 - 1 seconds of grants.
+    times = sorted(c["now"] for c in calls)
+    span = (harness.clock.now() - START).total_seconds()
+    assert span >= 240 / 50 - 1 and len(times) >= 5
+
+
+async def test_continue_as_new_keeps_each_tenant_execution_history_bounded(harness: Harness) -> None:
+    await harness.seed_references(TENANTS[0], 1000)
+    accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="big-1k"))
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    child = f"big-1k.{TENANTS[0]}"
+    summary = json.loads(record.output or "")["tenants"][0]
+    assert summary["batches"] == 20 and summary["executions"] == 4  # 5 batches per execution
+    assert summary["totals"]["sent"] == 1000
+    assert harness.runtime.stats.continue_as_new >= 3
+    # Every execution replays a history of a few events per batch, never one per recipient.
+    assert harness.history.largest[child] <= 120
+    assert harness.history.largest["big-1k"] <= 80
+
+
+async def test_send_at_waits_on_a_durable_timer_before_materialising(harness: Harness) -> None:
+    send_at = START + timedelta(hours=2)
+    accepted = await harness.service.start(
+        body(users=[(TENANTS[0], user_id(0, 1))], notification_id="later", sendAt=_iso(send_at))
+    )
+    record = await harness.run(accepted.instance_id, until=send_at - timedelta(seconds=1))
+    assert record.status == "Running"
+    assert (await harness.service.status("later"))["status"] == "scheduled"
+    assert await harness.services.deliveries.count_by_status("later", TENANTS[0]) == {}
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    sent = harness.sender.calls[0]
+    assert sent["now"] >= _iso(send_at)
+
+
+async def test_deferred_rows_are_sent_when_their_quiet_hours_end(harness: Harness) -> None:
+    quiet_end = START + timedelta(hours=7)
+    harness.sender.quiet_until = {f"user:{user_id(0, 2)}": quiet_end}
+    accepted = await harness.service.start(
+        body(users=[(TENANTS[0], user_id(0, n)) for n in range(4)], notification_id="quiet")
+    )
+    record = await harness.run(accepted.instance_id, until=quiet_end - timedelta(minutes=1))
+    assert record.status == "Running"
+    counts = await harness.services.deliveries.count_by_status("quiet", TENANTS[0])
+    assert counts == {DeliveryStatus.SENT: 3, DeliveryStatus.DEFERRED: 1}
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed" and harness.clock.now() >= quiet_end
+    counts = await harness.services.deliveries.count_by_status("quiet", TENANTS[0])
+    assert counts == {DeliveryStatus.SENT: 4}
+    # Hours of waiting add a few timers, not one event per minute: progress polls back off to hourly.
+    assert harness.history.largest["quiet"] <= 160  # 14 polls in 7 hours, about 8 events each
+    assert harness.history.largest[f"quiet.{TENANTS[0]}"] <= 40
+
+
+async def test_cancel_keeps_sent_rows_and_marks_the_rest_cancelled(harness: Harness) -> None:
+    await harness.seed_references(TENANTS[0], 500)
+    accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="stop-me"))
+    record = await harness.run(accepted.instance_id, until=START + timedelta(seconds=3))
+    assert record.status == "Running"
+    calls_before = len(harness.sender.calls)
+    assert (await harness.service.cancel("stop-me"))["status"] == "cancelling"
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    assert json.loads(record.output or "")["phase"] == "cancelled"
+    counts = await harness.services.deliveries.count_by_status("stop-me", TENANTS[0])
+    assert counts[DeliveryStatus.SENT] > 0 and counts[DeliveryStatus.CANCELLED] > 0
+    assert counts[DeliveryStatus.SENT] + counts[DeliveryStatus.CANCELLED] == 500
+    assert counts[DeliveryStatus.SENT] <= 50 * (calls_before + 1)
+    status = await harness.service.status("stop-me")
+    assert (
+        status["status"] == "cancelled" and status["counts"]["cancelled"] == counts[DeliveryStatus.CANCELLED]
+    )
+    with pytest.raises(InvalidInput) as finished:
+        await harness.service.cancel("stop-me")
+    assert finished.value.status == 409 and finished.value.code == "broadcast_finished"
+
+
+async def test_cancel_during_the_send_at_wait_ends_without_sending(harness: Harness) -> None:
+    send_at = START + timedelta(days=1)
+    accepted = await harness.service.start(
+        body(users=[(TENANTS[0], user_id(0, 1))], notification_id="never", sendAt=_iso(send_at))
+    )
+    await harness.settle()
+    await harness.service.cancel("never")
+    record = await harness.run(accepted.instance_id, until=START + timedelta(hours=1))
+    assert record.status == "Completed" and harness.clock.now() < send_at
+    assert json.loads(record.output or "")["phase"] == "cancelled"
+    assert harness.sender.calls == []
+    assert (await harness.service.status("never"))["status"] == "cancelled"
+
+
+async def test_the_same_notification_id_never_starts_a_second_broadcast(harness: Harness) -> None:
+    request = body(users=[(TENANTS[0], user_id(0, 1))], notification_id="once")
+    first = await harness.service.start(request)
+    second = await harness.service.start(request)
+    assert (first.created, second.created) == (True, False)
+    assert first.instance_id == second.instance_id == "once"
+    await harness.run("once")
+    third = await harness.service.start(request)
+    assert third.created is False
+    assert harness.orchestrations.started == ["once"]
+    assert len(harness.sender.calls) == 1
+    with pytest.raises(InvalidInput) as clash:
+        await harness.service.start(body(users=[(TENANTS[0], user_id(0, 2))], notification_id="once"))
+    assert clash.value.status == 409 and clash.value.code == "notification_conflict"
+
+
+async def test_a_stored_notification_whose_start_was_lost_is_started_by_the_repeat(harness: Harness) -> None:
+    request = body(users=[(TENANTS[0], user_id(0, 1))], notification_id="crashed")
+    real_start = harness.orchestrations.start
+
+    async def crash(*args: object) -> None:
+        raise RuntimeError("host died after storing the notification")
+
+    harness.orchestrations.start = crash  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await harness.service.start(request)
+    harness.orchestrations.start = real_start  # type: ignore[method-assign]
+    again = await harness.service.start(request)
+    assert again.created is False
+    assert (await harness.run("crashed")).status == "Completed"
+
+
+async def test_bad_input_stores_nothing_and_starts_nothing(harness: Harness) -> None:
+    bad = [
+        b"not json",
+        body(users=[(TENANTS[0], "not-a-guid")]),
+        json.dumps({"audience": {}, "message": {"text": "x"}}).encode(),
+        body(users=[(TENANTS[0], user_id(0, 1))], text="x" * 100_000),
+        body(users=[(FORBIDDEN_TENANT, user_id(0, 1))], notification_id="elsewhere"),
+    ]
+    statuses = []
+    for request in bad:
+        with pytest.raises(InvalidInput) as problem:
+            await harness.service.start(request)
+        statuses.append(problem.value.status)
+        assert set(problem.value.to_body()["error"]) == {"code", "message", "details"}
+    assert statuses == [400, 400, 400, 413, 403]
+    assert harness.orchestrations.started == []
+    assert await harness.services.notifications.get("elsewhere") is None
+
+
+async def test_urgent_and_normal_broadcasts_share_one_tenant_limiter(harness: Harness) -> None:
+    await harness.seed_references(TENANTS[0], 200)
+    normal = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="routine"))
+    urgent = await harness.service.start(
+        body(tenants=[TENANTS[0]], notification_id="incident", urgency="urgent")
+    )
+    assert (await harness.run(normal.instance_id)).status == "Completed"
+    assert (await harness.run(urgent.instance_id)).status == "Completed"
+    exists, raw = await harness.runtime.read_entity_state("tenant_limiter", TENANTS[0])
+    assert exists and raw is not None
+    state = json.loads(raw)
+    if isinstance(state, str):
+        state = json.loads(state)
+    assert state["config"]["rate"] == 50.0
+    assert state["stats"]["granted"] >= 400 and state["urgentUntil"] > 0 and state["normalUntil"] > 0
+    # One limiter for both: over any one-second window the tenant gets at most rate * 1 s + burst.
+    per_second: dict[str, int] = defaultdict(int)
+    for call in harness.sender.calls:
+        per_second[call["now"][:19]] += call["limit"]
+    assert max(per_second.values()) <= 100
+    done = {name: (await harness.service.status(name))["completedAt"] for name in ("routine", "incident")}
+    assert done["incident"] < done["routine"]  # urgent gets 80 % of the rate while both are active
+
+
+async def test_an_activity_failing_every_retry_fails_only_its_tenant(harness: Harness) -> None:
+    harness.sender.fail_times = 3  # SEND_BATCH_RETRY: three attempts
+    accepted = await harness.service.start(
+        body(users=[(TENANTS[0], user_id(0, 1))], notification_id="broken")
+    )
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    output = json.loads(record.output or "")
+    assert output["phase"] == "failed" and "storage unreachable" in output["tenants"][0]["error"]
+    assert (await harness.service.status("broken"))["counts"]["pending"] == 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{"SEND_RATE_PER_TENANT": "20", "BATCH_SIZE": "10"}])
+async def test_limiter_default_rate_comes_from_the_tenant_setting(harness: Harness) -> None:
+    accepted = await harness.service.start(body(users=[(TENANTS[1], user_id(1, n)) for n in range(30)]))
+    assert (await harness.run(accepted.instance_id)).status == "Completed"
+    _, raw = await harness.runtime.read_entity_state("tenant_limiter", TENANTS[1])
+    state = json.loads(raw or "null")
+    state = json.loads(state) if isinstance(state, str) else state
+    assert state["config"]["rate"] == 20.0
+    assert max(c["limit"] for c in harness.sender.calls) <= 10
