@@ -10,7 +10,13 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from proactive import composition
-from proactive.functions import broadcasts_blueprint, durable_blueprint, health_blueprint, messages_blueprint
+from proactive.functions import (
+    broadcasts_blueprint,
+    durable_blueprint,
+    health_blueprint,
+    messages_blueprint,
+    retries_blueprint,
+)
 
 composition.configure(os.environ)
 
@@ -19,3 +25,4 @@ app.register_functions(health_blueprint)
 app.register_functions(messages_blueprint)
 app.register_functions(broadcasts_blueprint)
 app.register_functions(durable_blueprint)
+app.register_functions(retries_blueprint())

@@ -146,8 +146,12 @@ class TriggerService:
         queue_name = info.trigger["queueName"]
         connection = self._connection(info)
         queue = QueueClient.from_connection_string(connection, queue_name)
+        # The poison copy keeps the queue's encoding (host.json messageEncoding), so its own trigger
+        # reads the same text the first one did.
         poison = QueueClient.from_connection_string(
-            connection, f"{queue_name}-poison", message_encode_policy=TextBase64EncodePolicy()
+            connection,
+            f"{queue_name}-poison",
+            message_encode_policy=TextBase64EncodePolicy() if self.base64 else None,
         )
         async with queue, poison:
             with contextlib.suppress(ResourceExistsError):

@@ -4,5 +4,12 @@ from proactive.functions.broadcasts import bp as broadcasts_blueprint
 from proactive.functions.durable import bp as durable_blueprint
 from proactive.functions.health import bp as health_blueprint
 from proactive.functions.messages import bp as messages_blueprint
+from proactive.functions.retries import blueprint as retries_blueprint
 
-__all__ = ["broadcasts_blueprint", "durable_blueprint", "health_blueprint", "messages_blueprint"]
+__all__ = [
+    "broadcasts_blueprint",
+    "durable_blueprint",
+    "health_blueprint",
+    "messages_blueprint",
+    "retries_blueprint",
+]

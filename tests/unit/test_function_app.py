@@ -97,3 +97,42 @@ def test_durable_orchestrations_activities_and_entities_are_registered(function_
     for name, trigger in EXPECTED_DURABLE.items():
         assert name in functions, f"{name} is not registered"
         assert trigger in {b.type for b in functions[name].get_bindings()}, f"{name} has no {trigger}"
+
+
+# Queue and timer triggers (issue 6): name -> (trigger type, the binding field that must match, value).
+EXPECTED_QUEUE_AND_TIMER = {
+    "deliveries_retry": ("queueTrigger", "queueName", "deliveries-retry"),
+    "deliveries_retry_poison": ("queueTrigger", "queueName", "deliveries-retry-poison"),
+    "reconcile": ("timerTrigger", "schedule", "0 */5 * * * *"),
+}
+
+
+def test_queue_triggers_listen_on_the_named_queues_and_the_timer_has_its_schedule(
+    function_app: ModuleType,
+) -> None:
+    functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    for name, (trigger, field, value) in EXPECTED_QUEUE_AND_TIMER.items():
+        assert name in functions, f"{name} is not registered"
+        binding = next(b.get_dict_repr() for b in functions[name].get_bindings() if b.type == trigger)
+        assert binding[field] == value, name
+        if trigger == "queueTrigger":
+            assert binding["connection"] == "AzureWebJobsStorage"
+
+
+def test_the_retry_trigger_listens_where_the_sender_writes_when_the_queue_is_renamed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = _load(
+        monkeypatch,
+        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "QUEUE_DELIVERIES_RETRY": "retry-elsewhere"},
+    )
+    module.app.functions_bindings = None
+    functions = {f.get_function_name(): f for f in module.app.get_functions()}
+    queues = {
+        name: next(b.get_dict_repr()["queueName"] for b in functions[name].get_bindings())
+        for name in ("deliveries_retry", "deliveries_retry_poison")
+    }
+    assert queues == {
+        "deliveries_retry": "retry-elsewhere",
+        "deliveries_retry_poison": "retry-elsewhere-poison",
+    }
