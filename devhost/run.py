@@ -38,19 +38,28 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     print(f"Azurite: {instance.connection_string}", flush=True)
-    for name in ("emulate-teams", "emulate-graph"):
-        emulator_port = free_port()
+    # The emulators live on loopback: let the bot's token go there (development only, never in Azure).
+    env.setdefault("DEV_OUTBOUND_HOSTS", "127.0.0.1")
+    teams_port, graph_port = free_port(), free_port()
+    emulators = {
+        "emulate-teams": (teams_port, []),
+        # Installing the app through Graph posts installationUpdate / conversationUpdate to the bot,
+        # with the Teams emulator as serviceUrl, as Teams does.
+        "emulate-graph": (
+            graph_port,
+            ["--messaging-endpoint", f"http://127.0.0.1:{port}/api/messages",
+             "--teams-service-url", f"http://127.0.0.1:{teams_port}/"],
+        ),
+    }  # fmt: skip
+    for name, (emulator_port, extra) in emulators.items():
         child = subprocess.Popen(
-            [sys.executable, "-m", "devhost", name, "--port", str(emulator_port)],
+            [sys.executable, "-m", "devhost", name, "--port", str(emulator_port), *extra],
             env=env,
             preexec_fn=die_with_parent,  # children never outlive `devhost run`, even on SIGKILL
         )
         children.append((name, child))
         env[f"DEVHOST_{name.upper().replace('-', '_')}_URL"] = f"http://127.0.0.1:{emulator_port}"
-        print(
-            f"{name}: http://127.0.0.1:{emulator_port} (exits at once if that emulator does not exist yet)",
-            flush=True,
-        )
+        print(f"{name}: http://127.0.0.1:{emulator_port}/", flush=True)
     # Durable state goes to this Azurite (in memory: it lasts as long as `devhost run`, and survives a
     # restart of the host alone).
     host = subprocess.Popen(
