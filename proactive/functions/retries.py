@@ -1,0 +1,414 @@
+"""Re-delivery (ARCHITECTURE.md flow 6): the ``deliveries-retry`` queue, its poison queue, reconciliation.
+
+Three triggers, each wiring to one method of :class:`Redelivery`:
+
+``deliveries_retry`` (queue trigger on ``Settings.queues.deliveries_retry``)
+    Re-drives the one ledger row a :class:`~proactive.sender_ports.RetryRequest` names through
+    :meth:`BatchSender.redrive <proactive.sender.BatchSender.redrive>`. When the row is still transient
+    (:func:`~proactive.sender.needs_redelivery`) the trigger **raises**, so the host makes the message
+    visible again after host.json ``visibilityTimeout`` and, after ``maxDequeueCount`` (5) deliveries,
+    moves it to ``<queue>-poison``. That count is the one bound on re-drives (STYLE.md rule 11): nothing
+    here counts attempts itself. A message that is not a ``RetryRequest`` can never succeed: it is
+    dead-lettered at once instead of being delivered five times.
+
+``deliveries_retry_poison`` (queue trigger on ``<queue>-poison``)
+    Writes a :class:`~proactive.models.DeadLetter` (id ``{notificationId}:{tenantId}:{recipientKey}``, so a
+    repeat is an idempotent upsert) with the row's last error as the reason, **then** marks the row
+    ``dead_lettered`` (ETag-guarded, only from ``pending``). In that order a crash between the two leaves a
+    dead letter and a pending row, and the repeated poison message finishes the job; the other order could
+    leave a ``dead_lettered`` row with no dead letter saying why. A row that meanwhile settled (another
+    path sent it) is left alone and no dead letter is written.
+
+``reconcile`` (timer, :data:`RECONCILE_SCHEDULE`, every 5 minutes)
+    Which notifications: every ``running`` one, and ``completed`` / ``failed`` / ``cancelled`` ones updated
+    within :data:`FINISHED_LOOKBACK` (read with an equality query on the notifications table's ``status``
+    column). The finished ones matter: a ``send_batch`` killed mid-flight leaves its claimed rows
+    ``sending``, Durable re-runs the activity (which claims *other* rows), and the orchestration can complete
+    with those rows still ``sending``. For each notification and tenant:
+
+    * rows ``sending`` for longer than :data:`RECONCILE_AFTER` go back to ``pending``
+      (:func:`~proactive.sender.reconcile_stuck`): the one duplicate window (Teams may have accepted the send
+      the ledger never recorded), counted in :attr:`ReconcileReport.reconciled`;
+    * those rows, and ``pending`` rows a retry message should have taken long ago (``not_before`` and
+      ``updated_at`` both older than the deadline: a lost message), get a fresh ``RetryRequest``. The orchestration may
+      pick the same row while it still runs; the claim lets exactly one of them send it;
+    * of a cancelled notification, the reconciled rows become ``cancelled`` instead (never re-sent).
+
+    ``pending`` rows with no ``not_before`` of a *running* notification are the orchestration's (they wait
+    for their turn at the limiter); they are never queued, or the queue would send around the pacing.
+
+    :data:`RECONCILE_AFTER` (15 min) must exceed the longest a sender can hold a claimed row, which is
+    bounded by host.json ``functionTimeout`` (10 min): a shorter deadline could re-drive a live send.
+
+Limits: the notification scan reads every finished notification's ``status`` row (an equality query; the
+lookback filter runs here), which grows with the table; a table of many thousand notifications would want
+a ``status``/``updatedAt`` index row instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import azure.durable_functions as df
+import azure.functions as func
+from pydantic import ValidationError
+
+from proactive.audience import audience_tenants, stored_request
+from proactive.composition import services
+from proactive.errors import ConcurrencyConflict, ProactiveError
+from proactive.models import DeadLetter, DeliveryStatus, ErrorInfo, Notification, NotificationStatus, utc_now
+from proactive.ports import DeadLetterStore, DeliveryLedger, EntityTable
+from proactive.sender import Reason, RowOutcome, needs_redelivery, reconcile_stuck
+from proactive.sender_ports import RetryRequest, WorkQueue
+from proactive.stores import from_entity
+
+__all__ = [
+    "DELIVERIES_RETRY",
+    "DELIVERIES_RETRY_POISON",
+    "FINISHED_LOOKBACK",
+    "POISON_SUFFIX",
+    "RECONCILE",
+    "RECONCILE_AFTER",
+    "RECONCILE_SCHEDULE",
+    "ReconcileReport",
+    "Redelivery",
+    "RetryLater",
+    "blueprint",
+    "notifications_to_reconcile",
+]
+
+logger = logging.getLogger(__name__)
+
+# Function names (registered by blueprint()).
+DELIVERIES_RETRY = "deliveries_retry"
+DELIVERIES_RETRY_POISON = "deliveries_retry_poison"
+RECONCILE = "reconcile"
+
+# The Functions host appends this to a queue's name for messages past host.json ``maxDequeueCount``.
+POISON_SUFFIX = "-poison"
+# NCRONTAB with seconds: at second 0 of every 5th minute.
+RECONCILE_SCHEDULE = "0 */5 * * * *"
+# Mirrors host.json ``functionTimeout`` (00:10:00) plus margin: no live send holds a row this long.
+RECONCILE_AFTER = timedelta(minutes=15)
+# Finished notifications younger than this are still reconciled (a crash in their last batch).
+FINISHED_LOOKBACK = timedelta(days=1)
+# A RetryRequest written by reconciliation is visible at once.
+_REQUEUE_DELAY = 0.0
+_SCANNED = (
+    NotificationStatus.RUNNING,
+    NotificationStatus.COMPLETED,
+    NotificationStatus.FAILED,
+    NotificationStatus.CANCELLED,
+)
+
+
+class RetryLater(ProactiveError):
+    """Raised by the retry trigger so the queue delivers the message again (and poisons it in the end)."""
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What one reconciliation run did.
+
+    Attributes:
+        notifications: notifications looked at.
+        reconciled: rows returned from ``sending`` to ``pending`` (the duplicate window).
+        requeued: ``RetryRequest`` messages written (reconciled rows and lost hand-offs).
+        cancelled: reconciled rows of cancelled notifications marked ``cancelled``.
+    """
+
+    notifications: int = 0
+    reconciled: int = 0
+    requeued: int = 0
+    cancelled: int = 0
+
+    def __add__(self, other: ReconcileReport) -> ReconcileReport:
+        return ReconcileReport(
+            self.notifications + other.notifications,
+            self.reconciled + other.reconciled,
+            self.requeued + other.requeued,
+            self.cancelled + other.cancelled,
+        )
+
+
+Redrive = Callable[[RetryRequest], Awaitable[RowOutcome | None]]
+
+
+class Redelivery:
+    """The services of the three triggers (see the module docstring).
+
+    Args:
+        ledger: the delivery ledger.
+        dead_letters: where exhausted messages are kept.
+        retries: queue ``deliveries-retry`` (reconciliation writes to it).
+        redrive: :meth:`BatchSender.redrive <proactive.sender.BatchSender.redrive>` (built lazily: only the
+            retry trigger needs a connector).
+        clock: current time (aware UTC).
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: DeliveryLedger,
+        dead_letters: DeadLetterStore,
+        retries: WorkQueue,
+        redrive: Callable[[], Awaitable[Redrive]],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._ledger = ledger
+        self._dead_letters = dead_letters
+        self._retries = retries
+        self._redrive = redrive
+        self._clock = clock
+
+    # ---- deliveries-retry -------------------------------------------------------------------------
+
+    async def redrive(self, raw: bytes) -> RowOutcome | None:
+        """Re-drive the row a ``deliveries-retry`` message names.
+
+        Returns:
+            The row's outcome, or ``None`` when there was nothing to do (row settled or claimed
+            elsewhere, notification cancelled, or a malformed message, which is dead-lettered at once).
+
+        Raises:
+            RetryLater: the row is still transient; the queue must deliver the message again.
+            StorageError: the ledger could not be read or written (the queue retries too).
+        """
+        request = _parse(raw)
+        if request is None:
+            await self._malformed(raw)
+            return None
+        outcome = await (await self._redrive())(request)
+        if needs_redelivery(outcome):
+            assert outcome is not None
+            raise RetryLater(
+                f"{request.notification_id}/{request.tenant_id}/{request.recipient_key} still "
+                f"{outcome.reason or 'transient'}"
+            )
+        return outcome
+
+    # ---- deliveries-retry-poison ------------------------------------------------------------------
+
+    async def dead_letter(self, raw: bytes, *, source_queue: str) -> DeadLetter | None:
+        """Dead-letter the row a poison message names (see the module docstring).
+
+        Returns:
+            The dead letter written, or ``None`` when the row had settled meanwhile.
+        """
+        request = _parse(raw)
+        if request is None:
+            return await self._malformed(raw, source_queue=source_queue)
+        for _ in range(5):
+            found = await self._ledger.get(request.notification_id, request.tenant_id, request.recipient_key)
+            if found is None:
+                entry = self._entry(request, source_queue, "ledger row not found")
+                await self._dead_letters.add(entry)
+                return entry
+            row = found.value
+            if row.status is DeliveryStatus.DEAD_LETTERED:
+                entry = self._entry(request, source_queue, _reason(row.last_error, request))
+                await self._dead_letters.add(entry)  # a repeat after a crash: same id, same row
+                return entry
+            if row.status is not DeliveryStatus.PENDING:
+                logger.info("Poison message for a row that is now %s: nothing to dead-letter", row.status)
+                return None
+            entry = self._entry(request, source_queue, _reason(row.last_error, request))
+            await self._dead_letters.add(entry)
+            marked = row.model_copy(
+                update={
+                    "status": DeliveryStatus.DEAD_LETTERED,
+                    "not_before": None,
+                    "updated_at": self._clock(),
+                }
+            )
+            try:
+                await self._ledger.replace(marked, found.etag)
+            except ConcurrencyConflict:
+                continue  # claimed or changed meanwhile: look again
+            logger.warning("Dead-lettered a delivery after its retries ran out: %s", entry.reason)
+            return entry
+        raise ConcurrencyConflict("the ledger row kept changing while it was dead-lettered")
+
+    def _entry(self, request: RetryRequest, source_queue: str, reason: str) -> DeadLetter:
+        return DeadLetter(
+            id=f"{request.notification_id}:{request.tenant_id}:{request.recipient_key}",
+            source_queue=source_queue,
+            payload=request.to_json(),
+            reason=reason,
+            created_at=self._clock(),
+        )
+
+    async def _malformed(self, raw: bytes, *, source_queue: str | None = None) -> DeadLetter:
+        text = raw.decode(errors="replace")
+        entry = DeadLetter(
+            id="malformed:" + _digest(text),
+            source_queue=source_queue or self._retries.name,
+            payload={"raw": text[:2000]},
+            reason="malformed_message: not a RetryRequest",
+            created_at=self._clock(),
+        )
+        await self._dead_letters.add(entry)
+        logger.warning("Dead-lettered a malformed %s message", entry.source_queue)
+        return entry
+
+    # ---- reconcile --------------------------------------------------------------------------------
+
+    async def reconcile(
+        self, notifications: Sequence[Notification], *, older_than: timedelta
+    ) -> ReconcileReport:
+        """Reconcile the given notifications' rows (see the module docstring)."""
+        report = ReconcileReport()
+        for notification in notifications:
+            for tenant in audience_tenants(stored_request(notification)):
+                report += await self._reconcile_tenant(notification, tenant, older_than)
+            report += ReconcileReport(notifications=1)
+        if report.reconciled or report.requeued:
+            logger.warning(
+                "Reconciliation: %d rows back from 'sending' (may duplicate), %d re-queued, %d cancelled",
+                report.reconciled,
+                report.requeued,
+                report.cancelled,
+            )
+        return report
+
+    async def _reconcile_tenant(
+        self, notification: Notification, tenant: str, older_than: timedelta
+    ) -> ReconcileReport:
+        now = self._clock()
+        reconciled = await reconcile_stuck(
+            self._ledger, notification.id, tenant, now=now, older_than=older_than
+        )
+        cancelled = notification.status is NotificationStatus.CANCELLED
+        cutoff = now - older_than
+        requeued = marked = 0
+        continuation: str | None = None
+        while True:
+            page = await self._ledger.list(
+                notification.id, tenant, statuses=[DeliveryStatus.PENDING], continuation=continuation
+            )
+            for item in page.items:
+                row = item.value
+                just_reconciled = (
+                    row.last_error is not None
+                    and row.last_error.code == Reason.RECONCILED
+                    and row.not_before is None
+                )
+                lost = row.not_before is not None and row.not_before <= cutoff and row.updated_at <= cutoff
+                if cancelled and just_reconciled:
+                    try:
+                        await self._ledger.replace(
+                            row.model_copy(update={"status": DeliveryStatus.CANCELLED, "updated_at": now}),
+                            item.etag,
+                        )
+                        marked += 1
+                    except ConcurrencyConflict:
+                        pass
+                elif just_reconciled or lost:
+                    request = RetryRequest(
+                        notification_id=notification.id,
+                        tenant_id=tenant,
+                        recipient_key=row.recipient_key,
+                        reason=Reason.RECONCILED,
+                        uncertain=just_reconciled,
+                    )
+                    await self._retries.put(request.to_json(), delay=_REQUEUE_DELAY)
+                    requeued += 1
+            continuation = page.continuation
+            if continuation is None:
+                break
+        return ReconcileReport(reconciled=reconciled, requeued=requeued, cancelled=marked)
+
+
+async def notifications_to_reconcile(
+    table: EntityTable, *, now: datetime, lookback: timedelta = FINISHED_LOOKBACK
+) -> list[Notification]:
+    """Running notifications, and finished ones updated within ``lookback`` (module docstring)."""
+    found: list[Notification] = []
+    for status in _SCANNED:
+        continuation: str | None = None
+        while True:
+            page = await table.query({"status": status.value}, continuation=continuation)
+            for entity in page.items:
+                notification = from_entity(entity, Notification)
+                updated = notification.updated_at or notification.created_at
+                if status is NotificationStatus.RUNNING or updated >= now - lookback:
+                    found.append(notification)
+            continuation = page.continuation
+            if continuation is None:
+                break
+    return found
+
+
+def _parse(raw: bytes) -> RetryRequest | None:
+    try:
+        body = json.loads(raw)
+        return RetryRequest.from_json(body) if isinstance(body, dict) else None
+    except (ValueError, ValidationError):
+        return None
+
+
+def _reason(error: ErrorInfo | None, request: RetryRequest) -> str:
+    if error is None:
+        return f"retries exhausted ({request.reason})"
+    detail = f": {error.message}" if error.message else ""
+    return f"retries exhausted ({error.code}{detail})"[:1000]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+# ---- wiring -------------------------------------------------------------------------------------------
+
+
+def _redelivery() -> Redelivery:
+    s = services()
+
+    async def redrive() -> Redrive:
+        return (await s.batch_sender()).redrive
+
+    return Redelivery(
+        ledger=s.deliveries,
+        dead_letters=s.dead_letters,
+        retries=s.queues.queue(s.settings.queues.deliveries_retry),
+        redrive=redrive,
+        clock=utc_now,
+    )
+
+
+def blueprint() -> df.Blueprint:
+    """The re-delivery triggers, bound to the queue named by ``Settings.queues.deliveries_retry``.
+
+    A function, not a module-level blueprint: the queue names come from the settings that
+    :func:`proactive.composition.configure` resolved (the worker indexes the app after its app settings are
+    in the environment), so the trigger always listens where the sender writes.
+    """
+    bp = df.Blueprint()
+    queue = services().settings.queues.deliveries_retry
+    poison = queue + POISON_SUFFIX
+
+    @bp.function_name(DELIVERIES_RETRY)
+    @bp.queue_trigger(arg_name="msg", queue_name=queue, connection="AzureWebJobsStorage")
+    async def deliveries_retry(msg: func.QueueMessage) -> None:
+        await _redelivery().redrive(msg.get_body())
+
+    @bp.function_name(DELIVERIES_RETRY_POISON)
+    @bp.queue_trigger(arg_name="msg", queue_name=poison, connection="AzureWebJobsStorage")
+    async def deliveries_retry_poison(msg: func.QueueMessage) -> None:
+        await _redelivery().dead_letter(msg.get_body(), source_queue=queue)
+
+    @bp.function_name(RECONCILE)
+    @bp.timer_trigger(arg_name="timer", schedule=RECONCILE_SCHEDULE, run_on_startup=False)
+    async def reconcile(timer: func.TimerRequest) -> None:
+        s = services()
+        now = utc_now()
+        table = s.tables.table(s.settings.tables.notifications)
+        candidates = await notifications_to_reconcile(table, now=now)
+        await _redelivery().reconcile(candidates, older_than=RECONCILE_AFTER)
+
+    return bp
