@@ -1,0 +1,851 @@
+"""Benchmark: the send path's delivery rate against the Teams emulator's per-tenant ceiling (issue 6).
+
+``python -m bench.send_rate`` starts ``python -m devhost emulate-teams`` as a separate process on
+127.0.0.1 (its CPU is not shared with the client's event loop; the machine has 2 cores) and runs, one after
+the other, each against a freshly reset emulator and each recipient in its own 1:1 conversation (so the
+per-thread limits never bite; only the per-tenant ceiling does):
+
+``sequential``
+    the documented sample's loop: await each send in turn; on 429 sleep ``Retry-After`` and try again.
+``gather``
+    ``asyncio.gather`` of every send at once with the same retry-on-429 (the HTTP session's default pool of
+    100 connections is the only bound), once with the product's attempt bound and once until delivered.
+``ours``
+    the product's pacing without Durable: the limiter state machine (:func:`proactive.rate_limiter.apply`)
+    grants up to ``Settings.batch_size`` tokens, ``asyncio.sleep`` until ``notBefore`` stands in for the
+    durable timer, :class:`proactive.sender.BatchSender` (in-memory ledger tables, the real
+    :class:`~proactive.adapters.connector.BotConnectorClient`, the product's retry policy and in-batch
+    concurrency) sends the batch, and its result is reported back exactly as ``tenant_broadcast`` does.
+``ours (durable)``
+    the real ``broadcast`` / ``tenant_broadcast`` orchestrations and the limiter entity on the devhost
+    durable runtime (wall clock, in-memory history), ``send_batch`` as composed by ``Services`` over
+    in-memory tables and queues: the whole product path but Azure Storage.
+``ours x N tenants``
+    ``ours`` for N tenants at once, each with its own limiter and its own ceiling at the emulator.
+``ours, limiter overrides`` (only with ``--lines tuned``)
+    ``ours`` with other :class:`~proactive.rate_limiter.LimiterConfig` fields (``--limiter '{"burst": 5}'``),
+    to try a tuning before proposing it.
+
+``ours`` uses the whole ``BatchSender`` (claims, ledger writes, references) rather than the connector alone:
+on the 2-core machine the client stays well below one core even for ten tenants (see the CPU columns), so
+the cheaper shortcut was not needed and the line measures what ``send_batch`` really does.
+
+Measured per line (nothing is asserted; the numbers go to a table and to
+``bench/results/send_rate-<date>.json``):
+
+* ``rate``: messages the emulator accepted / (last accepted send - first request + 1 s). The emulator's
+  sliding window admits at most ``ceiling`` sends in any 1 s, so N sends need at least N / ceiling - 1
+  seconds: with the added second an ideal sender scores exactly the ceiling and none can exceed it.
+* ``fraction``: ``rate`` / ceiling (N tenants: N x 50).
+* ``429/1k``: 429 answers per 1,000 messages, from the emulator's stats.
+* ``dupes``: the emulator's duplicate list (same notification twice in one conversation).
+* ``lost``: messages that never reached their conversation in the run (``expected`` minus the emulator's
+  ``byNotification`` count); ``ours`` lists rows handed to ``deliveries-retry`` separately.
+* client and emulator CPU seconds, to tell a pacing problem from a starved process.
+
+Everything is bounded: loopback only, a deadline per line, and the emulator is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import azure.durable_functions as df
+import azure.functions as func
+
+from devhost.durable import DurableRuntime, FunctionIndex, MemoryStore, SystemClock
+from proactive import composition
+from proactive.adapters.bot_token import AnonymousTokens
+from proactive.adapters.connector import BotConnectorClient
+from proactive.adapters.memory_queues import MemoryWorkQueue
+from proactive.adapters.memory_tables import MemoryEntityTable
+from proactive.broadcasts import OrchestrationState
+from proactive.composition import Services
+from proactive.errors import ProactiveError, Throttled
+from proactive.functions.durable import bp as durable_blueprint
+from proactive.models import (
+    ChannelAccount,
+    ConversationAccount,
+    ConversationReference,
+    DeliveryRecord,
+    Notification,
+    RecipientKind,
+    StoredReference,
+)
+from proactive.outbound import OutboundPolicy
+from proactive.rate_limiter import LimiterConfig, apply
+from proactive.retry import RetryPolicy
+from proactive.sender import BatchSender, SendBatchInput, SendBatchResult
+from proactive.settings import Settings
+from proactive.stores import (
+    TableDeliveryLedger,
+    TableNotificationStore,
+    TablePreferenceStore,
+    TableReferenceStore,
+)
+
+BOT = "28:00000000-0000-0000-0000-0000000000b0"
+CEILING = 50.0  # the emulator's default tenant_rate and the facts sheet's 50 msg/s per app per tenant
+WINDOW_SECONDS = 1.0  # the tenant limit's window (facts sheet section 1)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---- the emulator process --------------------------------------------------------------------------
+
+
+class EmulatorProcess:
+    """``python -m devhost emulate-teams`` on a free loopback port, owned by this benchmark."""
+
+    def __init__(self, tenant_rate: float) -> None:
+        self.tenant_rate = tenant_rate
+        self.base_url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self, within: float = 30.0) -> None:
+        """Start the emulator and read the base URL it prints once listening."""
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "devhost",
+                "emulate-teams",
+                "--port",
+                "0",
+                "--tenant-rate",
+                str(self.tenant_rate),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert self._process.stdout is not None
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            line = self._process.stdout.readline()
+            if line.startswith("http://127.0.0.1:"):
+                self.base_url = line.strip()
+                return
+            if not line and self._process.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError("the Teams emulator did not start")
+
+    def stop(self) -> None:
+        """Stop the emulator (SIGTERM, then SIGKILL after 10 s)."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+        self._process = None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the emulator process has used so far (Linux ``/proc``)."""
+        if self._process is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        # After the command name: state is field 3, utime field 14, stime field 15 (proc(5)).
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def reset(self, http: aiohttp.ClientSession) -> None:
+        """Clear the emulator's rate windows and stats so lines do not see each other's traffic."""
+        async with http.post(self.base_url + "_emulator/reset", json={}) as response:
+            response.raise_for_status()
+
+    async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        """``GET /_emulator/stats`` without per-activity lists."""
+        async with http.get(self.base_url + "_emulator/stats?activities=0") as response:
+            response.raise_for_status()
+            document: dict[str, Any] = await response.json()
+            return document
+
+
+# ---- measuring sends -------------------------------------------------------------------------------
+
+
+@dataclass
+class SendClock:
+    """First request and last accepted send, seen from the client (``time.monotonic``)."""
+
+    first_request: float | None = None
+    last_accepted: float | None = None
+    requests: int = 0
+    throttled: int = 0
+
+    def before(self) -> None:
+        self.requests += 1
+        if self.first_request is None:
+            self.first_request = time.monotonic()
+
+    def accepted(self) -> None:
+        self.last_accepted = time.monotonic()
+
+    @property
+    def span(self) -> float | None:
+        if self.first_request is None or self.last_accepted is None:
+            return None
+        return self.last_accepted - self.first_request
+
+
+class TimedConnector(BotConnectorClient):
+    """The product's Bot Connector client, noting when sends start and succeed (nothing else changes)."""
+
+    def __init__(self, session: aiohttp.ClientSession, clock: SendClock) -> None:
+        super().__init__(session, AnonymousTokens(), OutboundPolicy(["127.0.0.1"]))
+        self.clock = clock
+
+    async def send_activity(
+        self, service_url: str, conversation_id: str, activity: Mapping[str, Any]
+    ) -> str | None:
+        self.clock.before()
+        try:
+            activity_id = await super().send_activity(service_url, conversation_id, activity)
+        except Throttled:
+            self.clock.throttled += 1
+            raise
+        self.clock.accepted()
+        return activity_id
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One user of one tenant with their own 1:1 conversation."""
+
+    tenant_id: str
+    index: int
+
+    @property
+    def aad_object_id(self) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.tenant_id}/{self.index}"))
+
+    @property
+    def conversation_id(self) -> str:
+        return f"a:bench-{self.tenant_id[:8]}-{self.index}"
+
+
+def audience(tenants: list[str], per_tenant: int) -> list[Recipient]:
+    return [Recipient(tenant, i) for tenant in tenants for i in range(per_tenant)]
+
+
+def new_tenants(count: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+def activity_for(recipient: Recipient, notification_id: str) -> dict[str, Any]:
+    """The activity the product sends (``proactive.sender._outgoing``), so both sides carry the same bytes."""
+    return {
+        "type": "message",
+        "text": f"Benchmark message {recipient.index}",
+        "from": {"id": BOT},
+        "conversation": {"id": recipient.conversation_id, "tenantId": recipient.tenant_id},
+        "recipient": {"id": f"29:{recipient.aad_object_id}", "aadObjectId": recipient.aad_object_id},
+        "channelData": {
+            "tenant": {"id": recipient.tenant_id},
+            "proactive": {"notificationId": notification_id},
+        },
+    }
+
+
+@dataclass
+class Line:
+    """One row of the result table."""
+
+    name: str
+    tenants: int
+    messages: int
+    ceiling: float
+    delivered: int = 0
+    lost: int = 0
+    handed_off: int = 0
+    throttled: int = 0
+    duplicates: int = 0
+    requests: int = 0
+    span_seconds: float | None = None
+    wall_seconds: float = 0.0
+    client_cpu_seconds: float = 0.0
+    emulator_cpu_seconds: float = 0.0
+    timed_out: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float | None:
+        if self.span_seconds is None:
+            return None
+        return self.delivered / (self.span_seconds + WINDOW_SECONDS)
+
+    @property
+    def fraction(self) -> float | None:
+        rate = self.rate
+        return None if rate is None else rate / self.ceiling
+
+    @property
+    def throttled_per_1000(self) -> float:
+        return 1000.0 * self.throttled / self.messages if self.messages else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document.update(
+            rate=_round(self.rate),
+            fraction=_round(self.fraction, 3),
+            throttledPer1000=_round(self.throttled_per_1000),
+        )
+        return document
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# ---- baselines ---------------------------------------------------------------------------------------
+
+
+async def send_with_retry_on_429(
+    connector: BotConnectorClient, base_url: str, activity: dict[str, Any], attempts: int
+) -> bool:
+    """The documented sample's send: on 429 wait ``Retry-After`` (1 s without one) and retry."""
+    conversation_id = activity["conversation"]["id"]
+    for attempt in range(attempts):
+        try:
+            await connector.send_activity(base_url, conversation_id, activity)
+            return True
+        except Throttled as error:
+            if attempt + 1 < attempts:
+                await asyncio.sleep(error.retry_after if error.retry_after is not None else 1.0)
+        except ProactiveError:
+            return False
+    return False
+
+
+async def run_sequential(
+    http: aiohttp.ClientSession, base_url: str, recipients: list[Recipient], nid: str, attempts: int
+) -> SendClock:
+    clock = SendClock()
+    connector = TimedConnector(http, clock)
+    for recipient in recipients:
+        await send_with_retry_on_429(connector, base_url, activity_for(recipient, nid), attempts)
+    return clock
+
+
+async def run_gather(
+    http: aiohttp.ClientSession, base_url: str, recipients: list[Recipient], nid: str, attempts: int
+) -> SendClock:
+    clock = SendClock()
+    connector = TimedConnector(http, clock)
+    await asyncio.gather(
+        *(send_with_retry_on_429(connector, base_url, activity_for(r, nid), attempts) for r in recipients)
+    )
+    return clock
+
+
+# ---- ours, without Durable ---------------------------------------------------------------------------
+
+
+@dataclass
+class Stores:
+    """The sender's stores over the in-memory table fake (one set per line)."""
+
+    ledger: TableDeliveryLedger
+    references: TableReferenceStore
+    preferences: TablePreferenceStore
+    notifications: TableNotificationStore
+
+    @classmethod
+    def in_memory(cls) -> Stores:
+        return cls(
+            TableDeliveryLedger(MemoryEntityTable("deliveries")),
+            TableReferenceStore(MemoryEntityTable("references")),
+            TablePreferenceStore(MemoryEntityTable("preferences")),
+            TableNotificationStore(MemoryEntityTable("notifications")),
+        )
+
+
+def reference_for(recipient: Recipient, base_url: str, now: datetime) -> StoredReference:
+    return StoredReference(
+        tenant_id=recipient.tenant_id,
+        kind=RecipientKind.USER,
+        recipient_id=recipient.aad_object_id,
+        reference=ConversationReference(
+            bot=ChannelAccount(id=BOT),
+            user=ChannelAccount(id=f"29:{recipient.aad_object_id}", aad_object_id=recipient.aad_object_id),
+            conversation=ConversationAccount(id=recipient.conversation_id, tenant_id=recipient.tenant_id),
+            service_url=base_url,
+        ),
+        updated_at=now,
+    )
+
+
+def broadcast_request(nid: str, tenants: list[str]) -> dict[str, Any]:
+    return {"notificationId": nid, "audience": {"tenants": tenants}, "message": {"text": "Benchmark message"}}
+
+
+async def seed_direct(stores: Stores, recipients: list[Recipient], nid: str, base_url: str) -> None:
+    """What ``POST /api/broadcasts`` and ``materialise_audience`` would leave: notification, refs, rows."""
+    now = datetime.now(UTC)
+    tenants = sorted({r.tenant_id for r in recipients})
+    await stores.notifications.create(
+        Notification(id=nid, request=broadcast_request(nid, tenants), created_at=now)
+    )
+    for recipient in recipients:
+        await stores.references.upsert(reference_for(recipient, base_url, now))
+    for tenant in tenants:
+        rows = [
+            DeliveryRecord(
+                notification_id=nid,
+                tenant_id=tenant,
+                recipient_key=f"user:{r.aad_object_id}",
+                created_at=now,
+                updated_at=now,
+            )
+            for r in recipients
+            if r.tenant_id == tenant
+        ]
+        await stores.ledger.add_pending(rows)
+
+
+async def paced_tenant(
+    sender: BatchSender,
+    settings: Settings,
+    nid: str,
+    tenant: str,
+    max_batches: int,
+    trace: dict[str, Any] | None = None,
+    limiter: Mapping[str, Any] | None = None,
+) -> list[SendBatchResult]:
+    """``tenant_broadcast``'s loop with the limiter called in-process and a real sleep for the timer."""
+    # As the tenant_limiter entity builds its defaults; ``limiter`` tries other LimiterConfig fields.
+    defaults = LimiterConfig.from_json({"rate": settings.send_rate_for(tenant), **(limiter or {})})
+    state: Any = None
+    want = settings.batch_size
+    requester = f"bench.{tenant}"
+    results: list[SendBatchResult] = []
+    for _ in range(max_batches):
+        state, decision = apply(
+            state,
+            "acquire",
+            {"now": time.time(), "want": want, "priority": "normal", "requester": requester},
+            defaults=defaults,
+        )
+        grant = decision["grant"]
+        await asyncio.sleep(max(0.0, grant["notBefore"] - time.time()))
+        tokens = int(grant["tokens"])
+        if tokens == 0:
+            continue
+        result = await sender.send_batch(
+            SendBatchInput(notification_id=nid, tenant_id=tenant, limit=tokens, now=datetime.now(UTC))
+        )
+        state, acknowledged = apply(
+            state,
+            "report",
+            {
+                "now": time.time(),
+                "sent": result.sent,
+                "throttled": result.throttled,
+                "serverErrors": result.server_errors,
+                "failed": result.unreachable + result.stale + result.failed,
+                "retryAfter": result.max_retry_after,
+                "requester": requester,
+                "grantedAt": grant["grantedAt"],
+            },
+            defaults=defaults,
+        )
+        results.append(result)
+        if trace is not None:
+            # Seconds since the first grant: when the batch was due, its size, its 429s, the rate after it.
+            origin = trace.setdefault("origin", grant["notBefore"])
+            trace.setdefault("batches", []).append(
+                [
+                    round(grant["notBefore"] - origin, 3),
+                    tokens,
+                    result.throttled,
+                    result.elapsed_ms,
+                    round(acknowledged["report"]["rate"], 1),
+                ]
+            )
+        if result.halted or result.remaining == 0:
+            break
+        want = max(1, min(settings.batch_size, result.remaining))
+    return results
+
+
+async def run_ours(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    recipients: list[Recipient],
+    nid: str,
+    settings: Settings,
+    line: Line,
+    limiter: Mapping[str, Any] | None = None,
+) -> SendClock:
+    stores = Stores.in_memory()
+    await seed_direct(stores, recipients, nid, base_url)
+    clock = SendClock()
+    retries = MemoryWorkQueue("deliveries-retry")
+    # As Services.batch_sender builds it, but over the in-memory stores and with the timing connector.
+    sender = BatchSender(
+        ledger=stores.ledger,
+        references=stores.references,
+        preferences=stores.preferences,
+        notifications=stores.notifications,
+        connector=TimedConnector(http, clock),
+        installs=MemoryWorkQueue("installs"),
+        retries=retries,
+        policy=RetryPolicy.for_sends(settings),
+        clock=lambda: datetime.now(UTC),
+        sleep=asyncio.sleep,
+        rng=random.Random(),
+        service_url_allowed=OutboundPolicy(["127.0.0.1"]).allows,
+    )
+    tenants = sorted({r.tenant_id for r in recipients})
+    per_tenant = len(recipients) // len(tenants)
+    # A grant holds at least one token, so this many batches always suffice; the line's deadline ends it sooner.
+    max_batches = 4 * per_tenant + 20
+    trace: dict[str, Any] = {}
+    outcomes = await asyncio.gather(
+        *(
+            paced_tenant(sender, settings, nid, t, max_batches, trace if i == 0 else None, limiter)
+            for i, t in enumerate(tenants)
+        )
+    )
+    results = [result for batches in outcomes for result in batches]
+    line.handed_off = sum(r.retry_queued for r in results)
+    line.notes.update(
+        batches=len(results),
+        batchThrottled=sum(r.throttled for r in results),
+        batchServerErrors=sum(r.server_errors for r in results),
+        meanBatchMs=round(sum(r.elapsed_ms for r in results) / max(1, len(results)), 1),
+        # First tenant only: [due at s, tokens, 429s, batch ms, limiter rate after the report].
+        trace=trace.get("batches", []),
+    )
+    return clock
+
+
+# ---- ours, on the devhost durable runtime --------------------------------------------------------------
+
+
+class _Tables:
+    """What ``Services.tables`` offers, over the in-memory table fake."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, MemoryEntityTable] = {}
+
+    def table(self, name: str) -> MemoryEntityTable:
+        return self._tables.setdefault(name, MemoryEntityTable(name))
+
+    async def close(self) -> None:
+        return None
+
+
+class _Queues:
+    """What ``Services.queues`` offers, over the in-memory queue fake."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, MemoryWorkQueue] = {}
+
+    def queue(self, name: str) -> MemoryWorkQueue:
+        return self._queues.setdefault(name, MemoryWorkQueue(name))
+
+    async def close(self) -> None:
+        return None
+
+
+class _RuntimeOrchestrations:
+    """``BroadcastService``'s Orchestrations port straight over the devhost runtime."""
+
+    def __init__(self, runtime: DurableRuntime) -> None:
+        self.runtime = runtime
+
+    async def start(self, name: str, instance_id: str, payload: dict[str, Any]) -> None:
+        await self.runtime.start_new(name, instance_id, json.dumps(payload))
+
+    async def state(self, instance_id: str) -> OrchestrationState | None:
+        record = await self.runtime.get_instance(instance_id)
+        if record is None:
+            return None
+        custom = json.loads(record.custom_status) if record.custom_status else None
+        output = json.loads(record.output) if record.output else None
+        return OrchestrationState(record.status, custom, output)
+
+    async def raise_event(self, instance_id: str, name: str, data: Any) -> bool:
+        await self.runtime.raise_event(instance_id, name, json.dumps(data))
+        return True
+
+
+def bench_settings(tenants: list[str], batch_size: int) -> Settings:
+    return Settings.from_env(
+        {
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "TENANT_ALLOW_LIST": ",".join(tenants),
+            "SEND_RATE_PER_TENANT": str(CEILING),
+            "BATCH_SIZE": str(batch_size),
+            "DEV_OUTBOUND_HOSTS": "127.0.0.1",
+        }
+    )
+
+
+async def run_durable(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    recipients: list[Recipient],
+    nid: str,
+    settings: Settings,
+    line: Line,
+) -> SendClock:
+    services = Services(settings)
+    services._tables = _Tables()  # type: ignore[assignment]
+    services._queues = _Queues()  # type: ignore[assignment]
+    clock = SendClock()
+    services._connector = TimedConnector(http, clock)
+    previous = composition._services
+    composition._services = services
+    now = datetime.now(UTC)
+    for recipient in recipients:
+        await services.references.upsert(reference_for(recipient, base_url, now))
+    app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+    app.register_functions(durable_blueprint)
+    runtime = DurableRuntime(FunctionIndex.from_app(app), MemoryStore(), clock=SystemClock())
+    tenants = sorted({r.tenant_id for r in recipients})
+    try:
+        async with runtime:
+            orchestrations = _RuntimeOrchestrations(runtime)
+            body = json.dumps(broadcast_request(nid, tenants)).encode()
+            accepted = await services.broadcasts(orchestrations).start(body)
+            while True:
+                record = await runtime.get_instance(accepted.instance_id)
+                if record is not None and record.is_terminal:
+                    break
+                await asyncio.sleep(0.25)
+            output = json.loads(record.output or "{}")
+            line.notes.update(
+                status=record.status,
+                counts=output.get("counts"),
+                episodes=runtime.stats.episodes,
+                continueAsNew=runtime.stats.continue_as_new,
+                activityInvocations=runtime.stats.activity_invocations,
+                runtimeErrors=len(runtime.errors),
+            )
+    finally:
+        composition._services = previous
+    return clock
+
+
+# ---- driving the lines ---------------------------------------------------------------------------------
+
+Scenario = Callable[[aiohttp.ClientSession, str, list[Recipient], str, Line], Awaitable[SendClock]]
+
+
+async def measure(
+    emulator: EmulatorProcess,
+    name: str,
+    tenant_count: int,
+    per_tenant: int,
+    scenario: Scenario,
+) -> Line:
+    """Reset the emulator, run one line with a deadline, and read what the emulator saw."""
+    tenants = new_tenants(tenant_count)
+    recipients = audience(tenants, per_tenant)
+    nid = f"bench-{uuid.uuid4().hex[:12]}"
+    line = Line(name, tenant_count, len(recipients), CEILING * tenant_count)
+    # Generous: four times the ideal duration plus a minute, so a pathological line still ends.
+    deadline = 4 * len(recipients) / line.ceiling + 60
+    async with aiohttp.ClientSession() as http:
+        await emulator.reset(http)
+        cpu, emulator_cpu, started = time.process_time(), emulator.cpu_seconds(), time.monotonic()
+        task = asyncio.ensure_future(scenario(http, emulator.base_url, recipients, nid, line))
+        clock: SendClock | None = None
+        try:
+            clock = await asyncio.wait_for(asyncio.shield(task), deadline)
+        except TimeoutError:
+            line.timed_out = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        line.wall_seconds = round(time.monotonic() - started, 2)
+        line.client_cpu_seconds = round(time.process_time() - cpu, 2)
+        line.emulator_cpu_seconds = round(emulator.cpu_seconds() - emulator_cpu, 2)
+        stats = await emulator.stats(http)
+    reached = stats["byNotification"].get(nid, {"conversations": 0, "deliveries": 0})
+    line.delivered = int(reached["deliveries"])
+    line.lost = len(recipients) - int(reached["conversations"])
+    line.duplicates = sum(d["count"] - 1 for d in stats["duplicates"] if d["notificationId"] == nid)
+    line.throttled = int(stats["byStatus"].get("429", 0))
+    line.requests = int(stats["totals"].get("requests", 0))
+    if clock is not None:
+        line.span_seconds = None if clock.span is None else round(clock.span, 3)
+        line.notes["clientSeenThrottled"] = clock.throttled
+    return line
+
+
+def table(lines: list[Line]) -> str:
+    header = (
+        f"{'line':<26} {'msgs':>6} {'rate/s':>7} {'ceiling':>7} {'fraction':>8} {'429/1k':>8} "
+        f"{'dupes':>5} {'lost':>5} {'wall s':>7} {'cpu cli':>7} {'cpu emu':>7}"
+    )
+    rows = [header, "-" * len(header)]
+    for line in lines:
+        rate, fraction = line.rate, line.fraction
+        rows.append(
+            f"{line.name + (' (timeout)' if line.timed_out else ''):<26} {line.messages:>6} "
+            f"{(f'{rate:.1f}' if rate is not None else '-'):>7} {line.ceiling:>7.0f} "
+            f"{(f'{fraction:.3f}' if fraction is not None else '-'):>8} {line.throttled_per_1000:>8.1f} "
+            f"{line.duplicates:>5} {line.lost:>5} {line.wall_seconds:>7.1f} "
+            f"{line.client_cpu_seconds:>7.1f} {line.emulator_cpu_seconds:>7.1f}"
+        )
+    return "\n".join(rows)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                model = text.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpuModel": model,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every selected line against one emulator process; returns the JSON document."""
+    # The direct line reads only batch_size, the rate and the attempt bound; the allow-list does not matter.
+    settings = bench_settings([str(uuid.UUID(int=1))], args.batch_size)
+    attempts = settings.max_send_attempts
+    emulator = EmulatorProcess(CEILING)
+    emulator.start()
+    lines: list[Line] = []
+
+    def baseline(kind: str, tries: int) -> Scenario:
+        async def scenario(
+            http: aiohttp.ClientSession, base: str, recipients: list[Recipient], nid: str, line: Line
+        ) -> SendClock:
+            line.notes["attemptsPerMessage"] = tries
+            if kind == "sequential":
+                return await run_sequential(http, base, recipients, nid, tries)
+            return await run_gather(http, base, recipients, nid, tries)
+
+        return scenario
+
+    async def ours(
+        http: aiohttp.ClientSession, base: str, recipients: list[Recipient], nid: str, line: Line
+    ) -> SendClock:
+        return await run_ours(http, base, recipients, nid, settings, line)
+
+    async def tuned(
+        http: aiohttp.ClientSession, base: str, recipients: list[Recipient], nid: str, line: Line
+    ) -> SendClock:
+        line.notes["limiter"] = args.limiter
+        return await run_ours(http, base, recipients, nid, settings, line, args.limiter)
+
+    async def durable(
+        http: aiohttp.ClientSession, base: str, recipients: list[Recipient], nid: str, line: Line
+    ) -> SendClock:
+        tenants = sorted({r.tenant_id for r in recipients})
+        return await run_durable(http, base, recipients, nid, bench_settings(tenants, args.batch_size), line)
+
+    plan: list[tuple[str, str, int, Scenario]] = [
+        ("sequential", f"sequential ({attempts} att.)", 1, baseline("sequential", attempts)),
+        ("gather", f"gather ({attempts} att.)", 1, baseline("gather", attempts)),
+        ("gather", f"gather ({args.until_delivered} att.)", 1, baseline("gather", args.until_delivered)),
+        ("ours", "ours", 1, ours),
+        ("durable", "ours (durable)", 1, durable),
+        ("tenants", f"ours x {args.tenants} tenants", args.tenants, ours),
+        ("tuned", "ours, limiter overrides", 1, tuned),
+    ]
+    try:
+        for key, name, tenant_count, scenario in plan:
+            if key not in args.lines:
+                continue
+            line = await measure(emulator, name, tenant_count, args.per_tenant, scenario)
+            lines.append(line)
+            print(table([line]).splitlines()[-1], flush=True)
+    finally:
+        emulator.stop()
+    one = next((line for line in lines if line.name == "ours"), None)
+    many = next((line for line in lines if line.tenants > 1), None)
+    scaling = None
+    if one is not None and many is not None and one.rate and many.rate:
+        scaling = round(many.rate / one.rate, 2)
+    return {
+        "benchmark": "send_rate",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "perTenant": args.per_tenant,
+        "batchSize": args.batch_size,
+        "ceilingPerTenant": CEILING,
+        "maxSendAttempts": attempts,
+        "tenantsScaling": scaling,
+        "lines": [line.to_json() for line in lines],
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: run, print the table, write ``bench/results/send_rate-<date>.json``."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--per-tenant", type=int, default=1500, help="messages per tenant (default 1500)")
+    parser.add_argument("--tenants", type=int, default=10, help="tenants of the parallel line (default 10)")
+    parser.add_argument("--batch-size", type=int, default=50, help="Settings.batch_size (default 50)")
+    parser.add_argument(
+        "--until-delivered", type=int, default=100, help="attempts of the second gather line (default 100)"
+    )
+    parser.add_argument(
+        "--lines",
+        nargs="+",
+        default=["sequential", "gather", "ours", "durable", "tenants"],
+        choices=["sequential", "gather", "ours", "durable", "tenants", "tuned"],
+        help="lines to run (default all but tuned)",
+    )
+    parser.add_argument(
+        "--limiter",
+        type=json.loads,
+        default={},
+        help='LimiterConfig fields (JSON, camelCase) for the "tuned" line, e.g. \'{"decreaseFactor": 0.9}\'',
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results/")
+    args = parser.parse_args(argv)
+    document = asyncio.run(run(args))
+    lines = [_line_from_json(line) for line in document["lines"]]
+    print()
+    print(table(lines))
+    if document["tenantsScaling"] is not None:
+        print(f"\n{args.tenants} tenants / one tenant (ours): {document['tenantsScaling']}x")
+    if not args.no_write:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"send_rate-{datetime.now(UTC).date().isoformat()}.json"
+        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"written {path}")
+    return 0
+
+
+def _line_from_json(document: dict[str, Any]) -> Line:
+    known = {k: v for k, v in document.items() if k in Line.__dataclass_fields__}
+    return Line(**known)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
