@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import importlib
 import io
 import json
 import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -36,6 +33,7 @@ from proactive.models import (
     RecipientKind,
     StoredReference,
 )
+from tests.support.function_app import load_function_app
 
 pytestmark = pytest.mark.azurite
 
@@ -98,16 +96,6 @@ class Api:
             )
 
 
-def _load_function_app(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> ModuleType:
-    sys.modules.pop("function_app", None)
-    for name in ("MicrosoftAppId", "TENANT_ALLOW_LIST"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(composition, "_services", None)  # restored after the test
-    return importlib.import_module("function_app")
-
-
 @pytest.fixture
 async def emulator() -> AsyncIterator[str]:
     runner = web.AppRunner(build_app(TeamsEmulatorConfig()), shutdown_timeout=0.5)
@@ -135,7 +123,7 @@ async def api(
             for t in ("references", "preferences", "notifications", "deliveries", "deadletters")
         },
     }
-    module = _load_function_app(monkeypatch, environ)
+    module = load_function_app(monkeypatch, environ)
     host = DevHost(module.app, HostSettings({"DEVHOST_FUNCTION_KEY": KEY}, {}), port=free_port())
     async with aiohttp.ClientSession() as http, host:
         try:

@@ -25,17 +25,14 @@ run takes well under a minute.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import random
 import socket
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -64,6 +61,7 @@ from proactive.models import (
 from proactive.outbound import OutboundPolicy
 from proactive.retry import RetryPolicy
 from proactive.sender import BatchSender, RowOutcome
+from tests.support.function_app import load_function_app
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 
@@ -171,16 +169,6 @@ def install_test_sender(monkeypatch: pytest.MonkeyPatch, outcomes: list[RowOutco
     monkeypatch.setattr(composition.Services, "batch_sender", batch_sender)
 
 
-def _load_function_app(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> ModuleType:
-    sys.modules.pop("function_app", None)
-    for name in ("MicrosoftAppId", "TENANT_ALLOW_LIST"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(composition, "_services", None)
-    return importlib.import_module("function_app")
-
-
 @pytest.fixture
 async def run(
     monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
@@ -206,7 +194,7 @@ async def run(
     }
     outcomes: list[RowOutcome] = []
     install_test_sender(monkeypatch, outcomes)
-    module = _load_function_app(monkeypatch, environ)
+    module = load_function_app(monkeypatch, environ)
     # host.json's queue settings, with a 1 s visibility timeout instead of 30 s.
     host_json = {
         "extensions": {

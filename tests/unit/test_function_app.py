@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
 from types import ModuleType
 
 import pytest
 
 from proactive.errors import ConfigurationError
+from tests.support.function_app import load_function_app
 
 # name -> (trigger type, route, methods, auth level). Extended as issues add functions.
 EXPECTED_HTTP = {
@@ -36,19 +35,9 @@ EXPECTED_DURABLE = {
 }
 
 
-def _load(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> ModuleType:
-    for name in [n for n in list(sys.modules) if n == "function_app"]:
-        del sys.modules[name]
-    for key in ("AzureWebJobsStorage", "MicrosoftAppId"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in environ.items():
-        monkeypatch.setenv(key, value)
-    return importlib.import_module("function_app")
-
-
 @pytest.fixture
 def function_app(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    module = _load(monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    module = load_function_app(monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
     module.app.functions_bindings = None  # get_functions() is not idempotent
     return module
 
@@ -89,7 +78,7 @@ def test_management_routes_are_never_anonymous(function_app: ModuleType) -> None
 
 def test_a_missing_storage_setting_fails_the_app_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
-        _load(monkeypatch, {})
+        load_function_app(monkeypatch, {})
 
 
 def test_durable_orchestrations_activities_and_entities_are_registered(function_app: ModuleType) -> None:
@@ -122,7 +111,7 @@ def test_queue_triggers_listen_on_the_named_queues_and_the_timer_has_its_schedul
 def test_the_retry_trigger_listens_where_the_sender_writes_when_the_queue_is_renamed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    module = _load(
+    module = load_function_app(
         monkeypatch,
         {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "QUEUE_DELIVERIES_RETRY": "retry-elsewhere"},
     )

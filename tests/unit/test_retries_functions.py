@@ -6,17 +6,14 @@ ledger and dead letters on Azurite, sends to the Teams emulator over HTTP.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import random
 import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -51,6 +48,7 @@ from proactive.outbound import OutboundPolicy
 from proactive.retry import RetryPolicy
 from proactive.sender import BatchSender, Reason
 from proactive.sender_ports import RetryRequest
+from tests.support.function_app import load_function_app
 
 pytestmark = pytest.mark.azurite
 
@@ -180,16 +178,6 @@ class World:
         return list((await self.services.dead_letters.list_day(day)).items)
 
 
-def _load_function_app(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> ModuleType:
-    sys.modules.pop("function_app", None)
-    for name in ("MicrosoftAppId", "TENANT_ALLOW_LIST"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(composition, "_services", None)
-    return importlib.import_module("function_app")
-
-
 @pytest.fixture
 async def world(
     monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
@@ -216,7 +204,7 @@ async def world(
         },
     }
     install_fast_sender(monkeypatch)
-    module = _load_function_app(monkeypatch, environ)
+    module = load_function_app(monkeypatch, environ)
     settings = HostSettings({**environ, "DEVHOST_FUNCTION_KEY": KEY}, HOST_JSON)
     host = DevHost(module.app, settings, port=free_port())
     host.triggers = TriggerService(host, settings, poll_interval=0.05)
