@@ -468,6 +468,8 @@ async def paced_tenant(
                 "retryAfter": result.max_retry_after,
                 "requester": requester,
                 "grantedAt": grant["grantedAt"],
+                # As tenant_broadcast does: the next window is timed from the end of this batch's sends.
+                "lastSendAt": result.last_send_at.timestamp() if result.last_send_at else None,
             },
             defaults=defaults,
         )

@@ -13,50 +13,62 @@ Time
     an operation whose ``now`` is older than the newest time the entity has seen runs at that newest time,
     so the entity's clock never moves back and no grant is ever earlier than its caller's ``now``.
 
-Token bucket with bookings (the ceiling)
-    Rate ``r`` (configured ceiling, default 50 msg/s per the facts sheet; AIMD may lower the effective
-    rate), burst ``b`` (default one second of rate: 50 tokens), slice ``D = b / r`` (1 s). The state keeps
-    a calendar of *reserved intervals* on the time line. A grant of ``n`` tokens reserves a free interval
-    ``[a, a + n/r)`` with ``a >= max(now, holdUntil)`` and is sent at
-    ``notBefore = max(now, holdUntil, a + n/r - D)``: its interval lies inside
-    ``[notBefore, notBefore + D]`` and no two intervals overlap. The batches sent in a window
-    ``[t, t + w]`` therefore have their intervals inside ``[t, t + w + D]``, so ``sum(n) / r <= w + D``:
-    **granted tokens never exceed r * w + b over any window.** Capacity is booked ahead (the bucket "goes
-    negative"), so callers asking at the same instant are staggered: ten orchestrations asking for 20 at
-    ``t`` get 0.4 s intervals back to back and ``notBefore`` = t, t, t+0.2, t+0.6, ..., t+3.0 (200 tokens
-    within 3 s = 50 * 3 + 50). With one priority in play this is GCRA, a token bucket that may go negative.
+Sliding window with bookings (the ceiling)
+    Teams counts a tenant's requests in *sliding* windows: at most ``L = floor(r * W)`` sends in any
+    ``W`` = ``windowSeconds`` (1 s) at rate ``r`` (configured ceiling, default 50 msg/s per the facts sheet;
+    AIMD may lower the effective rate). The state keeps a log of *bookings*, one per grant: ``n`` tokens
+    whose sends happen somewhere in a span ``[start, end]``. ``start`` is the grant's ``notBefore``; ``end``
+    is the batch's end: estimated as ``start + batchSeconds`` while the batch is out, and the report's
+    ``lastSendAt`` (else its ``now``) once reported. A batch's sends are spread over its span, so two
+    bookings share a window of ``W' = W + marginSeconds`` (the margin absorbs clock and timer jitter) when
+    their spans come closer than ``W'``. A grant of ``n`` at ``s`` (span ``[s, s + estimate]``) is made only
+    if every window of length ``W'`` touching its span holds at most ``L - n`` tokens of other bookings:
+    **tokens whose sends can fall in any sliding window of W' seconds never exceed L**, so in particular the
+    tokens granted with ``notBefore`` in any ``[t, t + W)`` never exceed ``rate * W``. The next batch of a
+    tenant sending one batch of ``L`` per window therefore starts ``W'`` after the previous batch's *end*,
+    not ``W`` after its start: a batch's tail and the next batch's head can never meet in one window, and
+    in-batch 429 retries, which extend the batch, push the next grant back with it. Capacity is booked ahead,
+    so callers asking at the same instant are staggered: ten orchestrations asking for 20 at ``t`` get
+    ``20, 20, 10`` at ``t`` and the next ones one window after those batches end. A grant takes what fits in
+    the earliest window with room for at least half of what it may hold (so a window is filled, not left
+    with 10 idle tokens, and grants stay large enough to be worth a round trip).
 
-    One grant holds ``n <= min(want, r * D, max(1, r * maxBookingSeconds))`` tokens (rounded down; 50 by
-    default): a batch is sent all at once, so it never exceeds one burst, and a 100k-recipient request
-    books one slice and queues for the next like everyone else; it cannot lock the tenant out.
-    AIMD changes ``r``, not ``D``: the effective burst is ``r * D`` (25 at 25 msg/s), and the rate floor is
-    ``max(minRate, rate / burst)`` so that a grant can always hold one token. Bookings already made keep
-    their intervals when the rate changes, so across a change the bound holds with the highest rate in
-    force (never above the configured one); across a ``configure`` it holds with the larger ``D`` too.
+    One grant holds ``n <= min(want, L, r * D, max(1, r * maxBookingSeconds))`` tokens (rounded down; 50 by
+    default) with ``D = burst / rate`` (``burst`` defaults to one window of rate), so a 100k-recipient
+    request books one window and queues for the next like everyone else; it cannot lock the tenant out.
+    ``batchSeconds`` (0.25 s) is the first estimate of a batch's span; it then follows the reported spans
+    (twice the longest recent one, halving with each report), so on a fast link concurrent requesters
+    are not kept apart longer than their batches take. Bookings already made keep their place when the rate
+    changes, so across a change the bound holds with the highest rate in force (never above the configured
+    one). The log keeps the bookings that can still share a window with a new grant (at most 64: past
+    that, the two oldest merge into one covering both spans and both counts, which wastes capacity but
+    never exceeds it).
 
 Priority (urgent before normal, normal never starved)
     Each priority's demand is *active* until ``priorityWindowSeconds`` (10 s) after the ``notBefore`` of
-    its latest request. While only one priority is active it may use any free interval (first fit). While
-    both are active the time line is cut into frames of ``F = max(D, 1 / (s * r), 1 / ((1 - s) * r))``
-    seconds, ``s = normalShare`` (0.2): the first ``(1 - s) * F`` of every frame is urgent's and the last
-    ``s * F`` normal's (at 50 msg/s: 40 urgent tokens, then 10 normal tokens, every second). An urgent
-    request takes the earliest free urgent part, ahead of every normal booking made after it arrived, and
-    normal requests keep ``s`` of the rate however much urgent asks: starvation-free with a fixed 20 %
-    share. Bookings made before urgent demand appeared stand (they were promised), so an urgent notice
-    waits at most for what was already booked: one slice per concurrent requester (a 100k deploy run by one
-    orchestration holds one slice, <= 1 s). Until ``priorityWindowSeconds`` after the last urgent request,
-    normal is held to its share even if urgent has gone quiet.
+    its latest request. While only one priority is active it may use the whole window. While both are
+    active, each window is shared: normal may hold at most ``Ln = max(1, floor(s * L))`` of the tokens in
+    any window and urgent at most ``L - Ln``, ``s = normalShare`` (0.2; at 50 msg/s: 40 urgent and 10
+    normal tokens per window). An urgent request therefore only waits for urgent bookings and for bookings
+    made before urgent demand appeared (they were promised: one window per concurrent requester), never
+    behind normal bookings made after it arrived, and normal keeps ``s`` of the rate however much urgent
+    asks: starvation-free with a fixed 20 % share. Until ``priorityWindowSeconds`` after the last urgent
+    request, normal is held to its share even if urgent has gone quiet.
 
 AIMD (feedback from ``report``)
     A report counts responses: ``sent`` (2xx), ``throttled`` (429, with the largest ``retryAfter``),
     ``serverErrors`` (5xx, timeouts) and ``failed`` (other 4xx: about one recipient, neutral for the
-    tenant). On any 429 the effective rate is multiplied by ``decreaseFactor`` (0.5; floor ``minRate``,
-    1 msg/s) and ``now + retryAfter`` (capped at ``maxHoldSeconds``, 300 s) becomes a floor for every
-    later ``notBefore`` of the tenant. 429s from batches granted before the last decrease were caused by
-    the old rate and do not decrease it again (reports echo the grant's ``grantedAt``; without it, at most
-    one decrease per ``decreaseIntervalSeconds``, 1 s). After ``increaseAfterSeconds`` (5 s) without a
-    429, each clean report adds ``increasePerSecond`` (1 msg/s) per clean second since the last credit, up
-    to the configured rate: from 25 back to 50 msg/s takes 5 + 25 = 30 s.
+    tenant). Every 429 makes ``now + retryAfter`` (capped at ``maxHoldSeconds``, 300 s) a floor for every
+    later ``notBefore`` of the tenant (the hold). An *isolated* 429, the first for ``throttleMemorySeconds``
+    (10 s), is only a hold: the sender already waited its ``Retry-After`` in-process, and with the window
+    bound above a lone 429 is jitter, not a lower ceiling. Throttling that *persists*, a 429 from a batch
+    granted after the limiter had learned of an earlier 429 of the same streak, multiplies the effective rate
+    by ``decreaseFactor`` (0.5; floor ``minRate``, 1 msg/s). 429s from batches granted before the last
+    decrease were caused by the old rate and do not decrease it again (reports echo the grant's
+    ``grantedAt``; without it, at most one decrease per ``decreaseIntervalSeconds``, 1 s, and only from the
+    second report of a streak on). After ``increaseAfterSeconds`` (2 s) without a 429, each clean report
+    multiplies the rate by ``increaseFactor`` (1.25) and adds ``increasePerSecond`` (1 msg/s) per clean
+    second since the last credit, up to the configured rate: from 25 back to 50 msg/s takes about 2 + 3 s.
 
 Circuit breaker
     A report is *bad* when ``throttled + serverErrors > badFraction * attempts`` (``badFraction`` 0.5;
@@ -74,7 +86,7 @@ Circuit breaker
 Operations, inputs and decisions (plain JSON; camelCase keys, snake_case accepted on input)
     - ``acquire {now, want, priority: "urgent"|"normal", requester}`` ->
       ``{"grant": {tokens, notBefore, notBeforeIso, grantedAt, reason, rate}}``
-    - ``report {now, sent, throttled, serverErrors, failed, retryAfter, requester, grantedAt}`` ->
+    - ``report {now, sent, throttled, serverErrors, failed, retryAfter, requester, grantedAt, lastSendAt}`` ->
       ``{"report": {rate, phase, holdUntil, openUntil, verdict}}``
     - ``configure {now?, <any config field>}`` -> ``{"config": {...}}`` (fields not given are kept)
     - ``get`` -> ``{"snapshot": {...}}`` (read-only)
@@ -115,7 +127,8 @@ Phase: TypeAlias = Literal["closed", "open", "half_open"]
 GrantReason: TypeAlias = Literal["granted", "probe", "breaker_open", "probe_in_flight"]
 JsonObject: TypeAlias = dict[str, Any]
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
+_V1: Final = 1  # the calendar-of-intervals state, still read (see _migrate_v1)
 # Comparisons on epoch floats (~1.7e9, one ulp is ~2.4e-7 s) need a tolerance well above an ulp and well below
 # one token's interval at the highest allowed rate (1 / 10,000 s).
 _EPS: Final = 1e-6
@@ -123,9 +136,14 @@ _MAX_EPOCH: Final = 1e11  # year 5138: rejects milliseconds passed as seconds an
 _MAX_RATE: Final = 10_000.0
 _MAX_SECONDS: Final = 86_400.0
 _MAX_COUNT: Final = 10**9
-# The calendar holds one interval per gap; gaps only appear while priorities split frames, so this is never
-# reached in practice. Past it the farthest gaps are marked busy, which wastes capacity but never exceeds it.
+# Bookings are kept only while they can share a window with a new grant (a few per requester), so this is
+# reached only by many concurrent requesters. Past it the two oldest merge: capacity wasted, never exceeded.
 _MAX_BOOKED: Final = 64
+# A grant may take a partial window only if at least this share of what it may hold fits (see _place).
+_PARTIAL_SHARE: Final = 0.5
+# How the learned batch span follows reports: twice the span seen, halving with each report.
+_SPAN_SAFETY: Final = 2.0
+_SPAN_DECAY: Final = 0.5
 _MAX_REQUESTER: Final = 512
 
 
@@ -342,12 +360,17 @@ _CONFIG_SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "burst": ("o", 1.0, _MAX_RATE * 60),
     "min_rate": ("f", 0.01, _MAX_RATE),
     "max_booking_seconds": ("f", 0.001, 3600.0),
+    "window_seconds": ("f", 0.001, 3600.0),
+    "margin_seconds": ("f", 0.0, 60.0),
+    "batch_seconds": ("f", 0.0, 3600.0),
     "normal_share": ("f", 0.01, 0.99),
     "priority_window_seconds": ("f", 0.0, _MAX_SECONDS),
     "decrease_factor": ("f", 0.01, 0.99),
     "decrease_interval_seconds": ("f", 0.0, _MAX_SECONDS),
     "increase_per_second": ("f", 0.0, _MAX_RATE),
     "increase_after_seconds": ("f", 0.0, _MAX_SECONDS),
+    "increase_factor": ("f", 1.0, 10.0),
+    "throttle_memory_seconds": ("f", 0.0, _MAX_SECONDS),
     "max_hold_seconds": ("f", 0.0, _MAX_SECONDS),
     "breaker_threshold": ("i", 1, 1000),
     "bad_fraction": ("f", 0.0, 0.99),
@@ -366,15 +389,22 @@ class LimiterConfig:
 
     Attributes:
         rate: Configured ceiling in messages per second (Teams: 50 per app per tenant; 30 is a safe floor).
-        burst: Tokens one instant may use; ``None`` means one second of rate (at least one token).
+        burst: Most tokens of one grant at the configured rate (scaled with the effective rate); ``None``
+            means one window of rate (at least one token).
         min_rate: Floor of the effective rate under AIMD.
-        max_booking_seconds: One grant reserves at most this many seconds of capacity.
+        max_booking_seconds: One grant holds at most this many seconds of rate.
+        window_seconds: The service's sliding window (Teams: 50 per 1 s): at most ``rate * window`` tokens
+            may be sent in any window.
+        margin_seconds: Added to the window between bookings, for clock and timer jitter.
+        batch_seconds: Assumed span of a batch not yet reported (first estimate; then learned from reports).
         normal_share: Share of the rate normal requests keep while urgent demand is active.
         priority_window_seconds: How long demand of a priority stays active after its latest ``notBefore``.
         decrease_factor: Multiplicative decrease on 429.
         decrease_interval_seconds: Minimum time between two decreases when a report has no ``grantedAt``.
         increase_per_second: Additive increase per clean second.
         increase_after_seconds: Quiet time after the last 429 before the rate climbs.
+        increase_factor: Multiplicative increase per clean second (on top of the additive one).
+        throttle_memory_seconds: A 429 this long after the previous one starts a new streak (a hold only).
         max_hold_seconds: Cap on how long one ``Retry-After`` may hold the tenant.
         breaker_threshold: Consecutive bad reports that open the breaker.
         bad_fraction: A report is bad when 429s plus 5xx exceed this fraction of its attempts.
@@ -390,12 +420,17 @@ class LimiterConfig:
     burst: float | None = None
     min_rate: float = 1.0
     max_booking_seconds: float = 1.0
+    window_seconds: float = 1.0
+    margin_seconds: float = 0.005
+    batch_seconds: float = 0.25
     normal_share: float = 0.2
     priority_window_seconds: float = 10.0
     decrease_factor: float = 0.5
     decrease_interval_seconds: float = 1.0
     increase_per_second: float = 1.0
-    increase_after_seconds: float = 5.0
+    increase_after_seconds: float = 2.0
+    increase_factor: float = 1.25
+    throttle_memory_seconds: float = 10.0
     max_hold_seconds: float = 300.0
     breaker_threshold: int = 3
     bad_fraction: float = 0.5
@@ -417,18 +452,18 @@ class LimiterConfig:
 
     @property
     def burst_tokens(self) -> float:
-        """The burst in tokens: ``burst``, or one second of rate and never less than one token."""
-        return self.burst if self.burst is not None else max(1.0, self.rate)
+        """The burst in tokens: ``burst``, or one window of rate and never less than one token."""
+        return self.burst if self.burst is not None else max(1.0, self.rate * self.window_seconds)
 
     @property
     def slice_seconds(self) -> float:
-        """``D = burst / rate``: the longest stretch of time one grant's interval may span."""
+        """``D = burst / rate``: one grant holds at most ``D`` seconds of rate."""
         return self.burst_tokens / self.rate
 
     @property
     def floor_rate(self) -> float:
-        """Lowest effective rate: ``minRate``, raised so one token fits a slice, never above ``rate``."""
-        return min(self.rate, max(self.min_rate, 1.0 / self.slice_seconds))
+        """Lowest effective rate: ``minRate``, raised so one token fits a slice and a window, never above ``rate``."""
+        return min(self.rate, max(self.min_rate, 1.0 / self.slice_seconds, 1.0 / self.window_seconds))
 
     def to_json(self) -> JsonObject:
         """Plain JSON with camelCase keys."""
@@ -592,6 +627,38 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class Booking:
+    """One grant on the time line: ``urgent + normal`` tokens sent somewhere in ``[start, end]``.
+
+    Attributes:
+        start: The grant's ``notBefore``.
+        end: Estimated end while ``open``; the reported end (last send) once closed.
+        urgent: Tokens granted at urgent priority.
+        normal: Tokens granted at normal priority (a merged booking may hold both).
+        requester: Who holds it while open (to match the report); ``None`` once closed or merged.
+        granted_at: The grant's ``grantedAt`` while open.
+        open: The batch has not been reported yet, so ``end`` is an estimate.
+    """
+
+    start: float
+    end: float
+    urgent: int = 0
+    normal: int = 0
+    requester: str | None = None
+    granted_at: float | None = None
+    open: bool = False
+
+    @property
+    def tokens(self) -> int:
+        """All tokens of the booking."""
+        return self.urgent + self.normal
+
+    def to_json(self) -> list[Any]:
+        """Compact JSON: ``[start, end, urgent, normal, requester, grantedAt, open]``."""
+        return [self.start, self.end, self.urgent, self.normal, self.requester, self.granted_at, self.open]
+
+
+@dataclass(frozen=True, slots=True)
 class LimiterState:
     """Everything one tenant's limiter remembers; stored by the entity as :meth:`to_json`.
 
@@ -599,9 +666,11 @@ class LimiterState:
         config: Settings.
         rate: Effective rate (AIMD), between ``config.floor_rate`` and ``config.rate``.
         clock: Newest ``now`` seen; operations never run earlier than this.
-        booked: Reserved intervals ``(start, end)``, sorted, disjoint, ending after ``clock``.
+        bookings: Grants that can still share a window with a new one, sorted by start.
+        batch_seconds: Learned span of a batch, assumed for bookings not yet reported.
         hold_until: No ``notBefore`` before this (the latest ``Retry-After``).
         last_throttle_at: When the latest 429 was reported.
+        streak_started_at: When the current streak of 429s began (``None`` after a quiet memory span).
         last_decrease_at: When the rate was last decreased.
         last_increase_at: When additive increase last credited time.
         urgent_until: Urgent demand is active until then.
@@ -613,9 +682,11 @@ class LimiterState:
     config: LimiterConfig = field(default_factory=LimiterConfig)
     rate: float = 50.0
     clock: float = 0.0
-    booked: tuple[tuple[float, float], ...] = ()
+    bookings: tuple[Booking, ...] = ()
+    batch_seconds: float = 0.25
     hold_until: float = 0.0
     last_throttle_at: float | None = None
+    streak_started_at: float | None = None
     last_decrease_at: float | None = None
     last_increase_at: float | None = None
     urgent_until: float = 0.0
@@ -630,9 +701,11 @@ class LimiterState:
             "config": self.config.to_json(),
             "rate": self.rate,
             "clock": self.clock,
-            "booked": [[start, end] for start, end in self.booked],
+            "bookings": [booking.to_json() for booking in self.bookings],
+            "batchSeconds": self.batch_seconds,
             "holdUntil": self.hold_until,
             "lastThrottleAt": self.last_throttle_at,
+            "streakStartedAt": self.streak_started_at,
             "lastDecreaseAt": self.last_decrease_at,
             "lastIncreaseAt": self.last_increase_at,
             "urgentUntil": self.urgent_until,
@@ -651,19 +724,28 @@ class LimiterState:
         try:
             reader = _Fields(data, "state", snake_case_too=False)
             version = reader.integer("v", 0, 1000)
-            if version != STATE_VERSION:
+            if version not in (_V1, STATE_VERSION):
                 raise LimiterInputError("invalid_state", f"state version {version} is not {STATE_VERSION}")
             config = LimiterConfig.from_json(reader.raw("config"), where="state.config")
             rate = reader.number("rate", config.floor_rate, config.rate)
             far = _MAX_EPOCH * 2
-            booked = _parse_booked(reader.raw("booked"))
+            clock = reader.number("clock", 0.0, _MAX_EPOCH)
+            if version == _V1:
+                bookings = _migrate_v1(reader.raw("booked"), config)
+                batch_seconds, streak_started_at = config.batch_seconds, None
+            else:
+                bookings = _parse_bookings(reader.raw("bookings"))
+                batch_seconds = reader.number("batch_seconds", 0.0, _MAX_SECONDS)
+                streak_started_at = reader.optional_number("streak_started_at", 0.0, far)
             state = cls(
                 config=config,
                 rate=rate,
-                clock=reader.number("clock", 0.0, _MAX_EPOCH),
-                booked=booked,
+                clock=clock,
+                bookings=bookings,
+                batch_seconds=batch_seconds,
                 hold_until=reader.number("hold_until", 0.0, far),
                 last_throttle_at=reader.optional_number("last_throttle_at", 0.0, far),
+                streak_started_at=streak_started_at,
                 last_decrease_at=reader.optional_number("last_decrease_at", 0.0, far),
                 last_increase_at=reader.optional_number("last_increase_at", 0.0, far),
                 urgent_until=reader.number("urgent_until", 0.0, far),
@@ -679,29 +761,79 @@ class LimiterState:
             ) from exc
 
 
-def _parse_booked(raw: object) -> tuple[tuple[float, float], ...]:
-    problem = LimiterInputError("invalid_state", "state.booked must be sorted disjoint [start, end] pairs")
+def _parse_bookings(raw: object) -> tuple[Booking, ...]:
+    problem = LimiterInputError(
+        "invalid_state",
+        "state.bookings must be [start, end, urgent, normal, requester, grantedAt, open] sorted by start",
+    )
     if not isinstance(raw, list) or len(raw) > _MAX_BOOKED:
         raise problem
-    result: list[tuple[float, float]] = []
-    previous_end = -math.inf
+    result: list[Booking] = []
+    previous_start = -math.inf
+
+    def is_number(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 7):
+            raise problem
+        start, end, urgent, normal, requester, granted_at, is_open = item
+        if not (is_number(start) and is_number(end) and previous_start <= start <= end <= _MAX_EPOCH * 2):
+            raise problem
+        counts_ok = all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_COUNT for v in (urgent, normal)
+        )
+        if not counts_ok or urgent + normal < 1 or not isinstance(is_open, bool):
+            raise problem
+        if requester is not None and not (isinstance(requester, str) and len(requester) <= _MAX_REQUESTER):
+            raise problem
+        if granted_at is not None and not (is_number(granted_at) and 0 <= granted_at <= _MAX_EPOCH):
+            raise problem
+        result.append(
+            Booking(
+                float(start),
+                float(end),
+                urgent,
+                normal,
+                requester,
+                None if granted_at is None else float(granted_at),
+                is_open,
+            )
+        )
+        previous_start = float(start)
+    return tuple(result)
+
+
+def _migrate_v1(raw: object, config: LimiterConfig) -> tuple[Booking, ...]:
+    """A version 1 calendar as one booking that fills every window its intervals could reach.
+
+    Version 1 sent a grant up to one slice before its interval, so ``[first - D, last end]`` covers every send
+    it allowed; a full window's worth of tokens there keeps new grants clear of them: conservative, and gone
+    within seconds.
+    """
+    if not isinstance(raw, list) or len(raw) > _MAX_BOOKED:
+        raise LimiterInputError("invalid_state", "state.booked must be a list of [start, end] pairs")
+    pairs: list[tuple[float, float]] = []
     for pair in raw:
         if not (isinstance(pair, list) and len(pair) == 2):
-            raise problem
+            raise LimiterInputError("invalid_state", "state.booked must be a list of [start, end] pairs")
         start, end = pair
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in pair):
-            raise problem
-        if not (previous_end <= start < end <= _MAX_EPOCH * 2):
-            raise problem
-        result.append((float(start), float(end)))
-        previous_end = float(end)
-    return tuple(result)
+            raise LimiterInputError("invalid_state", "state.booked must hold finite numbers")
+        if not (0 <= start < end <= _MAX_EPOCH * 2):
+            raise LimiterInputError("invalid_state", "state.booked must hold [start, end] with start < end")
+        pairs.append((float(start), float(end)))
+    if not pairs:
+        return ()
+    first = max(0.0, min(start for start, _ in pairs) - config.slice_seconds)
+    last = max(end for _, end in pairs)
+    return (Booking(first, last, 0, max(1, math.ceil(config.rate * config.window_seconds))),)
 
 
 def initial_state(config: LimiterConfig | None = None) -> LimiterState:
     """A fresh limiter: breaker closed, effective rate at the configured ceiling, nothing booked."""
     chosen = config or LimiterConfig()
-    return LimiterState(config=chosen, rate=chosen.rate)
+    return LimiterState(config=chosen, rate=chosen.rate, batch_seconds=chosen.batch_seconds)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -756,6 +888,7 @@ class Report:
         retry_after: Largest ``Retry-After`` seen, in seconds.
         requester: Who reports; decides a half-open probe when it is the probe holder.
         granted_at: ``grantedAt`` of the grant the batch used, so one overload is punished once.
+        last_send_at: When the batch's last send ended (its span's end); ``now`` when not given.
     """
 
     now: float
@@ -766,6 +899,7 @@ class Report:
     retry_after: float | None = None
     requester: str | None = None
     granted_at: float | None = None
+    last_send_at: float | None = None
 
     @property
     def attempts(self) -> int:
@@ -785,6 +919,7 @@ class Report:
             retry_after=reader.optional_number("retry_after", 0.0, _MAX_SECONDS),
             requester=reader.optional_text("requester"),
             granted_at=reader.optional_time("granted_at"),
+            last_send_at=reader.optional_time("last_send_at"),
         )
         reader.done()
         return result
@@ -800,6 +935,7 @@ class Report:
             "retryAfter": self.retry_after,
             "requester": self.requester,
             "grantedAt": self.granted_at,
+            "lastSendAt": self.last_send_at,
         }
 
 
@@ -867,78 +1003,141 @@ class ReportAck:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The calendar of reserved intervals
+# The sliding window over bookings
 # ----------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class _Lane:
-    """Where a priority may book while both are active: ``[k * frame + offset, + length)`` of each frame."""
+class _Window:
+    """What one grant is checked against: ``limit`` tokens per ``seconds`` (window plus margin), and a lane.
 
-    frame: float
-    offset: float
-    length: float
+    ``lane`` is the requesting priority while both priorities are active: its own tokens in any window are
+    then held to ``lane_limit`` as well.
+    """
 
-
-def _lanes(config: LimiterConfig, rate: float) -> tuple[_Lane, _Lane]:
-    share = config.normal_share
-    frame = max(config.slice_seconds, 1.0 / (share * rate), 1.0 / ((1.0 - share) * rate))
-    urgent = _Lane(frame, 0.0, (1.0 - share) * frame)
-    normal = _Lane(frame, (1.0 - share) * frame, share * frame)
-    return urgent, normal
+    seconds: float
+    limit: int
+    lane: Priority | None = None
+    lane_limit: int = 0
 
 
-def _fit_in_gap(gap_start: float, gap_end: float, length: float, lane: _Lane | None) -> float | None:
-    if lane is not None and length > lane.length + _EPS:
-        lane = None  # cannot happen with the token caps; guards the loop below against never ending
-    if lane is None:
-        return gap_start if gap_start + length <= gap_end + _EPS else None
-    k = math.floor((gap_start - lane.offset) / lane.frame)
-    while True:
-        part_start = k * lane.frame + lane.offset
-        if part_start >= gap_end:
-            return None
-        start = max(gap_start, part_start)
-        if start + length <= min(gap_end, part_start + lane.length) + _EPS:
-            return start
-        k += 1
+def _capacity(config: LimiterConfig, rate: float) -> tuple[int, float]:
+    """Tokens per window at ``rate`` and the window they apply to (longer than ``W`` only below 1/W)."""
+    limit = max(1, math.floor(rate * config.window_seconds + 1e-9))
+    return limit, max(config.window_seconds, limit / rate)
 
 
-def _first_fit(
-    booked: tuple[tuple[float, float], ...], start: float, length: float, lane: _Lane | None
-) -> float:
-    cursor = start
-    for busy_start, busy_end in (*booked, (math.inf, math.inf)):
-        if busy_end <= cursor + _EPS:
+def _window_for(state: LimiterState, priority: Priority, now: float) -> _Window:
+    config = state.config
+    limit, seconds = _capacity(config, state.rate)
+    seconds += config.margin_seconds
+    other_active = state.normal_until > now if priority == "urgent" else state.urgent_until > now
+    if not other_active or limit < 2:
+        return _Window(seconds, limit)
+    normal = min(limit - 1, max(1, math.floor(config.normal_share * limit + 1e-9)))
+    return _Window(seconds, limit, priority, normal if priority == "normal" else limit - normal)
+
+
+def _room(bookings: tuple[Booking, ...], start: float, span: float, window: _Window) -> int:
+    """Tokens a booking spanning ``[start, start + span]`` could take without breaking any window.
+
+    A booking ``b`` shares the window ``[t, t + w]`` when ``b.start < t + w`` and ``b.end > t`` (touching is
+    fine: ``w`` already holds the margin). Over the windows touching the new span, ``t`` in
+    ``[start - w, start + span]``, the load only rises where a booking enters, so those points suffice.
+    """
+    w = window.seconds
+    low, high = start - w, start + span
+    points = [low, *(b.start - w for b in bookings if low < b.start - w < high)]
+    worst_total = worst_lane = 0
+    for t in points:
+        total = lane = 0
+        for booking in bookings:
+            if booking.start - w <= t + _EPS and t < booking.end - _EPS:
+                total += booking.tokens
+                if window.lane == "urgent":
+                    lane += booking.urgent
+                elif window.lane == "normal":
+                    lane += booking.normal
+        worst_total, worst_lane = max(worst_total, total), max(worst_lane, lane)
+    room = window.limit - worst_total
+    if window.lane is not None:
+        room = min(room, window.lane_limit - worst_lane)
+    return max(0, room)
+
+
+def _place(
+    bookings: tuple[Booking, ...], earliest: float, span: float, tokens: int, window: _Window
+) -> tuple[float, int]:
+    """Earliest start with room for ``tokens`` (or at least half of them) and the tokens that fit there.
+
+    Room only grows when a booking leaves the windows, ``w`` after its end, so those times are the candidates.
+    After the last of them nothing is left to share a window with, so the search always ends.
+    """
+    wanted = min(tokens, window.limit if window.lane is None else window.lane_limit)
+    enough = max(1, min(wanted, math.ceil(_PARTIAL_SHARE * wanted - 1e-9)))
+    candidates = sorted(
+        {earliest, *(b.end + window.seconds for b in bookings if b.end + window.seconds > earliest)}
+    )
+    for start in candidates:
+        room = _room(bookings, start, span, window)
+        if room >= enough:
+            return start, min(wanted, room)
+    raise AssertionError(
+        "unreachable: after the last booking leaves, the whole window is free"
+    )  # pragma: no cover
+
+
+def _insert(bookings: tuple[Booking, ...], booking: Booking) -> tuple[Booking, ...]:
+    ordered = sorted((*bookings, booking), key=lambda b: (b.start, b.end))
+    while len(ordered) > _MAX_BOOKED:
+        # Merge the two oldest: the merged span covers both and holds both counts, so every window that
+        # touched either still counts them all (conservative: capacity wasted, never exceeded).
+        first, second = ordered[0], ordered[1]
+        merged = Booking(
+            first.start,
+            max(first.end, second.end),
+            first.urgent + second.urgent,
+            first.normal + second.normal,
+        )
+        ordered = sorted((merged, *ordered[2:]), key=lambda b: (b.start, b.end))
+    return tuple(ordered)
+
+
+def _prune(bookings: tuple[Booking, ...], now: float, window_seconds: float) -> tuple[Booking, ...]:
+    # A new grant starts at or after now, so the windows it touches begin after now - w: a booking that ended
+    # before that can never share one with it.
+    return tuple(b for b in bookings if b.end + window_seconds > now)
+
+
+def _close_reported(state: LimiterState, outcome: Report, end: float, now: float) -> LimiterState:
+    """Close the open booking a report belongs to at the batch's real end, and learn the span it took."""
+    if outcome.requester is None and outcome.granted_at is None:
+        return state  # nothing tells which batch this was: its estimate stands until it leaves the log
+    for index, booking in enumerate(state.bookings):
+        if not booking.open or booking.start > now + _EPS:
             continue
-        if busy_start > cursor:
-            found = _fit_in_gap(cursor, busy_start, length, lane)
-            if found is not None:
-                return found
-        cursor = max(cursor, busy_end)
-    raise AssertionError("unreachable: the gap after the last booking is unbounded")  # pragma: no cover
+        if outcome.requester is not None and booking.requester != outcome.requester:
+            continue
+        if outcome.granted_at is not None and abs((booking.granted_at or 0.0) - outcome.granted_at) > _EPS:
+            continue
+        closed = Booking(max(booking.start, 0.0), max(booking.start, end), booking.urgent, booking.normal)
+        learned = max(_SPAN_SAFETY * (closed.end - closed.start), _SPAN_DECAY * state.batch_seconds)
+        bookings = (*state.bookings[:index], closed, *state.bookings[index + 1 :])
+        return replace(state, bookings=bookings, batch_seconds=min(learned, _MAX_SECONDS))
+    return state
 
 
-def _book(
-    booked: tuple[tuple[float, float], ...], start: float, end: float
-) -> tuple[tuple[float, float], ...]:
-    merged: list[tuple[float, float]] = []
-    for interval in sorted((*booked, (start, end))):
-        if merged and interval[0] <= merged[-1][1] + _EPS:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], interval[1]))
-        else:
-            merged.append(interval)
-    while len(merged) > _MAX_BOOKED:
-        # Fill the farthest gap: conservative (capacity wasted), never over the ceiling.
-        last = merged.pop()
-        merged[-1] = (merged[-1][0], last[1])
-    return tuple(merged)
-
-
-def _prune(booked: tuple[tuple[float, float], ...], now: float) -> tuple[tuple[float, float], ...]:
-    if not booked or booked[0][1] > now:
-        return booked
-    return tuple(interval for interval in booked if interval[1] > now)
+def _close_started(state: LimiterState, requester: str, now: float) -> LimiterState:
+    """An orchestration asks again only once its previous batch is over: its started bookings ended by now."""
+    if not any(b.open and b.requester == requester and b.start <= now + _EPS for b in state.bookings):
+        return state
+    bookings = tuple(
+        Booking(b.start, max(b.start, now), b.urgent, b.normal)
+        if b.open and b.requester == requester and b.start <= now + _EPS
+        else b
+        for b in state.bookings
+    )
+    return replace(state, bookings=bookings)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -946,9 +1145,17 @@ def _prune(booked: tuple[tuple[float, float], ...], now: float) -> tuple[tuple[f
 # ----------------------------------------------------------------------------------------------------
 
 
+def _margin_window(config: LimiterConfig, rate: float) -> float:
+    return _capacity(config, rate)[1] + config.margin_seconds
+
+
 def _advance(state: LimiterState, now: float) -> tuple[LimiterState, float]:
     moment = max(now, state.clock)
-    return replace(state, clock=moment, booked=_prune(state.booked, moment)), moment
+    # Prune with the longest window any rate in force could use (the configured floor gives the longest).
+    reach = max(
+        _margin_window(state.config, state.rate), _margin_window(state.config, state.config.floor_rate)
+    )
+    return replace(state, clock=moment, bookings=_prune(state.bookings, moment, reach)), moment
 
 
 def _mark_demand(state: LimiterState, priority: Priority, until: float) -> LimiterState:
@@ -969,33 +1176,32 @@ def _book_grant(
     state: LimiterState, request: Acquire, now: float, most: int, reason: GrantReason
 ) -> tuple[LimiterState, Grant]:
     config, rate = state.config, state.rate
-    slice_seconds = config.slice_seconds
-    urgent_lane, normal_lane = _lanes(config, rate)
-    lane: _Lane | None = None
-    if request.priority == "urgent" and state.normal_until > now:
-        lane = urgent_lane
-    elif request.priority == "normal" and state.urgent_until > now:
-        lane = normal_lane
+    if request.requester:
+        state = _close_started(state, request.requester, now)
+    window = _window_for(state, request.priority, now)
     caps = [
         most,
-        math.floor(rate * slice_seconds + 1e-9),
+        math.floor(rate * config.slice_seconds + 1e-9),
         max(1, math.floor(rate * config.max_booking_seconds + 1e-9)),
     ]
-    if lane is not None:
-        caps.append(math.floor(rate * lane.length + 1e-9))
-    tokens = max(1, min(caps))
-    length = tokens / rate
-    earliest = max(now, state.hold_until)
-    start = _first_fit(state.booked, earliest, length, lane)
-    # Sent up to one slice before its interval: the bucket's burst. min() guards float error so s <= a holds.
-    not_before = min(start, max(earliest, start + length - slice_seconds))
+    span = state.batch_seconds
+    start, tokens = _place(state.bookings, max(now, state.hold_until), span, max(1, min(caps)), window)
+    booking = Booking(
+        start,
+        start + span,
+        tokens if request.priority == "urgent" else 0,
+        tokens if request.priority == "normal" else 0,
+        request.requester or None,
+        now,
+        True,
+    )
     state = replace(
         state,
-        booked=_book(state.booked, start, start + length),
+        bookings=_insert(state.bookings, booking),
         stats=state.stats.add(grants=1, granted=tokens),
     )
-    state = _mark_demand(state, request.priority, not_before + config.priority_window_seconds)
-    return state, Grant(tokens, not_before, now, reason, rate)
+    state = _mark_demand(state, request.priority, start + config.priority_window_seconds)
+    return state, Grant(tokens, start, now, reason, rate)
 
 
 def _grant_probe(state: LimiterState, request: Acquire, now: float) -> tuple[LimiterState, Grant]:
@@ -1059,14 +1265,23 @@ def _aimd(state: LimiterState, outcome: Report, now: float) -> LimiterState:
     config = state.config
     if outcome.throttled > 0:
         hold = now + min(outcome.retry_after or 0.0, config.max_hold_seconds)
+        last, streak = state.last_throttle_at, state.streak_started_at
+        if streak is None or last is None or now - last > config.throttle_memory_seconds:
+            # Isolated: the first 429 in a while. The sender waited its Retry-After in-process; hold only.
+            return replace(
+                state, last_throttle_at=now, streak_started_at=now, hold_until=max(state.hold_until, hold)
+            )
         state = replace(state, last_throttle_at=now, hold_until=max(state.hold_until, hold))
-        last = state.last_decrease_at
+        decreased = state.last_decrease_at
         if outcome.granted_at is not None:
+            # Persistent: granted after the limiter knew of the streak (and held), and throttled all the same.
             # Batches granted before the last decrease were sized by the old rate: already punished.
-            fresh = last is None or outcome.granted_at > last
+            persists = outcome.granted_at >= streak - _EPS
+            fresh = decreased is None or outcome.granted_at > decreased
         else:
-            fresh = last is None or now - last >= config.decrease_interval_seconds
-        if fresh:
+            persists = now - streak >= config.decrease_interval_seconds
+            fresh = decreased is None or now - decreased >= config.decrease_interval_seconds
+        if persists and fresh:
             rate = max(config.floor_rate, state.rate * config.decrease_factor)
             state = replace(
                 state,
@@ -1078,6 +1293,8 @@ def _aimd(state: LimiterState, outcome: Report, now: float) -> LimiterState:
         return state
     if outcome.attempts == 0 or state.breaker.phase != "closed":
         return state
+    if state.last_throttle_at is not None and now - state.last_throttle_at > config.throttle_memory_seconds:
+        state = replace(state, streak_started_at=None)
     if state.rate >= config.rate:
         return replace(state, last_increase_at=now)
     credit_from = state.last_increase_at if state.last_increase_at is not None else now
@@ -1085,12 +1302,16 @@ def _aimd(state: LimiterState, outcome: Report, now: float) -> LimiterState:
         credit_from = max(credit_from, state.last_throttle_at + config.increase_after_seconds)
     if now <= credit_from:
         return state
-    rate = min(config.rate, state.rate + config.increase_per_second * (now - credit_from))
-    return replace(state, rate=rate, last_increase_at=now)
+    clean = now - credit_from
+    # In log space: a long clean stretch would overflow factor ** seconds, and any that reaches the ceiling will do.
+    if clean * math.log(config.increase_factor) >= math.log(config.rate / state.rate):
+        return replace(state, rate=config.rate, last_increase_at=now)
+    grown = state.rate * config.increase_factor**clean + config.increase_per_second * clean
+    return replace(state, rate=min(config.rate, grown), last_increase_at=now)
 
 
 def report(state: LimiterState, outcome: Report) -> tuple[LimiterState, ReportAck]:
-    """Feed back one batch's outcome: AIMD on 429, ``Retry-After`` hold, circuit breaker.
+    """Feed back one batch's outcome: its span's end, ``Retry-After`` hold, AIMD, circuit breaker.
 
     Args:
         state: Current state.
@@ -1112,6 +1333,8 @@ def report(state: LimiterState, outcome: Report) -> tuple[LimiterState, ReportAc
             failed=outcome.failed,
         ),
     )
+    end = now if outcome.last_send_at is None else min(now, outcome.last_send_at)
+    state = _close_reported(state, outcome, end, now)
     state = _aimd(state, outcome, now)
     breaker = state.breaker
     if verdict != "empty":
@@ -1175,8 +1398,12 @@ def snapshot(state: LimiterState) -> JsonObject:
         "clock": clock,
         "holdUntil": state.hold_until,
         "openUntil": state.breaker.open_until,
-        "bookedUntil": state.booked[-1][1] if state.booked else None,
-        "bookedSeconds": sum(end - max(start, clock) for start, end in state.booked),
+        "window": state.config.window_seconds,
+        "windowTokens": _capacity(config, state.rate)[0],
+        "bookings": len(state.bookings),
+        "bookedUntil": max((b.end for b in state.bookings), default=None),
+        "openBookings": sum(1 for b in state.bookings if b.open),
+        "batchSeconds": state.batch_seconds,
         "urgentActive": state.urgent_until > clock,
         "normalActive": state.normal_until > clock,
         "consecutiveBad": state.breaker.consecutive_bad,

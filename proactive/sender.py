@@ -210,6 +210,8 @@ class SendBatchResult(WireModel):
         next_deferred_at: the earliest ``not_before`` of a row deferred past ``now`` (quiet hours).
         remaining: claimable rows left (0 means none at all); otherwise at least 1, counted from the
             ledger pages read.
+        last_send_at: when the batch's sends were over (after the last response), so the limiter can time
+            the next window from the batch's real end rather than from when the orchestration heard of it.
     """
 
     attempted: int = 0
@@ -231,6 +233,7 @@ class SendBatchResult(WireModel):
     remaining: int = 0
     halted: str | None = None
     elapsed_ms: int = 0
+    last_send_at: AwareDatetime | None = None
 
 
 @dataclass(frozen=True)
@@ -392,6 +395,7 @@ class BatchSender:
                 return await work(row)
 
         results = await asyncio.gather(*(bounded(row) for row in candidates.rows), return_exceptions=True)
+        sends_over = self._clock()
         outcomes = [r for r in results if isinstance(r, RowOutcome)]
         for outcome in outcomes:
             self._emit(outcome)
@@ -399,7 +403,8 @@ class BatchSender:
         if errors:
             raise errors[0]
         left = sum(1 for r in results if r is None and batch.halted is not None)
-        return self._result(batch, outcomes, candidates, left, started)
+        result = self._result(batch, outcomes, candidates, left, started)
+        return result.model_copy(update={"last_send_at": sends_over}) if result.requests else result
 
     async def redrive(self, message: RetryRequest) -> RowOutcome | None:
         """Re-drive one row handed to ``deliveries-retry`` (the queue trigger's service).

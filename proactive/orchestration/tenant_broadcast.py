@@ -109,6 +109,8 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                 "retryAfter": result.get("maxRetryAfter"),
                 "requester": context.instance_id,
                 "grantedAt": grant["grantedAt"],
+                # When the sends were over: the limiter times the next window from there (None: from now).
+                "lastSendAt": result.get("lastSendAt"),
             },
         )
         totals = add_counts(totals, result)
