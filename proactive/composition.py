@@ -90,7 +90,9 @@ class Services:
             session = await self.http()
             tokens = token_provider(self.settings.bot, session, authority_host=self.settings.authority_host)
             policy = OutboundPolicy.for_bot_connector(self.settings)
-            self._connector = BotConnectorClient(session, tokens, policy)
+            self._connector = BotConnectorClient(
+                session, tokens, policy, timeout=self.settings.send_timeout_seconds
+            )
         return self._connector
 
     async def bot_endpoint(self) -> BotEndpoint:
@@ -193,6 +195,7 @@ class Services:
             sleep=asyncio.sleep,
             rng=random.Random(),
             service_url_allowed=OutboundPolicy.for_bot_connector(self.settings).allows,
+            handoff_delay=self.settings.retry_handoff_seconds,
         )
 
     async def send_batch_json(self) -> JsonSender:

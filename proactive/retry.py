@@ -81,8 +81,13 @@ class RetryPolicy:
 
     @classmethod
     def for_sends(cls, settings: Settings) -> RetryPolicy:
-        """The Bot Connector send policy: ``Settings.max_send_attempts`` attempts, default delays."""
-        return cls(max_attempts=settings.max_send_attempts)
+        """The Bot Connector send policy: attempts and backoff delays from ``Settings``."""
+        return cls(
+            max_attempts=settings.max_send_attempts,
+            base_delay=settings.send_retry_base_seconds,
+            max_delay=settings.send_retry_max_seconds,
+            max_retry_after=settings.send_max_retry_after_seconds,
+        )
 
     def window(self, retry: int) -> float:
         """The jitter window before retry ``retry`` (0-based): ``min(max_delay, base_delay * 2**retry)``."""

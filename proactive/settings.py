@@ -88,6 +88,12 @@ class Settings:
     batch_size: int
     batches_per_execution: int
     max_send_attempts: int
+    send_timeout_seconds: float
+    send_retry_base_seconds: float
+    send_retry_max_seconds: float
+    send_max_retry_after_seconds: float
+    retry_handoff_seconds: float
+    reconcile_after_seconds: float
     tables: TableNames
     queues: QueueNames
     graph_base_url: str
@@ -137,6 +143,18 @@ class Settings:
             batch_size=env.integer("BATCH_SIZE", 50, low=1, high=500),
             batches_per_execution=env.integer("BATCHES_PER_EXECUTION", 20, low=1, high=1000),
             max_send_attempts=env.integer("MAX_SEND_ATTEMPTS", 5, low=1, high=20),
+            send_timeout_seconds=env.number("SEND_TIMEOUT_SECONDS", 30.0, low=0.1, high=300.0),
+            send_retry_base_seconds=env.number("SEND_RETRY_BASE_SECONDS", 0.5, low=0.0, high=60.0),
+            send_retry_max_seconds=env.number("SEND_RETRY_MAX_SECONDS", 30.0, low=0.0, high=600.0),
+            # A longer Retry-After ends the in-process retries: the limiter and the retry queue own that wait.
+            send_max_retry_after_seconds=env.number(
+                "SEND_MAX_RETRY_AFTER_SECONDS", 60.0, low=0.0, high=3600.0
+            ),
+            # How long a row handed to the deliveries-retry queue waits before it is tried again.
+            retry_handoff_seconds=env.number("RETRY_HANDOFF_SECONDS", 60.0, low=0.0, high=3600.0),
+            # Rows 'sending' longer than this are re-driven; it must exceed host.json functionTimeout
+            # (10 min) so a send still in flight is never re-driven.
+            reconcile_after_seconds=env.number("RECONCILE_AFTER_SECONDS", 900.0, low=1.0, high=86_400.0),
             tables=tables,
             queues=queues,
             graph_base_url=env.url("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),

@@ -26,7 +26,7 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     ``sending``, Durable re-runs the activity (which claims *other* rows), and the orchestration can complete
     with those rows still ``sending``. For each notification and tenant:
 
-    * rows ``sending`` for longer than :data:`RECONCILE_AFTER` go back to ``pending``
+    * rows ``sending`` for longer than ``Settings.reconcile_after_seconds`` (``RECONCILE_AFTER_SECONDS``) go back to ``pending``
       (:func:`~proactive.sender.reconcile_stuck`): the one duplicate window (Teams may have accepted the send
       the ledger never recorded), counted in :attr:`ReconcileReport.reconciled`;
     * those rows, and ``pending`` rows a retry message should have taken long ago (``not_before`` and
@@ -37,7 +37,7 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     ``pending`` rows with no ``not_before`` of a *running* notification are the orchestration's (they wait
     for their turn at the limiter); they are never queued, or the queue would send around the pacing.
 
-    :data:`RECONCILE_AFTER` (15 min) must exceed the longest a sender can hold a claimed row, which is
+    ``RECONCILE_AFTER_SECONDS`` (default 15 min) must exceed the longest a sender can hold a claimed row, which is
     bounded by host.json ``functionTimeout`` (10 min): a shorter deadline could re-drive a live send.
 
 Limits: the notification scan reads every finished notification's ``status`` row (an equality query; the
@@ -73,7 +73,6 @@ __all__ = [
     "FINISHED_LOOKBACK",
     "POISON_SUFFIX",
     "RECONCILE",
-    "RECONCILE_AFTER",
     "RECONCILE_SCHEDULE",
     "ReconcileReport",
     "Redelivery",
@@ -93,8 +92,6 @@ RECONCILE = "reconcile"
 POISON_SUFFIX = "-poison"
 # NCRONTAB with seconds: at second 0 of every 5th minute.
 RECONCILE_SCHEDULE = "0 */5 * * * *"
-# Mirrors host.json ``functionTimeout`` (00:10:00) plus margin: no live send holds a row this long.
-RECONCILE_AFTER = timedelta(minutes=15)
 # Finished notifications younger than this are still reconciled (a crash in their last batch).
 FINISHED_LOOKBACK = timedelta(days=1)
 # A RetryRequest written by reconciliation is visible at once.
@@ -409,6 +406,7 @@ def blueprint() -> df.Blueprint:
         now = utc_now()
         table = s.tables.table(s.settings.tables.notifications)
         candidates = await notifications_to_reconcile(table, now=now)
-        await _redelivery().reconcile(candidates, older_than=RECONCILE_AFTER)
+        older_than = timedelta(seconds=s.settings.reconcile_after_seconds)
+        await _redelivery().reconcile(candidates, older_than=older_than)
 
     return bp

@@ -12,9 +12,8 @@ rows reconciled from sending``, and every duplicate is one of those rows); a rep
 answers with the same broadcast; cancel after a restart stops sending; update and recall finish across a
 restart.
 
-The host runs this module as its app (``--app tests.integration.test_broadcast_crash``): :func:`__getattr__`
-builds ``function_app.app`` with test timings (connector timeout, backoff, reconcile deadline), since those
-are not settings.
+The host runs the real ``function_app``; test timings (connector timeout, backoff, hand-off delay,
+reconcile deadline) are ordinary settings in its environment.
 """
 
 from __future__ import annotations
@@ -70,51 +69,6 @@ BLOCKED, NO_REFERENCE = range(0, 3), range(3, 5)
 RECONCILE_AFTER_SECONDS = 6.0  # longer than any claimed row lives here (1 s slow answer, short retries)
 
 
-# ---- the app the host subprocess runs -----------------------------------------------------------------
-
-
-def __getattr__(name: str) -> Any:
-    """``app`` for ``python -m devhost serve --app tests.integration.test_broadcast_crash`` (PEP 562)."""
-    if name != "app":
-        raise AttributeError(name)
-    return _crash_app()
-
-
-def _crash_app() -> Any:
-    """function_app.app with test timings: they are constructor arguments, not settings."""
-    from proactive import composition
-    from proactive.adapters.bot_token import AnonymousTokens
-    from proactive.adapters.connector import BotConnectorClient
-    from proactive.functions import retries
-    from proactive.outbound import OutboundPolicy
-    from proactive.retry import RetryPolicy
-    from proactive.sender import BatchSender
-
-    async def batch_sender(self: composition.Services) -> BatchSender:
-        policy = OutboundPolicy.for_bot_connector(self.settings)
-        return BatchSender(
-            ledger=self.deliveries,
-            references=self.references,
-            preferences=self.preferences,
-            notifications=self.notifications,
-            connector=BotConnectorClient(await self.http(), AnonymousTokens(), policy, timeout=5.0),
-            installs=self.queues.queue(self.settings.queues.installs),
-            retries=self.queues.queue(self.settings.queues.deliveries_retry),
-            policy=RetryPolicy(max_attempts=4, base_delay=0.05, max_delay=0.2, max_retry_after=2.0),
-            clock=lambda: datetime.now(UTC),
-            sleep=asyncio.sleep,
-            rng=random.Random(),
-            service_url_allowed=policy.allows,
-            handoff_delay=0.5,
-        )
-
-    composition.Services.batch_sender = batch_sender  # type: ignore[method-assign]
-    retries.RECONCILE_AFTER = timedelta(seconds=RECONCILE_AFTER_SECONDS)
-    import function_app
-
-    return function_app.app
-
-
 # ---- the host process ---------------------------------------------------------------------------------
 
 
@@ -129,7 +83,7 @@ class Host:
         self.kills = 0
 
     def start(self) -> None:
-        args = ["--app", "tests.integration.test_broadcast_crash", "--app-dir", str(self.app_dir)]
+        args = ["--app", "function_app", "--app-dir", str(self.app_dir)]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "devhost", "serve", *args, "--port", str(self.port)],
             cwd=ROOT,
@@ -315,6 +269,13 @@ async def drill(storage_connection_string: str, unique_name: str, tmp_path: Path
         "SEND_RATE_PER_TENANT": "15",
         "BATCH_SIZE": "10",
         "BATCHES_PER_EXECUTION": "4",
+        "SEND_TIMEOUT_SECONDS": "5",
+        "MAX_SEND_ATTEMPTS": "4",
+        "SEND_RETRY_BASE_SECONDS": "0.05",
+        "SEND_RETRY_MAX_SECONDS": "0.2",
+        "SEND_MAX_RETRY_AFTER_SECONDS": "2",
+        "RETRY_HANDOFF_SECONDS": "0.5",
+        "RECONCILE_AFTER_SECONDS": str(RECONCILE_AFTER_SECONDS),
         "QUEUE_INSTALLS": f"{unique_name}-installs",
         "QUEUE_DELIVERIES_RETRY": f"{unique_name}-retry",
         **{f"TABLE_{t.upper()}": name for t, name in tables.items()},

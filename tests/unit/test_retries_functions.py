@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import socket
 import time
 import uuid
@@ -29,8 +28,6 @@ from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
 from devhost.settings import HostSettings
 from proactive import composition
-from proactive.adapters.bot_token import AnonymousTokens
-from proactive.adapters.connector import BotConnectorClient
 from proactive.broadcast_request import parse_broadcast_request
 from proactive.functions import retries
 from proactive.models import (
@@ -44,9 +41,7 @@ from proactive.models import (
     RecipientKind,
     StoredReference,
 )
-from proactive.outbound import OutboundPolicy
-from proactive.retry import RetryPolicy
-from proactive.sender import BatchSender, Reason
+from proactive.sender import Reason
 from proactive.sender_ports import RetryRequest
 from tests.support.function_app import load_function_app
 
@@ -68,30 +63,6 @@ def aad(n: int) -> str:
 
 def user_key(n: int) -> str:
     return f"user:{aad(n)}"
-
-
-def install_fast_sender(monkeypatch: pytest.MonkeyPatch, *, max_attempts: int = 2) -> None:
-    """The composition root's sender with test timings: short backoff, no hand-off delay."""
-
-    async def batch_sender(self: composition.Services) -> BatchSender:
-        policy = OutboundPolicy.for_bot_connector(self.settings)
-        return BatchSender(
-            ledger=self.deliveries,
-            references=self.references,
-            preferences=self.preferences,
-            notifications=self.notifications,
-            connector=BotConnectorClient(await self.http(), AnonymousTokens(), policy, timeout=2.0),
-            installs=self.queues.queue(self.settings.queues.installs),
-            retries=self.queues.queue(self.settings.queues.deliveries_retry),
-            policy=RetryPolicy(max_attempts=max_attempts, base_delay=0.01, max_delay=0.02),
-            clock=lambda: datetime.now(UTC),
-            sleep=asyncio.sleep,
-            rng=random.Random(5),
-            service_url_allowed=policy.allows,
-            handoff_delay=0.0,
-        )
-
-    monkeypatch.setattr(composition.Services, "batch_sender", batch_sender)
 
 
 @dataclass
@@ -198,12 +169,17 @@ async def world(
         "DEV_OUTBOUND_HOSTS": "127.0.0.1",
         "QUEUE_DELIVERIES_RETRY": names["retry"],
         "QUEUE_INSTALLS": names["installs"],
+        # Test timings: short backoff, no hand-off delay.
+        "MAX_SEND_ATTEMPTS": "2",
+        "SEND_TIMEOUT_SECONDS": "2",
+        "SEND_RETRY_BASE_SECONDS": "0.01",
+        "SEND_RETRY_MAX_SECONDS": "0.02",
+        "RETRY_HANDOFF_SECONDS": "0",
         **{
             f"TABLE_{t.upper()}": f"{unique_name}{t}"
             for t in ("references", "preferences", "notifications", "deliveries", "deadletters")
         },
     }
-    install_fast_sender(monkeypatch)
     module = load_function_app(monkeypatch, environ)
     settings = HostSettings({**environ, "DEVHOST_FUNCTION_KEY": KEY}, HOST_JSON)
     host = DevHost(module.app, settings, port=free_port())

@@ -25,6 +25,17 @@ def test_minimal_environment_is_local_anonymous_mode_with_documented_defaults() 
     assert settings.send_rate_per_tenant == 50.0
     assert settings.graph_rate_per_tenant == 30.0
     assert settings.batch_size == 50
+    assert (
+        settings.send_timeout_seconds,
+        settings.send_retry_base_seconds,
+        settings.send_retry_max_seconds,
+    ) == (
+        30.0,
+        0.5,
+        30.0,
+    )
+    assert (settings.send_max_retry_after_seconds, settings.retry_handoff_seconds) == (60.0, 60.0)
+    assert settings.reconcile_after_seconds == 900.0  # above host.json functionTimeout (600 s)
     assert settings.tables.deliveries == "deliveries"
     assert settings.queues.deliveries_retry == "deliveries-retry"
     assert settings.graph_base_url == "https://graph.microsoft.com/v1.0"
@@ -102,6 +113,10 @@ def test_missing_required_setting_fails_naming_it(environ: dict[str, str], setti
         ("BATCH_SIZE", "1.5"),
         ("BATCH_SIZE", "0"),
         ("MAX_SEND_ATTEMPTS", "many"),
+        ("SEND_TIMEOUT_SECONDS", "0"),
+        ("SEND_RETRY_BASE_SECONDS", "-1"),
+        ("RETRY_HANDOFF_SECONDS", "soon"),
+        ("RECONCILE_AFTER_SECONDS", "0.5"),
         ("TENANT_ALLOW_LIST", "contoso.onmicrosoft.com"),
         ("SEND_RATE_OVERRIDES", "tenant=fast"),
         ("GRAPH_BASE_URL", "graph.microsoft.com"),
