@@ -8,12 +8,13 @@ are very long, see :mod:`proactive.keys`).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from proactive.errors import ConcurrencyConflict
+from proactive.errors import ConcurrencyConflict, RecordNotFound
 from proactive.keys import compose, encode_key
 from proactive.models import (
     DeadLetter,
@@ -28,11 +29,17 @@ from proactive.ports import ETAG_FIELD, Entity, EntityTable, Page, Versioned
 
 M = TypeVar("M", bound=WireModel)
 
+logger = logging.getLogger(__name__)
+
 # A table string property holds at most 64 KiB of UTF-16: 15,000 characters stay under it even when
 # every character needs a surrogate pair.
 BODY_CHUNK_CHARS = 15_000
 # Azure Tables' limit for one entity-group transaction.
 MAX_BATCH = 100
+# Tries of one read-modify-write of a reference before giving up. Each lost try means another writer's
+# write took effect in between (and each writer wins once), so k writers racing on one row all get
+# through within k tries. A personal install brings two activities for one user at the same instant.
+REFERENCE_UPDATE_ATTEMPTS = 5
 
 
 def to_entity(partition_key: str, row_key: str, model: WireModel, **columns: object) -> Entity:
@@ -67,6 +74,54 @@ class TableReferenceStore:
     async def get(self, tenant_id: str, key: str) -> StoredReference | None:
         found = await self._table.get(encode_key(tenant_id), encode_key(key))
         return from_entity(found[0], StoredReference) if found else None
+
+    async def update(
+        self,
+        tenant_id: str,
+        key: str,
+        change: Callable[[StoredReference | None], StoredReference | None],
+        *,
+        attempts: int = REFERENCE_UPDATE_ATTEMPTS,
+    ) -> tuple[StoredReference | None, StoredReference | None]:
+        """Read, change and write one reference as one atomic step (compare-and-swap on the row).
+
+        ``change`` gets the stored reference (``None`` when there is none) and returns the reference to
+        store, or ``None`` to leave the row as it is. The write is conditional: an insert when there was
+        no row (Azure Tables answers 409 if one appeared meanwhile), a replace under the ETag that was read
+        otherwise (412 if the row changed). When another writer got in between, nothing is written and
+        ``change`` runs again on what that writer stored, so ``change`` may run several times and must
+        have no side effects.
+
+        Returns:
+            ``(previous, written)``: the stored reference the successful write replaced (``change`` saw
+            exactly this, no other writer came in between), and what was written (``None`` when ``change``
+            chose not to write; ``previous`` is then the current row).
+
+        Raises:
+            ConcurrencyConflict: the row changed under each of ``attempts`` tries; nothing was written.
+            ValueError: ``change`` returned a reference of another tenant or key.
+            StorageError: the table failed.
+        """
+        partition_key, row_key = encode_key(tenant_id), encode_key(key)
+        for _ in range(attempts):
+            found = await self._table.get(partition_key, row_key)
+            previous = from_entity(found[0], StoredReference) if found else None
+            wanted = change(previous)
+            if wanted is None:
+                return previous, None
+            if (wanted.tenant_id, wanted.key) != (tenant_id, key):
+                raise ValueError(f"update of {key!r} returned the reference {wanted.key!r}")
+            try:
+                if found is None:
+                    await self._table.insert(self._entity(wanted))
+                else:
+                    await self._table.replace(self._entity(wanted), found[1])
+            except (ConcurrencyConflict, RecordNotFound):
+                # Another writer got in first (RecordNotFound: it deleted the row): decide again on its row.
+                logger.debug("A reference changed while being updated; trying again")
+                continue
+            return previous, wanted
+        raise ConcurrencyConflict(f"a reference changed under each of {attempts} update attempts")
 
     async def deactivate(self, tenant_id: str, key: str, reason: str, at: datetime) -> bool:
         found = await self._table.get(encode_key(tenant_id), encode_key(key))

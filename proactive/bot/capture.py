@@ -1,7 +1,8 @@
 """Which conversation references an activity creates, refreshes or retires, and applying that to the store.
 
 :func:`plan_capture` is pure: activity in, steps out. :class:`ReferenceCapture` applies the steps to a
-:class:`~proactive.ports.ReferenceStore`. The rules (``reference/teams-platform-facts.md`` section 4):
+:class:`~proactive.ports.ReferenceStore` that can also update a row atomically (:class:`ReferenceUpdates`).
+The rules (``reference/teams-platform-facts.md`` section 4):
 
 ======================================================  ==========================================================
 activity                                                steps
@@ -28,6 +29,11 @@ Each upsert records the incoming ``serviceUrl``, the time zone when the activity
 stored before), the guest flag, and ``confirmed_at``. A reference that was inactive (uninstalled, stale)
 becomes active again: a re-install refreshes it. To keep busy chats from writing a row per message, a
 reference that is active, unchanged and confirmed within :data:`CONFIRM_INTERVAL` is not rewritten.
+
+Each upsert is a compare-and-swap on the reference's row (:meth:`ReferenceUpdates.update`), so of
+activities applied at the same time for one recipient exactly one sees the reference absent or inactive
+and turns it active: :attr:`CaptureResult.newly_active` names a key for one activity only, which is what
+the welcome is decided on (Teams delivers a personal install as two activities at the same instant).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -51,6 +57,7 @@ __all__ = [
     "Deactivate",
     "DeactivateTeam",
     "ReferenceCapture",
+    "ReferenceUpdates",
     "StaleReason",
     "Upsert",
     "conversation_reference",
@@ -65,6 +72,27 @@ CONFIRM_INTERVAL = timedelta(hours=1)
 _INSTALL_ACTIONS = frozenset({"add", "add-upgrade"})
 _UNINSTALL_ACTIONS = frozenset({"remove", "remove-upgrade"})
 _CHANNEL_UPSERT_EVENTS = frozenset({"channelcreated", "channelrenamed", "channelrestored"})
+
+
+class ReferenceUpdates(ReferenceStore, Protocol):
+    """A reference store that can also change one reference atomically (``TableReferenceStore`` fits).
+
+    It belongs on :class:`~proactive.ports.ReferenceStore` itself; it is spelled out here until it is.
+    """
+
+    async def update(
+        self,
+        tenant_id: str,
+        key: str,
+        change: Callable[[StoredReference | None], StoredReference | None],
+        *,
+        attempts: int = ...,
+    ) -> tuple[StoredReference | None, StoredReference | None]:
+        """Compare-and-swap: ``change(stored)`` is written only if the row is still what it was given.
+
+        Returns ``(previous, written)``; ``written`` is ``None`` when ``change`` returned ``None``.
+        Raises ``ConcurrencyConflict`` when the row kept changing under every attempt.
+        """
 
 
 class StaleReason:
@@ -246,7 +274,8 @@ class CaptureResult:
         stored: keys written (new or refreshed).
         unchanged: keys already active and recently confirmed (not rewritten).
         deactivated: keys marked inactive.
-        newly_active: keys that had no active reference before this activity (first install, re-install).
+        newly_active: keys this activity turned from absent or inactive to active (first install,
+            re-install). Atomic per key: of concurrent activities only the one whose write did it has it.
     """
 
     stored: tuple[str, ...] = ()
@@ -263,7 +292,7 @@ class ReferenceCapture:
         clock: The current time, aware UTC.
     """
 
-    def __init__(self, references: ReferenceStore, clock: Callable[[], datetime]) -> None:
+    def __init__(self, references: ReferenceUpdates, clock: Callable[[], datetime]) -> None:
         self._references = references
         self._clock = clock
 
@@ -272,6 +301,7 @@ class ReferenceCapture:
 
         Raises:
             StorageError: the store failed; steps before it may have been applied (each is idempotent).
+                :class:`~proactive.errors.ConcurrencyConflict` when a reference kept changing under us.
         """
         stored: list[str] = []
         unchanged: list[str] = []
@@ -295,27 +325,32 @@ class ReferenceCapture:
     async def _upsert(
         self, tenant: str, step: Upsert, time_zone: str | None, now: datetime
     ) -> tuple[bool, bool]:
-        previous = await self._references.get(tenant, step.key)
-        candidate = StoredReference(
-            tenant_id=tenant,
-            kind=step.kind,
-            recipient_id=step.recipient_id,
-            reference=step.reference,
-            active=True,
-            stale_reason=None,
-            time_zone=time_zone or (previous.time_zone if previous else None),
-            team_id=step.team_id or (previous.team_id if previous else None),
-            is_guest=step.is_guest,
-            updated_at=now,
-            confirmed_at=now,
-        )
-        was_active = previous is not None and previous.active
-        if previous is not None and was_active and _same(previous, candidate):
-            confirmed = previous.confirmed_at or previous.updated_at
-            if now - confirmed < CONFIRM_INTERVAL:
-                return False, True
-        await self._references.upsert(candidate)
-        return True, was_active
+        """Store the reference of ``step``; ``(written, was_active)``, as of the write that counted."""
+
+        def change(previous: StoredReference | None) -> StoredReference | None:
+            candidate = StoredReference(
+                tenant_id=tenant,
+                kind=step.kind,
+                recipient_id=step.recipient_id,
+                reference=step.reference,
+                active=True,
+                stale_reason=None,
+                time_zone=time_zone or (previous.time_zone if previous else None),
+                team_id=step.team_id or (previous.team_id if previous else None),
+                is_guest=step.is_guest,
+                updated_at=now,
+                confirmed_at=now,
+            )
+            if previous is not None and previous.active and _same(previous, candidate):
+                confirmed = previous.confirmed_at or previous.updated_at
+                if now - confirmed < CONFIRM_INTERVAL:
+                    return None
+            return candidate
+
+        # A plain read then write would let two activities both see "not active" and both report the
+        # key newly active (two welcomes); the conditional write lets only one of them get there.
+        previous, written = await self._references.update(tenant, step.key, change)
+        return written is not None, previous is not None and previous.active
 
     async def _deactivate_team(self, tenant: str, step: DeactivateTeam, now: datetime) -> list[str]:
         keys = {recipient_key(RecipientKind.CHANNEL, step.team_id)}

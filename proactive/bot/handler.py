@@ -10,6 +10,12 @@ Order matters and is the contract of this module:
 4. only then replies go out (welcome, confirmations). A reply that fails is logged with its error class,
    status and code (never the token nor the text) and counted; the capture stands.
 
+The welcome goes out at most once per install of the app for a user (in this bot, in this tenant): only the
+activity whose conditional reference write turned the user's reference active welcomes (see
+:class:`~proactive.bot.capture.ReferenceCapture`). Teams delivers a personal install as two activities at
+the same instant; whichever lands second finds the reference active and stays quiet. A re-install after an
+uninstall (or after a send found the reference stale) turns it active again and is welcomed again.
+
 Storage failures propagate (the endpoint answers 503, Teams redelivers; every step is idempotent).
 """
 
@@ -24,11 +30,11 @@ from typing import Any, Protocol
 
 from proactive.bot import texts
 from proactive.bot.activity import ActivityType, ConversationType, InboundActivity
-from proactive.bot.capture import CaptureResult, ReferenceCapture, plan_capture
+from proactive.bot.capture import CaptureResult, ReferenceCapture, ReferenceUpdates, plan_capture
 from proactive.bot.commands import apply_command, parse_command
 from proactive.errors import DeliveryError, InvalidInput, OutboundHostRefused
 from proactive.models import RecipientKind, recipient_key
-from proactive.ports import PreferenceStore, ReferenceStore
+from proactive.ports import PreferenceStore
 
 ReplyBuilder = Callable[[Mapping[str, Any], str], dict[str, Any]]
 
@@ -66,7 +72,7 @@ class ActivityHandler:
     """Handles parsed activities.
 
     Args:
-        references: The reference store.
+        references: The reference store (with the atomic update the welcome decision relies on).
         preferences: The preference store the broadcast pipeline reads.
         replies: Sends welcome and confirmations.
         tenant_allowed: The tenant allow-list (``Settings.tenant_allowed``).
@@ -78,7 +84,7 @@ class ActivityHandler:
 
     def __init__(
         self,
-        references: ReferenceStore,
+        references: ReferenceUpdates,
         preferences: PreferenceStore,
         replies: ReplySender,
         *,
@@ -181,7 +187,17 @@ class ActivityHandler:
             activity.type == ActivityType.CONVERSATION_UPDATE and activity.bot_added()
         )
         aad = activity.aad_object_id
-        # Teams sends both events on a personal install: only the first finds no active reference.
+        # Teams sends both events on a personal install, often at the same instant: newly_active holds the
+        # key only for the one activity whose conditional write activated the reference, so one welcome.
+        #
+        # Order, chosen on purpose: "never twice" over "never lost". The activation is committed before
+        # the welcome is sent (the two cannot be one atomic step: one is Table storage, the other the Bot
+        # Connector). Sending first would not even fix the race (both activities would send before either
+        # committed) and would repeat the welcome on every redelivery after a failed write. So a welcome
+        # that fails to send (Bot Connector error, process killed in between) is not retried: the failure
+        # is logged and counted (reply_failed), the endpoint still answers 200, and a redelivered or twin
+        # activity finds the reference active. The user loses only a courtesy message: the reference
+        # stands, broadcasts reach them, and "help" lists the same commands the welcome would have.
         return (
             installed and aad is not None and recipient_key(RecipientKind.USER, aad) in capture.newly_active
         )

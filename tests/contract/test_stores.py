@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -110,6 +111,57 @@ async def test_list_tenant_pages_over_1000_active_references_only(new_table: Tab
     assert all(r.tenant_id == TENANT for r in (await store.list_tenant(TENANT, page_size=5)).items)
     everything = await store.list_tenant(TENANT, active_only=False, page_size=1000)
     assert len(everything.items) == 1000 and everything.continuation is not None
+
+
+async def test_reference_update_inserts_replaces_or_leaves_the_row_as_change_decides(
+    new_table: TableFactory,
+) -> None:
+    store = TableReferenceStore(new_table())
+    first = reference(HOSTILE_TENANT, "u/1")
+    assert await store.update(HOSTILE_TENANT, first.key, lambda previous: first) == (None, first)
+
+    seen: list[StoredReference | None] = []
+
+    def keep(previous: StoredReference | None) -> None:
+        seen.append(previous)
+
+    assert await store.update(HOSTILE_TENANT, first.key, keep) == (first, None)
+    assert seen == [first] and await store.get(HOSTILE_TENANT, first.key) == first
+
+    moved = first.model_copy(update={"time_zone": "Asia/Tokyo"})
+    assert await store.update(HOSTILE_TENANT, first.key, lambda previous: moved) == (first, moved)
+    assert await store.get(HOSTILE_TENANT, first.key) == moved
+
+
+async def test_reference_update_refuses_a_reference_of_another_key(new_table: TableFactory) -> None:
+    store = TableReferenceStore(new_table())
+    with pytest.raises(ValueError, match="returned the reference 'user:u2'"):
+        await store.update(TENANT, "user:u1", lambda previous: reference(TENANT, "u2"))
+    assert await store.get(TENANT, "user:u2") is None
+
+
+async def test_concurrent_reference_updates_each_build_on_the_last_and_one_finds_no_row(
+    new_table: TableFactory,
+) -> None:
+    """Five writers at once: none is lost, so each saw exactly the row it replaced (compare-and-swap)."""
+    store = TableReferenceStore(new_table())
+    writers = [f"w{i}" for i in range(5)]
+
+    def adding(writer: str) -> Callable[[StoredReference | None], StoredReference]:
+        def change(previous: StoredReference | None) -> StoredReference:
+            base = previous or reference(TENANT, "u1", active=False)
+            marks = [*(base.stale_reason or "").split(), writer]
+            return base.model_copy(update={"stale_reason": " ".join(marks), "active": True})
+
+        return change
+
+    results = await asyncio.gather(*(store.update(TENANT, "user:u1", adding(w)) for w in writers))
+    assert [previous for previous, _ in results].count(None) == 1  # one insert; the rest replaced it
+    stored = await store.get(TENANT, "user:u1")
+    assert stored is not None and sorted((stored.stale_reason or "").split()) == writers
+    # Every write replaced a different predecessor: the writes form one chain, nothing overwritten.
+    predecessors = [previous.stale_reason if previous else None for previous, _ in results]
+    assert len(set(predecessors)) == len(writers)
 
 
 async def test_preferences_round_trip_and_overwrite(new_table: TableFactory) -> None:

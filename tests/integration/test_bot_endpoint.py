@@ -8,8 +8,10 @@ the realistic payloads in ``tests/payloads/teams`` with ``serviceUrl`` pointed a
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
+import logging
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -180,6 +182,39 @@ async def test_personal_install_stores_the_reference_and_welcomes_once(bot: Bot)
     assert stored.confirmed_at is not None
     (welcome,) = await bot.received(PERSONAL)
     assert "Contoso Alerts" in welcome and "stop" in welcome and "because" in welcome
+
+
+RACE_ROUNDS = 15
+
+
+def for_user(data: dict[str, Any], user: str, chat: str) -> dict[str, Any]:
+    """``data`` as if another user (with their own personal chat) had caused it."""
+    data["from"].update(aadObjectId=user, id=f"29:{user}")
+    data["conversation"]["id"] = chat
+    return data
+
+
+async def test_install_events_arriving_together_welcome_once_per_install(
+    start_bot: StartBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Teams delivers installationUpdate add and conversationUpdate membersAdded for the same install at
+    # the same instant. A generous tenant rate keeps the emulator's throttling from hiding a welcome.
+    bot = await start_bot(TeamsEmulatorConfig(tenant_rate=10_000.0))
+    with caplog.at_level(logging.DEBUG, logger="proactive.stores"):
+        for index in range(RACE_ROUNDS):
+            user, chat = f"00000000-0000-4000-8000-{index:012d}", f"a:race-{index}"
+            for _install in ("first install", "re-install after an uninstall"):
+                pair = [
+                    for_user(bot.activity(name), user, chat)
+                    for name in ("personal_install", "personal_bot_added")
+                ]
+                assert await asyncio.gather(*(bot.post(event) for event in pair)) == [(200, {})] * 2
+                assert (await bot.post(for_user(bot.activity("personal_uninstall"), user, chat)))[0] == 200
+    welcomes = [len(await bot.received(f"a:race-{index}")) for index in range(RACE_ROUNDS)]
+    assert welcomes == [2] * RACE_ROUNDS
+    assert (await bot.services.bot_endpoint()).handler.counters["reply_failed"] == 0
+    # The two requests did overlap (their conditional writes collided), so the test exercised the race.
+    assert any("changed while being updated" in record.getMessage() for record in caplog.records)
 
 
 async def test_message_records_time_zone_and_guest_flag(bot: Bot) -> None:

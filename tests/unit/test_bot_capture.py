@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from proactive.bot.capture import (
     plan_capture,
 )
 from proactive.errors import InvalidInput
+from proactive.ports import Entity
 from proactive.stores import TableReferenceStore
 
 PAYLOADS = Path(__file__).parents[1] / "payloads" / "teams"
@@ -199,3 +201,48 @@ async def test_guests_are_stored_with_the_flag(store: TableReferenceStore) -> No
     await capture(store, Clock(), data)
     stored = await store.get(TENANT, f"user:{USER}")
     assert stored is not None and stored.is_guest
+
+
+class LockstepTable(MemoryEntityTable):
+    """The in-memory table, except that the first ``readers`` reads wait for one another.
+
+    So each of that many concurrent captures reads the row before any of them writes: the interleaving
+    that Azure gives two requests arriving at the same instant, made certain.
+    """
+
+    def __init__(self, name: str, readers: int) -> None:
+        super().__init__(name)
+        self._waiting = readers
+        self._all_read = asyncio.Event()
+
+    async def get(self, partition_key: str, row_key: str) -> tuple[Entity, str] | None:
+        found = await super().get(partition_key, row_key)
+        if self._waiting > 0:
+            self._waiting -= 1
+            if self._waiting == 0:
+                self._all_read.set()
+            await self._all_read.wait()
+        return found
+
+    def lockstep(self, readers: int) -> None:
+        self._waiting = readers
+        self._all_read = asyncio.Event()
+
+
+async def test_install_events_applied_together_activate_the_reference_for_one_of_them_only() -> None:
+    table = LockstepTable("references", readers=2)
+    store, clock = TableReferenceStore(table), Clock()
+    pair = ("personal_install", "personal_bot_added")  # Teams sends both for one personal install
+
+    first = await asyncio.gather(*(capture(store, clock, load(name)) for name in pair))
+    assert sorted(len(result.newly_active) for result in first) == [0, 1]
+    # The loser decided again on the winner's row: the same reference, just confirmed, so not rewritten.
+    assert sorted((len(result.stored), len(result.unchanged)) for result in first) == [(0, 1), (1, 0)]
+
+    await capture(store, clock, load("personal_uninstall"))
+    clock.now += timedelta(days=1)
+    table.lockstep(2)
+    again = await asyncio.gather(*(capture(store, clock, load(name)) for name in pair))
+    assert sorted(len(result.newly_active) for result in again) == [0, 1]  # a re-install: welcomed once
+    stored = await store.get(TENANT, f"user:{USER}")
+    assert stored is not None and stored.active and stored.stale_reason is None

@@ -46,7 +46,13 @@ class RecordingSender:
 class BrokenTable(MemoryEntityTable):
     """A table whose writes fail like an unreachable storage account."""
 
+    async def insert(self, entity: Entity) -> str:
+        raise StorageError("storage unreachable")
+
     async def upsert(self, entity: Entity) -> str:
+        raise StorageError("storage unreachable")
+
+    async def replace(self, entity: Entity, etag: str) -> str:
         raise StorageError("storage unreachable")
 
 
@@ -89,6 +95,35 @@ async def test_a_storage_failure_is_503_and_sends_nothing() -> None:
     answer = await bot.handle(body("personal_install"), None)
     assert answer.status == 503 and answer.body["error"]["code"] == "storage_unavailable"
     assert sender.sent == []
+
+
+class ChurningTable(MemoryEntityTable):
+    """A table in which, once ``churn`` is set, another writer rewrites each row right after it is read."""
+
+    churn = False
+
+    async def get(self, partition_key: str, row_key: str) -> tuple[Entity, str] | None:
+        found = await super().get(partition_key, row_key)
+        if self.churn and found is not None:
+            await super().upsert(found[0])  # same content, new ETag: the reader's conditional write fails
+        return found
+
+
+async def test_a_reference_that_keeps_changing_is_503_and_the_reinstall_is_not_welcomed_yet() -> None:
+    table = ChurningTable("references")
+    bot, sender = endpoint(references=table)
+    await bot.handle(body("personal_install"), None)
+    await bot.handle(body("personal_uninstall"), None)
+    assert len(sender.sent) == 1
+
+    table.churn = True
+    answer = await bot.handle(body("personal_install"), None)
+    assert answer.status == 503 and answer.body["error"]["code"] == "storage_unavailable"
+    assert len(sender.sent) == 1  # Teams redelivers on 503; the redelivery decides about the welcome
+
+    table.churn = False
+    assert (await bot.handle(body("personal_install"), None)).status == 200
+    assert len(sender.sent) == 2
 
 
 @pytest.fixture
