@@ -151,6 +151,39 @@ async def test_query_filters_by_equality_alternatives_and_selects(new_table: Tab
     assert [e["RowKey"] for e in rest.items] == ["r3"] and rest.continuation is None
 
 
+async def test_a_query_across_partitions_pages_through_matches_once_each_in_key_order(
+    new_table: TableFactory,
+) -> None:
+    table = new_table()
+    for pk in ("b", "a", "c"):
+        await table.insert_batch([row(pk, f"r{i}", status="sent" if i % 3 else "running") for i in range(5)])
+
+    async def running() -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        continuation = None
+        while True:
+            page = await table.query({"status": "running"}, page_size=2, continuation=continuation)
+            assert len(page.items) <= 2
+            seen.extend((e["PartitionKey"], e["RowKey"]) for e in page.items)
+            if page.continuation is None:
+                return seen
+            continuation = page.continuation
+
+    assert await running() == [("a", "r0"), ("a", "r3"), ("b", "r0"), ("b", "r3"), ("c", "r0"), ("c", "r3")]
+    # Rows moving into and out of the filter after a first query are seen by the next one.
+    await table.upsert(row("a", "r1", status="running"))
+    await table.merge(row("b", "r0", status="sent"))
+    await table.delete("c", "r0")
+    assert await running() == [("a", "r0"), ("a", "r1"), ("a", "r3"), ("b", "r3"), ("c", "r3")]
+    page = await table.query({"PartitionKey": ("c", "a"), "status": ("running",)})
+    assert [(e["PartitionKey"], e["RowKey"]) for e in page.items] == [
+        ("a", "r0"),
+        ("a", "r1"),
+        ("a", "r3"),
+        ("c", "r3"),
+    ]
+
+
 HOSTILE_IDS = [
     "slash/inside",
     "back\\slash",
