@@ -5,8 +5,18 @@ references through the real replay engine (devhost in-memory runtime, manual clo
 timer, in-memory tables, the contract stand-in sender of the orchestration tests) and prints the devhost
 counters: the largest history any execution of ``broadcast`` / ``tenant_broadcast`` replayed, episodes,
 continue-as-new count, activity invocations. The claim under test is that the largest history per
-execution stays flat as the audience grows; wall time is printed for information only (the in-memory
-table fake scans every row per query, so it grows faster than the product would).
+execution stays flat as the audience grows.
+
+The parent polls progress at doubling intervals, so its history depends on how long the sends take in
+virtual time. Given the manual clock, the stand-in sender takes the time a paced sender spends: one slot
+per request at the grant's ``paceSeconds``, the clock moved to the batch's last slot, and
+``firstSendAt`` / ``lastSendAt`` reported like ``SendBatchResult``, so the limiter chains the next grant.
+
+Wall and CPU seconds are printed for information only: the stand-in sender counts the tenant's whole
+ledger after every batch (``count_by_status``), so a run grows with the square of the audience even though
+the table fake reads a page in O(page + log n).
+
+``--write`` also saves the runs to ``bench/results/broadcast_history-<date>.json``.
 """
 
 from __future__ import annotations
@@ -16,8 +26,11 @@ import asyncio
 import json
 import sys
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from bench.send_rate import machine
 from devhost.durable import DurableRuntime, FunctionIndex, ManualClock, MemoryStore
 from proactive import composition
 from proactive.composition import Services
@@ -34,20 +47,34 @@ from tests.unit.test_orchestration_harness import (
     make_settings,
 )
 
+RESULTS = Path(__file__).resolve().parent / "results"
+COLUMNS = (
+    ("recipients", "recipients"),
+    ("status", "status"),
+    ("largestHistoryBroadcast", "largest history, broadcast"),
+    ("largestHistoryTenant", "largest history, tenant"),
+    ("continueAsNew", "continue-as-new"),
+    ("episodes", "episodes"),
+    ("activityInvocations", "activities"),
+    ("virtualSeconds", "virtual s"),
+    ("wallSeconds", "wall s"),
+    ("cpuSeconds", "CPU s"),
+)
+
 
 async def run(recipients: int) -> dict[str, Any]:
     """Run one broadcast of ``recipients`` and return the counters."""
     services = Services(make_settings())
     services._tables = MemoryTables()  # type: ignore[assignment]
-    sender = FakeSender(services)
+    clock = ManualClock(START)
+    sender = FakeSender(services, clock=clock)
     services._send_batch_json = sender
     composition._services = services
-    clock = ManualClock(START)
-    composition.utc_now = clock.now  # type: ignore[assignment]
+    composition.utc_now = clock.now  # type: ignore[attr-defined]
     runtime = DurableRuntime(FunctionIndex.from_app(make_app()), MemoryStore(), clock=clock)
     history = MaxHistory()
     runtime.stats.history_events_by_instance = history
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     async with runtime:
         harness = Harness(runtime, clock, services, sender, RuntimeOrchestrations(runtime), history)
         await harness.seed_references(TENANTS[0], recipients)
@@ -63,17 +90,51 @@ async def run(recipients: int) -> dict[str, Any]:
         "continueAsNew": runtime.stats.continue_as_new,
         "episodes": runtime.stats.episodes,
         "activityInvocations": runtime.stats.activity_invocations,
-        "virtualSeconds": (clock.now() - START).total_seconds(),
+        "virtualSeconds": round((clock.now() - START).total_seconds(), 1),
         "wallSeconds": round(time.monotonic() - started, 1),
+        "cpuSeconds": round(time.process_time() - cpu_started, 1),
     }
 
 
+def table(runs: list[dict[str, Any]]) -> str:
+    """The runs as a markdown table (the columns of bench/README.md)."""
+
+    def cell(value: Any) -> str:
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    lines = [
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "|".join("---" if key == "status" else "---:" for key, _ in COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(r.get(key)) for key, _ in COLUMNS) + " |" for r in runs]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
-    """Entry point."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    """Entry point: one JSON line per size, then the table; ``--write`` saves them to bench/results/."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--recipients", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    for recipients in parser.parse_args(argv).recipients:
-        print(json.dumps(asyncio.run(run(recipients))), flush=True)
+    parser.add_argument(
+        "--write", action="store_true", help="also write bench/results/broadcast_history-<date>.json"
+    )
+    args = parser.parse_args(argv)
+    runs = []
+    for recipients in args.recipients:
+        runs.append(asyncio.run(run(recipients)))
+        print(json.dumps(runs[-1]), flush=True)
+    print()
+    print(table(runs))
+    if args.write:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"broadcast_history-{datetime.now(UTC).date().isoformat()}.json"
+        document = {
+            "benchmark": "broadcast_history",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "runs": runs,
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"written {path}")
     return 0
 
 

@@ -89,9 +89,9 @@ from proactive.models import (
     StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.rate_limiter import LimiterConfig, apply
+from proactive.rate_limiter import LimiterConfig, apply, tenant_defaults
 from proactive.retry import RetryPolicy
-from proactive.sender import BatchSender, SendBatchInput, SendBatchResult
+from proactive.sender import BatchSender, Pacing, SendBatchInput, SendBatchResult
 from proactive.settings import Settings
 from proactive.stores import (
     TableDeliveryLedger,
@@ -436,7 +436,8 @@ async def paced_tenant(
 ) -> list[SendBatchResult]:
     """``tenant_broadcast``'s loop with the limiter called in-process and a real sleep for the timer."""
     # As the tenant_limiter entity builds its defaults; ``limiter`` tries other LimiterConfig fields.
-    defaults = LimiterConfig.from_json({"rate": settings.send_rate_for(tenant), **(limiter or {})})
+    base = tenant_defaults(settings.send_rate_for(tenant), settings.batch_size)
+    defaults = LimiterConfig.from_json({**base.to_json(), **(limiter or {})})
     state: Any = None
     want = settings.batch_size
     requester = f"bench.{tenant}"
@@ -453,8 +454,18 @@ async def paced_tenant(
         tokens = int(grant["tokens"])
         if tokens == 0:
             continue
+        pacing = Pacing.model_validate(
+            {
+                "notBefore": grant["notBeforeIso"],
+                "paceSeconds": grant["paceSeconds"],
+                "sendBy": grant["sendByIso"],
+                "slackSeconds": grant["slackSeconds"],
+            }
+        )
         result = await sender.send_batch(
-            SendBatchInput(notification_id=nid, tenant_id=tenant, limit=tokens, now=datetime.now(UTC))
+            SendBatchInput(
+                notification_id=nid, tenant_id=tenant, limit=tokens, now=datetime.now(UTC), pacing=pacing
+            )
         )
         state, acknowledged = apply(
             state,
@@ -468,7 +479,8 @@ async def paced_tenant(
                 "retryAfter": result.max_retry_after,
                 "requester": requester,
                 "grantedAt": grant["grantedAt"],
-                # As tenant_broadcast does: the next window is timed from the end of this batch's sends.
+                # As tenant_broadcast does: the booking ends at the batch's last request.
+                "firstSendAt": result.first_send_at.timestamp() if result.first_send_at else None,
                 "lastSendAt": result.last_send_at.timestamp() if result.last_send_at else None,
             },
             defaults=defaults,
@@ -483,6 +495,7 @@ async def paced_tenant(
                     tokens,
                     result.throttled,
                     result.elapsed_ms,
+                    result.slots_skipped,
                     round(acknowledged["report"]["rate"], 1),
                 ]
             )
@@ -519,6 +532,7 @@ async def run_ours(
         sleep=asyncio.sleep,
         rng=random.Random(),
         service_url_allowed=OutboundPolicy(["127.0.0.1"]).allows,
+        concurrency=settings.send_concurrency,
     )
     tenants = sorted({r.tenant_id for r in recipients})
     per_tenant = len(recipients) // len(tenants)
@@ -538,7 +552,8 @@ async def run_ours(
         batchThrottled=sum(r.throttled for r in results),
         batchServerErrors=sum(r.server_errors for r in results),
         meanBatchMs=round(sum(r.elapsed_ms for r in results) / max(1, len(results)), 1),
-        # First tenant only: [due at s, tokens, 429s, batch ms, limiter rate after the report].
+        slotsSkipped=sum(r.slots_skipped for r in results),
+        # First tenant only: [due at s, tokens, 429s, batch ms, slots lost, limiter rate after the report].
         trace=trace.get("batches", []),
     )
     return clock
@@ -595,9 +610,10 @@ class _RuntimeOrchestrations:
         return True
 
 
-def bench_settings(tenants: list[str], batch_size: int) -> Settings:
+def bench_settings(tenants: list[str], batch_size: int, concurrency: int) -> Settings:
     return Settings.from_env(
         {
+            "SEND_CONCURRENCY": str(concurrency),
             "AzureWebJobsStorage": "UseDevelopmentStorage=true",
             "TENANT_ALLOW_LIST": ",".join(tenants),
             "SEND_RATE_PER_TENANT": str(CEILING),
@@ -736,7 +752,7 @@ def machine() -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every selected line against one emulator process; returns the JSON document."""
     # The direct line reads only batch_size, the rate and the attempt bound; the allow-list does not matter.
-    settings = bench_settings([str(uuid.UUID(int=1))], args.batch_size)
+    settings = bench_settings([str(uuid.UUID(int=1))], args.batch_size, args.concurrency)
     attempts = settings.max_send_attempts
     emulator = EmulatorProcess(CEILING)
     emulator.start()
@@ -768,7 +784,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         http: aiohttp.ClientSession, base: str, recipients: list[Recipient], nid: str, line: Line
     ) -> SendClock:
         tenants = sorted({r.tenant_id for r in recipients})
-        return await run_durable(http, base, recipients, nid, bench_settings(tenants, args.batch_size), line)
+        return await run_durable(
+            http, base, recipients, nid, bench_settings(tenants, args.batch_size, args.concurrency), line
+        )
 
     plan: list[tuple[str, str, int, Scenario]] = [
         ("sequential", f"sequential ({attempts} att.)", 1, baseline("sequential", attempts)),
@@ -811,7 +829,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--per-tenant", type=int, default=1500, help="messages per tenant (default 1500)")
     parser.add_argument("--tenants", type=int, default=10, help="tenants of the parallel line (default 10)")
-    parser.add_argument("--batch-size", type=int, default=50, help="Settings.batch_size (default 50)")
+    parser.add_argument("--batch-size", type=int, default=150, help="Settings.batch_size (default 150)")
+    parser.add_argument("--concurrency", type=int, default=32, help="Settings.send_concurrency (default 32)")
     parser.add_argument(
         "--until-delivered", type=int, default=100, help="attempts of the second gather line (default 100)"
     )

@@ -195,6 +195,7 @@ class Services:
             sleep=asyncio.sleep,
             rng=random.Random(),
             service_url_allowed=OutboundPolicy.for_bot_connector(self.settings).allows,
+            concurrency=self.settings.send_concurrency,
             handoff_delay=self.settings.retry_handoff_seconds,
         )
 

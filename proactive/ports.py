@@ -13,7 +13,7 @@ Two layers for storage:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -104,6 +104,21 @@ class ReferenceStore(Protocol):
     async def upsert(self, reference: StoredReference) -> None: ...
 
     async def get(self, tenant_id: str, key: str) -> StoredReference | None: ...
+
+    async def update(
+        self,
+        tenant_id: str,
+        key: str,
+        change: Callable[[StoredReference | None], StoredReference | None],
+        *,
+        attempts: int = ...,
+    ) -> tuple[StoredReference | None, StoredReference | None]:
+        """Compare-and-swap: ``change(stored)`` is written only if the row is still what it was given.
+
+        Returns ``(previous, written)``; ``written`` is ``None`` when ``change`` returned ``None``.
+        Raises ``ConcurrencyConflict`` when the row kept changing under every attempt.
+        """
+        ...
 
     async def deactivate(self, tenant_id: str, key: str, reason: str, at: datetime) -> bool:
         """Mark inactive with a reason; ``False`` when there was no such reference."""

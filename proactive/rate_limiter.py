@@ -13,47 +13,51 @@ Time
     an operation whose ``now`` is older than the newest time the entity has seen runs at that newest time,
     so the entity's clock never moves back and no grant is ever earlier than its caller's ``now``.
 
-Sliding window with bookings (the ceiling)
-    Teams counts a tenant's requests in *sliding* windows: at most ``L = floor(r * W)`` sends in any
+Paced slots (the ceiling)
+    Teams counts a tenant's requests in *sliding* windows: at most ``L = floor(r * W)`` requests in any
     ``W`` = ``windowSeconds`` (1 s) at rate ``r`` (configured ceiling, default 50 msg/s per the facts sheet;
-    AIMD may lower the effective rate). The state keeps a log of *bookings*, one per grant: ``n`` tokens
-    whose sends happen somewhere in a span ``[start, end]``. ``start`` is the grant's ``notBefore``; ``end``
-    is the batch's end: estimated as ``start + batchSeconds`` while the batch is out, and the report's
-    ``lastSendAt`` (else its ``now``) once reported. A batch's sends are spread over its span, so two
-    bookings share a window of ``W' = W + marginSeconds`` (the margin absorbs clock and timer jitter) when
-    their spans come closer than ``W'``. A grant of ``n`` at ``s`` (span ``[s, s + estimate]``) is made only
-    if every window of length ``W'`` touching its span holds at most ``L - n`` tokens of other bookings:
-    **tokens whose sends can fall in any sliding window of W' seconds never exceed L**, so in particular the
-    tokens granted with ``notBefore`` in any ``[t, t + W)`` never exceed ``rate * W``. The next batch of a
-    tenant sending one batch of ``L`` per window therefore starts ``W'`` after the previous batch's *end*,
-    not ``W`` after its start: a batch's tail and the next batch's head can never meet in one window, and
-    in-batch 429 retries, which extend the batch, push the next grant back with it. Capacity is booked ahead,
-    so callers asking at the same instant are staggered: ten orchestrations asking for 20 at ``t`` get
-    ``20, 20, 10`` at ``t`` and the next ones one window after those batches end. A grant takes what fits in
-    the earliest window with room for at least half of what it may hold (so a window is filled, not left
-    with 10 idle tokens, and grants stay large enough to be worth a round trip).
+    AIMD may lower the effective rate). A grant is not a burst but a run of **slots** ``pace`` apart, with
+    ``pace = (W + m) / L`` (``m`` = ``marginSeconds``, 20 ms: 20.4 ms at 50 msg/s). The sender
+    (:mod:`proactive.pacing`) starts each request at a slot of its own, at most ``s`` = ``slackSeconds``
+    (10 ms) after it, never before it, never after the grant's ``sendBy``; a slot it wakes up too late for
+    is lost, not caught up. In-process retries take slots too. Requests that start at least ``pace`` apart
+    within ``s`` of their slots put at most ``floor((W + s) / pace) + 1 = L`` requests in any window of
+    ``W``, because ``s < m`` (the rest of the margin absorbs network jitter on the way to Teams).
 
-    One grant holds ``n <= min(want, L, r * D, max(1, r * maxBookingSeconds))`` tokens (rounded down; 50 by
-    default) with ``D = burst / rate`` (``burst`` defaults to one window of rate), so a 100k-recipient
-    request books one window and queues for the next like everyone else; it cannot lock the tenant out.
-    ``batchSeconds`` (0.25 s) is the first estimate of a batch's span; it then follows the reported spans
-    (twice the longest recent one, halving with each report), so on a fast link concurrent requesters
-    are not kept apart longer than their batches take. Bookings already made keep their place when the rate
-    changes, so across a change the bound holds with the highest rate in force (never above the configured
-    one). The log keeps the bookings that can still share a window with a new grant (at most 64: past
-    that, the two oldest merge into one covering both spans and both counts, which wastes capacity but
-    never exceeds it).
+    Grants of a tenant are chained like a virtual clock (GCRA): a grant's first slot is one ``pace`` after
+    the last slot of the previous booking, so consecutive batches tile the time line (50 requests per 1.02 s
+    at 50 msg/s, 0.98 of the ceiling) instead of each batch's own duration being added to the period. The
+    state keeps a log of *bookings*, one per grant: ``[start, sendBy]`` and its pace. While a batch is out
+    its booking runs to ``sendBy = start + (n - 1) * pace + startLag``: the sender may shift its slots by
+    up to ``startLag`` when its activity starts late, and the next grant must clear that. A report closes the
+    booking at the batch's last request (``lastSendAt``, else the report's ``now``), and the requester's next
+    ``acquire`` closes its earlier bookings at that ``now``; so one orchestration per tenant, which reports
+    before it asks again, loses nothing to ``startLag``, and concurrent requesters lose only it per batch.
+    ``startLagSeconds`` (0.25 s) is the first estimate; it then follows the reports' ``firstSendAt`` (twice
+    the lag seen, halving with each report).
+
+    One grant holds ``n <= min(want, r * D, max(1, r * maxBookingSeconds))`` tokens (rounded down; 50 by
+    default; a lane's share of that while both priorities are active) with ``D = burst / rate`` (``burst``
+    defaults to one window of rate), so a 100k-recipient request books one grant and queues for the next
+    like everyone else; it cannot lock the tenant out. The product's entity allows grants of ``BATCH_SIZE``
+    (:func:`tenant_defaults`; 150 slots, about 3 s).
+    Bookings already made keep their place when the rate changes, so across a change the bound holds with
+    the highest rate in force (never above the configured one). The log keeps the bookings that can still
+    move a new grant (at most 64: past that, the two oldest merge into one ending where the later one ends,
+    which wastes capacity but never exceeds it).
 
 Priority (urgent before normal, normal never starved)
     Each priority's demand is *active* until ``priorityWindowSeconds`` (10 s) after the ``notBefore`` of
-    its latest request. While only one priority is active it may use the whole window. While both are
-    active, each window is shared: normal may hold at most ``Ln = max(1, floor(s * L))`` of the tokens in
-    any window and urgent at most ``L - Ln``, ``s = normalShare`` (0.2; at 50 msg/s: 40 urgent and 10
-    normal tokens per window). An urgent request therefore only waits for urgent bookings and for bookings
-    made before urgent demand appeared (they were promised: one window per concurrent requester), never
-    behind normal bookings made after it arrived, and normal keeps ``s`` of the rate however much urgent
-    asks: starvation-free with a fixed 20 % share. Until ``priorityWindowSeconds`` after the last urgent
-    request, normal is held to its share even if urgent has gone quiet.
+    its latest request. While only one priority is active its grants take the whole rate (lane ``all``).
+    While both are active each has a lane of its own: normal ``Ln = max(1, floor(s * L))`` tokens per
+    window and urgent ``L - Ln``, ``s = normalShare`` (0.2; at 50 msg/s: 40 urgent and 10 normal), each lane
+    paced ``(W + m) / its tokens``, so together they never exceed ``L``. The two lanes interleave freely; a
+    lane's grant waits only for its own lane and for ``all`` bookings (three paces after them, which pays for
+    a window holding partial slots of three streams). An urgent request therefore only waits for urgent
+    bookings and for bookings made before urgent demand appeared (they were promised: one batch per
+    concurrent requester), never behind normal bookings made after it arrived, and normal keeps ``s`` of the
+    rate however much urgent asks: starvation-free with a fixed 20 % share. Until ``priorityWindowSeconds``
+    after the last urgent request, normal is held to its share even if urgent has gone quiet.
 
 AIMD (feedback from ``report``)
     A report counts responses: ``sent`` (2xx), ``throttled`` (429, with the largest ``retryAfter``),
@@ -85,8 +89,10 @@ Circuit breaker
 
 Operations, inputs and decisions (plain JSON; camelCase keys, snake_case accepted on input)
     - ``acquire {now, want, priority: "urgent"|"normal", requester}`` ->
-      ``{"grant": {tokens, notBefore, notBeforeIso, grantedAt, reason, rate}}``
-    - ``report {now, sent, throttled, serverErrors, failed, retryAfter, requester, grantedAt, lastSendAt}`` ->
+      ``{"grant": {tokens, notBefore, notBeforeIso, grantedAt, reason, rate, paceSeconds, sendBy, sendByIso,
+      slackSeconds}}``
+    - ``report {now, sent, throttled, serverErrors, failed, retryAfter, requester, grantedAt, firstSendAt,
+      lastSendAt}`` ->
       ``{"report": {rate, phase, holdUntil, openUntil, verdict}}``
     - ``configure {now?, <any config field>}`` -> ``{"config": {...}}`` (fields not given are kept)
     - ``get`` -> ``{"snapshot": {...}}`` (read-only)
@@ -120,15 +126,18 @@ __all__ = [
     "parse_time",
     "report",
     "snapshot",
+    "tenant_defaults",
 ]
 
 Priority: TypeAlias = Literal["urgent", "normal"]
 Phase: TypeAlias = Literal["closed", "open", "half_open"]
 GrantReason: TypeAlias = Literal["granted", "probe", "breaker_open", "probe_in_flight"]
+Lane: TypeAlias = Literal["all", "urgent", "normal"]
 JsonObject: TypeAlias = dict[str, Any]
 
-STATE_VERSION: Final = 2
+STATE_VERSION: Final = 3
 _V1: Final = 1  # the calendar-of-intervals state, still read (see _migrate_v1)
+_V2: Final = 2  # unpaced spans, still read (see _migrate_v2)
 # Comparisons on epoch floats (~1.7e9, one ulp is ~2.4e-7 s) need a tolerance well above an ulp and well below
 # one token's interval at the highest allowed rate (1 / 10,000 s).
 _EPS: Final = 1e-6
@@ -139,11 +148,11 @@ _MAX_COUNT: Final = 10**9
 # Bookings are kept only while they can share a window with a new grant (a few per requester), so this is
 # reached only by many concurrent requesters. Past it the two oldest merge: capacity wasted, never exceeded.
 _MAX_BOOKED: Final = 64
-# A grant may take a partial window only if at least this share of what it may hold fits (see _place).
-_PARTIAL_SHARE: Final = 0.5
-# How the learned batch span follows reports: twice the span seen, halving with each report.
-_SPAN_SAFETY: Final = 2.0
-_SPAN_DECAY: Final = 0.5
+# How the learned start lag follows reports: twice the lag seen, halving with each report.
+_LAG_SAFETY: Final = 2.0
+_LAG_DECAY: Final = 0.5
+# Paces between the last slot of ``all`` and the first of a lane (or back): see _earliest_start.
+_LANE_CHANGE_PACES: Final = 3.0
 _MAX_REQUESTER: Final = 512
 
 
@@ -362,7 +371,8 @@ _CONFIG_SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "max_booking_seconds": ("f", 0.001, 3600.0),
     "window_seconds": ("f", 0.001, 3600.0),
     "margin_seconds": ("f", 0.0, 60.0),
-    "batch_seconds": ("f", 0.0, 3600.0),
+    "slack_seconds": ("f", 0.0, 60.0),
+    "start_lag_seconds": ("f", 0.0, 3600.0),
     "normal_share": ("f", 0.01, 0.99),
     "priority_window_seconds": ("f", 0.0, _MAX_SECONDS),
     "decrease_factor": ("f", 0.01, 0.99),
@@ -371,6 +381,7 @@ _CONFIG_SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "increase_after_seconds": ("f", 0.0, _MAX_SECONDS),
     "increase_factor": ("f", 1.0, 10.0),
     "throttle_memory_seconds": ("f", 0.0, _MAX_SECONDS),
+    "cautious_seconds": ("f", 0.0, _MAX_SECONDS),
     "max_hold_seconds": ("f", 0.0, _MAX_SECONDS),
     "breaker_threshold": ("i", 1, 1000),
     "bad_fraction": ("f", 0.0, 0.99),
@@ -395,8 +406,12 @@ class LimiterConfig:
         max_booking_seconds: One grant holds at most this many seconds of rate.
         window_seconds: The service's sliding window (Teams: 50 per 1 s): at most ``rate * window`` tokens
             may be sent in any window.
-        margin_seconds: Added to the window between bookings, for clock and timer jitter.
-        batch_seconds: Assumed span of a batch not yet reported (first estimate; then learned from reports).
+        margin_seconds: Added to the window when spacing slots (``pace = (W + margin) / L``): the budget for
+            a request starting late and for network jitter. Must exceed ``slack_seconds``.
+        slack_seconds: A request may start at most this long after its slot (the sender drops the slot when
+            it wakes later), so the margin keeps ``margin - slack`` for jitter on the way to Teams.
+        start_lag_seconds: How late a batch may begin its slots after ``notBefore`` (an activity starts a
+            little after its timer): the first estimate, then learned from reports (``firstSendAt``).
         normal_share: Share of the rate normal requests keep while urgent demand is active.
         priority_window_seconds: How long demand of a priority stays active after its latest ``notBefore``.
         decrease_factor: Multiplicative decrease on 429.
@@ -405,6 +420,7 @@ class LimiterConfig:
         increase_after_seconds: Quiet time after the last 429 before the rate climbs.
         increase_factor: Multiplicative increase per clean second (on top of the additive one).
         throttle_memory_seconds: A 429 this long after the previous one starts a new streak (a hold only).
+        cautious_seconds: For this long after a 429 the rate climbs only additively (then multiplicatively).
         max_hold_seconds: Cap on how long one ``Retry-After`` may hold the tenant.
         breaker_threshold: Consecutive bad reports that open the breaker.
         bad_fraction: A report is bad when 429s plus 5xx exceed this fraction of its attempts.
@@ -421,8 +437,9 @@ class LimiterConfig:
     min_rate: float = 1.0
     max_booking_seconds: float = 1.0
     window_seconds: float = 1.0
-    margin_seconds: float = 0.005
-    batch_seconds: float = 0.25
+    margin_seconds: float = 0.01
+    slack_seconds: float = 0.005
+    start_lag_seconds: float = 0.25
     normal_share: float = 0.2
     priority_window_seconds: float = 10.0
     decrease_factor: float = 0.5
@@ -431,6 +448,7 @@ class LimiterConfig:
     increase_after_seconds: float = 2.0
     increase_factor: float = 1.25
     throttle_memory_seconds: float = 10.0
+    cautious_seconds: float = 30.0
     max_hold_seconds: float = 300.0
     breaker_threshold: int = 3
     bad_fraction: float = 0.5
@@ -505,6 +523,13 @@ def _check_config_values(values: Mapping[str, Any]) -> None:
     if values["minRate"] > values["rate"]:
         raise LimiterInputError(
             "invalid_input", "config.minRate must not exceed config.rate", {"field": "minRate"}
+        )
+    margin, slack = values["marginSeconds"], values["slackSeconds"]
+    if slack >= margin and not slack == margin == 0:
+        raise LimiterInputError(
+            "invalid_input",
+            "config.slackSeconds must be below config.marginSeconds (or both 0)",
+            {"field": "slackSeconds"},
         )
     if values["maxCooldownSeconds"] < values["cooldownSeconds"]:
         raise LimiterInputError(
@@ -628,22 +653,30 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class Booking:
-    """One grant on the time line: ``urgent + normal`` tokens sent somewhere in ``[start, end]``.
+    """One grant on the time line: ``urgent + normal`` requests, one per slot, paced from ``start``.
+
+    The sender starts request ``i`` no earlier than its slot (``origin + i * pace``, ``origin >= start``)
+    and at most ``slackSeconds`` after it, never after ``send_by`` (see :mod:`proactive.pacing`). So the
+    booking's requests lie in ``[start, send_by + slack]``, at least ``pace`` apart.
 
     Attributes:
         start: The grant's ``notBefore``.
-        end: Estimated end while ``open``; the reported end (last send) once closed.
+        send_by: Latest slot time: the grant's ``sendBy`` while open; the reported last request once closed.
+        pace: Seconds between slots.
         urgent: Tokens granted at urgent priority.
         normal: Tokens granted at normal priority (a merged booking may hold both).
+        lane: ``all`` (the whole rate), or ``urgent`` / ``normal`` (its share while both are active).
         requester: Who holds it while open (to match the report); ``None`` once closed or merged.
         granted_at: The grant's ``grantedAt`` while open.
-        open: The batch has not been reported yet, so ``end`` is an estimate.
+        open: The batch has not been reported yet.
     """
 
     start: float
-    end: float
+    send_by: float
+    pace: float
     urgent: int = 0
     normal: int = 0
+    lane: Lane = "all"
     requester: str | None = None
     granted_at: float | None = None
     open: bool = False
@@ -654,8 +687,18 @@ class Booking:
         return self.urgent + self.normal
 
     def to_json(self) -> list[Any]:
-        """Compact JSON: ``[start, end, urgent, normal, requester, grantedAt, open]``."""
-        return [self.start, self.end, self.urgent, self.normal, self.requester, self.granted_at, self.open]
+        """Compact JSON: ``[start, sendBy, pace, urgent, normal, lane, requester, grantedAt, open]``."""
+        return [
+            self.start,
+            self.send_by,
+            self.pace,
+            self.urgent,
+            self.normal,
+            self.lane,
+            self.requester,
+            self.granted_at,
+            self.open,
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,8 +709,8 @@ class LimiterState:
         config: Settings.
         rate: Effective rate (AIMD), between ``config.floor_rate`` and ``config.rate``.
         clock: Newest ``now`` seen; operations never run earlier than this.
-        bookings: Grants that can still share a window with a new one, sorted by start.
-        batch_seconds: Learned span of a batch, assumed for bookings not yet reported.
+        bookings: Grants that can still constrain a new one, sorted by start.
+        start_lag_seconds: Learned lateness of a batch's first slot, allowed to bookings not yet reported.
         hold_until: No ``notBefore`` before this (the latest ``Retry-After``).
         last_throttle_at: When the latest 429 was reported.
         streak_started_at: When the current streak of 429s began (``None`` after a quiet memory span).
@@ -683,7 +726,7 @@ class LimiterState:
     rate: float = 50.0
     clock: float = 0.0
     bookings: tuple[Booking, ...] = ()
-    batch_seconds: float = 0.25
+    start_lag_seconds: float = 0.25
     hold_until: float = 0.0
     last_throttle_at: float | None = None
     streak_started_at: float | None = None
@@ -702,7 +745,7 @@ class LimiterState:
             "rate": self.rate,
             "clock": self.clock,
             "bookings": [booking.to_json() for booking in self.bookings],
-            "batchSeconds": self.batch_seconds,
+            "startLagSeconds": self.start_lag_seconds,
             "holdUntil": self.hold_until,
             "lastThrottleAt": self.last_throttle_at,
             "streakStartedAt": self.streak_started_at,
@@ -724,25 +767,29 @@ class LimiterState:
         try:
             reader = _Fields(data, "state", snake_case_too=False)
             version = reader.integer("v", 0, 1000)
-            if version not in (_V1, STATE_VERSION):
+            if version not in (_V1, _V2, STATE_VERSION):
                 raise LimiterInputError("invalid_state", f"state version {version} is not {STATE_VERSION}")
             config = LimiterConfig.from_json(reader.raw("config"), where="state.config")
             rate = reader.number("rate", config.floor_rate, config.rate)
             far = _MAX_EPOCH * 2
             clock = reader.number("clock", 0.0, _MAX_EPOCH)
+            start_lag, streak_started_at = config.start_lag_seconds, None
             if version == _V1:
-                bookings = _migrate_v1(reader.raw("booked"), config)
-                batch_seconds, streak_started_at = config.batch_seconds, None
+                bookings = _migrate_v2(_migrate_v1(reader.raw("booked"), config), config, rate)
+            elif version == _V2:
+                bookings = _migrate_v2(_parse_v2_bookings(reader.raw("bookings")), config, rate)
+                reader.number("batch_seconds", 0.0, _MAX_SECONDS)  # replaced by the start lag
+                streak_started_at = reader.optional_number("streak_started_at", 0.0, far)
             else:
                 bookings = _parse_bookings(reader.raw("bookings"))
-                batch_seconds = reader.number("batch_seconds", 0.0, _MAX_SECONDS)
+                start_lag = reader.number("start_lag_seconds", 0.0, _MAX_SECONDS)
                 streak_started_at = reader.optional_number("streak_started_at", 0.0, far)
             state = cls(
                 config=config,
                 rate=rate,
                 clock=clock,
                 bookings=bookings,
-                batch_seconds=batch_seconds,
+                start_lag_seconds=start_lag,
                 hold_until=reader.number("hold_until", 0.0, far),
                 last_throttle_at=reader.optional_number("last_throttle_at", 0.0, far),
                 streak_started_at=streak_started_at,
@@ -761,40 +808,47 @@ class LimiterState:
             ) from exc
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT
+
+
 def _parse_bookings(raw: object) -> tuple[Booking, ...]:
     problem = LimiterInputError(
         "invalid_state",
-        "state.bookings must be [start, end, urgent, normal, requester, grantedAt, open] sorted by start",
+        "state.bookings must be [start, sendBy, pace, urgent, normal, lane, requester, grantedAt, open] "
+        "sorted by start",
     )
     if not isinstance(raw, list) or len(raw) > _MAX_BOOKED:
         raise problem
     result: list[Booking] = []
     previous_start = -math.inf
-
-    def is_number(value: object) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
     for item in raw:
-        if not (isinstance(item, list) and len(item) == 7):
+        if not (isinstance(item, list) and len(item) == 9):
             raise problem
-        start, end, urgent, normal, requester, granted_at, is_open = item
-        if not (is_number(start) and is_number(end) and previous_start <= start <= end <= _MAX_EPOCH * 2):
+        start, send_by, pace, urgent, normal, lane, requester, granted_at, is_open = item
+        times_ok = _is_number(start) and _is_number(send_by) and previous_start <= start <= send_by
+        if not (times_ok and send_by <= _MAX_EPOCH * 2 and _is_number(pace) and 0 < pace <= _MAX_SECONDS):
             raise problem
-        counts_ok = all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_COUNT for v in (urgent, normal)
-        )
-        if not counts_ok or urgent + normal < 1 or not isinstance(is_open, bool):
+        if not (_is_count(urgent) and _is_count(normal) and urgent + normal >= 1):
+            raise problem
+        if lane not in ("all", "urgent", "normal") or not isinstance(is_open, bool):
             raise problem
         if requester is not None and not (isinstance(requester, str) and len(requester) <= _MAX_REQUESTER):
             raise problem
-        if granted_at is not None and not (is_number(granted_at) and 0 <= granted_at <= _MAX_EPOCH):
+        if granted_at is not None and not (_is_number(granted_at) and 0 <= granted_at <= _MAX_EPOCH):
             raise problem
         result.append(
             Booking(
                 float(start),
-                float(end),
+                float(send_by),
+                float(pace),
                 urgent,
                 normal,
+                cast(Lane, lane),
                 requester,
                 None if granted_at is None else float(granted_at),
                 is_open,
@@ -804,7 +858,50 @@ def _parse_bookings(raw: object) -> tuple[Booking, ...]:
     return tuple(result)
 
 
-def _migrate_v1(raw: object, config: LimiterConfig) -> tuple[Booking, ...]:
+@dataclass(frozen=True, slots=True)
+class _SpanV2:
+    """A version 2 booking: ``tokens`` sent anywhere in ``[start, end]`` (no pacing)."""
+
+    start: float
+    end: float
+    tokens: int
+
+
+def _migrate_v2(spans: tuple[_SpanV2, ...], config: LimiterConfig, rate: float) -> tuple[Booking, ...]:
+    """Version 2 spans as bookings that keep every later slot a whole window clear of them.
+
+    A span's sends may lie anywhere in it, so its booking ends a window (plus margin) after the span: a new
+    grant, which starts one pace after that, shares no window with them. Conservative, and gone in seconds.
+    """
+    limit, seconds = _capacity(config, rate)
+    pace = (seconds + config.margin_seconds) / limit
+    reach = seconds + config.margin_seconds
+    return tuple(Booking(span.start, span.end + reach, pace, 0, span.tokens) for span in spans)
+
+
+def _parse_v2_bookings(raw: object) -> tuple[_SpanV2, ...]:
+    problem = LimiterInputError(
+        "invalid_state",
+        "state.bookings must be [start, end, urgent, normal, requester, grantedAt, open] sorted by start",
+    )
+    if not isinstance(raw, list) or len(raw) > _MAX_BOOKED:
+        raise problem
+    result: list[_SpanV2] = []
+    previous_start = -math.inf
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 7):
+            raise problem
+        start, end, urgent, normal, _requester, _granted_at, _open = item
+        if not (_is_number(start) and _is_number(end) and previous_start <= start <= end <= _MAX_EPOCH * 2):
+            raise problem
+        if not (_is_count(urgent) and _is_count(normal) and urgent + normal >= 1):
+            raise problem
+        result.append(_SpanV2(float(start), float(end), urgent + normal))
+        previous_start = float(start)
+    return tuple(result)
+
+
+def _migrate_v1(raw: object, config: LimiterConfig) -> tuple[_SpanV2, ...]:
     """A version 1 calendar as one booking that fills every window its intervals could reach.
 
     Version 1 sent a grant up to one slice before its interval, so ``[first - D, last end]`` covers every send
@@ -827,13 +924,25 @@ def _migrate_v1(raw: object, config: LimiterConfig) -> tuple[Booking, ...]:
         return ()
     first = max(0.0, min(start for start, _ in pairs) - config.slice_seconds)
     last = max(end for _, end in pairs)
-    return (Booking(first, last, 0, max(1, math.ceil(config.rate * config.window_seconds))),)
+    return (_SpanV2(first, last, max(1, math.ceil(config.rate * config.window_seconds))),)
+
+
+def tenant_defaults(rate: float, batch_size: int) -> LimiterConfig:
+    """The settings a tenant's limiter starts with: its rate, and grants of up to ``batch_size`` slots.
+
+    A grant is paced, not a burst, so it may span several windows: ``BATCH_SIZE`` 150 at 50 msg/s books
+    about 3 s. Longer grants spread the fixed cost of each batch (report, acquire, timer, activity start:
+    milliseconds here, hundreds of milliseconds on Azure) over more sends; the price is that an urgent
+    request may wait for batches booked before it appeared, one per concurrent requester.
+    """
+    seconds = max(1.0, batch_size / rate)
+    return LimiterConfig(rate=rate, burst=rate * seconds, max_booking_seconds=seconds)
 
 
 def initial_state(config: LimiterConfig | None = None) -> LimiterState:
     """A fresh limiter: breaker closed, effective rate at the configured ceiling, nothing booked."""
     chosen = config or LimiterConfig()
-    return LimiterState(config=chosen, rate=chosen.rate, batch_seconds=chosen.batch_seconds)
+    return LimiterState(config=chosen, rate=chosen.rate, start_lag_seconds=chosen.start_lag_seconds)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -888,7 +997,8 @@ class Report:
         retry_after: Largest ``Retry-After`` seen, in seconds.
         requester: Who reports; decides a half-open probe when it is the probe holder.
         granted_at: ``grantedAt`` of the grant the batch used, so one overload is punished once.
-        last_send_at: When the batch's last send ended (its span's end); ``now`` when not given.
+        first_send_at: When the batch's first request started (teaches the start lag).
+        last_send_at: When the batch's last request started; the booking ends there (``now`` when not given).
     """
 
     now: float
@@ -899,6 +1009,7 @@ class Report:
     retry_after: float | None = None
     requester: str | None = None
     granted_at: float | None = None
+    first_send_at: float | None = None
     last_send_at: float | None = None
 
     @property
@@ -919,6 +1030,7 @@ class Report:
             retry_after=reader.optional_number("retry_after", 0.0, _MAX_SECONDS),
             requester=reader.optional_text("requester"),
             granted_at=reader.optional_time("granted_at"),
+            first_send_at=reader.optional_time("first_send_at"),
             last_send_at=reader.optional_time("last_send_at"),
         )
         reader.done()
@@ -935,20 +1047,27 @@ class Report:
             "retryAfter": self.retry_after,
             "requester": self.requester,
             "grantedAt": self.granted_at,
+            "firstSendAt": self.first_send_at,
             "lastSendAt": self.last_send_at,
         }
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """Decision of ``acquire``: wait until ``not_before``, then send ``tokens`` messages (0: ask again then).
+    """Decision of ``acquire``: from ``not_before``, send up to ``tokens`` requests, one per slot.
+
+    Slot ``i`` is at ``origin + i * pace_seconds`` with ``origin = max(not_before, first request)``; a request
+    starts within ``slack_seconds`` after its slot and no slot lies after ``send_by`` (:mod:`proactive.pacing`).
 
     Attributes:
-        tokens: Messages the caller may send; 0 only while the breaker is open or a probe is out.
+        tokens: Requests the caller may start; 0 only while the breaker is open or a probe is out.
         not_before: Earliest send time (epoch seconds), never before the caller's ``now``.
         granted_at: Entity time of the grant; echo it in the batch's report.
         reason: ``granted``, ``probe``, ``breaker_open`` or ``probe_in_flight``.
         rate: Effective rate when granted, for telemetry.
+        pace_seconds: Seconds between slots.
+        send_by: The latest slot time.
+        slack_seconds: How late after its slot a request may still start.
     """
 
     tokens: int
@@ -956,9 +1075,12 @@ class Grant:
     granted_at: float
     reason: GrantReason
     rate: float
+    pace_seconds: float
+    send_by: float
+    slack_seconds: float
 
     def to_json(self) -> JsonObject:
-        """Plain JSON with camelCase keys, plus ``notBeforeIso`` for ``create_timer``."""
+        """Plain JSON with camelCase keys, plus ``notBeforeIso`` / ``sendByIso`` for the orchestration."""
         return {
             "tokens": self.tokens,
             "notBefore": self.not_before,
@@ -966,6 +1088,10 @@ class Grant:
             "grantedAt": self.granted_at,
             "reason": self.reason,
             "rate": self.rate,
+            "paceSeconds": self.pace_seconds,
+            "sendBy": self.send_by,
+            "sendByIso": _iso(self.send_by),
+            "slackSeconds": self.slack_seconds,
         }
 
     def not_before_datetime(self) -> datetime:
@@ -1003,22 +1129,8 @@ class ReportAck:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The sliding window over bookings
+# Paced bookings
 # ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Window:
-    """What one grant is checked against: ``limit`` tokens per ``seconds`` (window plus margin), and a lane.
-
-    ``lane`` is the requesting priority while both priorities are active: its own tokens in any window are
-    then held to ``lane_limit`` as well.
-    """
-
-    seconds: float
-    limit: int
-    lane: Priority | None = None
-    lane_limit: int = 0
 
 
 def _capacity(config: LimiterConfig, rate: float) -> tuple[int, float]:
@@ -1027,92 +1139,83 @@ def _capacity(config: LimiterConfig, rate: float) -> tuple[int, float]:
     return limit, max(config.window_seconds, limit / rate)
 
 
-def _window_for(state: LimiterState, priority: Priority, now: float) -> _Window:
+def _lane_for(state: LimiterState, priority: Priority, now: float) -> Lane:
+    """``all`` unless the other priority's demand is active too: then the priority's own lane."""
+    other_active = state.normal_until > now if priority == "urgent" else state.urgent_until > now
+    if not other_active or _capacity(state.config, state.rate)[0] < 2:
+        return "all"
+    return priority
+
+
+def _lane_pace(state: LimiterState, lane: Lane) -> tuple[int, float]:
+    """Tokens per window of ``lane`` and the pace of its slots: ``(window + margin) / tokens``."""
     config = state.config
     limit, seconds = _capacity(config, state.rate)
-    seconds += config.margin_seconds
-    other_active = state.normal_until > now if priority == "urgent" else state.urgent_until > now
-    if not other_active or limit < 2:
-        return _Window(seconds, limit)
-    normal = min(limit - 1, max(1, math.floor(config.normal_share * limit + 1e-9)))
-    return _Window(seconds, limit, priority, normal if priority == "normal" else limit - normal)
+    if lane != "all":
+        normal = min(limit - 1, max(1, math.floor(config.normal_share * limit + 1e-9)))
+        limit = normal if lane == "normal" else limit - normal
+    return limit, (seconds + config.margin_seconds) / limit
 
 
-def _room(bookings: tuple[Booking, ...], start: float, span: float, window: _Window) -> int:
-    """Tokens a booking spanning ``[start, start + span]`` could take without breaking any window.
+def _conflicts(first: Lane, second: Lane) -> bool:
+    """Whether two lanes' slots must not interleave (``urgent`` and ``normal`` share windows by design)."""
+    return first == "all" or second == "all" or first == second
 
-    A booking ``b`` shares the window ``[t, t + w]`` when ``b.start < t + w`` and ``b.end > t`` (touching is
-    fine: ``w`` already holds the margin). Over the windows touching the new span, ``t`` in
-    ``[start - w, start + span]``, the load only rises where a booking enters, so those points suffice.
+
+def _earliest_start(bookings: tuple[Booking, ...], lane: Lane, pace: float, earliest: float) -> float:
+    """The first slot time at or after ``earliest`` that keeps every window within its limit.
+
+    After a booking of the same lane it is one pace (the larger of the two) after that booking's last slot,
+    so the lane's slots stay a pace apart. Where ``all`` meets a lane the gap is three paces: a window can
+    then hold one partial slot of each of three streams, and the gap pays for them (module docstring).
     """
-    w = window.seconds
-    low, high = start - w, start + span
-    points = [low, *(b.start - w for b in bookings if low < b.start - w < high)]
-    worst_total = worst_lane = 0
-    for t in points:
-        total = lane = 0
-        for booking in bookings:
-            if booking.start - w <= t + _EPS and t < booking.end - _EPS:
-                total += booking.tokens
-                if window.lane == "urgent":
-                    lane += booking.urgent
-                elif window.lane == "normal":
-                    lane += booking.normal
-        worst_total, worst_lane = max(worst_total, total), max(worst_lane, lane)
-    room = window.limit - worst_total
-    if window.lane is not None:
-        room = min(room, window.lane_limit - worst_lane)
-    return max(0, room)
-
-
-def _place(
-    bookings: tuple[Booking, ...], earliest: float, span: float, tokens: int, window: _Window
-) -> tuple[float, int]:
-    """Earliest start with room for ``tokens`` (or at least half of them) and the tokens that fit there.
-
-    Room only grows when a booking leaves the windows, ``w`` after its end, so those times are the candidates.
-    After the last of them nothing is left to share a window with, so the search always ends.
-    """
-    wanted = min(tokens, window.limit if window.lane is None else window.lane_limit)
-    enough = max(1, min(wanted, math.ceil(_PARTIAL_SHARE * wanted - 1e-9)))
-    candidates = sorted(
-        {earliest, *(b.end + window.seconds for b in bookings if b.end + window.seconds > earliest)}
-    )
-    for start in candidates:
-        room = _room(bookings, start, span, window)
-        if room >= enough:
-            return start, min(wanted, room)
-    raise AssertionError(
-        "unreachable: after the last booking leaves, the whole window is free"
-    )  # pragma: no cover
+    start = earliest
+    for booking in bookings:
+        if not _conflicts(booking.lane, lane):
+            continue
+        step = max(booking.pace, pace)
+        start = max(start, booking.send_by + (step if booking.lane == lane else _LANE_CHANGE_PACES * step))
+    return start
 
 
 def _insert(bookings: tuple[Booking, ...], booking: Booking) -> tuple[Booking, ...]:
-    ordered = sorted((*bookings, booking), key=lambda b: (b.start, b.end))
+    ordered = sorted((*bookings, booking), key=lambda b: (b.start, b.send_by))
     while len(ordered) > _MAX_BOOKED:
-        # Merge the two oldest: the merged span covers both and holds both counts, so every window that
-        # touched either still counts them all (conservative: capacity wasted, never exceeded).
+        # Merge the two oldest into one ``all`` booking that ends where the later of them ends: every later
+        # grant still starts after both (conservative: capacity wasted, never exceeded).
         first, second = ordered[0], ordered[1]
         merged = Booking(
             first.start,
-            max(first.end, second.end),
+            max(first.send_by, second.send_by),
+            max(first.pace, second.pace),
             first.urgent + second.urgent,
             first.normal + second.normal,
         )
-        ordered = sorted((merged, *ordered[2:]), key=lambda b: (b.start, b.end))
+        ordered = sorted((merged, *ordered[2:]), key=lambda b: (b.start, b.send_by))
     return tuple(ordered)
 
 
-def _prune(bookings: tuple[Booking, ...], now: float, window_seconds: float) -> tuple[Booking, ...]:
-    # A new grant starts at or after now, so the windows it touches begin after now - w: a booking that ended
-    # before that can never share one with it.
-    return tuple(b for b in bookings if b.end + window_seconds > now)
+def _prune(bookings: tuple[Booking, ...], now: float, reach: float) -> tuple[Booking, ...]:
+    # A new grant starts at or after now; a booking whose last slot lies more than ``reach`` (a window, more
+    # than any gap) before that can no longer move it.
+    return tuple(b for b in bookings if b.send_by + reach > now)
+
+
+def _close(booking: Booking, end: float) -> Booking:
+    return Booking(
+        booking.start,
+        max(booking.start, min(booking.send_by, end)),
+        booking.pace,
+        booking.urgent,
+        booking.normal,
+        booking.lane,
+    )
 
 
 def _close_reported(state: LimiterState, outcome: Report, end: float, now: float) -> LimiterState:
-    """Close the open booking a report belongs to at the batch's real end, and learn the span it took."""
+    """Close the open booking a report belongs to at its last request, and learn how late it started."""
     if outcome.requester is None and outcome.granted_at is None:
-        return state  # nothing tells which batch this was: its estimate stands until it leaves the log
+        return state  # nothing tells which batch this was: it keeps its sendBy until it leaves the log
     for index, booking in enumerate(state.bookings):
         if not booking.open or booking.start > now + _EPS:
             continue
@@ -1120,10 +1223,13 @@ def _close_reported(state: LimiterState, outcome: Report, end: float, now: float
             continue
         if outcome.granted_at is not None and abs((booking.granted_at or 0.0) - outcome.granted_at) > _EPS:
             continue
-        closed = Booking(max(booking.start, 0.0), max(booking.start, end), booking.urgent, booking.normal)
-        learned = max(_SPAN_SAFETY * (closed.end - closed.start), _SPAN_DECAY * state.batch_seconds)
-        bookings = (*state.bookings[:index], closed, *state.bookings[index + 1 :])
-        return replace(state, bookings=bookings, batch_seconds=min(learned, _MAX_SECONDS))
+        bookings = (*state.bookings[:index], _close(booking, end), *state.bookings[index + 1 :])
+        state = replace(state, bookings=bookings)
+        if outcome.first_send_at is not None:
+            lag = max(0.0, outcome.first_send_at - booking.start)
+            learned = max(_LAG_SAFETY * lag, _LAG_DECAY * state.start_lag_seconds)
+            state = replace(state, start_lag_seconds=min(learned, _MAX_SECONDS))
+        return state
     return state
 
 
@@ -1132,9 +1238,7 @@ def _close_started(state: LimiterState, requester: str, now: float) -> LimiterSt
     if not any(b.open and b.requester == requester and b.start <= now + _EPS for b in state.bookings):
         return state
     bookings = tuple(
-        Booking(b.start, max(b.start, now), b.urgent, b.normal)
-        if b.open and b.requester == requester and b.start <= now + _EPS
-        else b
+        _close(b, now) if b.open and b.requester == requester and b.start <= now + _EPS else b
         for b in state.bookings
     )
     return replace(state, bookings=bookings)
@@ -1145,16 +1249,14 @@ def _close_started(state: LimiterState, requester: str, now: float) -> LimiterSt
 # ----------------------------------------------------------------------------------------------------
 
 
-def _margin_window(config: LimiterConfig, rate: float) -> float:
+def _reach(config: LimiterConfig, rate: float) -> float:
     return _capacity(config, rate)[1] + config.margin_seconds
 
 
 def _advance(state: LimiterState, now: float) -> tuple[LimiterState, float]:
     moment = max(now, state.clock)
     # Prune with the longest window any rate in force could use (the configured floor gives the longest).
-    reach = max(
-        _margin_window(state.config, state.rate), _margin_window(state.config, state.config.floor_rate)
-    )
+    reach = max(_reach(state.config, state.rate), _reach(state.config, state.config.floor_rate))
     return replace(state, clock=moment, bookings=_prune(state.bookings, moment, reach)), moment
 
 
@@ -1169,7 +1271,9 @@ def _refuse(
 ) -> tuple[LimiterState, Grant]:
     state = _mark_demand(state, request.priority, not_before + state.config.priority_window_seconds)
     state = replace(state, stats=state.stats.add(refusals=1))
-    return state, Grant(0, max(not_before, now), now, reason, state.rate)
+    at = max(not_before, now)
+    pace = _lane_pace(state, "all")[1]
+    return state, Grant(0, at, now, reason, state.rate, pace, at, state.config.slack_seconds)
 
 
 def _book_grant(
@@ -1178,19 +1282,24 @@ def _book_grant(
     config, rate = state.config, state.rate
     if request.requester:
         state = _close_started(state, request.requester, now)
-    window = _window_for(state, request.priority, now)
+    lane = _lane_for(state, request.priority, now)
+    limit, pace = _lane_pace(state, lane)
     caps = [
         most,
+        max(1, math.floor(limit * config.max_booking_seconds / config.window_seconds + 1e-9)),
         math.floor(rate * config.slice_seconds + 1e-9),
         max(1, math.floor(rate * config.max_booking_seconds + 1e-9)),
     ]
-    span = state.batch_seconds
-    start, tokens = _place(state.bookings, max(now, state.hold_until), span, max(1, min(caps)), window)
+    tokens = max(1, min(caps))
+    start = _earliest_start(state.bookings, lane, pace, max(now, state.hold_until))
+    send_by = start + (tokens - 1) * pace + state.start_lag_seconds
     booking = Booking(
         start,
-        start + span,
+        send_by,
+        pace,
         tokens if request.priority == "urgent" else 0,
         tokens if request.priority == "normal" else 0,
+        lane,
         request.requester or None,
         now,
         True,
@@ -1201,7 +1310,7 @@ def _book_grant(
         stats=state.stats.add(grants=1, granted=tokens),
     )
     state = _mark_demand(state, request.priority, start + config.priority_window_seconds)
-    return state, Grant(tokens, start, now, reason, rate)
+    return state, Grant(tokens, start, now, reason, rate, pace, send_by, config.slack_seconds)
 
 
 def _grant_probe(state: LimiterState, request: Acquire, now: float) -> tuple[LimiterState, Grant]:
@@ -1303,6 +1412,11 @@ def _aimd(state: LimiterState, outcome: Report, now: float) -> LimiterState:
     if now <= credit_from:
         return state
     clean = now - credit_from
+    if state.last_throttle_at is not None and now - state.last_throttle_at <= config.cautious_seconds:
+        # The service throttled at about this rate moments ago, and batches already booked carry any overshoot
+        # for seconds before their 429s come back: probe additively until the 429s are long past.
+        grown = state.rate + config.increase_per_second * clean
+        return replace(state, rate=min(config.rate, grown), last_increase_at=now)
     # In log space: a long clean stretch would overflow factor ** seconds, and any that reaches the ceiling will do.
     if clean * math.log(config.increase_factor) >= math.log(config.rate / state.rate):
         return replace(state, rate=config.rate, last_increase_at=now)
@@ -1401,9 +1515,10 @@ def snapshot(state: LimiterState) -> JsonObject:
         "window": state.config.window_seconds,
         "windowTokens": _capacity(config, state.rate)[0],
         "bookings": len(state.bookings),
-        "bookedUntil": max((b.end for b in state.bookings), default=None),
+        "bookedUntil": max((b.send_by for b in state.bookings), default=None),
         "openBookings": sum(1 for b in state.bookings if b.open),
-        "batchSeconds": state.batch_seconds,
+        "startLagSeconds": state.start_lag_seconds,
+        "paceSeconds": _lane_pace(state, "all")[1],
         "urgentActive": state.urgent_until > clock,
         "normalActive": state.normal_until > clock,
         "consecutiveBad": state.breaker.consecutive_bad,

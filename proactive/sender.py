@@ -53,6 +53,19 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
    ``sending`` and reconciliation re-drives it, so nothing is lost (a repeated install request is harmless:
    Graph answers 409 for an installed app).
 
+Pacing
+    With ``SendBatchInput.pacing`` (the limiter grant's ``notBefore``, ``paceSeconds``, ``sendBy``,
+    ``slackSeconds``) every Bot Connector request, first attempts and in-process retries alike, first takes
+    a slot of a :class:`~proactive.pacing.SlotPacer` with ``limit`` slots, so the batch is spread over its
+    grant instead of bursting. The claim and the reference and preference lookups come before the slot, so
+    their I/O overlaps the wait. A row whose first request finds no slot is given back untouched (its
+    listed status and attempts, ``last_error`` ``slot_expired``); a row whose *retry* finds none (its earlier
+    attempts failed transiently, so nothing was delivered) is recorded ``pending`` without ``not_before``
+    with its attempts. Either way the next batch takes it, it counts once, in ``remaining``, and rows not
+    started once the slots are gone are not claimed at all. ``SendBatchResult.first_send_at`` and
+    ``last_send_at`` are the starts of the first and last requests, ``slots_skipped`` the slots lost to
+    lateness.
+
 Who owns which retry (STYLE.md rule 11): this module retries in-process; rows it hands off are owned by
 the ``deliveries-retry`` queue (its trigger calls :meth:`BatchSender.redrive`; after ``maxDequeueCount`` in
 host.json they go to ``deliveries-retry-poison`` and are dead-lettered). ``send_batch`` never picks a
@@ -88,7 +101,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field
@@ -128,6 +141,7 @@ from proactive.models import (
     StoredReference,
     WireModel,
 )
+from proactive.pacing import SlotPacer
 from proactive.ports import DeliveryLedger, NotificationStore, PreferenceStore, ReferenceStore, Versioned
 from proactive.quiet_hours import quiet_until
 from proactive.retry import Failed, RetryPolicy, Sleep, Succeeded, UniformSource, call_with_retries
@@ -136,6 +150,7 @@ from proactive.sender_ports import BotConnector, InstallRequest, RetryRequest, W
 __all__ = [
     "BatchSender",
     "Operation",
+    "Pacing",
     "Reason",
     "RowOutcome",
     "SendBatchInput",
@@ -167,6 +182,26 @@ class Reason:
     MISSING_PLACEHOLDER = "missing_placeholder_value"
     RECONCILED = "reconciled"
     TENANT_HALTED = "tenant_halted"
+    NO_SLOT = "slot_expired"
+
+
+class Pacing(WireModel):
+    """The limiter grant's pacing, passed on by the orchestration (see :mod:`proactive.pacing`).
+
+    Wire form ``{"notBefore", "paceSeconds", "sendBy", "slackSeconds"}``: the grant's ``notBeforeIso``,
+    ``paceSeconds``, ``sendByIso`` and ``slackSeconds``. The batch's ``limit`` is the number of slots.
+
+    Attributes:
+        not_before: no request starts before it.
+        pace_seconds: the least spacing between two request starts.
+        send_by: no request starts after it.
+        slack_seconds: how late after its slot a request may still start.
+    """
+
+    not_before: AwareDatetime
+    pace_seconds: float = Field(gt=0, allow_inf_nan=False)
+    send_by: AwareDatetime
+    slack_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
 
 class SendBatchInput(WireModel):
@@ -179,6 +214,9 @@ class SendBatchInput(WireModel):
         now: the orchestration's time; rows deferred until then or earlier are due.
         urgency: ``urgent`` ignores quiet hours (never opt-outs).
         operation: ``send`` new messages, or ``update`` / ``delete`` the sent ones.
+        pacing: spread the batch's requests over the grant's slots, one request per slot, retries
+            included; ``None`` (a re-drive, a caller without a paced grant) sends as fast as
+            ``concurrency`` allows.
     """
 
     notification_id: str = Field(min_length=1)
@@ -187,6 +225,7 @@ class SendBatchInput(WireModel):
     now: AwareDatetime
     urgency: Urgency = Urgency.NORMAL
     operation: Operation = "send"
+    pacing: Pacing | None = None
 
 
 class SendBatchResult(WireModel):
@@ -209,9 +248,12 @@ class SendBatchResult(WireModel):
             stay ``pending``.
         next_deferred_at: the earliest ``not_before`` of a row deferred past ``now`` (quiet hours).
         remaining: claimable rows left (0 means none at all); otherwise at least 1, counted from the
-            ledger pages read.
-        last_send_at: when the batch's sends were over (after the last response), so the limiter can time
-            the next window from the batch's real end rather than from when the orchestration heard of it.
+            ledger pages read. Rows given back because the grant had no slot left for them count here.
+        first_send_at: when the batch's first Bot Connector request started; ``None`` without requests.
+        last_send_at: when its last request **started** (its slot when paced), so the limiter can time
+            the next window from the batch's real sends rather than from when the orchestration heard of
+            them; ``None`` without requests.
+        slots_skipped: slots lost because their request's worker woke too late for them (paced only).
     """
 
     attempted: int = 0
@@ -233,7 +275,9 @@ class SendBatchResult(WireModel):
     remaining: int = 0
     halted: str | None = None
     elapsed_ms: int = 0
+    first_send_at: AwareDatetime | None = None
     last_send_at: AwareDatetime | None = None
+    slots_skipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -278,8 +322,26 @@ class _Uncertain(ProactiveError):
         self.cause = cause
 
 
-class _Halt(Exception):
+class _NoSlot(ProactiveError):
+    """The grant has no slot left for this request: ends the in-process retries (not transient on purpose)."""
+
+
+class _Release(Exception):
+    """Internal: give the claimed row back untouched; no request was made for it."""
+
+    code = Reason.TENANT_HALTED
+    detail = "batch halted before this send"
+
+
+class _Halt(_Release):
     """Internal: the batch was halted before this row was sent."""
+
+
+class _SlotsGone(_Release):
+    """Internal: the grant had no slot left for this row's first request."""
+
+    code = Reason.NO_SLOT
+    detail = "no slot left in this batch's grant; the next batch takes the row"
 
 
 @dataclass
@@ -294,6 +356,22 @@ class _Batch:
     category: str | None
     operation: Operation = "send"
     halted: str | None = None
+    pacer: SlotPacer | None = None
+    first_send: datetime | None = None
+    last_send: datetime | None = None
+    left: int = 0  # rows not worked on (halt, no slot) or given back: claimable for the next batch
+
+    def started(self, moment: datetime) -> None:
+        """Note that a request started at ``moment``."""
+        if self.first_send is None or moment < self.first_send:
+            self.first_send = moment
+        if self.last_send is None or moment > self.last_send:
+            self.last_send = moment
+
+    @property
+    def stopped(self) -> bool:
+        """Whether rows not started yet should be left alone (halted, or no slot will come)."""
+        return self.halted is not None or (self.pacer is not None and self.pacer.exhausted)
 
 
 @dataclass(frozen=True)
@@ -319,7 +397,7 @@ class BatchSender:
         sleep: awaited between retries (``asyncio.sleep``).
         rng: jitter source.
         service_url_allowed: the outbound allow-list (``OutboundPolicy.for_bot_connector(...).allows``).
-        concurrency: sends in flight at once inside a batch.
+        concurrency: rows worked on at once inside a batch (claim, lookups, waiting for a slot, sending).
         handoff_delay: seconds before a handed-off row is retried (at least the ``Retry-After``).
         on_outcome: called with every :class:`RowOutcome` (the one place for metrics).
     """
@@ -376,6 +454,8 @@ class BatchSender:
             return SendBatchResult(halted="cancelled", elapsed_ms=self._elapsed(started))
         operation = batch.operation = request.operation
         marker = _marker(operation, batch.message)
+        if request.pacing is not None:
+            batch.pacer = self._pacer(request.pacing, request.limit)
         if operation == "send":
             candidates = await self._send_candidates(request)
         else:
@@ -390,21 +470,19 @@ class BatchSender:
 
         async def bounded(row: Versioned[DeliveryRecord]) -> RowOutcome | None:
             async with semaphore:
-                if batch.halted is not None:
+                if batch.stopped:
+                    batch.left += 1
                     return None
                 return await work(row)
 
         results = await asyncio.gather(*(bounded(row) for row in candidates.rows), return_exceptions=True)
-        sends_over = self._clock()
         outcomes = [r for r in results if isinstance(r, RowOutcome)]
         for outcome in outcomes:
             self._emit(outcome)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
-        left = sum(1 for r in results if r is None and batch.halted is not None)
-        result = self._result(batch, outcomes, candidates, left, started)
-        return result.model_copy(update={"last_send_at": sends_over}) if result.requests else result
+        return self._result(batch, outcomes, candidates, batch.left, started)
 
     async def redrive(self, message: RetryRequest) -> RowOutcome | None:
         """Re-drive one row handed to ``deliveries-retry`` (the queue trigger's service).
@@ -426,6 +504,36 @@ class BatchSender:
         if outcome is not None:
             self._emit(outcome)
         return outcome
+
+    def _pacer(self, pacing: Pacing, slots: int) -> SlotPacer:
+        return SlotPacer(
+            not_before=pacing.not_before.timestamp(),
+            pace_seconds=pacing.pace_seconds,
+            tokens=slots,
+            send_by=pacing.send_by.timestamp(),
+            slack_seconds=pacing.slack_seconds,
+            clock=lambda: self._clock().timestamp(),
+            sleep=self._sleep,
+        )
+
+    async def _start_request(self, batch: _Batch) -> None:
+        """Right before a Bot Connector call: wait for its slot (paced batches) and note its start.
+
+        Raises:
+            _Halt: the batch was halted (before, or while waiting for the slot: the slot goes unused).
+            _NoSlot: the grant has no slot left.
+        """
+        if batch.halted is not None:
+            raise _Halt
+        if batch.pacer is None:
+            batch.started(self._clock())
+            return
+        start = await batch.pacer.acquire()
+        if start is None:
+            raise _NoSlot("no slot left in this batch's grant")
+        if batch.halted is not None:
+            raise _Halt
+        batch.started(datetime.fromtimestamp(start, UTC))
 
     # ---- selection --------------------------------------------------------------------------------
 
@@ -511,8 +619,8 @@ class BatchSender:
             return None
         try:
             return await self._deliver(batch, listed, claimed, hand_off)
-        except _Halt:
-            await self._release(listed, claimed)
+        except _Release as released:
+            await self._release(batch, listed, claimed, released)
             return None
 
     async def _deliver(
@@ -560,8 +668,7 @@ class BatchSender:
         service_url = reference.reference.service_url
 
         async def send_once() -> str | None:
-            if batch.halted is not None:
-                raise _Halt
+            await self._start_request(batch)
             try:
                 return await self._connector.send_activity(service_url, conversation_id, activity)
             except TransportFailure as exc:
@@ -570,6 +677,10 @@ class BatchSender:
                 raise
 
         result = await call_with_retries(send_once, policy=self._policy, sleep=self._sleep, rng=self._rng)
+        if isinstance(result, Failed) and isinstance(result.error, _NoSlot):
+            if result.attempts == 1:
+                raise _SlotsGone  # nothing was sent: give the row back as it was listed
+            return await self._out_of_slots(claimed, result, previous_attempts)
         attempts = previous_attempts + result.attempts
         if isinstance(result, Succeeded):
             send = SendOutcome(
@@ -746,6 +857,37 @@ class BatchSender:
             uncertain=uncertain,
         )
 
+    async def _out_of_slots(
+        self, claimed: Versioned[DeliveryRecord], result: Failed, previous_attempts: int
+    ) -> RowOutcome:
+        # Requests were made and each was answered "not processed" (429, 412, 5xx, no connection: only
+        # those are retried in-process; a timeout or lost connection never is), then the retry found no
+        # slot. Nothing was delivered, so the row goes back to ``pending`` without ``not_before``: the next
+        # batch (not the retry queue) takes it. Its attempts stand, it counts once, in ``remaining``, and
+        # its 429s and 5xx still reach the limiter through ``failures``.
+        requests = result.attempts - 1
+        failures = result.failures[:-1]
+        last = failures[-1]
+        code = _code(last)
+        retry_after = last.retry_after if isinstance(last, Throttled) else None
+        send = SendOutcome(
+            recipient_key=claimed.value.recipient_key,
+            status=SendStatus.THROTTLED if isinstance(last, Throttled) else SendStatus.TRANSIENT,
+            attempts=requests,
+            http_status=_status(last),
+            error_code=code,
+            retry_after=retry_after,
+        )
+        return await self._settle(
+            claimed,
+            DeliveryStatus.PENDING,
+            Reason.NO_SLOT,
+            f"no slot left in this batch's grant to retry after {code}; the next batch takes the row",
+            attempts=previous_attempts + requests,
+            send=send,
+            failures=failures,
+        )
+
     # ---- one row: update / delete -----------------------------------------------------------------
 
     async def _operate_row(
@@ -764,8 +906,7 @@ class BatchSender:
             return await self._mark(row, marker, DeliveryStatus.FAILED, Reason.SERVICE_URL_REFUSED, "refused")
 
         async def once() -> None:
-            if batch.halted is not None:
-                raise _Halt
+            await self._start_request(batch)
             if operation == "delete":
                 await self._connector.delete_activity(service_url, conversation_id, activity_id)
                 return
@@ -775,10 +916,24 @@ class BatchSender:
         try:
             result = await call_with_retries(once, policy=self._policy, sleep=self._sleep, rng=self._rng)
         except _Halt:
+            batch.left += 1
             return None
         if isinstance(result, Succeeded):
             return await self._mark(row, marker, DeliveryStatus.SENT, None, "", result)
         error = result.error
+        if isinstance(error, _NoSlot):
+            if result.attempts == 1:
+                batch.left += 1  # nothing was called: the row is untouched and due again
+                return None
+            # A retry found no slot: like a transient failure below, minus the slotless "attempt".
+            return RowOutcome(
+                record.recipient_key,
+                DeliveryStatus.PENDING,
+                Reason.NO_SLOT,
+                failures=result.failures[:-1],
+                requests=result.attempts - 1,
+                recorded=False,
+            )
         if isinstance(error, TransientDeliveryError):
             # Left unmarked and counted in ``remaining``: the next batch takes the row again (update and
             # delete are idempotent, so no queue hand-off is needed).
@@ -885,14 +1040,22 @@ class BatchSender:
             not_before=not_before,
         )
 
-    async def _release(self, listed: Versioned[DeliveryRecord], claimed: Versioned[DeliveryRecord]) -> None:
-        # The batch halted before this row was sent: give the row back untouched (its old status and count).
+    async def _release(
+        self,
+        batch: _Batch,
+        listed: Versioned[DeliveryRecord],
+        claimed: Versioned[DeliveryRecord],
+        why: _Release,
+    ) -> None:
+        # No request was made for this row (halted, or no slot): give it back untouched (its old status
+        # and count), claimable by the next batch, so it counts as remaining.
+        batch.left += 1
         restored = claimed.value.model_copy(
             update={
                 "status": listed.value.status,
                 "attempts": listed.value.attempts,
                 "updated_at": self._clock(),
-                "last_error": ErrorInfo(code=Reason.TENANT_HALTED, message="batch halted before this send"),
+                "last_error": ErrorInfo(code=why.code, message=why.detail),
             }
         )
         try:
@@ -947,6 +1110,9 @@ class BatchSender:
             remaining=candidates.remaining + left,
             halted=batch.halted,
             elapsed_ms=self._elapsed(started),
+            first_send_at=batch.first_send,
+            last_send_at=batch.last_send,
+            slots_skipped=batch.pacer.skipped if batch.pacer is not None else 0,
         )
 
 

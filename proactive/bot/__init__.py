@@ -5,7 +5,7 @@ parsed activity; ``plan_capture`` and ``parse_command`` are the pure rules under
 """
 
 from proactive.bot.activity import InboundActivity, parse_activity
-from proactive.bot.capture import ReferenceCapture, ReferenceUpdates, plan_capture
+from proactive.bot.capture import ReferenceCapture, plan_capture
 from proactive.bot.commands import apply_command, parse_command
 from proactive.bot.endpoint import Authenticator, BotEndpoint, EndpointAnswer
 from proactive.bot.handler import ActivityHandler, HandlerOutcome, ReplySender
@@ -18,7 +18,6 @@ __all__ = [
     "HandlerOutcome",
     "InboundActivity",
     "ReferenceCapture",
-    "ReferenceUpdates",
     "ReplySender",
     "apply_command",
     "parse_activity",

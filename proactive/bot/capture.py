@@ -1,7 +1,7 @@
 """Which conversation references an activity creates, refreshes or retires, and applying that to the store.
 
 :func:`plan_capture` is pure: activity in, steps out. :class:`ReferenceCapture` applies the steps to a
-:class:`~proactive.ports.ReferenceStore` that can also update a row atomically (:class:`ReferenceUpdates`).
+:class:`~proactive.ports.ReferenceStore`, whose ``update`` changes a row atomically.
 The rules (``reference/teams-platform-facts.md`` section 4):
 
 ======================================================  ==========================================================
@@ -30,7 +30,7 @@ stored before), the guest flag, and ``confirmed_at``. A reference that was inact
 becomes active again: a re-install refreshes it. To keep busy chats from writing a row per message, a
 reference that is active, unchanged and confirmed within :data:`CONFIRM_INTERVAL` is not rewritten.
 
-Each upsert is a compare-and-swap on the reference's row (:meth:`ReferenceUpdates.update`), so of
+Each upsert is a compare-and-swap on the reference's row (``ReferenceStore.update``), so of
 activities applied at the same time for one recipient exactly one sees the reference absent or inactive
 and turns it active: :attr:`CaptureResult.newly_active` names a key for one activity only, which is what
 the welcome is decided on (Teams delivers a personal install as two activities at the same instant).
@@ -42,7 +42,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -57,7 +57,6 @@ __all__ = [
     "Deactivate",
     "DeactivateTeam",
     "ReferenceCapture",
-    "ReferenceUpdates",
     "StaleReason",
     "Upsert",
     "conversation_reference",
@@ -72,27 +71,6 @@ CONFIRM_INTERVAL = timedelta(hours=1)
 _INSTALL_ACTIONS = frozenset({"add", "add-upgrade"})
 _UNINSTALL_ACTIONS = frozenset({"remove", "remove-upgrade"})
 _CHANNEL_UPSERT_EVENTS = frozenset({"channelcreated", "channelrenamed", "channelrestored"})
-
-
-class ReferenceUpdates(ReferenceStore, Protocol):
-    """A reference store that can also change one reference atomically (``TableReferenceStore`` fits).
-
-    It belongs on :class:`~proactive.ports.ReferenceStore` itself; it is spelled out here until it is.
-    """
-
-    async def update(
-        self,
-        tenant_id: str,
-        key: str,
-        change: Callable[[StoredReference | None], StoredReference | None],
-        *,
-        attempts: int = ...,
-    ) -> tuple[StoredReference | None, StoredReference | None]:
-        """Compare-and-swap: ``change(stored)`` is written only if the row is still what it was given.
-
-        Returns ``(previous, written)``; ``written`` is ``None`` when ``change`` returned ``None``.
-        Raises ``ConcurrencyConflict`` when the row kept changing under every attempt.
-        """
 
 
 class StaleReason:
@@ -292,7 +270,7 @@ class ReferenceCapture:
         clock: The current time, aware UTC.
     """
 
-    def __init__(self, references: ReferenceUpdates, clock: Callable[[], datetime]) -> None:
+    def __init__(self, references: ReferenceStore, clock: Callable[[], datetime]) -> None:
         self._references = references
         self._clock = clock
 

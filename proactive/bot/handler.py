@@ -30,11 +30,11 @@ from typing import Any, Protocol
 
 from proactive.bot import texts
 from proactive.bot.activity import ActivityType, ConversationType, InboundActivity
-from proactive.bot.capture import CaptureResult, ReferenceCapture, ReferenceUpdates, plan_capture
+from proactive.bot.capture import CaptureResult, ReferenceCapture, plan_capture
 from proactive.bot.commands import apply_command, parse_command
 from proactive.errors import DeliveryError, InvalidInput, OutboundHostRefused
 from proactive.models import RecipientKind, recipient_key
-from proactive.ports import PreferenceStore
+from proactive.ports import PreferenceStore, ReferenceStore
 
 ReplyBuilder = Callable[[Mapping[str, Any], str], dict[str, Any]]
 
@@ -84,7 +84,7 @@ class ActivityHandler:
 
     def __init__(
         self,
-        references: ReferenceUpdates,
+        references: ReferenceStore,
         preferences: PreferenceStore,
         replies: ReplySender,
         *,

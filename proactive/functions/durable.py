@@ -14,7 +14,7 @@ import azure.durable_functions as df
 from proactive import function_names as fn
 from proactive import orchestration
 from proactive.composition import services
-from proactive.rate_limiter import LimiterConfig, apply
+from proactive.rate_limiter import apply, tenant_defaults
 
 bp = df.Blueprint()
 
@@ -65,7 +65,8 @@ async def record_broadcast(payload: dict[str, Any]) -> dict[str, Any]:
 @bp.entity_trigger(context_name="context", entity_name=fn.TENANT_LIMITER)
 def tenant_limiter(context: df.DurableEntityContext) -> None:
     # apply() never raises (errors come back as decisions): entity code must not raise (STYLE.md rule 3).
-    defaults = LimiterConfig(rate=services().settings.send_rate_for(context.entity_key))
+    settings = services().settings
+    defaults = tenant_defaults(settings.send_rate_for(context.entity_key), settings.batch_size)
     state, decision = apply(
         context.get_state(lambda: None), context.operation_name, context.get_input(), defaults=defaults
     )

@@ -1,8 +1,8 @@
 """``tenant_broadcast``: one tenant's paced send loop (ARCHITECTURE.md flow 3).
 
 Each turn: ask the tenant's limiter entity for a grant of up to ``batchSize`` tokens -> wait on a durable
-timer until ``notBefore`` -> activity ``send_batch`` with ``limit = tokens`` (the sender claims the next
-rows itself) -> report the batch's 429s / 5xx / Retry-After to the limiter -> again. Every
+timer until ``notBefore`` -> activity ``send_batch`` with ``limit = tokens`` and the grant's pacing (the
+sender claims the next rows itself and starts one request per slot) -> report the batch's 429s / 5xx / Retry-After to the limiter -> again. Every
 ``batchesPerExecution`` batches the orchestration continues as new with its counters, so its history
 holds at most one execution's batches whatever the audience size.
 
@@ -90,6 +90,13 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                     "now": iso(now(context)),
                     "urgency": run.urgency,
                     "operation": run.operation,
+                    # One request per slot, paced so any window stays under the tenant's rate.
+                    "pacing": {
+                        "notBefore": grant["notBeforeIso"],
+                        "paceSeconds": grant["paceSeconds"],
+                        "sendBy": grant["sendByIso"],
+                        "slackSeconds": grant["slackSeconds"],
+                    },
                 },
             )
         except Exception as exc:  # the activity failed every attempt: rows stay for reconciliation
@@ -109,7 +116,9 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                 "retryAfter": result.get("maxRetryAfter"),
                 "requester": context.instance_id,
                 "grantedAt": grant["grantedAt"],
-                # When the sends were over: the limiter times the next window from there (None: from now).
+                # When the batch's first and last requests started: the booking ends at the last one (None:
+                # at now) and the first teaches the limiter how late batches start after their timer.
+                "firstSendAt": result.get("firstSendAt"),
                 "lastSendAt": result.get("lastSendAt"),
             },
         )

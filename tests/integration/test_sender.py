@@ -11,11 +11,14 @@ and duplicate list), every other one is recorded with its reason, and the counts
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import socket
+import time
 import uuid
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,7 +45,14 @@ from proactive.models import (
 )
 from proactive.outbound import OutboundPolicy
 from proactive.retry import RetryPolicy
-from proactive.sender import BatchSender, SendBatchInput, SendBatchResult, needs_redelivery, reconcile_stuck
+from proactive.sender import (
+    BatchSender,
+    Pacing,
+    SendBatchInput,
+    SendBatchResult,
+    needs_redelivery,
+    reconcile_stuck,
+)
 from proactive.sender_ports import RetryRequest
 from proactive.stores import (
     TableDeliveryLedger,
@@ -199,6 +209,132 @@ async def run_scenario(
     assert reconciled == 0
 
 
+PACED_USERS = 100
+PACE = 0.025  # 40 request starts a second against the emulator's 50 per tenant per second
+SLACK = 0.01
+
+
+class Stamped:
+    """The real connector, noting the wall-clock start of every call."""
+
+    def __init__(self, inner: BotConnectorClient) -> None:
+        self.inner = inner
+        self.starts: list[float] = []
+
+    async def send_activity(
+        self, service_url: str, conversation_id: str, activity: Mapping[str, Any]
+    ) -> str | None:
+        self.starts.append(time.time())
+        return await self.inner.send_activity(service_url, conversation_id, activity)
+
+    async def update_activity(
+        self, service_url: str, conversation_id: str, activity_id: str, activity: Mapping[str, Any]
+    ) -> None:
+        raise AssertionError("not used")
+
+    async def delete_activity(self, service_url: str, conversation_id: str, activity_id: str) -> None:
+        raise AssertionError("not used")
+
+
+async def test_paced_batches_spread_their_sends_so_the_tenants_window_never_throttles(
+    storage_connection_string: str, unique_name: str
+) -> None:
+    """Real time, Azurite, and the emulator's sliding window at 50 requests per second per tenant.
+
+    Batches of 50 are paced at 40 per second and driven back to back (each grant starting one pace after
+    the previous batch's last send, as the limiter does): no 429, every recipient exactly once, and the
+    sends' starts keep the pacer's bound in every one-second window.
+    """
+    runner = web.AppRunner(
+        build_app(TeamsEmulatorConfig(tenant_rate=50, timeout_seconds=3)), shutdown_timeout=0.5
+    )
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    tables = AzureTables.from_connection_string(storage_connection_string)
+    queues = AzureQueues.from_connection_string(storage_connection_string)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await run_paced(http, tables, queues, base, unique_name)
+    finally:
+        await queues.close()
+        await tables.close()
+        await runner.cleanup()
+
+
+async def run_paced(
+    http: aiohttp.ClientSession, tables: AzureTables, queues: AzureQueues, base: str, name: str
+) -> None:
+    ledger = TableDeliveryLedger(tables.table(f"{name}deliveries"))
+    references = TableReferenceStore(tables.table(f"{name}references"))
+    now = datetime.now(UTC)
+    await seed(
+        ledger,
+        references,
+        TablePreferenceStore(tables.table(f"{name}preferences")),
+        TableNotificationStore(tables.table(f"{name}notifications")),
+        base,
+        now,
+        users=PACED_USERS,
+        opted_out=range(0),
+        no_reference=range(0),
+    )
+    connector = Stamped(BotConnectorClient(http, AnonymousTokens(), OutboundPolicy(["127.0.0.1"]), timeout=3))
+    sender = BatchSender(
+        ledger=ledger,
+        references=references,
+        preferences=TablePreferenceStore(tables.table(f"{name}preferences")),
+        notifications=TableNotificationStore(tables.table(f"{name}notifications")),
+        connector=connector,
+        installs=queues.queue(f"{name}-installs"),
+        retries=queues.queue(f"{name}-retry"),
+        policy=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, max_retry_after=1.0),
+        clock=lambda: datetime.now(UTC),
+        sleep=asyncio.sleep,
+        rng=random.Random(7),
+        service_url_allowed=OutboundPolicy(["127.0.0.1"]).allows,
+        concurrency=32,
+    )
+
+    results: list[SendBatchResult] = []
+    not_before = datetime.now(UTC)
+    for _ in range(20):
+        limit = 50
+        pacing = Pacing(
+            not_before=not_before,
+            pace_seconds=PACE,
+            send_by=not_before + timedelta(seconds=(limit - 1) * PACE + 1.0),
+            slack_seconds=SLACK,
+        )
+        result = await sender.send_batch(
+            SendBatchInput(
+                notification_id=NOTIFICATION, tenant_id=TENANT, limit=limit, now=now, pacing=pacing
+            )
+        )
+        results.append(result)
+        if result.last_send_at is not None:
+            not_before = result.last_send_at + timedelta(seconds=PACE)
+        if result.remaining == 0:
+            break
+    final = await stats(http, base)
+
+    assert results[-1].remaining == 0
+    assert final["byNotification"][NOTIFICATION] == {"conversations": PACED_USERS, "deliveries": PACED_USERS}
+    assert final["duplicates"] == [] and final["byStatus"].get("429", 0) == 0
+    assert await ledger.count_by_status(NOTIFICATION, TENANT) == {DeliveryStatus.SENT: PACED_USERS}
+    assert sum(r.sent for r in results) == sum(r.requests for r in results) == PACED_USERS
+    starts = sorted(connector.starts)
+    most = max(bisect_right(starts, s + 1.0 - 1e-9) - n for n, s in enumerate(starts))
+    assert most <= math.floor((1.0 + SLACK) / PACE) + 1
+    first, last = results[0].first_send_at, results[-1].last_send_at
+    assert first is not None and last is not None
+    assert abs(first.timestamp() - starts[0]) < 0.05 and abs(last.timestamp() - starts[-1]) < 0.05
+    # Paced, 100 sends take at least 99 paces: the batches did not burst.
+    assert starts[-1] - starts[0] >= (PACED_USERS - 1) * PACE - 1e-3
+
+
 async def seed(
     ledger: TableDeliveryLedger,
     references: TableReferenceStore,
@@ -206,6 +342,10 @@ async def seed(
     notifications: TableNotificationStore,
     base: str,
     now: datetime,
+    *,
+    users: int = USERS,
+    opted_out: range = OPTED_OUT,
+    no_reference: range = NO_REFERENCE,
 ) -> None:
     request = {
         "notificationId": NOTIFICATION,
@@ -224,7 +364,7 @@ async def seed(
                 created_at=now,
                 updated_at=now,
             )
-            for i in range(USERS)
+            for i in range(users)
         ]
     )
     gate = asyncio.Semaphore(16)
@@ -246,8 +386,8 @@ async def seed(
                 )
             )
 
-    await asyncio.gather(*(reference(i) for i in range(USERS) if i not in NO_REFERENCE))
-    for index in OPTED_OUT:
+    await asyncio.gather(*(reference(i) for i in range(users) if i not in no_reference))
+    for index in opted_out:
         await preferences.put(
             Preferences(tenant_id=TENANT, aad_object_id=aad(index), opted_out_all=True, updated_at=now)
         )

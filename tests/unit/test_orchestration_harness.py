@@ -109,10 +109,13 @@ def _parse(value: str) -> datetime:
 class FakeSender:
     """``send_batch`` on the JSON contract, over the real ledger (claims with ETags like the real one).
 
-    ``quiet_until`` defers a recipient key (non-urgent sends) until that time, like quiet hours.
+    ``quiet_until`` defers a recipient key (non-urgent sends) until that time, like quiet hours. With a
+    ``clock``, a paced batch takes its time: the clock moves to its last slot, and the result says when its
+    first and last requests started, as the real sender does.
     """
 
     services: Services
+    clock: ManualClock | None = None
     quiet_until: dict[str, datetime] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     done_ops: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
@@ -152,6 +155,7 @@ class FakeSender:
                 result["attempted"] += 1
                 result["sent"] += 1
             await ledger.replace(claimed.value.model_copy(update=update), claimed.etag)
+        self._take_time(payload, result)
         pending = (await ledger.count_by_status(nid, tenant)).get(DeliveryStatus.PENDING, 0)
         waiting = [
             r.not_before for r in await self._rows(nid, tenant, [DeliveryStatus.DEFERRED]) if r.not_before
@@ -161,6 +165,16 @@ class FakeSender:
         if not result["remaining"] and future:
             result["nextDeferredAt"] = min(future).isoformat()
         return result
+
+    def _take_time(self, payload: dict[str, Any], result: dict[str, Any]) -> None:
+        pacing, requests = payload.get("pacing"), result["attempted"]
+        if self.clock is None or pacing is None or not requests:
+            return
+        first = max(_parse(pacing["notBefore"]), self.clock.now())
+        last = first + timedelta(seconds=(requests - 1) * pacing["paceSeconds"])
+        if last > self.clock.now():
+            self.clock.advance(last - self.clock.now())
+        result["firstSendAt"], result["lastSendAt"] = first.isoformat(), last.isoformat()
 
     async def _due(self, nid: str, tenant: str, now: datetime, limit: int) -> list[DeliveryRecord]:
         due: list[DeliveryRecord] = []
@@ -322,11 +336,11 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     services = Services(make_settings(**settings_overrides))
     services._tables = MemoryTables()  # type: ignore[assignment]
-    sender = FakeSender(services)
+    clock = ManualClock(START)
+    sender = FakeSender(services, clock=clock)
     services._send_batch_json = sender
     monkeypatch.setattr(composition, "_services", services)
     monkeypatch.setattr("proactive.composition.utc_now", lambda: clock.now())
-    clock = ManualClock(START)
     runtime = DurableRuntime(FunctionIndex.from_app(make_app()), MemoryStore(), clock=clock)
     history = MaxHistory()
     runtime.stats.history_events_by_instance = history

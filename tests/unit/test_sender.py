@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from pydantic import ValidationError
 
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_state import TeamsEmulatorConfig
@@ -46,6 +47,7 @@ from proactive.ports import DeliveryLedger, Versioned
 from proactive.retry import RetryPolicy
 from proactive.sender import (
     BatchSender,
+    Pacing,
     Reason,
     RowOutcome,
     SendBatchInput,
@@ -80,13 +82,24 @@ class Clock:
 
 
 class Sleeps:
-    """Records every delay; never waits."""
+    """Records every delay; never waits.
 
-    def __init__(self) -> None:
+    Given a clock, it is virtual time: each sleep moves the clock to the sleeper's wake-up (plus any
+    lateness queued in ``late``), so paced sends start at exact moments.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
         self.delays: list[float] = []
+        self.clock = clock
+        self.late: list[float] = []
 
     async def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
+        if self.clock is None:
+            return
+        wake = self.clock.now + timedelta(seconds=seconds + (self.late.pop(0) if self.late else 0.0))
+        await asyncio.sleep(0)  # let the other rows run, as a real sleep would
+        self.clock.now = max(self.clock.now, wake)
 
 
 class Half:
@@ -699,6 +712,193 @@ async def test_a_halt_releases_rows_already_claimed_by_concurrent_sends(world: W
     assert statuses.count(DeliveryStatus.FAILED) == result.failed >= 1
 
 
+# ---- pacing ----------------------------------------------------------------------------------------
+
+
+class Stamped:
+    """The real connector, noting when each call started; ``takes`` moves the clock on during each call."""
+
+    def __init__(self, inner: BotConnectorClient, clock: Clock, takes: timedelta = timedelta(0)) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.takes = takes
+        self.starts: list[datetime] = []
+
+    def _start(self) -> None:
+        self.starts.append(self.clock())
+
+    async def send_activity(
+        self, service_url: str, conversation_id: str, activity: Mapping[str, Any]
+    ) -> str | None:
+        self._start()
+        try:
+            return await self.inner.send_activity(service_url, conversation_id, activity)
+        finally:
+            self.clock.now += self.takes
+
+    async def update_activity(
+        self, service_url: str, conversation_id: str, activity_id: str, activity: Mapping[str, Any]
+    ) -> None:
+        self._start()
+        await self.inner.update_activity(service_url, conversation_id, activity_id, activity)
+
+    async def delete_activity(self, service_url: str, conversation_id: str, activity_id: str) -> None:
+        self._start()
+        await self.inner.delete_activity(service_url, conversation_id, activity_id)
+
+
+@pytest.fixture
+def paced(world: World) -> World:
+    """The world on virtual time: sleeping moves its clock."""
+    world.sleeps = Sleeps(world.clock)
+    return world
+
+
+def pacing(
+    not_before: float = 0.0, send_by: float = 60.0, *, pace: float = 0.25, slack: float = 0.0
+) -> Pacing:
+    """A grant's pacing, its times in seconds after T0."""
+    return Pacing(
+        not_before=T0 + timedelta(seconds=not_before),
+        pace_seconds=pace,
+        send_by=T0 + timedelta(seconds=send_by),
+        slack_seconds=slack,
+    )
+
+
+def after(*seconds: float) -> list[datetime]:
+    return [T0 + timedelta(seconds=s) for s in seconds]
+
+
+async def test_a_paced_batch_starts_its_sends_one_pace_apart_from_not_before(paced: World) -> None:
+    for i in range(4):
+        await paced.user(i)
+    connector = Stamped(paced.connector(), paced.clock)
+
+    result = await paced.send(paced.sender(connector=connector), pacing=pacing(not_before=1.0))
+
+    assert sorted(connector.starts) == after(1.0, 1.25, 1.5, 1.75)
+    assert (result.sent, result.requests, result.remaining, result.slots_skipped) == (4, 4, 0, 0)
+    assert (result.first_send_at, result.last_send_at) == (
+        T0 + timedelta(seconds=1),
+        T0 + timedelta(seconds=1.75),
+    )
+    assert sorted(paced.sleeps.delays) == [1.0, 1.25, 1.5, 1.75]  # all four rows waited from T0
+
+
+async def test_in_process_retries_take_slots_of_their_own(paced: World) -> None:
+    await paced.user(0)
+    await paced.user(1)
+    await paced.emulator.faults(user_rule(0, kind="503", times=1))
+    connector = Stamped(paced.connector(), paced.clock)
+
+    result = await paced.send(paced.sender(connector=connector), pacing=pacing())
+
+    assert sorted(connector.starts) == after(0.0, 0.25, 0.5)
+    assert (result.sent, result.requests, result.server_errors) == (2, 3, 1)
+    assert result.last_send_at == T0 + timedelta(seconds=0.5)
+
+
+async def test_a_row_without_a_slot_is_released_pending_counted_remaining_and_sent_once_by_the_next_batch(
+    paced: World,
+) -> None:
+    keys = [await paced.user(i) for i in range(3)]
+
+    first = await paced.send(limit=3, pacing=pacing(send_by=0.25))  # two slots for three rows
+    [released] = [r for r in [await paced.record(k) for k in keys] if r.status is DeliveryStatus.PENDING]
+    second = await paced.send(limit=3, pacing=pacing(not_before=1.0, send_by=2.0))
+
+    assert (first.attempted, first.sent, first.requests, first.remaining) == (2, 2, 2, 1)
+    assert released.attempts == 0 and released.not_before is None
+    assert released.last_error is not None and released.last_error.code == Reason.NO_SLOT == "slot_expired"
+    assert (second.sent, second.remaining) == (1, 0)
+    assert (await paced.record(released.recipient_key)).attempts == 1
+    stats = await paced.emulator.stats()
+    assert stats["totals"]["activities"] == 3 and stats["duplicates"] == []
+    assert paced.retries.bodies() == []
+
+
+async def test_rows_not_started_once_the_slots_are_gone_are_left_unclaimed(paced: World) -> None:
+    keys = [await paced.user(i) for i in range(3)]
+
+    result = await paced.send(paced.sender(concurrency=1), limit=3, pacing=pacing(send_by=0.0))
+
+    sent, released, untouched = [await paced.record(k) for k in keys]
+    assert (result.sent, result.requests, result.remaining) == (1, 1, 2)
+    assert sent.status is DeliveryStatus.SENT
+    # The row that found no slot was claimed and given back; the one after it was never claimed.
+    assert released.status is DeliveryStatus.PENDING and released.last_error is not None
+    assert released.last_error.code == Reason.NO_SLOT and released.attempts == 0
+    assert untouched.status is DeliveryStatus.PENDING and untouched.last_error is None
+
+
+async def test_a_retry_without_a_slot_leaves_the_row_pending_with_its_attempt_counted_once(
+    paced: World,
+) -> None:
+    key, other = await paced.user(0), await paced.user(1)
+    await paced.emulator.faults(user_rule(0, kind="503", times=1))
+
+    first = await paced.send(limit=2, pacing=pacing())  # two slots: both go to first attempts
+    after_first = await paced.record(key)
+    second = await paced.send(limit=2)
+
+    assert (first.attempted, first.sent, first.requests, first.server_errors) == (2, 1, 2, 1)
+    assert (first.retry_queued, first.remaining) == (0, 1)
+    assert after_first.status is DeliveryStatus.PENDING and after_first.attempts == 1
+    assert after_first.not_before is None and paced.retries.bodies() == []
+    assert after_first.last_error is not None and after_first.last_error.code == Reason.NO_SLOT
+    assert "ServiceUnavailable" in after_first.last_error.message
+    assert (second.sent, second.remaining) == (1, 0)
+    assert (await paced.record(key)).attempts == 2 and (await paced.record(other)).attempts == 1
+    assert len(await paced.emulator.received("a:conv-0")) == 1
+    assert (await paced.emulator.stats())["duplicates"] == []
+
+
+async def test_a_late_wake_is_reported_as_a_skipped_slot(paced: World) -> None:
+    await paced.user(0)
+    await paced.user(1)
+    paced.sleeps.late.append(0.375)  # the second row wakes for slot 1 (0.25) at 0.625: past its slack
+
+    result = await paced.send(pacing=pacing(slack=0.125))
+
+    assert (result.sent, result.slots_skipped) == (2, 1)
+    assert result.last_send_at == T0 + timedelta(seconds=0.625)  # slot 2 (0.5), still within its slack
+
+
+async def test_update_and_delete_calls_take_slots_and_a_row_without_one_waits_for_the_next_batch(
+    paced: World,
+) -> None:
+    for i in range(3):
+        await paced.user(i)
+    await paced.send()
+    await paced.notification(text="Rolled back, {{name}}")
+    connector = Stamped(paced.connector(), paced.clock)
+    sender = paced.sender(connector=connector)
+
+    updated = await paced.send(sender, operation="update", pacing=pacing(1.0, send_by=1.25))
+    rest = await paced.send(sender, operation="update", pacing=pacing(2.0))
+
+    assert (updated.sent, updated.remaining, updated.requests) == (2, 1, 2)
+    assert (rest.sent, rest.remaining) == (1, 0)
+    assert sorted(connector.starts) == after(1.0, 1.25, 2.0)
+    assert (await paced.emulator.stats())["totals"]["updates"] == 3
+
+
+async def test_without_pacing_first_and_last_send_are_the_starts_of_the_first_and_last_requests(
+    world: World,
+) -> None:
+    for i in range(3):
+        await world.user(i)
+    connector = Stamped(world.connector(), world.clock, takes=timedelta(seconds=1))
+
+    result = await world.send(world.sender(connector=connector, concurrency=1))
+    nothing = await world.send()
+
+    assert connector.starts == after(0.0, 1.0, 2.0)
+    assert (result.first_send_at, result.last_send_at, result.slots_skipped) == (T0, after(2.0)[0], 0)
+    assert (nothing.first_send_at, nothing.last_send_at) == (None, None)
+
+
 # ---- the duplicate window, reconciliation and re-drives --------------------------------------------
 
 
@@ -885,8 +1085,46 @@ def test_the_activity_input_and_result_travel_as_camel_case_json() -> None:
     result = SendBatchResult(sent=3, throttled=1, max_retry_after=2.5, next_deferred_at=T0, remaining=0)
 
     assert request.limit == 50 and request.now == T0 and request.urgency == "urgent"
+    assert request.pacing is None
     assert SendBatchResult.from_json(result.to_json()) == result
     assert (
         result.to_json()["maxRetryAfter"] == 2.5
         and result.to_json()["nextDeferredAt"] == "2026-06-01T16:00:00Z"
     )
+
+
+def test_pacing_and_the_send_times_travel_as_camel_case_json() -> None:
+    wire: dict[str, Any] = {
+        "notificationId": NOTIFICATION,
+        "tenantId": TENANT,
+        "limit": 50,
+        "now": "2026-06-01T16:00:00Z",
+        "pacing": {
+            "notBefore": "2026-06-01T16:00:01Z",
+            "paceSeconds": 0.02,
+            "sendBy": "2026-06-01T16:00:03Z",
+            "slackSeconds": 0.005,
+        },
+    }
+    request = SendBatchInput.from_json(wire)
+    result = SendBatchResult(
+        sent=1, first_send_at=T0, last_send_at=T0 + timedelta(seconds=1), slots_skipped=2
+    )
+
+    assert request.pacing == pacing(1.0, 3.0, pace=0.02, slack=0.005)
+    assert SendBatchInput.from_json(request.to_json()) == request
+    assert {k: result.to_json()[k] for k in ("firstSendAt", "lastSendAt", "slotsSkipped")} == {
+        "firstSendAt": "2026-06-01T16:00:00Z",
+        "lastSendAt": "2026-06-01T16:00:01Z",
+        "slotsSkipped": 2,
+    }
+    without_slack = {k: v for k, v in wire["pacing"].items() if k != "slackSeconds"}
+    assert Pacing.from_json(without_slack).slack_seconds == 0.0
+
+
+@pytest.mark.parametrize("pace", [0, -0.02, "inf"])
+def test_a_pacing_without_a_positive_pace_is_refused(pace: object) -> None:
+    with pytest.raises(ValidationError):
+        Pacing.from_json(
+            {"notBefore": "2026-06-01T16:00:01Z", "paceSeconds": pace, "sendBy": "2026-06-01T16:00:03Z"}
+        )

@@ -24,7 +24,8 @@ def test_minimal_environment_is_local_anonymous_mode_with_documented_defaults() 
     assert settings.bot.auth is BotAuthKind.ANONYMOUS and settings.bot.anonymous
     assert settings.send_rate_per_tenant == 50.0
     assert settings.graph_rate_per_tenant == 30.0
-    assert settings.batch_size == 50
+    assert settings.batch_size == 150
+    assert settings.send_concurrency == 32
     assert (
         settings.send_timeout_seconds,
         settings.send_retry_base_seconds,
@@ -76,6 +77,11 @@ def test_managed_identity_and_certificate_identities() -> None:
     assert cert.bot.auth is BotAuthKind.CERTIFICATE and cert.bot.certificate_path == "/certs/bot.pem"
 
 
+def test_send_concurrency_is_read_within_its_range() -> None:
+    assert Settings.from_env({**MINIMAL, "SEND_CONCURRENCY": "1"}).send_concurrency == 1
+    assert Settings.from_env({**MINIMAL, "SEND_CONCURRENCY": " 256 "}).send_concurrency == 256
+
+
 def test_per_tenant_rate_overrides() -> None:
     settings = Settings.from_env(
         {**MINIMAL, "SEND_RATE_PER_TENANT": "30", "SEND_RATE_OVERRIDES": f"{TENANT}=12.5"}
@@ -113,6 +119,9 @@ def test_missing_required_setting_fails_naming_it(environ: dict[str, str], setti
         ("BATCH_SIZE", "1.5"),
         ("BATCH_SIZE", "0"),
         ("MAX_SEND_ATTEMPTS", "many"),
+        ("SEND_CONCURRENCY", "0"),
+        ("SEND_CONCURRENCY", "257"),
+        ("SEND_CONCURRENCY", "eight"),
         ("SEND_TIMEOUT_SECONDS", "0"),
         ("SEND_RETRY_BASE_SECONDS", "-1"),
         ("RETRY_HANDOFF_SECONDS", "soon"),
