@@ -113,6 +113,12 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         run = run.model_copy(
             update={"phase": "send", "tenant_index": index, "cursor": None, "materialised": materialised}
         )
+        if calls:
+            # Send with an empty history: this execution's materialise calls would otherwise stay in every
+            # replay of the send phase (up to 4 x MATERIALISE_CALLS_PER_EXECUTION events, growing with the
+            # audience's last partial stretch).
+            context.continue_as_new(run.to_json())
+            return None
 
     children = [
         context.call_sub_orchestrator(

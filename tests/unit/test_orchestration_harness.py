@@ -156,7 +156,10 @@ class FakeSender:
                 result["sent"] += 1
             await ledger.replace(claimed.value.model_copy(update=update), claimed.etag)
         self._take_time(payload, result)
-        pending = (await ledger.count_by_status(nid, tenant)).get(DeliveryStatus.PENDING, 0)
+        # Like the real sender, count no further than the orchestration needs (min(batch, remaining)):
+        # counting the whole ledger after every batch made large runs quadratic.
+        first_page = await ledger.list(nid, tenant, statuses=[DeliveryStatus.PENDING], page_size=limit + 1)
+        pending = len(first_page.items)
         waiting = [
             r.not_before for r in await self._rows(nid, tenant, [DeliveryStatus.DEFERRED]) if r.not_before
         ]
