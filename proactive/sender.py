@@ -836,14 +836,7 @@ class BatchSender:
                 # Nothing is lost: a pending row without not_before is picked up by the next batch.
                 logger.warning("Could not queue a retry; the row stays pending for the next batch")
                 not_before = None
-        send = SendOutcome(
-            recipient_key=claimed.value.recipient_key,
-            status=SendStatus.THROTTLED if isinstance(cause, Throttled) else SendStatus.TRANSIENT,
-            attempts=result.attempts,
-            http_status=_status(cause),
-            error_code=code,
-            retry_after=retry_after,
-        )
+        send = _transient_outcome(claimed.value.recipient_key, cause, result.attempts)
         return await self._settle(
             claimed,
             DeliveryStatus.PENDING,
@@ -869,15 +862,7 @@ class BatchSender:
         failures = result.failures[:-1]
         last = failures[-1]
         code = _code(last)
-        retry_after = last.retry_after if isinstance(last, Throttled) else None
-        send = SendOutcome(
-            recipient_key=claimed.value.recipient_key,
-            status=SendStatus.THROTTLED if isinstance(last, Throttled) else SendStatus.TRANSIENT,
-            attempts=requests,
-            http_status=_status(last),
-            error_code=code,
-            retry_after=retry_after,
-        )
+        send = _transient_outcome(claimed.value.recipient_key, last, requests)
         return await self._settle(
             claimed,
             DeliveryStatus.PENDING,
@@ -1234,6 +1219,18 @@ def _code(error: ProactiveError) -> str:
     if isinstance(error, DeliveryError) and error.status is not None:
         return f"http_{error.status}"
     return type(error).__name__
+
+
+def _transient_outcome(recipient_key: str, error: ProactiveError, attempts: int) -> SendOutcome:
+    """The send outcome of a row whose last answer was transient (429, 5xx, no connection, timeout)."""
+    return SendOutcome(
+        recipient_key=recipient_key,
+        status=SendStatus.THROTTLED if isinstance(error, Throttled) else SendStatus.TRANSIENT,
+        attempts=attempts,
+        http_status=_status(error),
+        error_code=_code(error),
+        retry_after=error.retry_after if isinstance(error, Throttled) else None,
+    )
 
 
 def _status(error: ProactiveError) -> int | None:
