@@ -33,6 +33,7 @@ from typing import Any
 from bench.send_rate import machine
 from devhost.durable import DurableRuntime, FunctionIndex, ManualClock, MemoryStore
 from proactive import composition
+from proactive.adapters.memory_tables import MemoryTables
 from proactive.composition import Services
 from tests.unit.test_orchestration_harness import (
     START,
@@ -40,7 +41,6 @@ from tests.unit.test_orchestration_harness import (
     FakeSender,
     Harness,
     MaxHistory,
-    MemoryTables,
     RuntimeOrchestrations,
     body,
     make_app,

@@ -73,9 +73,8 @@ from devhost.durable import DurableRuntime, FunctionIndex, MemoryStore, SystemCl
 from proactive import composition
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
-from proactive.adapters.memory_queues import MemoryWorkQueue
-from proactive.adapters.memory_tables import MemoryEntityTable
-from proactive.broadcasts import OrchestrationState
+from proactive.adapters.memory_queues import MemoryQueues, MemoryWorkQueue
+from proactive.adapters.memory_tables import MemoryEntityTable, MemoryTables
 from proactive.composition import Services
 from proactive.errors import ProactiveError, Throttled
 from proactive.functions.durable import bp as durable_blueprint
@@ -99,6 +98,7 @@ from proactive.stores import (
     TablePreferenceStore,
     TableReferenceStore,
 )
+from tests.unit.test_orchestration_harness import RuntimeOrchestrations
 
 BOT = "28:00000000-0000-0000-0000-0000000000b0"
 CEILING = 50.0  # the emulator's default tenant_rate and the facts sheet's 50 msg/s per app per tenant
@@ -562,54 +562,6 @@ async def run_ours(
 # ---- ours, on the devhost durable runtime --------------------------------------------------------------
 
 
-class _Tables:
-    """What ``Services.tables`` offers, over the in-memory table fake."""
-
-    def __init__(self) -> None:
-        self._tables: dict[str, MemoryEntityTable] = {}
-
-    def table(self, name: str) -> MemoryEntityTable:
-        return self._tables.setdefault(name, MemoryEntityTable(name))
-
-    async def close(self) -> None:
-        return None
-
-
-class _Queues:
-    """What ``Services.queues`` offers, over the in-memory queue fake."""
-
-    def __init__(self) -> None:
-        self._queues: dict[str, MemoryWorkQueue] = {}
-
-    def queue(self, name: str) -> MemoryWorkQueue:
-        return self._queues.setdefault(name, MemoryWorkQueue(name))
-
-    async def close(self) -> None:
-        return None
-
-
-class _RuntimeOrchestrations:
-    """``BroadcastService``'s Orchestrations port straight over the devhost runtime."""
-
-    def __init__(self, runtime: DurableRuntime) -> None:
-        self.runtime = runtime
-
-    async def start(self, name: str, instance_id: str, payload: dict[str, Any]) -> None:
-        await self.runtime.start_new(name, instance_id, json.dumps(payload))
-
-    async def state(self, instance_id: str) -> OrchestrationState | None:
-        record = await self.runtime.get_instance(instance_id)
-        if record is None:
-            return None
-        custom = json.loads(record.custom_status) if record.custom_status else None
-        output = json.loads(record.output) if record.output else None
-        return OrchestrationState(record.status, custom, output)
-
-    async def raise_event(self, instance_id: str, name: str, data: Any) -> bool:
-        await self.runtime.raise_event(instance_id, name, json.dumps(data))
-        return True
-
-
 def bench_settings(tenants: list[str], batch_size: int, concurrency: int) -> Settings:
     return Settings.from_env(
         {
@@ -632,8 +584,8 @@ async def run_durable(
     line: Line,
 ) -> SendClock:
     services = Services(settings)
-    services._tables = _Tables()  # type: ignore[assignment]
-    services._queues = _Queues()  # type: ignore[assignment]
+    services._tables = MemoryTables()  # type: ignore[assignment]
+    services._queues = MemoryQueues()  # type: ignore[assignment]
     clock = SendClock()
     services._connector = TimedConnector(http, clock)
     previous = composition._services
@@ -647,7 +599,7 @@ async def run_durable(
     tenants = sorted({r.tenant_id for r in recipients})
     try:
         async with runtime:
-            orchestrations = _RuntimeOrchestrations(runtime)
+            orchestrations = RuntimeOrchestrations(runtime)
             body = json.dumps(broadcast_request(nid, tenants)).encode()
             accepted = await services.broadcasts(orchestrations).start(body)
             while True:

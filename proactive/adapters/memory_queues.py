@@ -20,7 +20,7 @@ from proactive.adapters.storage_queues import whole_seconds
 from proactive.errors import StorageError
 from proactive.sender_ports import QueueMessage
 
-__all__ = ["MemoryWorkQueue"]
+__all__ = ["MemoryQueues", "MemoryWorkQueue"]
 
 
 @dataclass
@@ -85,3 +85,17 @@ class MemoryWorkQueue:
     def bodies(self) -> list[dict[str, Any]]:
         """Every message's body, visible or not, oldest first (for tests and the devhost)."""
         return [json.loads(stored.text) for stored in self._messages]
+
+
+class MemoryQueues:
+    """What :class:`~proactive.adapters.storage_queues.AzureQueues` offers (``Services.queues``), in memory."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, MemoryWorkQueue] = {}
+
+    def queue(self, name: str) -> MemoryWorkQueue:
+        """The named queue, created on first use."""
+        return self._queues.setdefault(name, MemoryWorkQueue(name))
+
+    async def close(self) -> None:
+        """Nothing to release."""

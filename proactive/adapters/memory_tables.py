@@ -316,3 +316,20 @@ def _decode_continuation(token: str | None) -> tuple[str, str] | None:
         return None
     position = decode_continuation(token)
     return (position.get("PartitionKey", ""), position.get("RowKey", ""))
+
+
+class MemoryTables:
+    """What :class:`~proactive.adapters.table_storage.AzureTables` offers (``Services.tables``), in memory."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, MemoryEntityTable] = {}
+
+    def table(self, name: str) -> MemoryEntityTable:
+        """The named table, created on first use."""
+        return self._tables.setdefault(name, MemoryEntityTable(name))
+
+    async def ping(self) -> None:
+        """Always reachable."""
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -33,7 +33,7 @@ from devhost.durable import (
 )
 from devhost.durable.store import InstanceRecord
 from proactive import composition
-from proactive.adapters.memory_tables import MemoryEntityTable
+from proactive.adapters.memory_tables import MemoryTables
 from proactive.broadcasts import BroadcastService, OrchestrationState
 from proactive.composition import Services
 from proactive.functions.durable import bp as durable_blueprint
@@ -83,22 +83,6 @@ def body(
     if notification_id:
         payload["notificationId"] = notification_id
     return json.dumps(payload).encode()
-
-
-class MemoryTables:
-    """What ``Services.tables`` offers, over the in-memory EntityTable fake."""
-
-    def __init__(self) -> None:
-        self._tables: dict[str, MemoryEntityTable] = {}
-
-    def table(self, name: str) -> MemoryEntityTable:
-        return self._tables.setdefault(name, MemoryEntityTable(name))
-
-    async def ping(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 def _parse(value: str) -> datetime:
