@@ -87,6 +87,7 @@ from proactive.models import (
     RecipientKind,
     StoredReference,
 )
+from proactive.orchestration import policies
 from proactive.outbound import OutboundPolicy
 from proactive.rate_limiter import LimiterConfig, apply, tenant_defaults
 from proactive.retry import RetryPolicy
@@ -434,39 +435,64 @@ async def paced_tenant(
     trace: dict[str, Any] | None = None,
     limiter: Mapping[str, Any] | None = None,
 ) -> list[SendBatchResult]:
-    """``tenant_broadcast``'s loop with the limiter called in-process and a real sleep for the timer."""
+    """``tenant_broadcast``'s loop with the limiter called in-process and a real sleep for the timer.
+
+    Pipelined like the orchestration: once a result shows more rows than the batches under way take, the
+    next grant is booked and its batch started (``BATCH_START_LEAD`` before ``notBefore``) while the current
+    one sends; two requester names, results awaited and reported in order.
+    """
     # As the tenant_limiter entity builds its defaults; ``limiter`` tries other LimiterConfig fields.
     base = tenant_defaults(settings.send_rate_for(tenant), settings.batch_size)
     defaults = LimiterConfig.from_json({**base.to_json(), **(limiter or {})})
+    lead = policies.BATCH_START_LEAD.total_seconds()
     state: Any = None
-    want = settings.batch_size
     requester = f"bench.{tenant}"
     results: list[SendBatchResult] = []
-    for _ in range(max_batches):
-        state, decision = apply(
-            state,
-            "acquire",
-            {"now": time.time(), "want": want, "priority": "normal", "requester": requester},
-            defaults=defaults,
-        )
-        grant = decision["grant"]
-        await asyncio.sleep(max(0.0, grant["notBefore"] - time.time()))
-        tokens = int(grant["tokens"])
-        if tokens == 0:
-            continue
-        pacing = Pacing.model_validate(
-            {
-                "notBefore": grant["notBeforeIso"],
-                "paceSeconds": grant["paceSeconds"],
-                "sendBy": grant["sendByIso"],
-                "slackSeconds": grant["slackSeconds"],
-            }
-        )
-        result = await sender.send_batch(
-            SendBatchInput(
+    flights: list[tuple[asyncio.Future[SendBatchResult], dict[str, Any], str]] = []
+    remaining: int | None = None
+    steps = 0
+
+    def wants_more() -> bool:
+        if steps >= max_batches or len(flights) >= policies.SEND_BATCHES_IN_FLIGHT:
+            return False
+        if remaining is None:
+            return not flights
+        return remaining - sum(int(grant["tokens"]) for _, grant, _ in flights) > 0
+
+    while True:
+        if wants_more():
+            steps += 1
+            want = settings.batch_size if remaining is None else min(settings.batch_size, remaining)
+            place = requester + ("" if (len(results) + len(flights)) % 2 == 0 else "#1")
+            state, decision = apply(
+                state,
+                "acquire",
+                {"now": time.time(), "want": max(1, want), "priority": "normal", "requester": place},
+                defaults=defaults,
+            )
+            grant = decision["grant"]
+            tokens = int(grant["tokens"])
+            await asyncio.sleep(max(0.0, grant["notBefore"] - (lead if tokens else 0.0) - time.time()))
+            if tokens == 0:
+                continue
+            pacing = Pacing.model_validate(
+                {
+                    "notBefore": grant["notBeforeIso"],
+                    "paceSeconds": grant["paceSeconds"],
+                    "sendBy": grant["sendByIso"],
+                    "slackSeconds": grant["slackSeconds"],
+                }
+            )
+            batch = SendBatchInput(
                 notification_id=nid, tenant_id=tenant, limit=tokens, now=datetime.now(UTC), pacing=pacing
             )
-        )
+            flights.append((asyncio.ensure_future(sender.send_batch(batch)), grant, place))
+            if wants_more():
+                continue
+        if not flights:
+            break
+        task, grant, place = flights.pop(0)
+        result = await task
         state, acknowledged = apply(
             state,
             "report",
@@ -477,7 +503,7 @@ async def paced_tenant(
                 "serverErrors": result.server_errors,
                 "failed": result.unreachable + result.stale + result.failed,
                 "retryAfter": result.max_retry_after,
-                "requester": requester,
+                "requester": place,
                 "grantedAt": grant["grantedAt"],
                 # As tenant_broadcast does: the booking ends at the batch's last request.
                 "firstSendAt": result.first_send_at.timestamp() if result.first_send_at else None,
@@ -492,16 +518,18 @@ async def paced_tenant(
             trace.setdefault("batches", []).append(
                 [
                     round(grant["notBefore"] - origin, 3),
-                    tokens,
+                    int(grant["tokens"]),
                     result.throttled,
                     result.elapsed_ms,
                     result.slots_skipped,
                     round(acknowledged["report"]["rate"], 1),
                 ]
             )
-        if result.halted or result.remaining == 0:
+        remaining = result.remaining
+        if result.halted:
+            remaining = 0  # the tenant refuses every send: let the batch under way end, book no more
+        if remaining == 0 and not flights:
             break
-        want = max(1, min(settings.batch_size, result.remaining))
     return results
 
 
@@ -547,6 +575,18 @@ async def run_ours(
     )
     results = [result for batches in outcomes for result in batches]
     line.handed_off = sum(r.retry_queued for r in results)
+    starts = [r.first_send_at for r in results if r.first_send_at is not None]
+    if starts:
+        # When each tenant's last request started, seconds after the line's first one: a tenant whose tail
+        # runs long shows here, not in the averages.
+        origin = min(starts)
+        line.notes["tenantEnds"] = sorted(
+            round((max(ends) - origin).total_seconds(), 2)
+            for ends in (
+                [r.last_send_at for r in batches if r.last_send_at is not None] for batches in outcomes
+            )
+            if ends
+        )
     line.notes.update(
         batches=len(results),
         batchThrottled=sum(r.throttled for r in results),

@@ -33,7 +33,9 @@ Paced slots (the ceiling)
     booking at the batch's last request (``lastSendAt``, else the report's ``now``), and the requester's next
     ``acquire`` closes its earlier bookings at that ``now``; so one orchestration per tenant, which reports
     before it asks again, loses nothing to ``startLag``, and concurrent requesters lose only it per batch.
-    ``startLagSeconds`` (0.25 s) is the first estimate; it then follows the reports' ``firstSendAt`` (twice
+    A report that names its grant (``grantedAt``) and has no ``lastSendAt`` may arrive before the booking's
+    start (a pipelined batch started ahead of its ``notBefore`` found nothing to send): the booking is then
+    closed at its start and holds no slot. ``startLagSeconds`` (0.25 s) is the first estimate; it then follows the reports' ``firstSendAt`` (twice
     the lag seen, halving with each report).
 
     One grant holds ``n <= min(want, r * D, max(1, r * maxBookingSeconds))`` tokens (rounded down; 50 by
@@ -1217,7 +1219,10 @@ def _close_reported(state: LimiterState, outcome: Report, end: float, now: float
     if outcome.requester is None and outcome.granted_at is None:
         return state  # nothing tells which batch this was: it keeps its sendBy until it leaves the log
     for index, booking in enumerate(state.bookings):
-        if not booking.open or booking.start > now + _EPS:
+        # A booking named by its grant may be closed before its start: a batch started ahead of its
+        # notBefore that sent nothing gives its slots back (closed at its start, it holds none).
+        early = booking.start > now + _EPS
+        if not booking.open or (early and (outcome.granted_at is None or outcome.last_send_at is not None)):
             continue
         if outcome.requester is not None and booking.requester != outcome.requester:
             continue

@@ -62,7 +62,11 @@ Pacing
     listed status and attempts, ``last_error`` ``slot_expired``); a row whose *retry* finds none (its earlier
     attempts failed transiently, so nothing was delivered) is recorded ``pending`` without ``not_before``
     with its attempts. Either way the next batch takes it, it counts once, in ``remaining``, and rows not
-    started once the slots are gone are not claimed at all. ``SendBatchResult.first_send_at`` and
+    started once the slots are gone are not claimed at all. Claims follow the slots (``_ClaimBudget``):
+    at most one row per slot is being worked on or has sent, and a row that made no request (its claim was
+    lost to an overlapping batch, or it was suppressed, deferred or skipped) hands its slot to a spare row
+    (a paced batch lists up to ``2 * limit`` candidates), so two pipelined batches of one tenant do not
+    waste each other's slots. ``SendBatchResult.first_send_at`` and
     ``last_send_at`` are the starts of the first and last requests, ``slots_skipped`` the slots lost to
     lateness.
 
@@ -374,6 +378,37 @@ class _Batch:
         return self.halted is not None or (self.pacer is not None and self.pacer.exhausted)
 
 
+class _ClaimBudget:
+    """How many more rows a paced batch may start: one per slot of its grant.
+
+    A row holds a unit from before its claim until it ends; the unit is spent if the row made a request
+    (it used a slot) and comes back otherwise (claim lost to another batch, suppressed, deferred, skipped,
+    given back), so a spare row can use that slot. :meth:`take` waits while every unit is held by a row
+    still working; it answers ``False`` once all are spent.
+    """
+
+    def __init__(self, units: int) -> None:
+        self._free = units
+        self._held = 0
+        self._changed = asyncio.Event()
+
+    async def take(self) -> bool:
+        while self._free == 0 and self._held > 0:
+            self._changed.clear()
+            await self._changed.wait()
+        if self._free == 0:
+            return False
+        self._free -= 1
+        self._held += 1
+        return True
+
+    def give(self, *, used: bool) -> None:
+        self._held -= 1
+        if not used:
+            self._free += 1
+        self._changed.set()
+
+
 @dataclass(frozen=True)
 class _Candidates:
     rows: list[Versioned[DeliveryRecord]]
@@ -454,12 +489,19 @@ class BatchSender:
             return SendBatchResult(halted="cancelled", elapsed_ms=self._elapsed(started))
         operation = batch.operation = request.operation
         marker = _marker(operation, batch.message)
+        budget: _ClaimBudget | None = None
+        capacity = request.limit
         if request.pacing is not None:
             batch.pacer = self._pacer(request.pacing, request.limit)
+            if operation == "send":
+                # Claims follow the slots: one row claimed per slot, and a slot whose row was taken by a
+                # concurrent batch (pipelined batches overlap) or needed no request goes to a spare row.
+                budget = _ClaimBudget(request.limit)
+                capacity = 2 * request.limit
         if operation == "send":
-            candidates = await self._send_candidates(request)
+            candidates = await self._send_candidates(request, capacity)
         else:
-            candidates = await self._sent_candidates(request, marker)
+            candidates = await self._sent_candidates(request, marker, capacity)
 
         def work(row: Versioned[DeliveryRecord]) -> Awaitable[RowOutcome | None]:
             if operation == "send":
@@ -470,10 +512,24 @@ class BatchSender:
 
         async def bounded(row: Versioned[DeliveryRecord]) -> RowOutcome | None:
             async with semaphore:
-                if batch.stopped:
-                    batch.left += 1
+                if budget is None:
+                    if batch.stopped:
+                        batch.left += 1
+                        return None
+                    return await work(row)
+                if not await budget.take():
+                    batch.left += 1  # every slot is used: the row stays claimable for the next batch
                     return None
-                return await work(row)
+                used = False
+                try:
+                    if batch.stopped:
+                        batch.left += 1
+                        return None
+                    outcome = await work(row)
+                    used = outcome is not None and outcome.requests > 0
+                    return outcome
+                finally:
+                    budget.give(used=used)
 
         results = await asyncio.gather(*(bounded(row) for row in candidates.rows), return_exceptions=True)
         outcomes = [r for r in results if isinstance(r, RowOutcome)]
@@ -555,25 +611,26 @@ class BatchSender:
             category=request.category,
         )
 
-    async def _send_candidates(self, request: SendBatchInput) -> _Candidates:
+    async def _send_candidates(self, request: SendBatchInput, capacity: int) -> _Candidates:
         def due(record: DeliveryRecord) -> bool | None:
             # True: take it. None: deferred into the future (reported). False: not ours (queue-owned).
             if record.not_before is None or record.not_before <= request.now:
                 return True
             return None if record.status is DeliveryStatus.DEFERRED else False
 
-        return await self._scan(request, (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED), due)
+        return await self._scan(request, capacity, (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED), due)
 
-    async def _sent_candidates(self, request: SendBatchInput, marker: str) -> _Candidates:
+    async def _sent_candidates(self, request: SendBatchInput, marker: str, capacity: int) -> _Candidates:
         def due(record: DeliveryRecord) -> bool:
             done = record.last_operation
             return record.activity_id is not None and done != marker and done != "delete"
 
-        return await self._scan(request, (DeliveryStatus.SENT,), due)
+        return await self._scan(request, capacity, (DeliveryStatus.SENT,), due)
 
     async def _scan(
         self,
         request: SendBatchInput,
+        capacity: int,
         statuses: tuple[DeliveryStatus, ...],
         due: Callable[[DeliveryRecord], bool | None],
     ) -> _Candidates:
@@ -581,7 +638,7 @@ class BatchSender:
         extra = 0
         next_deferred: datetime | None = None
         continuation: str | None = None
-        page_size = max(100, min(1000, request.limit * 4))
+        page_size = max(100, min(1000, capacity * 2))
         while True:
             page = await self._ledger.list(
                 request.notification_id,
@@ -595,7 +652,7 @@ class BatchSender:
                 if verdict is None and row.value.not_before is not None:
                     if next_deferred is None or row.value.not_before < next_deferred:
                         next_deferred = row.value.not_before
-                elif verdict and len(rows) < request.limit:
+                elif verdict and len(rows) < capacity:
                     rows.append(row)
                 elif verdict:
                     extra += 1

@@ -4,12 +4,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import defaultdict
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
+from proactive import function_names as fn
 from proactive.errors import InvalidInput
 from proactive.models import DeliveryStatus, NotificationStatus
 from tests.unit.test_orchestration_harness import (
@@ -86,6 +90,78 @@ async def test_continue_as_new_keeps_each_tenant_execution_history_bounded(harne
     assert harness.history.largest["big-1k"] <= 80
 
 
+async def _open_bookings(harness: Harness, tenant: str, expected: int, within: float = 5.0) -> list[str]:
+    """The requesters holding open limiter bookings, once ``expected`` are open (or after ``within`` s)."""
+    deadline = time.monotonic() + within
+    while True:
+        _, raw = await harness.runtime.read_entity_state(fn.TENANT_LIMITER, tenant)
+        state = json.loads(raw or "{}")
+        state = json.loads(state) if isinstance(state, str) else state
+        holders = sorted(b[6] for b in state.get("bookings", []) if b[8])
+        if len(holders) >= expected or time.monotonic() > deadline:
+            return holders
+        await asyncio.sleep(0.01)
+
+
+async def test_the_next_batch_is_booked_while_the_current_one_sends(harness: Harness) -> None:
+    await harness.seed_references(TENANTS[0], 300)
+    accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="piped"))
+    child = f"piped.{TENANTS[0]}"
+    seen: list[list[str]] = []
+
+    async def look() -> None:  # inside the second batch, which has not answered yet
+        seen.append(await _open_bookings(harness, TENANTS[0], 2))
+
+    harness.sender.during[2] = look
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    # The third grant was booked without waiting for the second batch: two places, two requester names.
+    assert seen == [[child, f"{child}#1"]]
+    counts = await harness.services.deliveries.count_by_status("piped", TENANTS[0])
+    assert counts == {DeliveryStatus.SENT: 300}
+    assert sum(c["limit"] for c in harness.sender.calls) >= 300
+    summary = json.loads(record.output or "")["tenants"][0]
+    assert summary["totals"]["sent"] == 300 and summary["batches"] == len(harness.sender.calls)
+    # Every booking was reported and closed at the end.
+    assert await _open_bookings(harness, TENANTS[0], 0) == []
+
+
+async def test_the_first_batch_runs_alone_until_the_tenant_shows_more_rows(harness: Harness) -> None:
+    await harness.seed_references(TENANTS[0], 30)
+    accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="small"))
+    seen: list[list[str]] = []
+
+    async def look() -> None:
+        seen.append(await _open_bookings(harness, TENANTS[0], 2, within=0.5))
+
+    harness.sender.during[1] = look
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    # A 30-recipient tenant is one batch: no second grant was booked for it, and only one activity ran.
+    assert seen == [[f"small.{TENANTS[0]}"]]
+    assert len(harness.sender.calls) == 1
+
+
+async def test_update_batches_run_one_at_a_time(harness: Harness) -> None:
+    # Update and delete do not claim rows: two batches at once would call Teams twice for the same message.
+    await harness.seed_references(TENANTS[0], 150)
+    first = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="edit-me"))
+    assert (await harness.run(first.instance_id)).status == "Completed"
+    sends = len(harness.sender.calls)
+    seen: list[list[str]] = []
+
+    async def look() -> None:  # inside the update's second batch
+        seen.append(await _open_bookings(harness, TENANTS[0], 2, within=0.5))
+
+    harness.sender.during[sends + 2] = look
+    accepted = await harness.service.update("edit-me", json.dumps({"message": {"text": "v2"}}).encode())
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0].startswith("edit-me.update")
+    updates = harness.sender.calls[sends:]
+    assert {c["operation"] for c in updates} == {"update"} and sum(c["limit"] for c in updates) >= 150
+
+
 async def test_send_at_waits_on_a_durable_timer_before_materialising(harness: Harness) -> None:
     send_at = START + timedelta(hours=2)
     accepted = await harness.service.start(
@@ -123,11 +199,15 @@ async def test_deferred_rows_are_sent_when_their_quiet_hours_end(harness: Harnes
 async def test_cancel_keeps_sent_rows_and_marks_the_rest_cancelled(harness: Harness) -> None:
     await harness.seed_references(TENANTS[0], 500)
     accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="stop-me"))
-    record = await harness.run(accepted.instance_id, until=START + timedelta(seconds=3))
-    assert record.status == "Running"
-    calls_before = len(harness.sender.calls)
-    assert (await harness.service.cancel("stop-me"))["status"] == "cancelling"
+    answers: list[dict[str, Any]] = []
+
+    async def cancel() -> None:  # while the third batch is under way
+        answers.append(await harness.service.cancel("stop-me"))
+
+    harness.sender.during[3] = cancel
     record = await harness.run(accepted.instance_id)
+    assert answers[0]["status"] == "cancelling"
+    calls_before = 3
     assert record.status == "Completed"
     assert json.loads(record.output or "")["phase"] == "cancelled"
     counts = await harness.services.deliveries.count_by_status("stop-me", TENANTS[0])

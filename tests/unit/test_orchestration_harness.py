@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +44,7 @@ from proactive.models import (
     ConversationReference,
     DeliveryRecord,
     DeliveryStatus,
+    NotificationStatus,
     RecipientKind,
     StoredReference,
 )
@@ -95,7 +96,10 @@ class FakeSender:
 
     ``quiet_until`` defers a recipient key (non-urgent sends) until that time, like quiet hours. With a
     ``clock``, a paced batch takes its time: the clock moves to its last slot, and the result says when its
-    first and last requests started, as the real sender does.
+    first and last requests started, as the real sender does. A batch of a cancelled notification is
+    ``halted: cancelled``, as the real sender answers. ``during`` runs a test's step inside call number n
+    (1-based), before the batch works: how a test acts mid-broadcast without depending on timers (pipelined
+    batches may follow each other without one).
     """
 
     services: Services
@@ -105,9 +109,16 @@ class FakeSender:
     done_ops: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
     fail_times: int = 0
     halt_with: str | None = None
+    during: dict[int, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 
     async def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(payload)
+        step = self.during.pop(len(self.calls), None)
+        if step is not None:
+            await step()
+        notification = await self.services.notifications.get(payload["notificationId"])
+        if notification is not None and notification.value.status is NotificationStatus.CANCELLED:
+            return {"halted": "cancelled", "elapsedMs": 1}
         if self.fail_times:
             self.fail_times -= 1
             raise RuntimeError("storage unreachable")

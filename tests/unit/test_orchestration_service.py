@@ -60,11 +60,16 @@ async def test_recall_fans_out_deletes_and_then_updates_are_refused(harness: Har
 async def test_update_is_refused_while_sending_and_checked_like_a_post(harness: Harness) -> None:
     await harness.seed_references(TENANTS[0], 200)
     await harness.service.start(body(tenants=[TENANTS[0]], notification_id="busy"))
-    await harness.settle()
-    with pytest.raises(InvalidInput) as busy:
-        await harness.service.update("busy", json.dumps({"message": {"text": "v2"}}).encode())
-    assert busy.value.status == 409 and busy.value.code == "broadcast_in_progress"
+    refusals: list[InvalidInput] = []
+
+    async def update() -> None:  # while the second batch is under way
+        with pytest.raises(InvalidInput) as busy:
+            await harness.service.update("busy", json.dumps({"message": {"text": "v2"}}).encode())
+        refusals.append(busy.value)
+
+    harness.sender.during[2] = update
     await harness.run("busy")
+    assert [(r.status, r.code) for r in refusals] == [(409, "broadcast_in_progress")]
     for patch, code in [
         (b"{", "invalid_json"),
         (json.dumps({"message": {}}).encode(), "message_empty"),

@@ -188,6 +188,24 @@ def test_a_report_without_last_send_at_closes_the_batch_at_its_now() -> None:
     assert second.not_before == pytest.approx(T0 + 0.3 + PACE)
 
 
+def test_a_batch_reported_before_its_start_gives_its_slots_back() -> None:
+    # Pipelined: the second grant is booked behind the first, and its batch (started ahead of notBefore)
+    # found nothing to send. Its report, naming its grant, frees the slots it would have held.
+    state, first = ask(initial_state(), T0, 50, requester="a")
+    state, second = ask(state, T0 + 0.1, 50, requester="a#1")
+    assert second.not_before == pytest.approx(first.send_by + PACE)
+    state = tell(state, T0 + 0.2, sent=0, requester="a#1", granted_at=second.granted_at)
+    state = tell_end(state, first, T0 + 49 * PACE, requester="a")
+    state, third = ask(state, T0 + 49 * PACE + 0.001, 50, requester="b")
+    assert third.not_before == pytest.approx(T0 + 50 * PACE)
+    # Without the grant's time a report cannot tell which future booking it meant: it leaves them.
+    state, fourth = ask(state, third.not_before, 50, requester="c")
+    assert fourth.not_before == pytest.approx(third.send_by + PACE)
+    state = tell(state, third.not_before + 0.1, sent=0, requester="c")
+    _, fifth = ask(state, third.not_before + 0.1, 50, requester="d")
+    assert fifth.not_before == pytest.approx(fourth.send_by + PACE)
+
+
 def test_the_requesters_next_acquire_ends_its_unreported_batch() -> None:
     state, _ = ask(initial_state(), T0, 50, requester="a")
     state, again = ask(state, T0 + 0.1, 50, requester="a")  # it asks again, so its batch is over
