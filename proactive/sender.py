@@ -258,6 +258,9 @@ class SendBatchResult(WireModel):
             the next window from the batch's real sends rather than from when the orchestration heard of
             them; ``None`` without requests.
         slots_skipped: slots lost because their request's worker woke too late for them (paced only).
+        returned: rows this batch claimed and then gave back claimable (no slot left, halted, or left
+            ``pending`` for the next batch); also in ``remaining``. A batch running beside this one may have
+            read the ledger before they came back, so its ``remaining`` may miss them.
     """
 
     attempted: int = 0
@@ -282,6 +285,7 @@ class SendBatchResult(WireModel):
     first_send_at: AwareDatetime | None = None
     last_send_at: AwareDatetime | None = None
     slots_skipped: int = 0
+    returned: int = 0
 
 
 @dataclass(frozen=True)
@@ -364,6 +368,7 @@ class _Batch:
     first_send: datetime | None = None
     last_send: datetime | None = None
     left: int = 0  # rows not worked on (halt, no slot) or given back: claimable for the next batch
+    returned: int = 0  # of those, rows claimed and given back
 
     def started(self, moment: datetime) -> None:
         """Note that a request started at ``moment``."""
@@ -1092,6 +1097,7 @@ class BatchSender:
         # No request was made for this row (halted, or no slot): give it back untouched (its old status
         # and count), claimable by the next batch, so it counts as remaining.
         batch.left += 1
+        batch.returned += 1
         restored = claimed.value.model_copy(
             update={
                 "status": listed.value.status,
@@ -1131,7 +1137,8 @@ class BatchSender:
         # A row left pending was handed to the retry queue, or (update/delete, or the enqueue failed) waits
         # for the next batch and so counts as remaining.
         handed_off = sum(1 for o in outcomes if o.handed_off)
-        left += statuses[DeliveryStatus.PENDING] - handed_off
+        kept = statuses[DeliveryStatus.PENDING] - handed_off
+        left += kept
         return SendBatchResult(
             attempted=len(outcomes),
             sent=statuses[DeliveryStatus.SENT],
@@ -1155,6 +1162,7 @@ class BatchSender:
             first_send_at=batch.first_send,
             last_send_at=batch.last_send,
             slots_skipped=batch.pacer.skipped if batch.pacer is not None else 0,
+            returned=batch.returned + kept,
         )
 
 

@@ -16,7 +16,9 @@ and reported in order. Update and delete batches (they do not claim rows) run on
 SDK schedules a task only when it is yielded, so a new activity is yielded together with the next thing
 awaited (``task_any``) and awaited on its own later.
 
-It stops when the sender says nothing is claimable (``remaining == 0``) and no batch is under way; if rows
+It stops when the sender says nothing is claimable (``remaining == 0``) and no batch is under way (if the
+batch before gave rows back, ``returned``, after this one may have read the ledger, one more batch runs
+alone to be sure); if rows
 wait for a quiet-hours window to end (``nextDeferredAt``) it sleeps on a timer until then and goes on. A
 cancel (external event, or the notification's cancelled flag seen by ``send_batch``) lets the batch under
 way finish, then marks the rows not yet sent ``cancelled``. A batch the sender ``halted`` for the tenant
@@ -51,6 +53,7 @@ class _Flight:
     grant: dict[str, Any]
     requester: str
     tokens: int
+    overlapped: bool = False  # another batch ran beside it: rows it gave back may be missing from its count
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
     fresh: list[Any] = []  # an activity created but not yet yielded (the SDK schedules a task on its yield)
     remaining: int | None = None  # the latest finished batch's count; None before one, or after a wait
     next_deferred: str | None = None
+    returned = 0  # rows the latest finished batch gave back
     steps = 0
 
     def summary(outcome: str, **extra: Any) -> dict[str, Any]:
@@ -104,7 +108,7 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
 
     def finish() -> Orchestration:
         # Await the oldest batch, report it to the limiter and add it up; a _Stop when the tenant must end.
-        nonlocal totals, batches, remaining, next_deferred
+        nonlocal totals, batches, remaining, next_deferred, returned
         flight = flights.pop(0)
         try:
             result = yield from wait(flight.task)
@@ -147,6 +151,11 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
             return _Stop("failed", f"halted: {halted}"[:500])
         remaining = int(result.get("remaining", 0))
         next_deferred = result.get("nextDeferredAt")
+        if remaining == 0 and flight.overlapped and returned:
+            # The batch before it gave rows back (no slot left, say), maybe after this one read the
+            # ledger: only a batch that runs alone may now say that nothing is left.
+            remaining = None
+        returned = int(result.get("returned", 0))
         return None
 
     def end(stop: _Stop) -> Orchestration:
@@ -218,7 +227,9 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                 },
             )
             fresh.append(task)
-            flights.append(_Flight(task, grant, requester, tokens))
+            for flight in flights:
+                flight.overlapped = True
+            flights.append(_Flight(task, grant, requester, tokens, overlapped=bool(flights)))
             if wants_more():
                 continue  # book the next batch while this one runs
         if not flights:

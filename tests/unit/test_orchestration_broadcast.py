@@ -126,6 +126,22 @@ async def test_the_next_batch_is_booked_while_the_current_one_sends(harness: Har
     assert await _open_bookings(harness, TENANTS[0], 0) == []
 
 
+async def test_a_row_given_back_beside_the_last_batch_is_still_sent(harness: Harness) -> None:
+    # 100 rows, two batches of 50 at once: the first gives a row back after the second counted nothing left.
+    await harness.seed_references(TENANTS[0], 150)
+    harness.sender.late_return = 2
+    accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="race"))
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    counts = await harness.services.deliveries.count_by_status("race", TENANTS[0])
+    assert counts == {DeliveryStatus.SENT: 150}
+    # Calls: 50 alone, then 50 + 50 side by side; the last said "nothing left" but its partner had given a
+    # row back, so a fourth batch ran alone and sent it.
+    assert [c["limit"] for c in harness.sender.calls] == [50, 50, 50, 50]
+    summary = json.loads(record.output or "")["tenants"][0]
+    assert summary["totals"]["sent"] == 150 and summary["batches"] == 4
+
+
 async def test_the_first_batch_runs_alone_until_the_tenant_shows_more_rows(harness: Harness) -> None:
     await harness.seed_references(TENANTS[0], 30)
     accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="small"))

@@ -99,7 +99,9 @@ class FakeSender:
     first and last requests started, as the real sender does. A batch of a cancelled notification is
     ``halted: cancelled``, as the real sender answers. ``during`` runs a test's step inside call number n
     (1-based), before the batch works: how a test acts mid-broadcast without depending on timers (pipelined
-    batches may follow each other without one).
+    batches may follow each other without one). ``late_return`` makes call number n give its last row back
+    (``returned: 1``) only after call n + 1 has counted what remains: the race between pipelined batches
+    that a zero ``remaining`` must survive.
     """
 
     services: Services
@@ -110,6 +112,8 @@ class FakeSender:
     fail_times: int = 0
     halt_with: str | None = None
     during: dict[int, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    late_return: int | None = None
+    _held: Any = None
 
     async def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(payload)
@@ -138,9 +142,13 @@ class FakeSender:
                 result["sent"] += 1
             result["remaining"] = max(0, len(todo) - limit)
             return result
-        for row in await self._due(nid, tenant, now, limit):
+        due = await self._due(nid, tenant, now, limit)
+        for index, row in enumerate(due):
             claimed = await claim(ledger, nid, tenant, row.recipient_key, now)
             assert claimed is not None
+            if len(self.calls) == self.late_return and index == len(due) - 1:
+                self._held, result["returned"] = claimed, 1  # given back during the next call
+                continue
             quiet = self.quiet_until.get(row.recipient_key)
             if quiet is not None and quiet > now and payload["urgency"] != "urgent":
                 update = {"status": DeliveryStatus.DEFERRED, "not_before": quiet}
@@ -162,6 +170,13 @@ class FakeSender:
         future = [t for t in waiting if t > now]
         if not result["remaining"] and future:
             result["nextDeferredAt"] = min(future).isoformat()
+        if (
+            self._held is not None
+            and self.late_return is not None
+            and len(self.calls) == self.late_return + 1
+        ):
+            held, self._held = self._held, None
+            await ledger.replace(held.value.model_copy(update={"status": DeliveryStatus.PENDING}), held.etag)
         return result
 
     def _take_time(self, payload: dict[str, Any], result: dict[str, Any]) -> None:

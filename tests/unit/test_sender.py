@@ -854,6 +854,61 @@ async def test_a_retry_without_a_slot_leaves_the_row_pending_with_its_attempt_co
     assert (await paced.emulator.stats())["duplicates"] == []
 
 
+async def test_a_row_that_needs_no_request_hands_its_slot_to_a_spare_row(paced: World) -> None:
+    keys = [await paced.user(i) for i in range(4)]
+    await prefer(paced, 1, opted_out_all=True)
+
+    result = await paced.send(limit=3, pacing=pacing())
+
+    # Three slots: the opted-out row used none, so the fourth row took the third slot.
+    assert (result.sent, result.suppressed, result.requests, result.remaining) == (3, 1, 3, 0)
+    assert [(await paced.record(k)).status for k in keys] == [
+        DeliveryStatus.SENT,
+        DeliveryStatus.SUPPRESSED,
+        DeliveryStatus.SENT,
+        DeliveryStatus.SENT,
+    ]
+
+
+async def test_a_paced_batch_claims_no_more_rows_than_it_has_slots(paced: World) -> None:
+    keys = [await paced.user(i) for i in range(6)]
+
+    result = await paced.send(paced.sender(concurrency=6), limit=2, pacing=pacing())
+
+    records = [await paced.record(k) for k in keys]
+    # Two slots: two rows claimed and sent; the spare candidates were never claimed (no claim, no release).
+    assert (result.sent, result.requests, result.returned, result.remaining) == (2, 2, 0, 4)
+    assert [r.status for r in records].count(DeliveryStatus.SENT) == 2
+    assert all(
+        r.attempts == 0 and r.last_error is None for r in records if r.status is DeliveryStatus.PENDING
+    )
+
+
+async def test_overlapping_paced_batches_lose_no_slot_to_each_others_claims(paced: World) -> None:
+    # Pipelined batches of one tenant read the same pending rows; a claim lost to the other batch gives
+    # its slot to a spare row, so both batches fill their grants and no row is sent twice.
+    for i in range(8):
+        await paced.user(i)
+
+    one, two = await asyncio.gather(
+        paced.send(limit=4, pacing=pacing(pace=0.25)),
+        paced.send(limit=4, pacing=pacing(not_before=1.0, pace=0.25)),
+    )
+
+    stats = await paced.emulator.stats()
+    assert (one.sent, two.sent) == (4, 4)
+    assert stats["totals"]["activities"] == 8 and stats["duplicates"] == []
+
+
+async def test_rows_given_back_are_counted_as_returned(paced: World) -> None:
+    for i in range(3):
+        await paced.user(i)
+
+    result = await paced.send(limit=3, pacing=pacing(send_by=0.25))  # two slots for three rows
+
+    assert (result.sent, result.returned, result.remaining) == (2, 1, 1)
+
+
 async def test_a_late_wake_is_reported_as_a_skipped_slot(paced: World) -> None:
     await paced.user(0)
     await paced.user(1)
