@@ -89,6 +89,8 @@ class TenantRun(WireModel):
         batches_done: batches sent by earlier executions.
         executions: earlier executions (continue-as-new count).
         totals: counters summed over every batch so far (:data:`BATCH_COUNTERS`).
+        remaining: the last batch's ``remaining`` (``None`` before one), so a new execution keeps two
+            batches in flight from its start.
     """
 
     notification_id: str = Field(min_length=1)
@@ -100,6 +102,7 @@ class TenantRun(WireModel):
     batches_done: int = Field(default=0, ge=0)
     executions: int = Field(default=0, ge=0)
     totals: dict[str, int] = Field(default_factory=dict)
+    remaining: int | None = Field(default=None, ge=0)
 
 
 class TenantSummary(WireModel):

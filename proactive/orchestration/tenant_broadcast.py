@@ -75,7 +75,7 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
     batches = run.batches_done
     flights: list[_Flight] = []
     fresh: list[Any] = []  # an activity created but not yet yielded (the SDK schedules a task on its yield)
-    remaining: int | None = None  # the latest finished batch's count; None before one, or after a wait
+    remaining = run.remaining  # the latest finished batch's count; None before one, or after a wait
     next_deferred: str | None = None
     returned = 0  # rows the latest finished batch gave back
     steps = 0
@@ -248,7 +248,12 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
 
     context.continue_as_new(
         run.model_copy(
-            update={"batches_done": batches, "executions": run.executions + 1, "totals": totals}
+            update={
+                "batches_done": batches,
+                "executions": run.executions + 1,
+                "totals": totals,
+                "remaining": remaining,
+            }
         ).to_json()
     )
     return None
