@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -195,11 +196,25 @@ class SendClock:
     last_accepted: float | None = None
     requests: int = 0
     throttled: int = 0
+    starts: dict[str, list[float]] = field(default_factory=dict)  # request starts by conversation prefix
 
-    def before(self) -> None:
+    def before(self, conversation_id: str = "") -> None:
         self.requests += 1
+        moment = time.monotonic()
         if self.first_request is None:
-            self.first_request = time.monotonic()
+            self.first_request = moment
+        self.starts.setdefault(conversation_id.rsplit("-", 1)[0], []).append(moment)
+
+    def largest_gaps(self, count: int = 6) -> list[list[float]]:
+        """The longest pauses between one tenant's request starts: ``[seconds after its first, length]``.
+
+        Tenants are told apart by the conversation id's prefix; the first tenant (sorted) is shown.
+        """
+        if not self.starts:
+            return []
+        times = sorted(self.starts[min(self.starts)])
+        gaps = sorted(((b - a, a - times[0]) for a, b in itertools.pairwise(times)), reverse=True)
+        return [[round(at, 3), round(length, 3)] for length, at in gaps[:count]]
 
     def accepted(self) -> None:
         self.last_accepted = time.monotonic()
@@ -221,7 +236,7 @@ class TimedConnector(BotConnectorClient):
     async def send_activity(
         self, service_url: str, conversation_id: str, activity: Mapping[str, Any]
     ) -> str | None:
-        self.clock.before()
+        self.clock.before(conversation_id)
         try:
             activity_id = await super().send_activity(service_url, conversation_id, activity)
         except Throttled:
@@ -709,6 +724,7 @@ async def measure(
     if clock is not None:
         line.span_seconds = None if clock.span is None else round(clock.span, 3)
         line.notes["clientSeenThrottled"] = clock.throttled
+        line.notes["largestGaps"] = clock.largest_gaps()
     return line
 
 

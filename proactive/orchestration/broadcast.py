@@ -36,6 +36,12 @@ PROGRESS_FIRST_SECONDS = 15
 PROGRESS_MAX_SECONDS = 3600
 
 
+def _rows(run: BroadcastRun, position: int) -> int | None:
+    # None (unknown) rather than 0: a tenant whose rows came some other way still gets a first batch.
+    count = run.tenant_rows[position] if position < len(run.tenant_rows) else 0
+    return count or None
+
+
 def child_instance_id(parent_instance_id: str, tenant_id: str) -> str:
     """The ``tenant_broadcast`` instance of ``tenant_id`` under a ``broadcast`` instance."""
     return f"{parent_instance_id}.{tenant_id}"
@@ -75,11 +81,17 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
     if run.phase == "materialise":
         calls = 0
         index, cursor, materialised = run.tenant_index, run.cursor, run.materialised
+        rows = list(run.tenant_rows) + [0] * (len(run.tenants) - len(run.tenant_rows))
         while index < len(run.tenants):
             if calls == MATERIALISE_CALLS_PER_EXECUTION:
                 context.continue_as_new(
                     run.model_copy(
-                        update={"tenant_index": index, "cursor": cursor, "materialised": materialised}
+                        update={
+                            "tenant_index": index,
+                            "cursor": cursor,
+                            "materialised": materialised,
+                            "tenant_rows": tuple(rows),
+                        }
                     ).to_json()
                 )
                 return None
@@ -98,6 +110,7 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
             )
             calls += 1
             materialised += page.added
+            rows[index] += page.added
             cursor = page.cursor
             if cursor is None:
                 index += 1
@@ -111,7 +124,13 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                 }
             )
         run = run.model_copy(
-            update={"phase": "send", "tenant_index": index, "cursor": None, "materialised": materialised}
+            update={
+                "phase": "send",
+                "tenant_index": index,
+                "cursor": None,
+                "materialised": materialised,
+                "tenant_rows": tuple(rows),
+            }
         )
         if calls:
             # Send with an empty history: this execution's materialise calls would otherwise stay in every
@@ -130,10 +149,13 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                 operation=run.operation,
                 batch_size=run.batch_size,
                 batches_per_execution=run.batches_per_execution,
+                # Rows materialised for the tenant: with more than one batch's worth, its first two
+                # batches go out together. Update and delete count their sent rows as they go.
+                remaining=_rows(run, position) if run.operation == "send" else None,
             ).to_json(),
             child_instance_id(context.instance_id, tenant),
         )
-        for tenant in run.tenants
+        for position, tenant in enumerate(run.tenants)
     ]
     everything = context.task_all(children)
     status: dict[str, Any] = {

@@ -59,6 +59,8 @@ class BroadcastRun(WireModel):
         tenant_index: materialisation cursor: the tenant being materialised.
         cursor: materialisation cursor inside that tenant (opaque, from the activity).
         materialised: ledger rows created so far.
+        tenant_rows: rows created per tenant (same order as ``tenants``), so each ``tenant_broadcast``
+            knows from its start whether a second batch will have work.
         started_at: when sending started (ISO), set once scheduling is over.
     """
 
@@ -73,6 +75,7 @@ class BroadcastRun(WireModel):
     tenant_index: int = Field(default=0, ge=0)
     cursor: str | None = None
     materialised: int = Field(default=0, ge=0)
+    tenant_rows: tuple[int, ...] = ()
     started_at: str | None = None
 
 

@@ -75,7 +75,8 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
     batches = run.batches_done
     flights: list[_Flight] = []
     fresh: list[Any] = []  # an activity created but not yet yielded (the SDK schedules a task on its yield)
-    remaining = run.remaining  # the latest finished batch's count; None before one, or after a wait
+    # The latest finished batch's count (or the rows materialised); None when unknown or after a wait.
+    remaining = run.remaining or None
     next_deferred: str | None = None
     returned = 0  # rows the latest finished batch gave back
     steps = 0

@@ -142,7 +142,24 @@ async def test_a_row_given_back_beside_the_last_batch_is_still_sent(harness: Har
     assert summary["totals"]["sent"] == 150 and summary["batches"] == 4
 
 
-async def test_the_first_batch_runs_alone_until_the_tenant_shows_more_rows(harness: Harness) -> None:
+async def test_a_tenant_with_more_than_a_batch_books_its_first_two_batches_together(harness: Harness) -> None:
+    await harness.seed_references(TENANTS[0], 120)
+    accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="eager"))
+    seen: list[list[str]] = []
+
+    async def look() -> None:  # inside the very first batch: the materialised count already asked for two
+        seen.append(await _open_bookings(harness, TENANTS[0], 2))
+
+    harness.sender.during[1] = look
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    assert seen == [[f"eager.{TENANTS[0]}", f"eager.{TENANTS[0]}#1"]]
+    assert await harness.services.deliveries.count_by_status("eager", TENANTS[0]) == {
+        DeliveryStatus.SENT: 120
+    }
+
+
+async def test_a_tenant_with_one_batch_of_rows_books_one_grant(harness: Harness) -> None:
     await harness.seed_references(TENANTS[0], 30)
     accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="small"))
     seen: list[list[str]] = []
