@@ -841,7 +841,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--per-tenant", type=int, default=1500, help="messages per tenant (default 1500)")
     parser.add_argument("--tenants", type=int, default=10, help="tenants of the parallel line (default 10)")
-    parser.add_argument("--batch-size", type=int, default=150, help="Settings.batch_size (default 150)")
+    parser.add_argument("--batch-size", type=int, default=50, help="Settings.batch_size (default 50)")
     parser.add_argument("--concurrency", type=int, default=32, help="Settings.send_concurrency (default 32)")
     parser.add_argument(
         "--until-delivered", type=int, default=100, help="attempts of the second gather line (default 100)"

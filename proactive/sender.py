@@ -65,7 +65,8 @@ Pacing
     started once the slots are gone are not claimed at all. Claims follow the slots (``_ClaimBudget``):
     at most one row per slot is being worked on or has sent, and a row that made no request (its claim was
     lost to an overlapping batch, or it was suppressed, deferred or skipped) hands its slot to a spare row
-    (a paced batch lists up to ``2 * limit`` candidates), so two pipelined batches of one tenant do not
+    (a paced batch lists up to ``limit + min(limit, concurrency)`` candidates: a pipelined batch starts
+    while its predecessor has at most about ``concurrency`` rows left to claim), so two pipelined batches of one tenant do not
     waste each other's slots. ``SendBatchResult.first_send_at`` and
     ``last_send_at`` are the starts of the first and last requests, ``slots_skipped`` the slots lost to
     lateness.
@@ -502,7 +503,7 @@ class BatchSender:
                 # Claims follow the slots: one row claimed per slot, and a slot whose row was taken by a
                 # concurrent batch (pipelined batches overlap) or needed no request goes to a spare row.
                 budget = _ClaimBudget(request.limit)
-                capacity = 2 * request.limit
+                capacity = request.limit + min(request.limit, self._concurrency)
         if operation == "send":
             candidates = await self._send_candidates(request, capacity)
         else:

@@ -141,7 +141,7 @@ class Settings:
             send_rate_per_tenant=env.number("SEND_RATE_PER_TENANT", 50.0, low=0.1, high=1000.0),
             send_rate_overrides=env.rate_overrides("SEND_RATE_OVERRIDES"),
             graph_rate_per_tenant=env.number("GRAPH_RATE_PER_TENANT", 30.0, low=0.1, high=300.0),
-            batch_size=env.integer("BATCH_SIZE", 150, low=1, high=1000),
+            batch_size=env.integer("BATCH_SIZE", 50, low=1, high=1000),
             batches_per_execution=env.integer("BATCHES_PER_EXECUTION", 20, low=1, high=1000),
             max_send_attempts=env.integer("MAX_SEND_ATTEMPTS", 5, low=1, high=20),
             # Rows a send_batch works on at once. Paced at 20 ms a slot, a request that takes 300 ms (real

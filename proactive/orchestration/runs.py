@@ -69,7 +69,7 @@ class BroadcastRun(WireModel):
     urgency: Urgency = "normal"
     tenants: tuple[str, ...] = ()
     send_at: str | None = None
-    batch_size: int = Field(default=150, ge=1)
+    batch_size: int = Field(default=50, ge=1)
     batches_per_execution: int = Field(default=20, ge=1)
     phase: Phase = "schedule"
     tenant_index: int = Field(default=0, ge=0)
@@ -100,7 +100,7 @@ class TenantRun(WireModel):
     tenant_id: str = Field(min_length=1)
     urgency: Urgency = "normal"
     operation: Operation = "send"
-    batch_size: int = Field(default=150, ge=1)
+    batch_size: int = Field(default=50, ge=1)
     batches_per_execution: int = Field(default=20, ge=1)
     batches_done: int = Field(default=0, ge=0)
     executions: int = Field(default=0, ge=0)

@@ -281,8 +281,12 @@ async def seed(run: Run) -> dict[str, Any]:
     }
 
 
-async def wait_settled(run: Run, location: str, within: float = 120.0) -> dict[str, Any]:
-    """Poll the status URL until Completed, then the broadcast until no row is pending or sending."""
+async def wait_settled(run: Run, location: str, within: float = 300.0) -> dict[str, Any]:
+    """Poll the status URL until Completed, then the broadcast until no row is pending or sending.
+
+    ``within`` only guards against a hang: with 10 % random 429s the limiter keeps backing off (it cannot
+    tell injected 429s from real ones), so the broadcast takes 55 to 110 s on the 2-core machine.
+    """
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         async with run.http.get(location) as response:

@@ -24,7 +24,7 @@ def test_minimal_environment_is_local_anonymous_mode_with_documented_defaults() 
     assert settings.bot.auth is BotAuthKind.ANONYMOUS and settings.bot.anonymous
     assert settings.send_rate_per_tenant == 50.0
     assert settings.graph_rate_per_tenant == 30.0
-    assert settings.batch_size == 150
+    assert settings.batch_size == 50
     assert settings.send_concurrency == 32
     assert (
         settings.send_timeout_seconds,
