@@ -35,7 +35,7 @@ Paced slots (the ceiling)
     before it asks again, loses nothing to ``startLag``, and concurrent requesters lose only it per batch.
     A report that names its grant (``grantedAt``) and has no ``lastSendAt`` may arrive before the booking's
     start (a pipelined batch started ahead of its ``notBefore`` found nothing to send): the booking is then
-    closed at its start and holds no slot. ``startLagSeconds`` (0.1 s) is the first estimate; it then follows the reports' ``firstSendAt`` (twice
+    closed at its start and holds no slot. ``startLagSeconds`` (0.02 s) is the first estimate; it then follows the reports' ``firstSendAt`` (twice
     the lag seen, halving with each report).
 
     One grant holds ``n <= min(want, r * D, max(1, r * maxBookingSeconds))`` tokens (rounded down; 50 by
@@ -415,7 +415,7 @@ class LimiterConfig:
         start_lag_seconds: How late a batch may begin its slots after ``notBefore``: the first estimate,
             then learned from reports (``firstSendAt``). ``tenant_broadcast`` starts its activities
             ``BATCH_START_LEAD`` (0.5 s) ahead, so batches are rarely late; a pipelined tenant pays this
-            lag between its batches until reports teach the real one, so the estimate is small. A batch
+            lag between its batches until reports teach the real one, so the estimate is small (0.02 s). A batch
             later than it loses its last slots (rows given back), never the rate.
         normal_share: Share of the rate normal requests keep while urgent demand is active.
         priority_window_seconds: How long demand of a priority stays active after its latest ``notBefore``.
@@ -444,7 +444,7 @@ class LimiterConfig:
     window_seconds: float = 1.0
     margin_seconds: float = 0.01
     slack_seconds: float = 0.005
-    start_lag_seconds: float = 0.1
+    start_lag_seconds: float = 0.02
     normal_share: float = 0.2
     priority_window_seconds: float = 10.0
     decrease_factor: float = 0.5
@@ -731,7 +731,7 @@ class LimiterState:
     rate: float = 50.0
     clock: float = 0.0
     bookings: tuple[Booking, ...] = ()
-    start_lag_seconds: float = 0.1
+    start_lag_seconds: float = 0.02
     hold_until: float = 0.0
     last_throttle_at: float | None = None
     streak_started_at: float | None = None
