@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proactive import function_names as fn
 
 Orchestration = Generator[Any, Any, Any]
+
+# The longest single durable timer an orchestration creates (see wait_until).
+MAX_TIMER_SPAN = timedelta(days=1)
 
 
 def aware(value: datetime) -> datetime:
@@ -32,17 +35,23 @@ def iso(value: datetime) -> str:
 
 
 def wait_until(context: Any, fire_at: datetime) -> Orchestration:
-    """Wait on a durable timer until ``fire_at`` unless a cancel event arrives first.
+    """Wait on durable timers until ``fire_at`` unless a cancel event arrives first.
 
     Returns (through ``yield from``) ``True`` when cancelled. A cancel raised while the orchestration was
     not waiting is kept by the SDK and resolves the next wait at once.
+
+    A long wait is a chain of timers of at most :data:`MAX_TIMER_SPAN`, each raced against a cancel waiter
+    of its own. With Azure Storage the extension makes the SDK split a timer longer than 6 days into
+    3-day pieces, and cancelling the SDK's long timer leaves its current piece running (the cancel then
+    lands when that piece fires, up to 3 days late); a chain of short timers never reaches that path, and
+    the SDK hands an event to its newest waiter, so the cancel always reaches the wait under way.
     """
-    if fire_at <= now(context):
-        return False
-    timer = context.create_timer(fire_at)
-    cancel = context.wait_for_external_event(fn.CANCEL_EVENT)
-    winner = yield context.task_any([timer, cancel])
-    if winner == timer:
-        return False
-    timer.cancel()
-    return True
+    while fire_at > now(context):
+        step = min(fire_at, now(context) + MAX_TIMER_SPAN)
+        timer = context.create_timer(step)
+        cancel = context.wait_for_external_event(fn.CANCEL_EVENT)
+        winner = yield context.task_any([timer, cancel])
+        if winner != timer:
+            timer.cancel()
+            return True
+    return False
