@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import statistics
 import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
+import aiohttp
 import pytest
 from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
+from devhost.azurite import free_port
 from devhost.durable import DurableRuntime, FunctionIndex, ManualClock, MemoryStore
 from devhost.durable.azurite_store import AzuriteStore
 from devhost.durable.history import EventType, parse_iso
 from devhost.durable.store import InstanceRecord
+from devhost.host import parse_args, serve
 from devhost.latency import (
     AZURE_DISPATCH,
     AZURE_STORAGE,
@@ -306,3 +312,68 @@ async def test_the_durable_store_works_through_the_proxy_from_the_event_loop(
 
     assert loaded is not None and loaded.status == "Running"
     assert latency.requests >= 3
+
+
+@pytest.mark.azurite
+async def test_serve_with_the_azure_profile_runs_an_orchestration_through_delays_and_the_proxy(
+    storage_connection_string: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "host.json").write_text(
+        json.dumps({"extensions": {"durableTask": {"hubName": "Lat" + uuid.uuid4().hex[:10]}}})
+    )
+    # serve() points os.environ at its proxy (for the app); monkeypatch puts the original back after.
+    monkeypatch.setenv("AzureWebJobsStorage", storage_connection_string)
+    monkeypatch.setenv("DEVHOST_FUNCTION_KEY", "k")
+    port = free_port()
+    app = ["--app", "tests.devhost.apps.sample:app", "--app-dir", str(tmp_path)]
+    options = parse_args(["--port", str(port), *app, "--latency", "azure", "--latency-seed", "17"])
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(options, stop))
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _until_serving(http, origin, server)
+            proxied = os.environ["AzureWebJobsStorage"]  # noqa: SIM112 - the Functions setting's name
+            async with http.post(
+                f"{origin}/api/orchestrators/hello_sequence", params={"code": "k"}, json=["Ada", "Bo"]
+            ) as response:
+                assert response.status == 202
+                location = response.headers["Location"]
+            body = await _poll(http, location)
+            async with http.get(f"{origin}/_devhost/stats") as response:
+                stats = await response.json()
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 30)
+
+    assert body["runtimeStatus"] == "Completed" and body["output"] == ["Hello Ada!", "Hello Bo!"]
+    assert (
+        parse_connection_string(proxied)["TableEndpoint"]
+        != parse_connection_string(storage_connection_string)["TableEndpoint"]
+    )
+    assert stats["latency"]["profile"] == "azure" and stats["latency"]["seed"] == 17
+    assert stats["latency"]["dispatch"]["activity"]["count"] == 2
+    assert stats["latency"]["dispatch"]["orchestrator"]["count"] >= 3
+
+
+async def _until_serving(http: aiohttp.ClientSession, origin: str, server: asyncio.Task[None]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert not server.done(), server.exception()
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            async with http.get(f"{origin}/_devhost/stats") as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("serve did not start")
+
+
+async def _poll(http: aiohttp.ClientSession, location: str) -> dict[str, object]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        async with http.get(location) as status:
+            if status.status == 200:
+                body: dict[str, object] = await status.json()
+                return body
+        await asyncio.sleep(0.05)
+    raise TimeoutError("orchestration did not complete")
