@@ -340,6 +340,10 @@ class DelayingProxy:
                 self._pump(client_reader, upstream_writer, turn, requests=True),
                 self._pump(upstream_reader, client_writer, turn, requests=False),
             )
+        except asyncio.CancelledError:
+            # Only stop() cancels a connection. Ending quietly matters: asyncio's stream server calls
+            # task.exception() on this task, which raises (and logs an error) for a cancelled one.
+            pass
         finally:
             self._connections.discard(task)
             for writer in (upstream_writer, client_writer):

@@ -88,10 +88,8 @@ def main(argv: list[str]) -> int:
         preexec_fn=die_with_parent,
     )
     children.append(("host", host))
-    print(
-        f"host: http://127.0.0.1:{port}/api/ (latency profile {profile.name}, seed {profile.seed})",
-        flush=True,
-    )
+    seed = f", seed {profile.seed}" if profile.enabled else ""
+    print(f"host: http://127.0.0.1:{port}/api/ (latency profile {profile.name}{seed})", flush=True)
     try:
         _wait_for_signal()
     finally:
