@@ -465,51 +465,45 @@ async def paced_tenant(
     limiter: Mapping[str, Any] | None = None,
     dispatch: DispatchLatency | None = None,
 ) -> list[SendBatchResult]:
-    """``tenant_broadcast``'s loop with the limiter called in-process and a real sleep for the timer.
+    """``tenant_broadcast``'s lanes with the limiter called in-process and a real sleep for the timer.
 
-    Pipelined like the orchestration: once a result shows more rows than the batches under way take, the
-    next grant is booked and its batch started (``BATCH_START_LEAD`` before ``notBefore``) while the current
-    one sends; two requester names, results awaited and reported in order. ``dispatch`` adds the waits
-    Durable would put between the timer and the batch's start (a latency profile).
+    Like the orchestration: ``SEND_LANES`` sequential loops (acquire -> sleep until ``BATCH_START_LEAD``
+    before ``notBefore`` -> send -> report) share the tenant's limiter, then one loop alone sweeps what a
+    lane gave back after the other had read the ledger. ``dispatch`` adds the waits Durable puts between
+    the steps (a latency profile): the entity's answer and the episode it wakes, the activity's start,
+    the episode its result wakes.
     """
     dispatch = dispatch or DispatchLatency()
     # As the tenant_limiter entity builds its defaults; ``limiter`` tries other LimiterConfig fields.
     base = tenant_defaults(settings.send_rate_for(tenant), settings.batch_size)
     defaults = LimiterConfig.from_json({**base.to_json(), **(limiter or {})})
     lead = policies.BATCH_START_LEAD.total_seconds()
-    state: Any = None
-    requester = f"bench.{tenant}"
+    state: list[Any] = [None]  # the entity's state, shared by the lanes (apply is pure)
     results: list[SendBatchResult] = []
-    flights: list[tuple[asyncio.Future[SendBatchResult], dict[str, Any], str, bool]] = []
-    remaining: int | None = None
-    returned = 0
-    steps = 0
+    steps = [0]
 
-    def wants_more() -> bool:
-        if steps >= max_batches or len(flights) >= policies.SEND_BATCHES_IN_FLIGHT:
-            return False
-        if remaining is None:
-            return not flights
-        return remaining - sum(int(grant["tokens"]) for _, grant, _, _ in flights) > 0
-
-    while True:
-        if wants_more():
-            steps += 1
-            want = settings.batch_size if remaining is None else min(settings.batch_size, remaining)
-            place = requester + ("" if (len(results) + len(flights)) % 2 == 0 else "#1")
-            state, decision = apply(
-                state,
+    async def lane(requester: str, remaining: int | None) -> None:
+        while steps[0] < max_batches:
+            steps[0] += 1
+            want = settings.batch_size if not remaining else min(settings.batch_size, remaining)
+            state[0], decision = apply(
+                state[0],
                 "acquire",
-                {"now": time.time(), "want": max(1, want), "priority": "normal", "requester": place},
+                {"now": time.time(), "want": max(1, want), "priority": "normal", "requester": requester},
                 defaults=defaults,
             )
             grant = decision["grant"]
             tokens = int(grant["tokens"])
-            await asyncio.sleep(max(0.0, grant["notBefore"] - (lead if tokens else 0.0) - time.time()))
-            for kind in (WorkKind.TIMER, WorkKind.ORCHESTRATOR, WorkKind.ACTIVITY):
+            for kind in (WorkKind.ENTITY, WorkKind.ORCHESTRATOR):
                 await dispatch.before_work(kind)
+            wait = grant["notBefore"] - (lead if tokens else 0.0) - time.time()
+            if wait > 0:  # a durable timer, and the episode it wakes
+                await asyncio.sleep(wait)
+                for kind in (WorkKind.TIMER, WorkKind.ORCHESTRATOR):
+                    await dispatch.before_work(kind)
             if tokens == 0:
                 continue
+            await dispatch.before_work(WorkKind.ACTIVITY)
             pacing = Pacing.model_validate(
                 {
                     "notBefore": grant["notBeforeIso"],
@@ -521,53 +515,49 @@ async def paced_tenant(
             batch = SendBatchInput(
                 notification_id=nid, tenant_id=tenant, limit=tokens, now=datetime.now(UTC), pacing=pacing
             )
-            flights[:] = [(task, grant_, place_, True) for task, grant_, place_, _ in flights]
-            flights.append((asyncio.ensure_future(sender.send_batch(batch)), grant, place, bool(flights)))
-            if wants_more():
-                continue
-        if not flights:
-            break
-        task, grant, place, overlapped = flights.pop(0)
-        result = await task
-        state, acknowledged = apply(
-            state,
-            "report",
-            {
-                "now": time.time(),
-                "sent": result.sent,
-                "throttled": result.throttled,
-                "serverErrors": result.server_errors,
-                "failed": result.unreachable + result.stale + result.failed,
-                "retryAfter": result.max_retry_after,
-                "requester": place,
-                "grantedAt": grant["grantedAt"],
-                # As tenant_broadcast does: the booking ends at the batch's last request.
-                "firstSendAt": result.first_send_at.timestamp() if result.first_send_at else None,
-                "lastSendAt": result.last_send_at.timestamp() if result.last_send_at else None,
-            },
-            defaults=defaults,
-        )
-        results.append(result)
-        if trace is not None:
-            # Seconds since the first grant: when the batch was due, its size, its 429s, the rate after it.
-            origin = trace.setdefault("origin", grant["notBefore"])
-            trace.setdefault("batches", []).append(
-                [
-                    round(grant["notBefore"] - origin, 3),
-                    int(grant["tokens"]),
-                    result.throttled,
-                    result.elapsed_ms,
-                    result.slots_skipped,
-                    round(acknowledged["report"]["rate"], 1),
-                ]
+            result = await sender.send_batch(batch)
+            await dispatch.before_work(WorkKind.ORCHESTRATOR)
+            state[0], acknowledged = apply(
+                state[0],
+                "report",
+                {
+                    "now": time.time(),
+                    "sent": result.sent,
+                    "throttled": result.throttled,
+                    "serverErrors": result.server_errors,
+                    "failed": result.unreachable + result.stale + result.failed,
+                    "retryAfter": result.max_retry_after,
+                    "requester": requester,
+                    "grantedAt": grant["grantedAt"],
+                    # As tenant_lane does: the booking ends at the batch's last request.
+                    "firstSendAt": result.first_send_at.timestamp() if result.first_send_at else None,
+                    "lastSendAt": result.last_send_at.timestamp() if result.last_send_at else None,
+                    "firstReadyAt": result.first_ready_at.timestamp() if result.first_ready_at else None,
+                },
+                defaults=defaults,
             )
-        # As tenant_broadcast: a zero from a batch that ran beside one that gave rows back is not final.
-        remaining = None if result.remaining == 0 and overlapped and returned else result.remaining
-        returned = result.returned
-        if result.halted:
-            remaining = 0  # the tenant refuses every send: let the batch under way end, book no more
-        if remaining == 0 and not flights:
-            break
+            results.append(result)
+            if trace is not None:
+                # Seconds since the first grant: when the batch was due, its size, its 429s, the rate after it.
+                origin = trace.setdefault("origin", grant["notBefore"])
+                trace.setdefault("batches", []).append(
+                    [
+                        round(grant["notBefore"] - origin, 3),
+                        int(grant["tokens"]),
+                        result.throttled,
+                        result.elapsed_ms,
+                        result.slots_skipped,
+                        round(acknowledged["report"]["rate"], 1),
+                    ]
+                )
+            if result.halted:
+                return  # the tenant refuses every send
+            remaining = result.remaining
+            if remaining == 0:
+                return
+
+    await asyncio.gather(*(lane(f"bench.{tenant}.lane{n}", None) for n in range(policies.SEND_LANES)))
+    await lane(f"bench.{tenant}.sweep", None)
     return results
 
 

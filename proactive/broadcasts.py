@@ -42,8 +42,10 @@ from proactive.audience import AudienceMaterialiser, audience_tenants, stored_re
 from proactive.broadcast_request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
 from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
 from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
+from proactive.orchestration import policies
 from proactive.orchestration.broadcast import child_instance_id
 from proactive.orchestration.runs import BroadcastRun, Operation
+from proactive.orchestration.tenant_broadcast import lane_instance_id
 from proactive.paging import decode_continuation, encode_continuation
 from proactive.ports import DeliveryLedger, NotificationStore
 
@@ -420,9 +422,12 @@ class BroadcastService:
         tenants = audience_tenants(stored_request(notification))
         await self._orchestrations.raise_event(notification_id, fn.CANCEL_EVENT, None)
         for tenant in tenants:
-            await self._orchestrations.raise_event(
-                child_instance_id(notification_id, tenant), fn.CANCEL_EVENT, None
-            )
+            child = child_instance_id(notification_id, tenant)
+            await self._orchestrations.raise_event(child, fn.CANCEL_EVENT, None)
+            # Lanes wait on timers (quiet hours) that only the cancel event cuts short; the sweep lane
+            # (number SEND_LANES) may not exist yet, which raise_event tolerates.
+            for lane in range(policies.SEND_LANES + 1):
+                await self._orchestrations.raise_event(lane_instance_id(child, lane), fn.CANCEL_EVENT, None)
         return {"id": notification_id, "status": "cancelling"}
 
     async def update(self, notification_id: str, body: bytes) -> Accepted:

@@ -11,6 +11,7 @@ from typing import Final
 # Orchestrators
 BROADCAST: Final = "broadcast"
 TENANT_BROADCAST: Final = "tenant_broadcast"
+TENANT_LANE: Final = "tenant_lane"
 
 # Activities
 MATERIALISE_AUDIENCE: Final = "materialise_audience"

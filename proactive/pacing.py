@@ -1,24 +1,27 @@
-"""Spreading one grant's requests over its slots, so a batch never bursts (the limiter's pacing contract).
+"""Admitting one grant's requests at the tenant's pace, so a batch never bursts and a late one still sends.
 
 A grant of the ``tenant_limiter`` entity allows ``tokens`` requests, no earlier than ``notBefore``, no later
-than ``sendBy``, and at least ``paceSeconds`` apart. :class:`SlotPacer` turns that into slots: slot ``i``
-is at ``origin + i * pace``, where ``origin = max(notBefore, the time of the first request for a slot)``
-(a batch that starts late does not crowd its slots together to catch up). Every Bot Connector request,
-retries included, first takes a slot from the pacer; when none is left it gets ``None`` and the caller
-gives its row back for the next batch.
+than ``sendBy``, and at least ``paceSeconds`` apart. :class:`SlotPacer` admits requests like a generic cell
+rate algorithm (GCRA) with a tolerance of ``slack``: every request, retries included, first *reserves* the
+earliest free time ``at = max(next, now)`` (``next`` starts at ``notBefore`` and moves one pace past each
+reservation), waits until ``at``, and starts. A request that is not ready when its time comes is not lost:
+the next reservation is simply made later (``max(next, now)``), so lateness costs time, never a row. When no
+time is left (the ``tokens`` are used, or the next free time lies after ``sendBy``) :meth:`SlotPacer.acquire`
+answers ``None`` and the caller gives its row back for the next batch.
 
 Guarantee, for every request :meth:`SlotPacer.acquire` lets through:
 
-* it starts at or after its slot (slots are never used early) and at most ``slack`` after it (a worker
-  that wakes later loses the slot, counted in :attr:`SlotPacer.skipped`, and takes the next free one);
-* at most one request per slot (a slot is reserved before its taker awaits anything, so concurrent
-  workers never share one), and no request starts after ``sendBy`` or beyond ``tokens`` slots.
+* it starts at or after its reserved time and at most ``slack`` after it: a worker that wakes later gives
+  its reservation up (the reservation is wasted time, counted in :attr:`SlotPacer.skipped`, not a token)
+  and reserves again, at ``now`` when nobody waits ahead of it;
+* reserved times are at least ``pace`` apart (reserved before their taker awaits anything, so concurrent
+  workers never share one) and all lie in ``[notBefore, sendBy]``; at most ``tokens`` requests start.
 
-Why that keeps Teams' sliding window: requests starting inside any window ``[a, a + W]`` own distinct
-slots whose times lie in ``[a - slack, a + W]``, a span of ``W + slack`` holding at most
-``floor((W + slack) / pace) + 1`` slot times. So any window of ``W`` seconds holds at most that many
-request starts, whatever the event loop's scheduling delays: lateness costs slots (throughput), never
-the bound. The limiter chooses ``pace`` and ``slack`` so the bound stays under the tenant's limit.
+Why that keeps Teams' sliding window: requests starting inside any window ``[a, a + W]`` have distinct
+reserved times in ``[a - slack, a + W]``, a span of ``W + slack`` holding at most
+``floor((W + slack) / pace) + 1`` of them. The limiter places the next grant of the tenant one pace after
+``sendBy``, so the bound holds across batches too, whatever the event loop's scheduling delays. The limiter
+chooses ``pace`` and ``slack`` so the bound stays under the tenant's limit.
 
 Times are epoch seconds from an injected ``clock``, waits go through an injected ``sleep`` (STYLE.md rule
 12): tests drive the pacer with a fake clock and check every delay exactly.
@@ -37,21 +40,23 @@ _EPSILON = 1e-6
 
 
 class SlotPacer:
-    """Hands out the slots of one grant to the requests of one batch (see the module docstring).
+    """Admits the requests of one batch within one grant (see the module docstring).
 
     Args:
-        not_before: epoch seconds; no slot before it.
-        pace_seconds: spacing of the slots (> 0).
-        tokens: how many slots the grant has (the batch's ``limit``).
+        not_before: epoch seconds; no request before it.
+        pace_seconds: least spacing of reserved times (> 0).
+        tokens: how many requests the grant allows (the batch's ``limit``).
         send_by: epoch seconds; no request starts after it.
-        slack_seconds: how late after its slot a request may still start (>= 0).
+        slack_seconds: how late after its reserved time a request may still start (>= 0).
         clock: current epoch seconds.
-        sleep: awaited until a slot comes (``asyncio.sleep`` in production).
+        sleep: awaited until a reserved time comes (``asyncio.sleep`` in production).
 
     Attributes:
-        skipped: slots lost because their taker woke more than ``slack`` after them.
+        skipped: reservations given up because their taker woke more than ``slack`` after them.
         first_start: when the first request let through started (epoch seconds), ``None`` before.
         last_start: when the latest request let through started, ``None`` before.
+        first_ready: when the first request asked to start (epoch seconds), ``None`` before: how long the
+            batch needed to get ready, which teaches the limiter how far ahead to place grants.
     """
 
     def __init__(
@@ -77,15 +82,17 @@ class SlotPacer:
         self._clock = clock
         self._sleep = sleep
         self._origin: float | None = None
-        self._next = 0  # slots are handed out in order: every slot below this is reserved or gone
+        self._next = not_before  # the earliest time the next reservation may take
+        self._taken = 0  # reservations held or used: at most ``tokens``
         self._exhausted = False
         self.skipped = 0
         self.first_start: float | None = None
         self.last_start: float | None = None
+        self.first_ready: float | None = None
 
     @property
     def origin(self) -> float | None:
-        """Slot 0's time, fixed by the first :meth:`acquire`; ``None`` before."""
+        """The first reserved time, fixed by the first :meth:`acquire`; ``None`` before."""
         return self._origin
 
     @property
@@ -94,22 +101,28 @@ class SlotPacer:
         return self._exhausted
 
     async def acquire(self) -> float | None:
-        """Wait for the next free slot and return when the request may start.
+        """Wait for the next free time and return when the request may start.
 
         Returns:
-            The start time (epoch seconds, the clock read after waking: within ``[slot, slot + slack]``),
-            or ``None`` when no slot is left (all ``tokens`` used or lost, or the next lies after
-            ``send_by``). Once ``None``, always ``None``: slots only move forward.
+            The start time (epoch seconds, the clock read after waking: within ``[at, at + slack]`` of its
+            reservation), or ``None`` when no time is left (all ``tokens`` used, or the next free time lies
+            after ``send_by``). Once ``None``, always ``None``.
         """
+        if self.first_ready is None:
+            self.first_ready = self._clock()
         while not self._exhausted:
-            slot = self._reserve()
-            if slot is None:
+            at = self._reserve()
+            if at is None:
                 self._exhausted = True
                 return None
-            started = await self._wait_until(slot)
-            if started > min(slot + self._slack, self._send_by) + _EPSILON:
-                # Woke too late: starting now could crowd the next slot's request into one window.
+            started = await self._wait_until(at)
+            if started > min(at + self._slack, self._send_by) + _EPSILON:
+                # Woke too late: starting now could crowd a later reservation's request into one window.
+                # Give the reservation up (its time is lost, its token is not) and queue again.
                 self.skipped += 1
+                self._taken -= 1
+                if abs(self._next - (at + self._pace)) <= _EPSILON:
+                    self._next = at  # nobody reserved after it: the next reservation need not wait for it
                 continue
             self.first_start = started if self.first_start is None else min(self.first_start, started)
             self.last_start = started if self.last_start is None else max(self.last_start, started)
@@ -117,22 +130,16 @@ class SlotPacer:
         return None
 
     def _reserve(self) -> float | None:
-        # No await in here: the reservation is made before its taker yields, so no two share a slot.
+        # No await in here: the reservation is made before its taker yields, so no two share a time.
         now = self._clock()
-        if self._origin is None:
-            self._origin = max(self._not_before, now)
-        index = self._next
-        # Skip slots more than ``slack`` in the past: using one would start a request outside its slot.
-        behind = now - self._slack - self._origin
-        if behind > 0:
-            index = max(index, math.floor(behind / self._pace))
-        while self._origin + index * self._pace + self._slack < now - _EPSILON:
-            index += 1
-        slot = self._origin + index * self._pace
-        if index >= self._tokens or slot > self._send_by + _EPSILON:
+        at = max(self._next, now)
+        if self._taken >= self._tokens or at > self._send_by + _EPSILON:
             return None
-        self._next = index + 1
-        return slot
+        if self._origin is None:
+            self._origin = at
+        self._taken += 1
+        self._next = at + self._pace
+        return at
 
     async def _wait_until(self, moment: float) -> float:
         now = self._clock()

@@ -156,6 +156,11 @@ _LAG_DECAY: Final = 0.5
 # Paces between the last slot of ``all`` and the first of a lane (or back): see _earliest_start.
 _LANE_CHANGE_PACES: Final = 3.0
 _MAX_REQUESTER: Final = 512
+# The first lead of the product's tenants (tenant_defaults): an orchestrator turn, an activity dispatch and a
+# batch's first storage round trips take 0.1-0.3 s on Azure; reports then teach each tenant its own.
+PRODUCT_FIRST_LEAD_SECONDS: Final = 0.25
+# The learned lead never grows past this: a batch that slow is late for reasons a lead cannot fix.
+_MAX_LEAD: Final = 5.0
 
 
 class LimiterInputError(ValueError):
@@ -375,6 +380,7 @@ _CONFIG_SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "margin_seconds": ("f", 0.0, 60.0),
     "slack_seconds": ("f", 0.0, 60.0),
     "start_lag_seconds": ("f", 0.0, 3600.0),
+    "lead_seconds": ("f", 0.0, 5.0),
     "normal_share": ("f", 0.01, 0.99),
     "priority_window_seconds": ("f", 0.0, _MAX_SECONDS),
     "decrease_factor": ("f", 0.01, 0.99),
@@ -417,6 +423,10 @@ class LimiterConfig:
             ``BATCH_START_LEAD`` (0.5 s) ahead, so batches are rarely late; a pipelined tenant pays this
             lag between its batches until reports teach the real one, so the estimate is small (0.02 s). A batch
             later than it loses its last slots (rows given back), never the rate.
+        lead_seconds: How far after ``acquire`` a grant starts at the earliest: the first estimate of how long
+            a batch needs from its grant to its first ready request (the orchestration's turn, the activity's
+            dispatch, the claim and lookups), then learned from reports (``firstReadyAt``). Placing grants
+            that far ahead means a batch is ready when its time comes instead of losing it.
         normal_share: Share of the rate normal requests keep while urgent demand is active.
         priority_window_seconds: How long demand of a priority stays active after its latest ``notBefore``.
         decrease_factor: Multiplicative decrease on 429.
@@ -445,6 +455,7 @@ class LimiterConfig:
     margin_seconds: float = 0.01
     slack_seconds: float = 0.005
     start_lag_seconds: float = 0.02
+    lead_seconds: float = 0.0
     normal_share: float = 0.2
     priority_window_seconds: float = 10.0
     decrease_factor: float = 0.5
@@ -716,6 +727,8 @@ class LimiterState:
         clock: Newest ``now`` seen; operations never run earlier than this.
         bookings: Grants that can still constrain a new one, sorted by start.
         start_lag_seconds: Learned lateness of a batch's first slot, allowed to bookings not yet reported.
+        lead_seconds: Learned time from a grant to its batch's first ready request: new grants start no
+            earlier than ``now`` plus this.
         hold_until: No ``notBefore`` before this (the latest ``Retry-After``).
         last_throttle_at: When the latest 429 was reported.
         streak_started_at: When the current streak of 429s began (``None`` after a quiet memory span).
@@ -732,6 +745,7 @@ class LimiterState:
     clock: float = 0.0
     bookings: tuple[Booking, ...] = ()
     start_lag_seconds: float = 0.02
+    lead_seconds: float = 0.0
     hold_until: float = 0.0
     last_throttle_at: float | None = None
     streak_started_at: float | None = None
@@ -751,6 +765,7 @@ class LimiterState:
             "clock": self.clock,
             "bookings": [booking.to_json() for booking in self.bookings],
             "startLagSeconds": self.start_lag_seconds,
+            "leadSeconds": self.lead_seconds,
             "holdUntil": self.hold_until,
             "lastThrottleAt": self.last_throttle_at,
             "streakStartedAt": self.streak_started_at,
@@ -779,6 +794,7 @@ class LimiterState:
             far = _MAX_EPOCH * 2
             clock = reader.number("clock", 0.0, _MAX_EPOCH)
             start_lag, streak_started_at = config.start_lag_seconds, None
+            lead = config.lead_seconds
             if version == _V1:
                 bookings = _migrate_v2(_migrate_v1(reader.raw("booked"), config), config, rate)
             elif version == _V2:
@@ -788,6 +804,8 @@ class LimiterState:
             else:
                 bookings = _parse_bookings(reader.raw("bookings"))
                 start_lag = reader.number("start_lag_seconds", 0.0, _MAX_SECONDS)
+                if reader.has("lead_seconds"):
+                    lead = reader.number("lead_seconds", 0.0, _MAX_LEAD)
                 streak_started_at = reader.optional_number("streak_started_at", 0.0, far)
             state = cls(
                 config=config,
@@ -795,6 +813,7 @@ class LimiterState:
                 clock=clock,
                 bookings=bookings,
                 start_lag_seconds=start_lag,
+                lead_seconds=lead,
                 hold_until=reader.number("hold_until", 0.0, far),
                 last_throttle_at=reader.optional_number("last_throttle_at", 0.0, far),
                 streak_started_at=streak_started_at,
@@ -941,13 +960,20 @@ def tenant_defaults(rate: float, batch_size: int) -> LimiterConfig:
     request may wait for batches booked before it appeared, one per concurrent requester.
     """
     seconds = max(1.0, batch_size / rate)
-    return LimiterConfig(rate=rate, burst=rate * seconds, max_booking_seconds=seconds)
+    return LimiterConfig(
+        rate=rate, burst=rate * seconds, max_booking_seconds=seconds, lead_seconds=PRODUCT_FIRST_LEAD_SECONDS
+    )
 
 
 def initial_state(config: LimiterConfig | None = None) -> LimiterState:
     """A fresh limiter: breaker closed, effective rate at the configured ceiling, nothing booked."""
     chosen = config or LimiterConfig()
-    return LimiterState(config=chosen, rate=chosen.rate, start_lag_seconds=chosen.start_lag_seconds)
+    return LimiterState(
+        config=chosen,
+        rate=chosen.rate,
+        start_lag_seconds=chosen.start_lag_seconds,
+        lead_seconds=chosen.lead_seconds,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1003,6 +1029,7 @@ class Report:
         requester: Who reports; decides a half-open probe when it is the probe holder.
         granted_at: ``grantedAt`` of the grant the batch used, so one overload is punished once.
         first_send_at: When the batch's first request started (teaches the start lag).
+        first_ready_at: When the batch's first request was ready to start (teaches the lead).
         last_send_at: When the batch's last request started; the booking ends there (``now`` when not given).
     """
 
@@ -1016,6 +1043,7 @@ class Report:
     granted_at: float | None = None
     first_send_at: float | None = None
     last_send_at: float | None = None
+    first_ready_at: float | None = None
 
     @property
     def attempts(self) -> int:
@@ -1037,6 +1065,7 @@ class Report:
             granted_at=reader.optional_time("granted_at"),
             first_send_at=reader.optional_time("first_send_at"),
             last_send_at=reader.optional_time("last_send_at"),
+            first_ready_at=reader.optional_time("first_ready_at"),
         )
         reader.done()
         return result
@@ -1054,6 +1083,7 @@ class Report:
             "grantedAt": self.granted_at,
             "firstSendAt": self.first_send_at,
             "lastSendAt": self.last_send_at,
+            "firstReadyAt": self.first_ready_at,
         }
 
 
@@ -1237,6 +1267,10 @@ def _close_reported(state: LimiterState, outcome: Report, end: float, now: float
             lag = max(0.0, outcome.first_send_at - booking.start)
             learned = max(_LAG_SAFETY * lag, _LAG_DECAY * state.start_lag_seconds)
             state = replace(state, start_lag_seconds=min(learned, _MAX_SECONDS))
+        if outcome.first_ready_at is not None and booking.granted_at is not None:
+            ready = max(0.0, outcome.first_ready_at - booking.granted_at)
+            learned = max(_LAG_SAFETY * ready, _LAG_DECAY * state.lead_seconds)
+            state = replace(state, lead_seconds=min(learned, _MAX_LEAD))
         return state
     return state
 
@@ -1299,7 +1333,8 @@ def _book_grant(
         max(1, math.floor(rate * config.max_booking_seconds + 1e-9)),
     ]
     tokens = max(1, min(caps))
-    start = _earliest_start(state.bookings, lane, pace, max(now, state.hold_until))
+    # A grant starts ``lead`` ahead: by then its batch is ready (see ``LimiterConfig.lead_seconds``).
+    start = _earliest_start(state.bookings, lane, pace, max(now + state.lead_seconds, state.hold_until))
     send_by = start + (tokens - 1) * pace + state.start_lag_seconds
     booking = Booking(
         start,

@@ -258,7 +258,9 @@ class SendBatchResult(WireModel):
         last_send_at: when its last request **started** (its slot when paced), so the limiter can time
             the next window from the batch's real sends rather than from when the orchestration heard of
             them; ``None`` without requests.
-        slots_skipped: slots lost because their request's worker woke too late for them (paced only).
+        first_ready_at: when the batch's first request was ready to start (claimed, looked up, rendered)
+            and asked for its time (paced only): teaches the limiter how far ahead to place grants.
+        slots_skipped: reservations given up because their worker woke too late for them (paced only).
         returned: rows this batch claimed and then gave back claimable (no slot left, halted, or left
             ``pending`` for the next batch); also in ``remaining``. A batch running beside this one may have
             read the ledger before they came back, so its ``remaining`` may miss them.
@@ -285,6 +287,7 @@ class SendBatchResult(WireModel):
     elapsed_ms: int = 0
     first_send_at: AwareDatetime | None = None
     last_send_at: AwareDatetime | None = None
+    first_ready_at: AwareDatetime | None = None
     slots_skipped: int = 0
     returned: int = 0
 
@@ -1162,6 +1165,7 @@ class BatchSender:
             elapsed_ms=self._elapsed(started),
             first_send_at=batch.first_send,
             last_send_at=batch.last_send,
+            first_ready_at=_ready_at(batch.pacer),
             slots_skipped=batch.pacer.skipped if batch.pacer is not None else 0,
             returned=batch.returned + kept,
         )
@@ -1217,6 +1221,12 @@ async def reconcile_stuck(
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
+
+
+def _ready_at(pacer: SlotPacer | None) -> datetime | None:
+    if pacer is None or pacer.first_ready is None:
+        return None
+    return datetime.fromtimestamp(pacer.first_ready, UTC)
 
 
 def _split_key(key: str) -> tuple[RecipientKind, str]:

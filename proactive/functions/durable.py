@@ -31,6 +31,12 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Any:
     return orchestration.tenant_broadcast(context)
 
 
+@bp.function_name(fn.TENANT_LANE)
+@bp.orchestration_trigger(context_name="context", orchestration=fn.TENANT_LANE)
+def tenant_lane(context: df.DurableOrchestrationContext) -> Any:
+    return orchestration.tenant_lane(context)
+
+
 @bp.function_name(fn.MATERIALISE_AUDIENCE)
 @bp.activity_trigger(input_name="payload", activity=fn.MATERIALISE_AUDIENCE)
 async def materialise_audience(payload: dict[str, Any]) -> dict[str, Any]:

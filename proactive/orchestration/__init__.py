@@ -1,7 +1,9 @@
 """The broadcast orchestrations: pure generators over the Durable context (STYLE.md rule 2).
 
 * :func:`~proactive.orchestration.broadcast.broadcast` schedules, materialises the audience tenant by tenant
-  and runs one :func:`~proactive.orchestration.tenant_broadcast.tenant_broadcast` per tenant in parallel.
+  and runs one :func:`~proactive.orchestration.tenant_broadcast.tenant_broadcast` per tenant in parallel,
+  each of which runs one or two sequential :func:`~proactive.orchestration.tenant_broadcast.tenant_lane`
+  send loops.
 * Inputs and outputs are the JSON of the models in :mod:`proactive.orchestration.runs`; recipient lists
   never pass through Durable (only notification id, tenant ids and cursors do).
 * Retry policies live in :mod:`proactive.orchestration.policies`, names in :mod:`proactive.function_names`.
@@ -9,6 +11,6 @@
 
 from proactive.orchestration.broadcast import broadcast
 from proactive.orchestration.runs import BroadcastRun, Operation, TenantRun
-from proactive.orchestration.tenant_broadcast import tenant_broadcast
+from proactive.orchestration.tenant_broadcast import tenant_broadcast, tenant_lane
 
-__all__ = ["BroadcastRun", "Operation", "TenantRun", "broadcast", "tenant_broadcast"]
+__all__ = ["BroadcastRun", "Operation", "TenantRun", "broadcast", "tenant_broadcast", "tenant_lane"]

@@ -20,10 +20,12 @@ SEND_BATCH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, m
 BOOKKEEPING_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2_000, max_number_of_attempts=5)
 
 # Pacing of tenant_broadcast (not retries, but timing policy all the same).
-# Send batches of one tenant kept under way at once: the next grant is booked and its activity started
-# while the current batch still sends, so no per-batch gap (report, acquire, timer, activity start-up:
-# hundreds of ms on Azure) falls between the tenant's slots. Claims are ETag-guarded and follow the slots,
-# so overlapping batches never send a row twice nor waste each other's slots.
-SEND_BATCHES_IN_FLIGHT = 2
-# How long before a grant's notBefore its activity is started (the sender waits for the first slot).
-BATCH_START_LEAD = timedelta(seconds=0.5)
+# Lanes (sequential tenant_lane sub-orchestrations) of one tenant with more than a batch to send: one
+# lane's round trip between batches (report, acquire, timer, activity dispatch: hundreds of ms on Azure)
+# happens while the other lane's batch sends. Claims are ETag-guarded, so lanes never send a row twice.
+SEND_LANES = 2
+# How long before a grant's notBefore its activity is started at most (the sender waits for its first
+# admission in process). Longer than any lead the limiter places grants ahead (rate_limiter._MAX_LEAD), so
+# the activity starts as soon as the grant is known and the lead the limiter learns (grant to first ready
+# request) measures the dispatch and the rows' preparation, never a timer of ours.
+BATCH_START_LEAD = timedelta(seconds=10)

@@ -1,40 +1,39 @@
-"""``tenant_broadcast``: one tenant's paced send loop (ARCHITECTURE.md flow 3).
+"""``tenant_broadcast`` and ``tenant_lane``: one tenant's paced send loop (ARCHITECTURE.md flow 3).
 
-Each turn: ask the tenant's limiter entity for a grant of up to ``batchSize`` tokens -> wait on a durable
-timer until shortly before ``notBefore`` -> activity ``send_batch`` with ``limit = tokens`` and the grant's
-pacing (the sender claims the next rows itself and starts one request per slot, never before its slot) ->
-report the batch's 429s / 5xx / Retry-After and request times to the limiter -> again. Every
-``batchesPerExecution`` grants the orchestration continues as new with its counters, so its history holds
-at most one execution's batches whatever the audience size.
+``tenant_lane`` is the loop, strictly sequential: ask the tenant's limiter entity for a grant of up to
+``batchSize`` tokens -> wait on a durable timer until shortly before ``notBefore`` -> activity ``send_batch``
+with ``limit = tokens`` and the grant's pacing (the sender claims and prepares the next rows itself, then
+admits one request at a time at the grant's pace) -> report the batch's 429s / 5xx / Retry-After and request
+times to the limiter -> again. Every ``batchesPerExecution`` grants it continues as new with its counters,
+so its history holds at most one execution's batches whatever the audience size. Each yield awaits one
+task, or a ``task_any`` of a timer and the cancel event, never a task that was part of an earlier compound
+yield: the Durable extension's out-of-process shim processes an orchestrator's actions in order and awaits
+each one, and a task scheduled inside one compound action and awaited again later is exactly what it does
+not support (Azure/azure-functions-durable-python issue 603).
 
-Pipelined: once a batch has shown that more rows wait than the batches under way will take, the next grant
-is booked and its activity started while the current batch still sends (``SEND_BATCHES_IN_FLIGHT``, two),
-so the per-batch round trip does not fall between the tenant's slots. The limiter places the next grant
-after the current one's ``sendBy``; the two places use two requester names (``{instanceId}`` and
-``{instanceId}#1``) because a requester's new acquire closes its own earlier booking. Batches are awaited
-and reported in order. Update and delete batches (they do not claim rows) run one at a time. The Python
-SDK schedules a task only when it is yielded, so a new activity is yielded together with the next thing
-awaited (``task_any``) and awaited on its own later.
+``tenant_broadcast`` keeps the tenant's rate between batches: with more than one batch of rows to send it
+runs ``SEND_LANES`` lanes as sub-orchestrations, so one lane's round trip (report, acquire, timer, activity
+dispatch: hundreds of milliseconds on Azure) happens while the other lane's batch sends. The limiter chains
+their grants one after the other (a grant starts one pace after the previous booking's ``sendBy``), so two
+lanes never send at once. When every lane has finished, rows a lane gave back after the other had read the
+ledger may be left; one more lane alone (the sweep) sends them or confirms that nothing is left. Update and
+delete run one lane: they do not claim rows, so two lanes would repeat each other's calls.
 
-It stops when the sender says nothing is claimable (``remaining == 0``) and no batch is under way (if the
-batch before gave rows back, ``returned``, after this one may have read the ledger, one more batch runs
-alone to be sure); if rows
-wait for a quiet-hours window to end (``nextDeferredAt``) it sleeps on a timer until then and goes on. A
-cancel (external event, or the notification's cancelled flag seen by ``send_batch``) lets the batch under
-way finish, then marks the rows not yet sent ``cancelled``. A batch the sender ``halted`` for the tenant
-(``BotDisabledByAdmin`` and other tenant-wide refusals) ends the tenant as ``failed``: every further send
-would fail the same way.
+A lane stops when the sender says nothing is claimable (``remaining == 0``); if rows wait for a quiet-hours
+window to end (``nextDeferredAt``) it sleeps on a timer until then and goes on. A cancel (external event, or
+the notification's cancelled flag seen by ``send_batch``) lets the batch under way finish, then marks the
+rows not yet sent ``cancelled``. A batch the sender ``halted`` for the tenant (``BotDisabledByAdmin`` and
+other tenant-wide refusals) ends the lane as ``failed``: every further send would fail the same way.
 
-The report is a signal, not a call: the orchestration does not need its answer, and a signal costs one
-history event instead of a round trip (it is never yielded: see the Durable notes).
+The report is a signal, not a call: the lane does not need its answer, and a signal costs one history
+event instead of a round trip (it is never yielded: see the Durable notes).
 
-The orchestration never raises: a failure ends it with ``outcome: failed`` and the error, so one tenant's
+Neither orchestration raises: a failure ends it with ``outcome: failed`` and the error, so one tenant's
 trouble does not fail the other tenants' ``task_all`` in the parent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import azure.durable_functions as df
@@ -45,40 +44,71 @@ from proactive.orchestration.clock import Orchestration, iso, now, parse_iso, wa
 from proactive.orchestration.runs import TenantRun, TenantSummary, add_counts
 
 
-@dataclass
-class _Flight:
-    """A ``send_batch`` activity under way and the grant it uses."""
-
-    task: Any
-    grant: dict[str, Any]
-    requester: str
-    tokens: int
-    overlapped: bool = False  # another batch ran beside it: rows it gave back may be missing from its count
+def lane_instance_id(tenant_instance_id: str, lane: int) -> str:
+    """The ``tenant_lane`` instance number ``lane`` under a ``tenant_broadcast`` instance."""
+    return f"{tenant_instance_id}.lane{lane}"
 
 
-@dataclass(frozen=True)
-class _Stop:
-    """Why the loop ends early: ``failed`` (with the error) or ``cancelled``."""
+def lanes_for(run: TenantRun) -> int:
+    """How many lanes a tenant run keeps: two once more than one batch of rows waits (sends only)."""
+    if run.operation != "send":
+        return 1
+    if run.remaining is not None and run.remaining <= run.batch_size:
+        return 1
+    return policies.SEND_LANES
 
-    outcome: str
-    error: str | None = None
+
+def merge_summaries(tenant_id: str, summaries: list[TenantSummary]) -> dict[str, Any]:
+    """One tenant's summary from its lanes': counts add up; failed beats cancelled beats completed."""
+    totals: dict[str, int] = {}
+    for item in summaries:
+        totals = add_counts(totals, item.totals)
+    outcomes = {s.outcome for s in summaries}
+    outcome = "failed" if "failed" in outcomes else ("cancelled" if "cancelled" in outcomes else "completed")
+    errors = [s.error for s in summaries if s.error]
+    return TenantSummary(
+        tenant_id=tenant_id,
+        outcome=outcome,
+        batches=sum(s.batches for s in summaries),
+        executions=sum(s.executions for s in summaries),
+        totals=totals,
+        cancelled=sum(s.cancelled for s in summaries),
+        error="; ".join(errors)[:500] if errors else None,
+    ).to_json()
 
 
 def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
     """Orchestrator body; input :class:`TenantRun` JSON, output :class:`TenantSummary` JSON."""
     run = TenantRun.from_json(context.get_input())
+    width = lanes_for(run)
+
+    def lane(number: int, remaining: int | None) -> Any:
+        return context.call_sub_orchestrator(
+            fn.TENANT_LANE,
+            run.model_copy(update={"remaining": remaining}).to_json(),
+            lane_instance_id(context.instance_id, number),
+        )
+
+    summaries: list[TenantSummary] = []
+    try:
+        results = yield context.task_all([lane(number, run.remaining) for number in range(width)])
+        summaries = [TenantSummary.from_json(result) for result in results]
+        if width > 1 and all(s.outcome == "completed" for s in summaries):
+            # A lane may have given rows back after the other read the ledger: one lane alone makes sure.
+            summaries.append(TenantSummary.from_json((yield lane(width, None))))
+    except Exception as exc:  # a lane that failed as a whole (terminated, or a bug): the tenant failed
+        summaries.append(
+            TenantSummary(tenant_id=run.tenant_id, outcome="failed", error=f"lane failed: {exc}"[:500])
+        )
+    return merge_summaries(run.tenant_id, summaries)
+
+
+def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
+    """Orchestrator body of one lane; input :class:`TenantRun` JSON, output :class:`TenantSummary` JSON."""
+    run = TenantRun.from_json(context.get_input())
     limiter = df.EntityId(fn.TENANT_LIMITER, run.tenant_id)
-    # Update and delete work on sent rows without claiming them, so two of their batches at once would
-    # repeat each other's calls: they go one at a time.
-    depth = policies.SEND_BATCHES_IN_FLIGHT if run.operation == "send" else 1
     totals = dict(run.totals)
     batches = run.batches_done
-    flights: list[_Flight] = []
-    fresh: list[Any] = []  # an activity created but not yet yielded (the SDK schedules a task on its yield)
-    # The latest finished batch's count (or the rows materialised); None when unknown or after a wait.
-    remaining = run.remaining or None
-    next_deferred: str | None = None
-    returned = 0  # rows the latest finished batch gave back
     steps = 0
 
     def summary(outcome: str, **extra: Any) -> dict[str, Any]:
@@ -93,31 +123,67 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
             }
         ).to_json()
 
-    def wait(task: Any) -> Orchestration:
-        # Yield ``task``; a fresh activity is scheduled alongside, so it runs while this one is awaited.
-        companion = fresh.pop() if fresh else task
-        if companion is not task:
-            yield context.task_any([companion, task])
-        return (yield task)
+    def end_cancelled() -> Orchestration:
+        marked = yield context.call_activity_with_retry(
+            fn.CANCEL_REMAINING,
+            policies.BOOKKEEPING_RETRY,
+            {"notificationId": run.notification_id, "tenantId": run.tenant_id},
+        )
+        return summary("cancelled", cancelled=int(marked.get("cancelled", 0)))
 
-    def wants_more() -> bool:
-        if steps >= run.batches_per_execution or len(flights) >= depth:
-            return False
-        if remaining is None:
-            return not flights  # nothing known yet: one batch at a time
-        return remaining - sum(f.tokens for f in flights) > 0
-
-    def finish() -> Orchestration:
-        # Await the oldest batch, report it to the limiter and add it up; a _Stop when the tenant must end.
-        nonlocal totals, batches, remaining, next_deferred, returned
-        flight = flights.pop(0)
+    remaining = run.remaining
+    while steps < run.batches_per_execution:
+        steps += 1
+        want = run.batch_size if not remaining else min(run.batch_size, remaining)
+        decision = yield context.call_entity(
+            limiter,
+            fn.LIMITER_ACQUIRE,
+            {
+                "now": now(context).timestamp(),
+                "want": max(1, want),
+                "priority": run.urgency,
+                "requester": context.instance_id,
+            },
+        )
+        grant = decision.get("grant") if isinstance(decision, dict) else None
+        if grant is None:
+            # The limiter answers errors as decisions (it never raises); a malformed grant is a bug.
+            return summary("failed", error=f"limiter refused: {decision!r}"[:500])
+        tokens = int(grant["tokens"])
+        start = parse_iso(grant["notBeforeIso"])
+        if tokens:
+            # The sender waits for its first admission itself: starting a little early hides the activity's
+            # dispatch and the rows' preparation from the tenant's rate.
+            start -= policies.BATCH_START_LEAD
+        if (yield from wait_until(context, start)):
+            return (yield from end_cancelled())
+        if tokens == 0:
+            continue  # breaker open or a probe in flight: ask again at notBefore
         try:
-            result = yield from wait(flight.task)
+            result = yield context.call_activity_with_retry(
+                fn.SEND_BATCH,
+                policies.SEND_BATCH_RETRY,
+                {
+                    "notificationId": run.notification_id,
+                    "tenantId": run.tenant_id,
+                    "limit": tokens,
+                    "now": iso(now(context)),
+                    "urgency": run.urgency,
+                    "operation": run.operation,
+                    # Requests admitted at the grant's pace, so any window stays under the tenant's rate.
+                    "pacing": {
+                        "notBefore": grant["notBeforeIso"],
+                        "paceSeconds": grant["paceSeconds"],
+                        "sendBy": grant["sendByIso"],
+                        "slackSeconds": grant["slackSeconds"],
+                    },
+                },
+            )
         except Exception as exc:  # the activity failed every attempt: rows stay for reconciliation
-            return _Stop("failed", str(exc)[:500])
+            return summary("failed", error=str(exc)[:500])
         halted = result.get("halted")
         if result.get("cancelled") or halted == "cancelled":
-            return _Stop("cancelled")
+            return (yield from end_cancelled())
         context.signal_entity(
             limiter,
             fn.LIMITER_REPORT,
@@ -128,12 +194,13 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                 "serverErrors": int(result.get("serverErrors", 0)),
                 "failed": sum(int(result.get(k, 0)) for k in ("unreachable", "stale", "failed")),
                 "retryAfter": result.get("maxRetryAfter"),
-                "requester": flight.requester,
-                "grantedAt": flight.grant["grantedAt"],
-                # When the batch's first and last requests started: the booking ends at the last one (None:
-                # at now) and the first teaches the limiter how late batches start after their timer.
+                "requester": context.instance_id,
+                "grantedAt": grant["grantedAt"],
+                # The booking ends at the batch's last request; its first ready request teaches the limiter
+                # how far ahead to place grants, its first request how late batches begin.
                 "firstSendAt": result.get("firstSendAt"),
                 "lastSendAt": result.get("lastSendAt"),
+                "firstReadyAt": result.get("firstReadyAt"),
             },
         )
         totals = add_counts(totals, result)
@@ -149,101 +216,15 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         if halted:
             # The tenant refuses every send (BotDisabledByAdmin, BotNotRegistered, ...): stop here; the rows
             # not sent stay pending for a later broadcast or a re-drive once the tenant is back.
-            return _Stop("failed", f"halted: {halted}"[:500])
+            return summary("failed", error=f"halted: {halted}"[:500])
         remaining = int(result.get("remaining", 0))
-        next_deferred = result.get("nextDeferredAt")
-        if remaining == 0 and flight.overlapped and returned:
-            # The batch before it gave rows back (no slot left, say), maybe after this one read the
-            # ledger: only a batch that runs alone may now say that nothing is left.
-            remaining = None
-        returned = int(result.get("returned", 0))
-        return None
-
-    def end(stop: _Stop) -> Orchestration:
-        # Let the batches under way finish (their counts stand), then end as ``stop`` says.
-        while flights:
-            yield from finish()
-        if stop.outcome == "cancelled":
-            marked = yield context.call_activity_with_retry(
-                fn.CANCEL_REMAINING,
-                policies.BOOKKEEPING_RETRY,
-                {"notificationId": run.notification_id, "tenantId": run.tenant_id},
-            )
-            return summary("cancelled", cancelled=int(marked.get("cancelled", 0)))
-        return summary(stop.outcome, error=stop.error)
-
-    while True:
-        if wants_more():
-            steps += 1
-            # ``remaining`` may be a lower bound (the sender stops counting once the answer is settled), so
-            # it is not reduced by the batches under way: a grant too large only books slots left unused,
-            # and the report closes the booking at its last request.
-            want = run.batch_size if remaining is None else min(run.batch_size, remaining)
-            # Two requesters per tenant run, one per pipeline place, so the limiter keeps both bookings
-            # open (a requester's new acquire closes its own earlier booking).
-            requester = context.instance_id + ("" if (batches + len(flights)) % 2 == 0 else "#1")
-            decision = yield from wait(
-                context.call_entity(
-                    limiter,
-                    fn.LIMITER_ACQUIRE,
-                    {
-                        "now": now(context).timestamp(),
-                        "want": max(1, want),
-                        "priority": run.urgency,
-                        "requester": requester,
-                    },
-                )
-            )
-            grant = decision.get("grant") if isinstance(decision, dict) else None
-            if grant is None:
-                # The limiter answers errors as decisions (it never raises); a malformed grant is a bug.
-                return (yield from end(_Stop("failed", f"limiter refused: {decision!r}"[:500])))
-            tokens = int(grant["tokens"])
-            start = parse_iso(grant["notBeforeIso"])
-            if tokens:
-                # The sender waits for the first slot itself: starting a little early hides the activity's
-                # start-up (and, pipelined, the previous batch's tail) from the tenant's rate.
-                start -= policies.BATCH_START_LEAD
-            if (yield from wait_until(context, start)):
-                return (yield from end(_Stop("cancelled")))
-            if tokens == 0:
-                continue  # breaker open or a probe in flight: ask again at notBefore
-            task = context.call_activity_with_retry(
-                fn.SEND_BATCH,
-                policies.SEND_BATCH_RETRY,
-                {
-                    "notificationId": run.notification_id,
-                    "tenantId": run.tenant_id,
-                    "limit": tokens,
-                    "now": iso(now(context)),
-                    "urgency": run.urgency,
-                    "operation": run.operation,
-                    # One request per slot, paced so any window stays under the tenant's rate.
-                    "pacing": {
-                        "notBefore": grant["notBeforeIso"],
-                        "paceSeconds": grant["paceSeconds"],
-                        "sendBy": grant["sendByIso"],
-                        "slackSeconds": grant["slackSeconds"],
-                    },
-                },
-            )
-            fresh.append(task)
-            for flight in flights:
-                flight.overlapped = True
-            flights.append(_Flight(task, grant, requester, tokens, overlapped=bool(flights)))
-            if wants_more():
-                continue  # book the next batch while this one runs
-        if not flights:
-            break  # this execution's steps are used up
-        stop = yield from finish()
-        if stop is not None:
-            return (yield from end(stop))
-        if remaining == 0 and not flights:
+        if remaining == 0:
+            next_deferred = result.get("nextDeferredAt")
             if next_deferred is None:
                 return summary("completed")
             if (yield from wait_until(context, parse_iso(next_deferred))):
-                return (yield from end(_Stop("cancelled")))
-            remaining, next_deferred = None, None
+                return (yield from end_cancelled())
+            remaining = None
 
     context.continue_as_new(
         run.model_copy(

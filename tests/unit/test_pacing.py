@@ -1,4 +1,4 @@
-"""``SlotPacer``: slots pace apart, are never shared or used early, and a late wake costs a slot, not the bound.
+"""``SlotPacer``: requests pace apart, never early, never sharing a time; a late wake costs time, not a row.
 
 A virtual clock drives most tests: ``sleep`` moves time to the sleeper's wake-up (plus any lateness the test
 injects), so every start and every delay is exact. Times are whole seconds plus binary fractions (0.25) so
@@ -81,18 +81,18 @@ async def test_a_first_request_after_not_before_becomes_the_origin_instead_of_ca
     assert starts == [T + 10, T + 10.25, T + 10.5]
 
 
-async def test_a_late_wake_loses_its_slot_and_takes_the_next_free_one() -> None:
+async def test_a_late_wake_gives_up_its_time_but_the_request_still_starts_at_once() -> None:
     time_ = VirtualTime()
     slots = pacer(time_, slack=0.125)
-    await slots.acquire()  # slot 0 at T
-    time_.late.append(0.375)  # slot 1 (T + 0.25) is woken for at T + 0.625: past its slack
+    await slots.acquire()  # reserved and started at T
+    time_.late.append(0.375)  # reserved T + 0.25, woken for at T + 0.625: past its slack
 
     start = await slots.acquire()
 
-    # Slot 2 (T + 0.5) is still within its slack at T + 0.625: taken at once, without sleeping again.
+    # The reservation is given up and a new one made at now: the request goes, the schedule shifts.
     assert start == T + 0.625 and slots.skipped == 1
     assert time_.delays == [0.25]
-    assert await slots.acquire() == T + 0.75  # slot 3, on time
+    assert await slots.acquire() == T + 0.875  # one pace after the shifted start
 
 
 async def test_a_wake_within_the_slack_keeps_its_slot() -> None:
@@ -113,7 +113,7 @@ async def test_slots_that_went_by_unclaimed_are_not_used_late_so_there_is_no_cat
 
     starts = [await slots.acquire(), await slots.acquire()]
 
-    assert starts == [T + 1.0625, T + 1.25]  # slot 4 (within its slack), then slot 5 on time
+    assert starts == [T + 1.0625, T + 1.3125]  # at once, then one pace later: no catch-up
     assert slots.skipped == 0  # nobody was late for them: they were never reserved
 
 
@@ -164,13 +164,14 @@ async def test_a_batch_whose_send_by_has_passed_gets_no_slot_at_all() -> None:
     assert (slots.first_start, slots.last_start) == (None, None)
 
 
-async def test_retries_lost_slots_and_first_requests_all_count_against_the_tokens() -> None:
+async def test_requests_count_against_the_tokens_and_a_given_up_reservation_does_not() -> None:
     time_ = VirtualTime()
     slots = pacer(time_, tokens=3, slack=0.0)
     await slots.acquire()
-    time_.late.append(0.125)  # slot 1 lost
+    time_.late.append(0.125)  # the reservation at T + 0.25 is given up; the request starts at T + 0.375
 
-    assert await slots.acquire() == T + 0.5  # slot 2, the last one
+    assert await slots.acquire() == T + 0.375
+    assert await slots.acquire() == T + 0.625  # the third request: the token of the lost time was kept
     assert await slots.acquire() is None
     assert slots.skipped == 1
 
