@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: run test install lint typecheck pytest clean
 
+# Extra options for `devhost run`, e.g. `make run ARGS='--latency azure'` (Azure-like latencies).
+ARGS ?=
+
 run: install
-	$(BIN)/python -m devhost run
+	$(BIN)/python -m devhost run $(ARGS)
 
 test: install lint typecheck pytest
 

@@ -16,6 +16,11 @@ Wall and CPU seconds are printed for information only: the stand-in sender count
 ledger after every batch (``count_by_status``), so a run grows with the square of the audience even though
 the table fake reads a page in O(page + log n).
 
+``--latency azure`` (default ``none``; :mod:`devhost.latency`) dispatches work items and timers late as in
+Azure: timers fire late in virtual time (so the parent's polls and the limiter see it), the other dispatch
+delays cost wall time only (the manual clock does not move while they sleep); expect minutes for 10,000
+recipients and more. The profile is recorded with each run (``latency``).
+
 ``--write`` also saves the runs to ``bench/results/broadcast_history-<date>.json``.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -32,6 +38,9 @@ from typing import Any
 
 from bench.send_rate import machine
 from devhost.durable import DurableRuntime, FunctionIndex, ManualClock, MemoryStore
+from devhost.latency import DispatchLatency, LatencyProfile
+from devhost.latency import add_arguments as add_latency_arguments
+from devhost.latency import from_args as latency_from_args
 from proactive import composition
 from proactive.adapters.memory_tables import MemoryTables
 from proactive.composition import Services
@@ -62,8 +71,8 @@ COLUMNS = (
 )
 
 
-async def run(recipients: int) -> dict[str, Any]:
-    """Run one broadcast of ``recipients`` and return the counters."""
+async def run(recipients: int, latency: LatencyProfile | None = None) -> dict[str, Any]:
+    """Run one broadcast of ``recipients`` (with ``latency``'s dispatch delays) and return the counters."""
     services = Services(make_settings())
     services._tables = MemoryTables()  # type: ignore[assignment]
     clock = ManualClock(START)
@@ -71,7 +80,8 @@ async def run(recipients: int) -> dict[str, Any]:
     services._send_batch_json = sender
     composition._services = services
     composition.utc_now = clock.now  # type: ignore[attr-defined]
-    runtime = DurableRuntime(FunctionIndex.from_app(make_app()), MemoryStore(), clock=clock)
+    dispatch = DispatchLatency(latency)
+    runtime = DurableRuntime(FunctionIndex.from_app(make_app()), MemoryStore(), clock=clock, latency=dispatch)
     history = MaxHistory()
     runtime.stats.history_events_by_instance = history
     started, cpu_started = time.monotonic(), time.process_time()
@@ -93,6 +103,8 @@ async def run(recipients: int) -> dict[str, Any]:
         "virtualSeconds": round((clock.now() - START).total_seconds(), 1),
         "wallSeconds": round(time.monotonic() - started, 1),
         "cpuSeconds": round(time.process_time() - cpu_started, 1),
+        "latency": dispatch.profile.name,
+        "dispatch": dispatch.to_json()["dispatch"],
     }
 
 
@@ -117,20 +129,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--write", action="store_true", help="also write bench/results/broadcast_history-<date>.json"
     )
+    add_latency_arguments(parser)
     args = parser.parse_args(argv)
+    latency = latency_from_args(args, os.environ)
+    print(f"latency profile {latency.name} (seed {latency.seed})", flush=True)
     runs = []
     for recipients in args.recipients:
-        runs.append(asyncio.run(run(recipients)))
+        runs.append(asyncio.run(run(recipients, latency)))
         print(json.dumps(runs[-1]), flush=True)
     print()
     print(table(runs))
     if args.write:
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"broadcast_history-{datetime.now(UTC).date().isoformat()}.json"
+        suffix = "" if latency.name == "none" else f"-latency-{latency.name}"
+        path = RESULTS / f"broadcast_history-{datetime.now(UTC).date().isoformat()}{suffix}.json"
         document = {
             "benchmark": "broadcast_history",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine(),
+            "latency": latency.to_json(),
             "runs": runs,
         }
         path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -43,6 +43,12 @@ Measured per line (nothing is asserted; the numbers go to a table and to
   ``byNotification`` count); ``ours`` lists rows handed to ``deliveries-retry`` separately.
 * client and emulator CPU seconds, to tell a pacing problem from a starved process.
 
+``--latency azure`` (default ``none``; :mod:`devhost.latency`) runs the lines with Azure's latencies: the
+emulator answers each call after a log-normal delay around 150 ms, the durable line's work items and timers
+are dispatched late, and the ``ours`` lines wait the dispatches a batch would wait under Durable (the timer's
+firing, the episode it wakes, the activity it starts) before each batch. Tables and queues are in memory
+here, so no storage latency applies. The profile and its seed are recorded in the JSON (``latency``).
+
 Everything is bounded: loopback only, a deadline per line, and the emulator is stopped at the end.
 """
 
@@ -71,6 +77,9 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from devhost.durable import DurableRuntime, FunctionIndex, MemoryStore, SystemClock
+from devhost.latency import DispatchLatency, LatencyProfile, WorkKind
+from devhost.latency import add_arguments as add_latency_arguments
+from devhost.latency import from_args as latency_from_args
 from proactive import composition
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
@@ -114,8 +123,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class EmulatorProcess:
     """``python -m devhost emulate-teams`` on a free loopback port, owned by this benchmark."""
 
-    def __init__(self, tenant_rate: float) -> None:
+    def __init__(self, tenant_rate: float, latency: LatencyProfile | None = None) -> None:
         self.tenant_rate = tenant_rate
+        self.latency = latency or LatencyProfile.named("none", seed=0)
         self.base_url = ""
         self._process: subprocess.Popen[str] | None = None
 
@@ -131,6 +141,10 @@ class EmulatorProcess:
                 "0",
                 "--tenant-rate",
                 str(self.tenant_rate),
+                "--latency",
+                self.latency.name,
+                "--seed",
+                str(self.latency.seed),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -449,13 +463,17 @@ async def paced_tenant(
     max_batches: int,
     trace: dict[str, Any] | None = None,
     limiter: Mapping[str, Any] | None = None,
+    dispatch: DispatchLatency | None = None,
 ) -> list[SendBatchResult]:
     """``tenant_broadcast``'s lanes with the limiter called in-process and a real sleep for the timer.
 
     Like the orchestration: ``SEND_LANES`` sequential loops (acquire -> sleep until ``BATCH_START_LEAD``
     before ``notBefore`` -> send -> report) share the tenant's limiter, then one loop alone sweeps what a
-    lane gave back after the other had read the ledger.
+    lane gave back after the other had read the ledger. ``dispatch`` adds the waits Durable puts between
+    the steps (a latency profile): the entity's answer and the episode it wakes, the activity's start,
+    the episode its result wakes.
     """
+    dispatch = dispatch or DispatchLatency()
     # As the tenant_limiter entity builds its defaults; ``limiter`` tries other LimiterConfig fields.
     base = tenant_defaults(settings.send_rate_for(tenant), settings.batch_size)
     defaults = LimiterConfig.from_json({**base.to_json(), **(limiter or {})})
@@ -476,9 +494,16 @@ async def paced_tenant(
             )
             grant = decision["grant"]
             tokens = int(grant["tokens"])
-            await asyncio.sleep(max(0.0, grant["notBefore"] - (lead if tokens else 0.0) - time.time()))
+            for kind in (WorkKind.ENTITY, WorkKind.ORCHESTRATOR):
+                await dispatch.before_work(kind)
+            wait = grant["notBefore"] - (lead if tokens else 0.0) - time.time()
+            if wait > 0:  # a durable timer, and the episode it wakes
+                await asyncio.sleep(wait)
+                for kind in (WorkKind.TIMER, WorkKind.ORCHESTRATOR):
+                    await dispatch.before_work(kind)
             if tokens == 0:
                 continue
+            await dispatch.before_work(WorkKind.ACTIVITY)
             pacing = Pacing.model_validate(
                 {
                     "notBefore": grant["notBeforeIso"],
@@ -491,6 +516,7 @@ async def paced_tenant(
                 notification_id=nid, tenant_id=tenant, limit=tokens, now=datetime.now(UTC), pacing=pacing
             )
             result = await sender.send_batch(batch)
+            await dispatch.before_work(WorkKind.ORCHESTRATOR)
             state[0], acknowledged = apply(
                 state[0],
                 "report",
@@ -543,6 +569,7 @@ async def run_ours(
     settings: Settings,
     line: Line,
     limiter: Mapping[str, Any] | None = None,
+    latency: LatencyProfile | None = None,
 ) -> SendClock:
     stores = Stores.in_memory()
     await seed_direct(stores, recipients, nid, base_url)
@@ -569,9 +596,10 @@ async def run_ours(
     # A grant holds at least one token, so this many batches always suffice; the line's deadline ends it sooner.
     max_batches = 4 * per_tenant + 20
     trace: dict[str, Any] = {}
+    dispatch = DispatchLatency(latency)
     outcomes = await asyncio.gather(
         *(
-            paced_tenant(sender, settings, nid, t, max_batches, trace if i == 0 else None, limiter)
+            paced_tenant(sender, settings, nid, t, max_batches, trace if i == 0 else None, limiter, dispatch)
             for i, t in enumerate(tenants)
         )
     )
@@ -597,6 +625,7 @@ async def run_ours(
         slotsSkipped=sum(r.slots_skipped for r in results),
         # First tenant only: [due at s, tokens, 429s, batch ms, slots lost, limiter rate after the report].
         trace=trace.get("batches", []),
+        dispatch=dispatch.to_json()["dispatch"],
     )
     return clock
 
@@ -624,6 +653,7 @@ async def run_durable(
     nid: str,
     settings: Settings,
     line: Line,
+    latency: LatencyProfile | None = None,
 ) -> SendClock:
     services = Services(settings)
     services._tables = MemoryTables()  # type: ignore[assignment]
@@ -637,7 +667,9 @@ async def run_durable(
         await services.references.upsert(reference_for(recipient, base_url, now))
     app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
     app.register_functions(durable_blueprint)
-    runtime = DurableRuntime(FunctionIndex.from_app(app), MemoryStore(), clock=SystemClock())
+    runtime = DurableRuntime(
+        FunctionIndex.from_app(app), MemoryStore(), clock=SystemClock(), latency=DispatchLatency(latency)
+    )
     tenants = sorted({r.tenant_id for r in recipients})
     try:
         async with runtime:
@@ -657,6 +689,7 @@ async def run_durable(
                 continueAsNew=runtime.stats.continue_as_new,
                 activityInvocations=runtime.stats.activity_invocations,
                 runtimeErrors=len(runtime.errors),
+                dispatch=runtime.latency.to_json()["dispatch"],
             )
     finally:
         composition._services = previous
@@ -749,7 +782,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # The direct line reads only batch_size, the rate and the attempt bound; the allow-list does not matter.
     settings = bench_settings([str(uuid.UUID(int=1))], args.batch_size, args.concurrency)
     attempts = settings.max_send_attempts
-    emulator = EmulatorProcess(CEILING)
+    latency = latency_from_args(args, os.environ)
+    print(f"latency profile {latency.name} (seed {latency.seed})", flush=True)
+    emulator = EmulatorProcess(CEILING, latency)
     emulator.start()
     lines: list[Line] = []
 
@@ -767,20 +802,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def ours(
         http: aiohttp.ClientSession, base: str, recipients: list[Recipient], nid: str, line: Line
     ) -> SendClock:
-        return await run_ours(http, base, recipients, nid, settings, line)
+        return await run_ours(http, base, recipients, nid, settings, line, latency=latency)
 
     async def tuned(
         http: aiohttp.ClientSession, base: str, recipients: list[Recipient], nid: str, line: Line
     ) -> SendClock:
         line.notes["limiter"] = args.limiter
-        return await run_ours(http, base, recipients, nid, settings, line, args.limiter)
+        return await run_ours(http, base, recipients, nid, settings, line, args.limiter, latency)
 
     async def durable(
         http: aiohttp.ClientSession, base: str, recipients: list[Recipient], nid: str, line: Line
     ) -> SendClock:
         tenants = sorted({r.tenant_id for r in recipients})
         return await run_durable(
-            http, base, recipients, nid, bench_settings(tenants, args.batch_size, args.concurrency), line
+            http,
+            base,
+            recipients,
+            nid,
+            bench_settings(tenants, args.batch_size, args.concurrency),
+            line,
+            latency,
         )
 
     plan: list[tuple[str, str, int, Scenario]] = [
@@ -814,6 +855,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "batchSize": args.batch_size,
         "ceilingPerTenant": CEILING,
         "maxSendAttempts": attempts,
+        "latency": latency.to_json(),
         "tenantsScaling": scaling,
         "lines": [line.to_json() for line in lines],
     }
@@ -843,6 +885,7 @@ def main(argv: list[str]) -> int:
         help='LimiterConfig fields (JSON, camelCase) for the "tuned" line, e.g. \'{"decreaseFactor": 0.9}\'',
     )
     parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results/")
+    add_latency_arguments(parser)
     args = parser.parse_args(argv)
     document = asyncio.run(run(args))
     lines = [_line_from_json(line) for line in document["lines"]]
@@ -852,7 +895,8 @@ def main(argv: list[str]) -> int:
         print(f"\n{args.tenants} tenants / one tenant (ours): {document['tenantsScaling']}x")
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"send_rate-{datetime.now(UTC).date().isoformat()}.json"
+        suffix = "" if document["latency"]["name"] == "none" else f"-latency-{document['latency']['name']}"
+        path = RESULTS / f"send_rate-{datetime.now(UTC).date().isoformat()}{suffix}.json"
         path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         print(f"written {path}")
     return 0

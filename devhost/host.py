@@ -9,7 +9,10 @@
   ``hubName``), so a host that is stopped or killed resumes every orchestration when it starts
   again; ``--memory`` keeps it in process memory instead.
 * ``POST /admin/functions/{name}`` runs a non-HTTP function on demand, like the host's admin API.
-* ``GET /_devhost/stats``: the runtime's counters.
+* ``GET /_devhost/stats``: the runtime's counters (and, under ``latency``, what work items waited).
+* ``--latency azure`` adds Azure's waits (:mod:`devhost.latency`): work items and timers are dispatched
+  late, and table and queue requests go through a delaying proxy this command starts in front of the
+  storage in ``AzureWebJobsStorage``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hmac
 import inspect
 import json
 import logging
+import os
 import re
 import secrets
 import signal
@@ -39,6 +43,9 @@ from devhost.durable.azurite_store import AzuriteStore
 from devhost.durable.clock import Clock
 from devhost.durable.functions import FunctionInfo
 from devhost.durable.webhooks import RPC_PREFIX, WEBHOOK_PREFIX, WebhookApi, client_binding
+from devhost.latency import DispatchLatency, LatencyProfile, StorageLatency
+from devhost.latency import add_arguments as add_latency_arguments
+from devhost.latency import from_args as latency_from_args
 from devhost.settings import HostSettings
 
 log = logging.getLogger("devhost.host")
@@ -79,6 +86,7 @@ class DevHost:
         store: durable store (default in memory).
         port: TCP port on 127.0.0.1.
         clock: clock for the durable runtime (tests inject a manual one).
+        latency: dispatch delays of the durable runtime (default none).
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class DevHost:
         store: DurableStore | None = None,
         port: int = 7071,
         clock: Clock | None = None,
+        latency: DispatchLatency | None = None,
     ) -> None:
         self.settings = settings or HostSettings()
         self.index = FunctionIndex.from_app(app)
@@ -101,6 +110,7 @@ class DevHost:
             clock=clock,
             max_concurrent_activities=self.settings.max_concurrent_activities,
             task_hub=self.settings.task_hub,
+            latency=latency,
         )
         self.routes = [self._route(info) for info in self.index.http]
         self._runner: web.AppRunner | None = None
@@ -167,7 +177,7 @@ class DevHost:
     # ------------------------------------------------------------------ handlers
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.runtime.stats.as_dict())
+        return web.json_response({**self.runtime.stats.as_dict(), "latency": self.runtime.latency.to_json()})
 
     async def _http_trigger(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
@@ -275,14 +285,49 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="keep durable state in memory only (default: in AzureWebJobsStorage, e.g. Azurite)",
     )
+    add_latency_arguments(parser)
     return parser.parse_args(argv)
 
 
 async def serve(options: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
     """Run the host until ``stop`` is set (or SIGINT/SIGTERM)."""
     settings = HostSettings.load(options.app_dir)
-    app = load_app(options.app, options.app_dir)
-    host = DevHost(app, settings, store=build_store(settings, options.memory), port=options.port)
+    profile = latency_from_args(options, settings.values)
+    storage_latency = StorageLatency(settings.storage, profile).start()
+    if storage_latency.proxies:
+        settings = with_storage(settings, storage_latency.connection_string)
+    try:
+        app = load_app(options.app, options.app_dir)
+        host = DevHost(
+            app,
+            settings,
+            store=build_store(settings, options.memory),
+            port=options.port,
+            latency=DispatchLatency(profile),
+        )
+        await _serve(host, settings, options, profile, stop)
+    finally:
+        storage_latency.stop()
+
+
+def with_storage(settings: HostSettings, connection_string: str) -> HostSettings:
+    """``settings`` with another ``AzureWebJobsStorage``, also put in ``os.environ`` for the app.
+
+    ``function_app.py`` reads its settings from ``os.environ`` when it is imported (as under the
+    Functions host, which puts them there), so the app only uses the latency proxy if the environment
+    names it before :func:`load_app`.
+    """
+    os.environ["AzureWebJobsStorage"] = connection_string  # noqa: SIM112 - the Functions setting's own name
+    return HostSettings({**settings.values, "AzureWebJobsStorage": connection_string}, settings.host_json)
+
+
+async def _serve(
+    host: DevHost,
+    settings: HostSettings,
+    options: argparse.Namespace,
+    profile: LatencyProfile,
+    stop: asyncio.Event | None,
+) -> None:
     from devhost.durable.triggers import TriggerService
 
     host.triggers = TriggerService(host, settings)
@@ -304,6 +349,8 @@ async def serve(options: argparse.Namespace, stop: asyncio.Event | None = None) 
     print(
         f"devhost: {len(host.index.functions)} functions on {host.origin}; durable state {store}", flush=True
     )
+    if profile.enabled:
+        print(f"  latency: {json.dumps(profile.to_json())}", flush=True)
     for route in host.routes:
         auth = "anonymous" if route.anonymous else "function key"
         methods = ",".join(sorted(route.methods))

@@ -1,7 +1,13 @@
-"""``python -m devhost run`` (Azurite + emulators + host) and ``python -m devhost azurite``."""
+"""``python -m devhost run`` (Azurite + emulators + host) and ``python -m devhost azurite``.
+
+``run --latency azure`` (or ``DEVHOST_LATENCY=azure``) passes one resolved profile and seed to the host
+(which delays work items and puts its storage proxy in front of Azurite) and to the Teams emulator (which
+delays every Bot Connector answer); see :mod:`devhost.latency`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -11,6 +17,8 @@ import threading
 
 from devhost import azurite
 from devhost.azurite import die_with_parent, free_port
+from devhost.latency import add_arguments as add_latency_arguments
+from devhost.latency import from_args as latency_from_args
 
 
 def azurite_main(argv: list[str]) -> int:
@@ -31,9 +39,21 @@ def _wait_for_signal() -> None:
         pass
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options of ``run``."""
+    parser = argparse.ArgumentParser(prog="python -m devhost run", description=__doc__)
+    parser.add_argument("--port", type=int, default=7071, help="the host's port (default 7071)")
+    add_latency_arguments(parser)
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
     """Start Azurite (default ports), the Teams and Graph emulators and the host; stop all on a signal."""
-    port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 7071
+    options = parse_args(argv)
+    port = options.port
+    profile = latency_from_args(options, os.environ)
+    # One profile and seed for every child, so a run can be repeated with --latency-seed.
+    latency = ["--latency", profile.name, "--latency-seed", str(profile.seed)]
     instance = azurite.start(ports=(10000, 10001, 10002))
     env = {**os.environ, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -42,7 +62,7 @@ def main(argv: list[str]) -> int:
     env.setdefault("DEV_OUTBOUND_HOSTS", "127.0.0.1")
     teams_port, graph_port = free_port(), free_port()
     emulators = {
-        "emulate-teams": (teams_port, []),
+        "emulate-teams": (teams_port, ["--latency", profile.name, "--seed", str(profile.seed)]),
         # Installing the app through Graph posts installationUpdate / conversationUpdate to the bot,
         # with the Teams emulator as serviceUrl, as Teams does.
         "emulate-graph": (
@@ -63,12 +83,13 @@ def main(argv: list[str]) -> int:
     # Durable state goes to this Azurite (in memory: it lasts as long as `devhost run`, and survives a
     # restart of the host alone).
     host = subprocess.Popen(
-        [sys.executable, "-m", "devhost", "serve", "--port", str(port)],
+        [sys.executable, "-m", "devhost", "serve", "--port", str(port), *latency],
         env=env,
         preexec_fn=die_with_parent,
     )
     children.append(("host", host))
-    print(f"host: http://127.0.0.1:{port}/api/", flush=True)
+    seed = f", seed {profile.seed}" if profile.enabled else ""
+    print(f"host: http://127.0.0.1:{port}/api/ (latency profile {profile.name}{seed})", flush=True)
     try:
         _wait_for_signal()
     finally:

@@ -53,6 +53,7 @@ from devhost.durable.store import (
     MemoryStore,
 )
 from devhost.durable.timers import TimerService
+from devhost.latency import DispatchLatency, WorkKind
 
 EventType = h.EventType
 log = logging.getLogger("devhost.durable")
@@ -98,6 +99,8 @@ class DurableRuntime:
         clock: time source for timers and ``current_utc_datetime``; default the wall clock.
         max_concurrent_activities: like host.json ``extensions.durableTask.maxConcurrentActivityFunctions``.
         task_hub: the task hub name reported to clients.
+        latency: how long work items and timers wait before they run (default none;
+            :mod:`devhost.latency`).
     """
 
     def __init__(
@@ -108,8 +111,10 @@ class DurableRuntime:
         clock: Clock | None = None,
         max_concurrent_activities: int = 10,
         task_hub: str = "TestHubName",
+        latency: DispatchLatency | None = None,
     ) -> None:
         self.index = index
+        self.latency = latency or DispatchLatency()
         self.store: DurableStore = store or MemoryStore()
         self.clock: Clock = clock or SystemClock()
         self.task_hub = task_hub
@@ -345,6 +350,9 @@ class DurableRuntime:
         try:
             while True:
                 self._dirty.discard(target)
+                await self.latency.before_work(
+                    WorkKind.ENTITY if target.startswith("@") else WorkKind.ORCHESTRATOR
+                )
                 if target.startswith("@"):
                     await self._process_entity(target)
                 else:
@@ -597,7 +605,7 @@ class DurableRuntime:
             evt = h.event(EventType.TIMER_FIRED, self.clock.now(), TimerId=timer_id, FireAt=h.iso(fire_at))
             await self._deliver(instance_id, {"execution_id": execution, "event": evt})
 
-        self._timers.arm(fire_at, fire)
+        self._timers.arm(fire_at + self.latency.timer_delay(), fire)
 
     async def _ensure_child(
         self, parent: InstanceRecord, task_id: int, name: str, child_id: str, input_json: str | None
@@ -648,6 +656,7 @@ class DurableRuntime:
     async def _run_activity(
         self, instance_id: str, execution: str, task_id: int, name: str, input_json: str | None
     ) -> None:
+        await self.latency.before_work(WorkKind.ACTIVITY)
         now = self.clock.now
         info = self.index.activities.get(name)
         async with self._activity_slots:

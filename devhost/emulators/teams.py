@@ -1,7 +1,7 @@
 """A local Bot Connector v3 (Teams) emulator with Teams' documented rate limits and error answers.
 
 ``python -m devhost emulate-teams --port P [--config file.json] [--tenant-rate 50] [--require-auth]
-[--seed N]`` prints its base URL (``http://127.0.0.1:P/``); a conversation reference whose ``serviceUrl``
+[--seed N] [--latency azure|none] [--call-latency-ms MS]`` prints its base URL (``http://127.0.0.1:P/``); a conversation reference whose ``serviceUrl``
 is that URL sends here. Numbers and bodies: ``shared/reference/teams-platform-facts.md`` sections 1-3.
 
 Routes (``//`` and a trailing ``/`` are tolerated):
@@ -42,6 +42,10 @@ reached, so losses are ``expected - conversations``.
 Layout: this module is the HTTP wiring and the command line; ``teams_service`` the request pipeline,
 ``teams_state`` config, directory and stats, ``teams_faults`` the error bodies and fault rules.
 
+Latency: with ``--latency azure`` (or ``DEVHOST_LATENCY=azure``) every ``/v3`` answer waits a log-normal
+delay around 150 ms (``--call-latency-ms`` sets another median; sources in :mod:`devhost.latency`), drawn
+from ``--seed``. Rate windows admit a request when it arrives; the delay is the service's time to answer.
+
 Unanswered requests: ``reset`` aborts the connection (the client sees a connection error); ``timeout``
 hangs for ``seconds`` (default 120) or until reset/shutdown, then answers 504.
 """
@@ -50,10 +54,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -70,6 +75,7 @@ from devhost.emulators.teams_service import (
     json_response,
 )
 from devhost.emulators.teams_state import TeamsEmulatorConfig
+from devhost.latency import BOT_CONNECTOR_MEDIAN_MS, ENV_PROFILE, PROFILES
 
 __all__ = [
     "PER_BOT_PER_THREAD",
@@ -267,14 +273,30 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", help="JSON config file (see TeamsEmulatorConfig)")
     parser.add_argument("--tenant-rate", type=float, help="requests/s per app per tenant (default 50)")
     parser.add_argument("--require-auth", action="store_true", help="require a token from the token endpoint")
-    parser.add_argument("--seed", type=int, help="seed for random fault rates")
+    parser.add_argument("--seed", type=int, help="seed for random fault rates and call latency")
+    parser.add_argument(
+        "--latency",
+        choices=PROFILES,
+        help=f"latency profile (default ${ENV_PROFILE} or none); azure: calls answer after about "
+        f"{BOT_CONNECTOR_MEDIAN_MS:.0f} ms",
+    )
+    parser.add_argument(
+        "--call-latency-ms", type=float, help="median delay of every /v3 answer in ms (overrides --latency)"
+    )
     return parser.parse_args(argv)
 
 
-def load_config(args: argparse.Namespace) -> TeamsEmulatorConfig:
-    """The config file's settings with the command-line flags on top."""
+def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> TeamsEmulatorConfig:
+    """The config file's settings with the command-line flags on top (``environ``: ``DEVHOST_LATENCY``)."""
     config = TeamsEmulatorConfig.from_file(args.config) if args.config else TeamsEmulatorConfig()
     overrides: dict[str, Any] = {}
+    profile = args.latency or (environ or {}).get(ENV_PROFILE, "").strip() or None
+    if args.call_latency_ms is not None:
+        overrides["call_latency_ms"] = args.call_latency_ms
+    elif profile == "azure":
+        overrides["call_latency_ms"] = BOT_CONNECTOR_MEDIAN_MS
+    elif profile == "none":
+        overrides["call_latency_ms"] = 0.0
     if args.tenant_rate is not None:
         overrides["tenant_rate"] = args.tenant_rate
     if args.require_auth:
@@ -288,7 +310,7 @@ def main(argv: list[str]) -> int:
     """Entry point of ``python -m devhost emulate-teams``."""
     args = _parse_args(argv)
     try:
-        config = load_config(args)
+        config = load_config(args, os.environ)
     except (OSError, ValueError) as exc:
         print(f"emulate-teams: bad config: {exc}", file=sys.stderr)
         return 2

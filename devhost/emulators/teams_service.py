@@ -11,6 +11,7 @@ import base64
 import contextlib
 import itertools
 import json
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,6 +42,7 @@ from devhost.emulators.teams_state import (
     thread_of,
 )
 from devhost.emulators.windows import Limit, SlidingWindows
+from devhost.latency import Delays, bot_connector_latency
 
 _SEND = (Limit(7, 1), Limit(8, 2), Limit(60, 30), Limit(1800, 3600))
 _READ = (Limit(14, 1), Limit(16, 2), Limit(120, 30), Limit(3600, 3600))
@@ -99,7 +101,7 @@ class TeamsEmulator:
     Args:
         config: the starting configuration.
         clock: monotonic seconds; rate windows and token expiry use it, so tests can move time.
-        sleep: awaited for scripted delays.
+        sleep: awaited for scripted delays and the call latency.
     """
 
     def __init__(self, config: TeamsEmulatorConfig, *, clock: Callable[[], float], sleep: Sleep) -> None:
@@ -118,6 +120,10 @@ class TeamsEmulator:
         self.windows = SlidingWindows(self.clock)
         self.directory = Directory(config)
         self.stats = Stats()
+        # Restarted with the config, so a reset emulator draws the same delays again for the same seed.
+        rng = random.Random(None if config.seed is None else f"{config.seed}:bot-connector")
+        latency = bot_connector_latency(config.call_latency_ms) if config.call_latency_ms > 0 else None
+        self.call_latency = Delays(latency, rng)
         if not keep_faults:
             self.rules: list[FaultRule] = config.fault_rules()
             self.random: RandomFaults = config.random_faults()
@@ -226,7 +232,22 @@ class TeamsEmulator:
         conversation_id: str | None,
         action: Callable[[_Call], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
-        """Run the checks in the documented order, then ``action``; count the answer."""
+        """Run the checks in the documented order, then ``action``; count the answer; answer after the
+        configured call latency (admission to the rate windows happened on arrival, as in the service).
+        """
+        response = await self._answer(request, operation, conversation_id, action)
+        delay = self.call_latency.next()
+        if delay > 0:
+            await self.sleep(delay)
+        return response
+
+    async def _answer(
+        self,
+        request: web.Request,
+        operation: str,
+        conversation_id: str | None,
+        action: Callable[[_Call], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
         call: _Call | None = None
         try:
             client_id = self.caller(request)

@@ -28,7 +28,8 @@ class TeamsEmulatorConfig:
     Attributes:
         tenant_rate: requests per second per app per tenant (facts sheet: 50, older revision 30).
         require_auth: every ``/v3`` call needs a bearer token this emulator issued and that has not expired.
-        seed: seed for random fault rates (``rates``) when the rates do not carry their own.
+        seed: seed for random fault rates (``rates``) when the rates do not carry their own, and for the
+            call latency draws.
         default_tenant: tenant of requests that name none and target no configured conversation.
         default_bot_id: bot id of requests with no token, no ``from.id`` and no ``bot.id``.
         credentials: ``client_id -> client_secret`` the token endpoint accepts; empty accepts any.
@@ -46,6 +47,8 @@ class TeamsEmulatorConfig:
         rate_retry_after: Retry-After of a random 429.
         timeout_seconds: how long a random "timeout" hangs.
         messaging_endpoint: accepted for symmetry with the Graph emulator; nothing is posted to it.
+        call_latency_ms: median delay of every ``/v3`` answer, milliseconds (0: none); log-normal around it
+            (:func:`devhost.latency.bot_connector_latency`; the ``azure`` latency profile uses 150).
     """
 
     tenant_rate: float = 50.0
@@ -65,6 +68,7 @@ class TeamsEmulatorConfig:
     rate_retry_after: float = 1.0
     timeout_seconds: float = 120.0
     messaging_endpoint: str | None = None
+    call_latency_ms: float = 0.0
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> TeamsEmulatorConfig:

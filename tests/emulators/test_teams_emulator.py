@@ -806,3 +806,56 @@ async def test_updates_and_deletes_count_against_the_send_windows(teams: Teams) 
 
     assert [r.status for r in sent] == [201] * 7
     assert (update.status, delete.status, retried.status) == (429, 429, 200)
+
+
+# ---- call latency (the ``azure`` latency profile) ---------------------------------------------------
+
+
+async def test_call_latency_delays_every_v3_answer_with_seeded_draws_around_the_median(
+    start_teams: StartTeams,
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    config = TeamsEmulatorConfig(call_latency_ms=150, seed=4)
+    teams = await start_teams(config, sleep=sleep)
+    created = await teams.create("aad-user-1")
+    statuses = await sends(teams, created.body["id"], 5)
+    first_run = list(slept)
+    assert (await teams.call("POST", "_emulator/reset", json={})).status == 200
+    slept.clear()
+    await teams.create("aad-user-1")
+    await sends(teams, created.body["id"], 5)
+
+    assert statuses == [201] * 5
+    assert len(first_run) == 6  # one draw per /v3 call, none for the _emulator routes
+    assert all(0 < s <= 3.0 for s in first_run)
+    assert 0.05 < sorted(first_run)[3] < 0.45  # around the 150 ms median
+    assert slept == first_run  # a reset restarts the seeded draws
+
+
+async def test_no_call_latency_by_default(start_teams: StartTeams) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    teams = await start_teams(sleep=sleep)
+    await teams.create("aad-user-1")
+
+    assert slept == []
+
+
+def test_latency_flag_sets_the_call_latency_and_an_explicit_median_wins() -> None:
+    from devhost.emulators.teams import _parse_args
+
+    azure = load_config(_parse_args(["--latency", "azure"]))
+    from_env = load_config(_parse_args([]), {"DEVHOST_LATENCY": "azure"})
+    explicit = load_config(_parse_args(["--latency", "azure", "--call-latency-ms", "80"]))
+    none = load_config(_parse_args(["--latency", "none"]), {"DEVHOST_LATENCY": "azure"})
+
+    assert (azure.call_latency_ms, from_env.call_latency_ms) == (150, 150)
+    assert explicit.call_latency_ms == 80
+    assert none.call_latency_ms == 0
