@@ -156,9 +156,12 @@ _LAG_DECAY: Final = 0.5
 # Paces between the last slot of ``all`` and the first of a lane (or back): see _earliest_start.
 _LANE_CHANGE_PACES: Final = 3.0
 _MAX_REQUESTER: Final = 512
-# The first lead of the product's tenants (tenant_defaults): an orchestrator turn, an activity dispatch and a
-# batch's first storage round trips take 0.1-0.3 s on Azure; reports then teach each tenant its own.
-PRODUCT_FIRST_LEAD_SECONDS: Final = 0.25
+# The first lead and start lag of the product's tenants (tenant_defaults), before reports teach each tenant
+# its own: the entity's answer, an orchestrator turn, an activity dispatch and a batch's first storage round
+# trips take 0.2-0.5 s on Azure (devhost --latency azure: about 0.4 s). Generous on purpose: a first batch
+# that misses its grant costs a whole round trip, a lead too long costs it once.
+PRODUCT_FIRST_LEAD_SECONDS: Final = 0.5
+PRODUCT_FIRST_START_LAG_SECONDS: Final = 0.25
 # The learned lead never grows past this: a batch that slow is late for reasons a lead cannot fix.
 _MAX_LEAD: Final = 5.0
 
@@ -954,14 +957,18 @@ def _migrate_v1(raw: object, config: LimiterConfig) -> tuple[_SpanV2, ...]:
 def tenant_defaults(rate: float, batch_size: int) -> LimiterConfig:
     """The settings a tenant's limiter starts with: its rate, and grants of up to ``batch_size`` slots.
 
-    A grant is paced, not a burst, so it may span several windows: ``BATCH_SIZE`` 150 at 50 msg/s books
-    about 3 s. Longer grants spread the fixed cost of each batch (report, acquire, timer, activity start:
+    A grant is paced, not a burst, so it may span several windows: ``BATCH_SIZE`` 50 at 50 msg/s books
+    about 1 s. Longer grants spread the fixed cost of each batch (report, acquire, timer, activity start:
     milliseconds here, hundreds of milliseconds on Azure) over more sends; the price is that an urgent
     request may wait for batches booked before it appeared, one per concurrent requester.
     """
     seconds = max(1.0, batch_size / rate)
     return LimiterConfig(
-        rate=rate, burst=rate * seconds, max_booking_seconds=seconds, lead_seconds=PRODUCT_FIRST_LEAD_SECONDS
+        rate=rate,
+        burst=rate * seconds,
+        max_booking_seconds=seconds,
+        start_lag_seconds=PRODUCT_FIRST_START_LAG_SECONDS,
+        lead_seconds=PRODUCT_FIRST_LEAD_SECONDS,
     )
 
 

@@ -32,6 +32,8 @@ from proactive.orchestration.clock import Orchestration, iso, now, parse_iso, wa
 from proactive.orchestration.runs import BroadcastRun, MaterialisePage, TenantRun, TenantSummary, add_counts
 
 MATERIALISE_CALLS_PER_EXECUTION = 50
+# Up to this many materialise calls stay in the send phase's history instead of a continue-as-new.
+SMALL_MATERIALISE_CALLS = 4
 PROGRESS_FIRST_SECONDS = 15
 PROGRESS_MAX_SECONDS = 3600
 
@@ -132,10 +134,11 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                 "tenant_rows": tuple(rows),
             }
         )
-        if calls:
+        if calls > SMALL_MATERIALISE_CALLS:
             # Send with an empty history: this execution's materialise calls would otherwise stay in every
             # replay of the send phase (up to 4 x MATERIALISE_CALLS_PER_EXECUTION events, growing with the
-            # audience's last partial stretch).
+            # audience's last partial stretch). A small audience's few calls are cheaper to keep than the
+            # continue-as-new round trip (a queue hop on Azure) before the first message.
             context.continue_as_new(run.to_json())
             return None
 
