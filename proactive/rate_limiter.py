@@ -64,17 +64,24 @@ Priority (urgent before normal, normal never starved)
 AIMD (feedback from ``report``)
     A report counts responses: ``sent`` (2xx), ``throttled`` (429, with the largest ``retryAfter``),
     ``serverErrors`` (5xx, timeouts) and ``failed`` (other 4xx: about one recipient, neutral for the
-    tenant). Every 429 makes ``now + retryAfter`` (capped at ``maxHoldSeconds``, 300 s) a floor for every
-    later ``notBefore`` of the tenant (the hold). An *isolated* 429, the first for ``throttleMemorySeconds``
-    (10 s), is only a hold: the sender already waited its ``Retry-After`` in-process, and with the window
-    bound above a lone 429 is jitter, not a lower ceiling. Throttling that *persists*, a 429 from a batch
-    granted after the limiter had learned of an earlier 429 of the same streak, multiplies the effective rate
-    by ``decreaseFactor`` (0.5; floor ``minRate``, 1 msg/s). 429s from batches granted before the last
-    decrease were caused by the old rate and do not decrease it again (reports echo the grant's
-    ``grantedAt``; without it, at most one decrease per ``decreaseIntervalSeconds``, 1 s, and only from the
-    second report of a streak on). After ``increaseAfterSeconds`` (2 s) without a 429, each clean report
-    multiplies the rate by ``increaseFactor`` (1.25) and adds ``increasePerSecond`` (1 msg/s) per clean
-    second since the last credit, up to the configured rate: from 25 back to 50 msg/s takes about 2 + 3 s.
+    tenant). A batch whose 429s are at most ``noiseFraction`` (5 %) of its responses saw noise (random
+    429s): the sender waited each ``Retry-After`` in process, and the report changes nothing. Otherwise
+    every 429 makes ``now + retryAfter`` (capped at ``maxHoldSeconds``, 300 s) a floor for every later
+    ``notBefore`` of the tenant (the hold). An *isolated* streak's first report, the first 429s for
+    ``throttleMemorySeconds`` (10 s), is only a hold: with the window bound above it is jitter, not a lower
+    ceiling. Throttling that *persists*, 429s from a batch granted after the limiter had learned of an
+    earlier 429 of the same streak, means a real ceiling below the rate: what got through is about
+    ``rate * (1 - share)`` (``share`` = 429s / responses), and the rate settles at ``settleFraction`` (0.95)
+    of that (floor ``minRate``). 429s from batches granted before the last decrease were caused by the old
+    rate and do not decrease it again (reports echo the grant's ``grantedAt``; without it, at most one
+    decrease per ``decreaseIntervalSeconds``, 1 s, and only from the second report of a streak on). If the
+    next throttled batch after a decrease shows about the same share (at least 70 % of it, and at most 30 %
+    of its responses), the 429s did not follow the rate: the decrease is taken back and such shares count as
+    noise for ``noiseMemorySeconds`` (60 s). So random 429s never walk the rate down, and a real ceiling of
+    30 msg/s under a configured 50 is found from the first persistent report. After ``increaseAfterSeconds``
+    (2 s) without a 429 the rate climbs (``increasePerSecond`` per clean second while a 429 is less than
+    ``cautiousSeconds`` old, then also by ``increaseFactor`` per second), but above a learned ceiling only
+    as a slow probe (``probeAcceleration``), so it settles under a real ceiling instead of sawing around it.
 
 Circuit breaker
     A report is *bad* when ``throttled + serverErrors > badFraction * attempts`` (``badFraction`` 0.5;
@@ -156,6 +163,13 @@ _LAG_DECAY: Final = 0.5
 # Paces between the last slot of ``all`` and the first of a lane (or back): see _earliest_start.
 _LANE_CHANGE_PACES: Final = 3.0
 _MAX_REQUESTER: Final = 512
+# A decrease whose next throttled batch still shows this share of its 429s did not help: the 429s are noise,
+# and shares up to the seen one times the margin are noise for ``noiseMemorySeconds``.
+_NOISE_KEPT: Final = 0.7
+_NOISE_MARGIN: Final = 1.5
+# A throttled share above this is never taken for noise (random faults that frequent would be an outage).
+_NOISE_MAX: Final = 0.3
+_SHARE_SAMPLE: Final = 20
 # The first lead and start lag of the product's tenants (tenant_defaults), before reports teach each tenant
 # its own: the entity's answer, an orchestrator turn, an activity dispatch and a batch's first storage round
 # trips take 0.2-0.5 s on Azure (devhost --latency azure: about 0.4 s). Generous on purpose: a first batch
@@ -402,6 +416,10 @@ _CONFIG_SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "probe_timeout_seconds": ("f", 0.001, _MAX_SECONDS),
     "half_open_poll_seconds": ("f", 0.001, _MAX_SECONDS),
     "restart_fraction": ("f", 0.001, 1.0),
+    "noise_fraction": ("f", 0.0, 0.99),
+    "settle_fraction": ("f", 0.5, 1.0),
+    "probe_acceleration": ("f", 0.0, _MAX_RATE),
+    "noise_memory_seconds": ("f", 0.0, _MAX_SECONDS),
 }
 
 
@@ -448,6 +466,15 @@ class LimiterConfig:
         probe_timeout_seconds: A probe not reported within this is considered lost.
         half_open_poll_seconds: How soon other requesters ask again while a probe is out.
         restart_fraction: Effective rate after a clean probe, as a fraction of ``rate``.
+        noise_fraction: A batch whose 429s are at most this share of its requests saw noise, not a ceiling:
+            its 429s hold nothing and lower nothing (the sender honoured each ``Retry-After`` in process).
+        settle_fraction: After a decrease the rate settles at this share of the accepted rate estimated
+            from the throttled batch (``rate * (1 - throttled share)``).
+        probe_acceleration: Above a learned ceiling the rate may climb only ``a * t**2 / 2`` msg/s, ``t``
+            seconds after the decrease (``a`` this value, msg/s per s²): a lower real ceiling is probed slowly
+            (at 0.02, 1.5 msg/s over its estimate after about 12 s), a passing drop is forgotten within a
+            minute (25 msg/s back in about 50 s).
+        noise_memory_seconds: How long a share of 429s found not to follow the rate stays "noise".
     """
 
     rate: float = 50.0
@@ -477,6 +504,10 @@ class LimiterConfig:
     probe_timeout_seconds: float = 30.0
     half_open_poll_seconds: float = 1.0
     restart_fraction: float = 0.2
+    noise_fraction: float = 0.05
+    settle_fraction: float = 0.95
+    probe_acceleration: float = 0.02
+    noise_memory_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         # Validate through the same path as JSON so Python can never build a config JSON would refuse; store
@@ -741,6 +772,11 @@ class LimiterState:
         normal_until: Normal demand is active until then.
         breaker: Circuit breaker.
         stats: Running totals.
+        ceiling: Accepted rate estimated at the latest decrease (``None`` before one).
+        rate_before_decrease: The rate the latest decrease started from (to restore it if the 429s were noise).
+        decrease_share: The throttled share of requests that caused the latest decrease.
+        noise_share: A throttled share up to this is noise until ``noise_until``.
+        noise_until: See ``noise_share``.
     """
 
     config: LimiterConfig = field(default_factory=LimiterConfig)
@@ -758,6 +794,11 @@ class LimiterState:
     normal_until: float = 0.0
     breaker: Breaker = field(default_factory=Breaker)
     stats: Stats = field(default_factory=Stats)
+    ceiling: float | None = None
+    rate_before_decrease: float | None = None
+    decrease_share: float | None = None
+    noise_share: float = 0.0
+    noise_until: float = 0.0
 
     def to_json(self) -> JsonObject:
         """Plain JSON (floats, ints, strings, lists, nulls) with camelCase keys; round-trips exactly."""
@@ -778,6 +819,11 @@ class LimiterState:
             "normalUntil": self.normal_until,
             "breaker": self.breaker.to_json(),
             "stats": self.stats.to_json(),
+            "ceiling": self.ceiling,
+            "rateBeforeDecrease": self.rate_before_decrease,
+            "decreaseShare": self.decrease_share,
+            "noiseShare": self.noise_share,
+            "noiseUntil": self.noise_until,
         }
 
     @classmethod
@@ -826,6 +872,7 @@ class LimiterState:
                 normal_until=reader.number("normal_until", 0.0, far),
                 breaker=Breaker.from_json(reader.raw("breaker")),
                 stats=Stats.from_json(reader.raw("stats")),
+                **_read_feedback(reader, config),
             )
             reader.done()
             return state
@@ -833,6 +880,23 @@ class LimiterState:
             raise LimiterInputError(
                 "invalid_state", f"stored state is unusable: {exc.message}", exc.details
             ) from exc
+
+
+def _read_feedback(reader: _Fields, config: LimiterConfig) -> dict[str, Any]:
+    """The feedback fields of a state (absent from states stored before they existed: defaults)."""
+    far = _MAX_EPOCH * 2
+    values: dict[str, Any] = {}
+    if reader.has("ceiling"):
+        values["ceiling"] = reader.optional_number("ceiling", 0.0, _MAX_RATE)
+    if reader.has("rate_before_decrease"):
+        values["rate_before_decrease"] = reader.optional_number("rate_before_decrease", 0.0, _MAX_RATE)
+    if reader.has("decrease_share"):
+        values["decrease_share"] = reader.optional_number("decrease_share", 0.0, 1.0)
+    if reader.has("noise_share"):
+        values["noise_share"] = reader.number("noise_share", 0.0, 1.0)
+    if reader.has("noise_until"):
+        values["noise_until"] = reader.number("noise_until", 0.0, far)
+    return values
 
 
 def _is_number(value: object) -> bool:
@@ -1423,10 +1487,18 @@ def _open(state: LimiterState, now: float, cooldown: float) -> LimiterState:
 def _aimd(state: LimiterState, outcome: Report, now: float) -> LimiterState:
     config = state.config
     if outcome.throttled > 0:
+        # A small batch says little: its share is taken over at least _SHARE_SAMPLE responses, so one 429 of
+        # two requests is noise, not a ceiling at half the rate.
+        share = outcome.throttled / max(_SHARE_SAMPLE, outcome.attempts)
+        noise = max(config.noise_fraction, state.noise_share if now < state.noise_until else 0.0)
+        if share <= noise:
+            # Noise (a few 429s in a batch): the sender waited each Retry-After in process; the tenant's rate
+            # did not cause them, so they neither hold the tenant nor lower its rate.
+            return state
         hold = now + min(outcome.retry_after or 0.0, config.max_hold_seconds)
         last, streak = state.last_throttle_at, state.streak_started_at
         if streak is None or last is None or now - last > config.throttle_memory_seconds:
-            # Isolated: the first 429 in a while. The sender waited its Retry-After in-process; hold only.
+            # Isolated: the first 429s in a while. The sender waited its Retry-After in-process; hold only.
             return replace(
                 state, last_throttle_at=now, streak_started_at=now, hold_until=max(state.hold_until, hold)
             )
@@ -1440,16 +1512,44 @@ def _aimd(state: LimiterState, outcome: Report, now: float) -> LimiterState:
         else:
             persists = now - streak >= config.decrease_interval_seconds
             fresh = decreased is None or now - decreased >= config.decrease_interval_seconds
-        if persists and fresh:
-            rate = max(config.floor_rate, state.rate * config.decrease_factor)
-            state = replace(
+        if not (persists and fresh):
+            return state
+        previous_share, previous_rate = state.decrease_share, state.rate_before_decrease
+        if (
+            decreased is not None
+            and previous_share is not None
+            and previous_rate is not None
+            and now - decreased <= config.throttle_memory_seconds
+            and share >= _NOISE_KEPT * previous_share
+            and share <= _NOISE_MAX
+        ):
+            # The last decrease did not lower the throttled share: the 429s do not follow the rate (random
+            # faults). Take the decrease back and call shares like this one noise for a while.
+            return replace(
                 state,
-                rate=rate,
-                last_decrease_at=now,
+                rate=min(config.rate, max(state.rate, previous_rate)),
+                ceiling=None,
+                rate_before_decrease=None,
+                decrease_share=None,
+                noise_share=min(0.99, share * _NOISE_MARGIN),
+                noise_until=now + config.noise_memory_seconds,
                 last_increase_at=now,
-                stats=state.stats.add(decreases=1),
             )
-        return state
+        # A ceiling below the rate: what got through is about rate * (1 - share); settle just under it.
+        accepted = state.rate * (1.0 - share)
+        rate = max(
+            config.floor_rate, min(state.rate * config.settle_fraction, accepted * config.settle_fraction)
+        )
+        return replace(
+            state,
+            rate=rate,
+            ceiling=accepted,
+            rate_before_decrease=state.rate,
+            decrease_share=share,
+            last_decrease_at=now,
+            last_increase_at=now,
+            stats=state.stats.add(decreases=1),
+        )
     if outcome.attempts == 0 or state.breaker.phase != "closed":
         return state
     if state.last_throttle_at is not None and now - state.last_throttle_at > config.throttle_memory_seconds:
@@ -1466,11 +1566,17 @@ def _aimd(state: LimiterState, outcome: Report, now: float) -> LimiterState:
         # The service throttled at about this rate moments ago, and batches already booked carry any overshoot
         # for seconds before their 429s come back: probe additively until the 429s are long past.
         grown = state.rate + config.increase_per_second * clean
-        return replace(state, rate=min(config.rate, grown), last_increase_at=now)
-    # In log space: a long clean stretch would overflow factor ** seconds, and any that reaches the ceiling will do.
-    if clean * math.log(config.increase_factor) >= math.log(config.rate / state.rate):
-        return replace(state, rate=config.rate, last_increase_at=now)
-    grown = state.rate * config.increase_factor**clean + config.increase_per_second * clean
+    elif clean * math.log(config.increase_factor) >= math.log(config.rate / state.rate):
+        # In log space: a long clean stretch would overflow factor ** seconds; any that reaches the ceiling will do.
+        grown = config.rate
+    else:
+        grown = state.rate * config.increase_factor**clean + config.increase_per_second * clean
+    if state.ceiling is not None and state.last_decrease_at is not None:
+        # A real ceiling was found below the rate: climb past its estimate only slowly (a probe), so the
+        # rate settles under it instead of sawing around it.
+        since = now - state.last_decrease_at
+        probe = config.settle_fraction * state.ceiling + config.probe_acceleration * since * since / 2
+        grown = min(grown, max(state.rate, probe))
     return replace(state, rate=min(config.rate, grown), last_increase_at=now)
 
 
