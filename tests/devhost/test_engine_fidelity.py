@@ -334,6 +334,8 @@ async def test_two_in_flight_with_new_work_before_the_retried_activity_mixes_up_
     await until(rt, lambda: older in patterns.GATES and newer in patterns.GATES, settle=False)
     patterns.GATES[older].set()
     await until(rt, lambda: rt.stats.episodes == 3, settle=False)  # older done; the SDK yielded "between"
+    await asyncio.sleep(0.05)
+    assert rt.stats.activity_invocations == 2  # older and newer's first attempt: "between" waits for newer
     patterns.GATES[newer].set()
     await fire_next_timer(rt, clock, timedelta(seconds=1))
     assert rt.stats.activity_invocations == 4  # older, newer twice, "between" only once newer is done
