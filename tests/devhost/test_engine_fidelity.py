@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from devhost.durable import DurableRuntime, FunctionIndex, ManualClock, MemoryStore
+from devhost.durable import DurableRuntime, FunctionIndex, ManualClock, MemoryStore, TimerLimits
 from devhost.durable.history import EventType, parse_iso
-from devhost.durable.shim import TimerLimits
 from tests.devhost.apps import patterns
 
 # Azure Storage's 6 days / 3 days, shrunk so that a test can walk through a split timer.
