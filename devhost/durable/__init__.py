@@ -11,6 +11,7 @@ from devhost.durable.engine import (
     UnknownFunction,
 )
 from devhost.durable.functions import FunctionIndex, load_app
+from devhost.durable.shim import TimerLimits
 from devhost.durable.store import DurableStore, EntityRecord, InstanceRecord, MemoryStore
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "MemoryStore",
     "Stats",
     "SystemClock",
+    "TimerLimits",
     "UnknownFunction",
     "load_app",
 ]

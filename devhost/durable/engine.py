@@ -3,6 +3,20 @@
 * Orchestrations run in episodes: new events from the instance's inbox are appended to its history
   after an ``OrchestratorStarted``, the whole history is replayed on the real SDK
   (:mod:`devhost.durable.orchestration`), newly scheduled tasks become history events and work.
+* What is scheduled, under which task id, and when an orchestration completes is decided as the
+  extension decides it (:mod:`devhost.durable.shim`): the SDK's returned actions are walked in order,
+  each awaited before the next, against the history, by a model of
+  Azure/azure-functions-durable-extension ``Listener/OutOfProcOrchestrationShim.cs``
+  (``ScheduleDurableTaskEvents``, ``ReplayOOProcOrchestration``, ``ProcessAsyncActionsV2``,
+  ``ProcessAsyncActionsV1``, ``InvokeAPIFromAction``), ``Listener/TaskOrchestrationShim.cs``
+  (``InvokeUserCodeAndHandleResults``) and ``ContextImplementations/DurableOrchestrationContext.cs``
+  (``CallDurableTaskFunctionAsync``, ``CreateTimer<T>``, ``WaitForExternalEvent``, ``RaiseEvent``,
+  ``ContinueAsNew``), over Azure/durabletask ``DurableTask.Core`` (``TaskOrchestrationExecutor.ExecuteCore``,
+  ``TaskOrchestrationContext``'s id counter and ``Handle*Event`` checks, ``RetryInterceptor.Invoke``).
+  So a pattern the extension fails on (non-determinism, the SDK's "Potential duplicate Task
+  completion", a hang) fails the same way here. The context carries the provider's timer limits
+  (``OrchestrationTriggerAttributeBindingProvider.OrchestrationContextToString``; Azure Storage's
+  6 and 3 days by default, :class:`~devhost.durable.shim.TimerLimits`), so the SDK splits long timers.
 * Work: activities (async ones concurrently, sync ones in threads, capped like
   ``maxConcurrentActivityFunctions``), durable timers, sub-orchestrations, entity operations.
   Results come back as messages in the instance's inbox; duplicates (at-least-once) are dropped.
@@ -44,7 +58,18 @@ from devhost.durable.clock import Clock, SystemClock
 from devhost.durable.counters import Stats
 from devhost.durable.entities import parse_scheduler_id, run_entity_batch, scheduler_id
 from devhost.durable.functions import FunctionIndex
-from devhost.durable.orchestration import NonDeterminismError, ScheduledTask, new_tasks, run_episode
+from devhost.durable.orchestration import run_episode
+from devhost.durable.shim import (
+    ENTITY_REQUEST_EVENT,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    Decision,
+    ExtensionSettings,
+    Outcome,
+    ScheduledTask,
+    TimerLimits,
+    replay_actions,
+)
 from devhost.durable.store import (
     MAX_CONSUMED_PER_COMMIT,
     DurableStore,
@@ -101,6 +126,10 @@ class DurableRuntime:
         task_hub: the task hub name reported to clients.
         latency: how long work items and timers wait before they run (default none;
             :mod:`devhost.latency`).
+        timer_limits: the storage provider's timer limits sent to the SDK (default Azure Storage's: timers
+            over 6 days are split into 3-day ones); tests shrink them.
+        replay_schema: the highest replay schema offered to the SDK: 2 (V3, what the extension offers),
+            1 (V2) or 0 (the original V1 action sets).
     """
 
     def __init__(
@@ -112,12 +141,18 @@ class DurableRuntime:
         max_concurrent_activities: int = 10,
         task_hub: str = "TestHubName",
         latency: DispatchLatency | None = None,
+        timer_limits: TimerLimits | None = None,
+        replay_schema: int = SCHEMA_V3,
     ) -> None:
         self.index = index
         self.latency = latency or DispatchLatency()
         self.store: DurableStore = store or MemoryStore()
         self.clock: Clock = clock or SystemClock()
         self.task_hub = task_hub
+        self.replay_schema = replay_schema
+        self.extension = ExtensionSettings.of(
+            index.activities, index.orchestrators, index.entities, timer_limits=timer_limits or TimerLimits()
+        )
         self.stats = Stats()
         self.max_concurrent_activities = max_concurrent_activities
         self._activity_slots = asyncio.Semaphore(max_concurrent_activities)
@@ -445,66 +480,100 @@ class DurableRuntime:
             await self._notify_parent(record, failed_reason=json.loads(record.output))
             await self._notify()
             return
-        context = {
-            "history": replay,
-            "instanceId": record.instance_id,
-            "isReplaying": bool(history),
-            "parentInstanceId": record.parent_instance_id,
-            "input": record.input,
-            "upperSchemaVersion": 2,
-        }
-        result = run_episode(info.callable, context, now)
+        result = run_episode(info.callable, self._context(record, replay))
         self.stats.episodes += 1
         self.stats.episodes_by_instance[instance_id] += 1
         self.stats.history_events_replayed += len(replay)
         self.stats.history_events_by_instance[instance_id] = len(replay)
         self.stats.actions += result.action_count
+        decision = replay_actions(
+            replay,
+            result.state,
+            self.extension,
+            name=record.name,
+            instance_id=record.instance_id,
+            execution_id=record.execution_id,
+            parent_instance_id=record.parent_instance_id,
+            request_id=lambda task_id: self._request_id(record, task_id),
+            error=result.error or "",
+            details=result.details,
+        )
+        await self._apply(record, history, episode, decision, result.custom_status, now, message_ids)
 
-        work: list[ScheduledTask] = []
-        scheduled_events: list[dict[str, Any]] = []
-        try:
-            fresh_tasks = new_tasks(history, result)
-        except NonDeterminismError as exc:
-            self.stats.nondeterminism_failures += 1
-            log.error("orchestration %s (%s) failed: %s", instance_id, record.name, exc)
-            result.error, result.details, fresh_tasks = str(exc), "NonDeterministicOrchestrationException", []
-        unsupported = [t for t in fresh_tasks if t.kind in {"http", "unknown"}]
-        if unsupported and result.error is None:
-            result.error = "call_http and other unsupported actions are not available on devhost"
-        if result.error is None:
-            for task in fresh_tasks:
-                scheduled_events.append(self._scheduled_event(record, task, now))
-                work.append(task)
-        record.custom_status = json.dumps(result.custom_status) if result.custom_status is not None else None
+    def _context(self, record: InstanceRecord, replay: list[dict[str, Any]]) -> dict[str, Any]:
+        # OrchestrationTriggerAttributeBindingProvider.OrchestrationContextToString: the schema fields
+        # (upperSchemaVersion V2 and, for SDKs that know it, upperSchemaVersionNew V3) and the provider's
+        # timer limits, with which the SDK splits long timers.
+        context: dict[str, Any] = {
+            "history": replay,
+            "input": record.input,
+            "instanceId": record.instance_id,
+            "isReplaying": bool(replay[1].get("IsPlayed")),
+            "parentInstanceId": record.parent_instance_id,
+            "upperSchemaVersion": min(self.replay_schema, SCHEMA_V2),
+            **self.extension.timer_limits.context_fields(),
+            "defaultHttpAsyncRequestSleepTimeMillseconds": 30000,
+        }
+        if self.replay_schema > SCHEMA_V2:
+            context["upperSchemaVersionNew"] = self.replay_schema
+        return context
+
+    async def _apply(
+        self,
+        record: InstanceRecord,
+        history: list[dict[str, Any]],
+        episode: list[dict[str, Any]],
+        decision: Decision,
+        custom_status: Any,
+        now: datetime,
+        message_ids: list[str],
+    ) -> None:
+        """Commit what the extension decided for an episode, then start its work."""
+        instance_id = record.instance_id
+        work = [] if decision.nondeterministic else decision.actions
+        scheduled_events = [self._scheduled_event(record, task, now) for task in work]
+        record.custom_status = json.dumps(custom_status) if custom_status is not None else None
         events = [*episode, *scheduled_events, h.event(EventType.ORCHESTRATOR_COMPLETED, now)]
+        if decision.nondeterministic:
+            self.stats.nondeterminism_failures += 1
+            log.error("orchestration %s (%s) failed: %s", instance_id, record.name, decision.error)
 
-        if result.error is not None:
+        if decision.outcome is Outcome.FAILED:
             record.status = "Failed"
-            reason = f"Orchestrator function '{record.name}' failed: {result.error}"
+            reason = decision.error or "failed"
             record.output = json.dumps(reason)
             events.append(
                 h.event(EventType.EXECUTION_COMPLETED, now, OrchestrationStatus="Failed", Result=reason,
-                        FailureDetails={"ErrorMessage": result.error, "StackTrace": result.details})
+                        FailureDetails={"ErrorMessage": reason, "StackTrace": decision.details})
             )  # fmt: skip
             self.stats.orchestrations_failed += 1
-            log.warning("orchestration %s failed: %s", instance_id, result.error)
+            log.warning("orchestration %s failed: %s", instance_id, reason)
+            await self._send_entity_operations(record, work)  # signals sent before the failure still go
             await self._commit(record, history, events, now, message_ids)
-            await self._notify_parent(record, failed_reason=reason, details=result.details)
-        elif result.continue_as_new_input is not None and result.done:
+            await self._notify_parent(record, failed_reason=reason, details=decision.details)
+        elif decision.outcome is Outcome.CONTINUED_AS_NEW:
             self.stats.continue_as_new += 1
             await self._send_entity_operations(record, work)  # before the commit: rule 2
-            record.input = result.continue_as_new_input
+            record.input = decision.continue_as_new_input
             record.execution_id = uuid.uuid4().hex
             record.status = "Running"
             record.history_length = 0
             record.last_updated_time = h.iso(now)
             self._history_cache.pop(instance_id, None)
             await self.store.save_instance(record, [], message_ids)
-            # Lost if the host dies right here; recovery then starts the empty execution itself.
-            await self._deliver(instance_id, self._start_message(record))
-        elif result.done:
+            # Lost if the host dies right here; recovery then starts the empty execution itself. Events
+            # raised after continue_as_new in the episode go to the new execution (DTFx's carry-over).
+            carried = [
+                (_message_id(), {"execution_id": record.execution_id, "event": {**evt, "IsPlayed": False}})
+                for evt in decision.carryover
+            ]
+            await self.store.add_messages(
+                instance_id, [(_message_id(), self._start_message(record)), *carried]
+            )
+            self._kick(instance_id)
+        elif decision.outcome is Outcome.COMPLETED:
             record.status = "Completed"
-            record.output = json.dumps(result.output)
+            record.output = json.dumps(decision.output)
             events.append(
                 h.event(
                     EventType.EXECUTION_COMPLETED, now, OrchestrationStatus="Completed", Result=record.output
@@ -558,16 +627,14 @@ class DurableRuntime:
             )  # fmt: skip
         if task.kind == "timer":
             assert task.fire_at is not None
-            return h.event(
-                EventType.TIMER_CREATED, now, tid, FireAt=h.iso(task.fire_at), Canceled=task.cancelled
-            )
+            return h.event(EventType.TIMER_CREATED, now, tid, FireAt=h.iso(task.fire_at))
         request = {
             "id": self._request_id(record, tid),
             "op": task.name,
             "signal": task.kind == "entity_signal",
         }
         return h.event(
-            EventType.EVENT_SENT, now, tid, InstanceId=task.target, Name=task.name,
+            EventType.EVENT_SENT, now, tid, InstanceId=task.target, Name=ENTITY_REQUEST_EVENT,
             Input=json.dumps({**request, "input": task.input}),
         )  # fmt: skip
 
@@ -579,9 +646,9 @@ class DurableRuntime:
                 name=f"activity {task.name}",
             )
         elif task.kind == "timer":
-            if not task.cancelled:
-                assert task.fire_at is not None
-                self._arm_timer(iid, execution, task.task_id, task.fire_at)
+            # Cancelled ones too: the extension schedules a timer before the SDK's cancel reaches it.
+            assert task.fire_at is not None
+            self._arm_timer(iid, execution, task.task_id, task.fire_at)
         elif task.kind == "suborchestration":
             assert task.target is not None
             await self._ensure_child(record, task.task_id, task.name, task.target, task.input)
@@ -754,11 +821,7 @@ class DurableRuntime:
                         ),
                         name=f"activity {evt['Name']}",
                     )
-                elif (
-                    etype == EventType.TIMER_CREATED
-                    and ("timer", tid) not in done
-                    and not evt.get("Canceled")
-                ):
+                elif etype == EventType.TIMER_CREATED and ("timer", tid) not in done:
                     self._arm_timer(record.instance_id, record.execution_id, tid, h.parse_iso(evt["FireAt"]))
                 elif etype == EventType.SUB_ORCHESTRATION_INSTANCE_CREATED and ("task", tid) not in done:
                     await self._ensure_child(record, tid, evt["Name"], evt["InstanceId"], evt.get("Input"))
