@@ -356,6 +356,24 @@ async def test_urgent_and_normal_broadcasts_share_one_tenant_limiter(harness: Ha
     assert done["incident"] < done["routine"]  # urgent gets 80 % of the rate while both are active
 
 
+async def test_batches_under_way_in_both_lanes_that_fail_their_first_attempt_still_send_everyone(
+    harness: Harness,
+) -> None:
+    # The regression test of the send-path rewrite on the faithful engine (devhost processes actions like the
+    # extension's shim): the old tenant_broadcast kept a second batch in flight inside a task_any and awaited
+    # it again alone, and a failed first attempt of that batch desynchronised the SDK's and the extension's
+    # task ids (tests/devhost/test_engine_fidelity.py pins the mechanism). Lanes yield one task at a time.
+    await harness.seed_references(TENANTS[0], 300)
+    harness.sender.fail_calls = {2, 3, 5}  # the first batches of both lanes, and a later one
+    accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="retried"))
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    assert json.loads(record.output or "")["phase"] == "completed"
+    counts = await harness.services.deliveries.count_by_status("retried", TENANTS[0])
+    assert counts == {DeliveryStatus.SENT: 300}
+    assert not harness.runtime.errors
+
+
 async def test_an_activity_failing_every_retry_fails_only_its_tenant(harness: Harness) -> None:
     harness.sender.fail_times = 3  # SEND_BATCH_RETRY: three attempts
     accepted = await harness.service.start(

@@ -101,7 +101,8 @@ class FakeSender:
     (1-based), before the batch works: how a test acts mid-broadcast without depending on timers (pipelined
     batches may follow each other without one). ``late_return`` makes call number n give its last row back
     (``returned: 1``) only after call n + 1 has counted what remains: the race between pipelined batches
-    that a zero ``remaining`` must survive.
+    that a zero ``remaining`` must survive. ``fail_times`` fails the next n calls, ``fail_calls`` the calls
+    with these numbers (an attempt of an activity with a retry policy).
     """
 
     services: Services
@@ -110,6 +111,7 @@ class FakeSender:
     calls: list[dict[str, Any]] = field(default_factory=list)
     done_ops: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
     fail_times: int = 0
+    fail_calls: set[int] = field(default_factory=set)
     halt_with: str | None = None
     during: dict[int, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     late_return: int | None = None
@@ -123,8 +125,8 @@ class FakeSender:
         notification = await self.services.notifications.get(payload["notificationId"])
         if notification is not None and notification.value.status is NotificationStatus.CANCELLED:
             return {"halted": "cancelled", "elapsedMs": 1}
-        if self.fail_times:
-            self.fail_times -= 1
+        if self.fail_times or len(self.calls) in self.fail_calls:
+            self.fail_times = max(0, self.fail_times - 1)
             raise RuntimeError("storage unreachable")
         if self.halt_with:
             return {"attempted": 1, "failed": 1, "remaining": 5, "halted": self.halt_with}
