@@ -44,6 +44,16 @@ def _rows(run: BroadcastRun, position: int) -> int | None:
     return count or None
 
 
+def _summary(tenant_id: str, child: Any) -> TenantSummary:
+    """A tenant's summary from its child task. ``tenant_broadcast`` never raises, but a terminated child
+    (or one that failed before its first line) fails the ``task_all`` at once: the parent still ends, with
+    that tenant (and any tenant whose child had not finished yet) counted as failed."""
+    if child.is_completed and not isinstance(child.result, BaseException) and child.result is not None:
+        return TenantSummary.from_json(child.result)
+    error = str(child.result) if child.is_completed else "the tenant orchestration had not finished"
+    return TenantSummary(tenant_id=tenant_id, outcome="failed", error=error[:500] or "failed")
+
+
 def child_instance_id(parent_instance_id: str, tenant_id: str) -> str:
     """The ``tenant_broadcast`` instance of ``tenant_id`` under a ``broadcast`` instance."""
     return f"{parent_instance_id}.{tenant_id}"
@@ -188,7 +198,7 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         context.set_custom_status(status)
         interval = min(interval * 2, PROGRESS_MAX_SECONDS)
 
-    summaries = [TenantSummary.from_json(s) for s in everything.result]
+    summaries = [_summary(tenant, child) for tenant, child in zip(run.tenants, children, strict=True)]
     totals: dict[str, int] = {}
     for item in summaries:
         totals = add_counts(totals, item.totals)

@@ -374,6 +374,25 @@ async def test_batches_under_way_in_both_lanes_that_fail_their_first_attempt_sti
     assert not harness.runtime.errors
 
 
+async def test_a_terminated_tenant_orchestration_fails_its_tenant_and_the_broadcast_still_ends(
+    harness: Harness,
+) -> None:
+    for tenant in TENANTS[:2]:
+        await harness.seed_references(tenant, 120)
+    accepted = await harness.service.start(body(tenants=list(TENANTS[:2]), notification_id="cut"))
+
+    async def cut() -> None:
+        await harness.runtime.terminate(f"cut.{TENANTS[1]}", "operator stopped it")
+
+    harness.sender.during[2] = cut
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed"
+    output = json.loads(record.output or "")
+    outcomes = {t["tenantId"]: t["outcome"] for t in output["tenants"]}
+    assert output["phase"] == "failed" and outcomes[TENANTS[1]] == "failed"
+    assert (await harness.service.status("cut"))["status"] != "running"
+
+
 async def test_an_activity_failing_every_retry_fails_only_its_tenant(harness: Harness) -> None:
     harness.sender.fail_times = 3  # SEND_BATCH_RETRY: three attempts
     accepted = await harness.service.start(
