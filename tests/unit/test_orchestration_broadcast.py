@@ -278,6 +278,22 @@ async def test_cancel_during_the_send_at_wait_ends_without_sending(harness: Harn
     assert (await harness.service.status("never"))["status"] == "cancelled"
 
 
+async def test_a_cancel_on_day_4_of_a_10_day_send_at_wait_lands_the_same_day(harness: Harness) -> None:
+    # With Azure Storage the SDK splits a timer over 6 days into 3-day ones and a cancelled long timer
+    # leaves its running piece behind (devhost passes the same limits): the wait is a chain of day-long
+    # timers instead, each raced against its own cancel waiter.
+    send_at = START + timedelta(days=10)
+    accepted = await harness.service.start(
+        body(users=[(TENANTS[0], user_id(0, 1))], notification_id="later", sendAt=_iso(send_at))
+    )
+    record = await harness.run(accepted.instance_id, until=START + timedelta(days=4, hours=1))
+    assert record.status == "Running"
+    await harness.service.cancel("later")
+    record = await harness.run(accepted.instance_id, until=START + timedelta(days=5))
+    assert record.status == "Completed" and harness.clock.now() < START + timedelta(days=5)
+    assert json.loads(record.output or "")["phase"] == "cancelled" and harness.sender.calls == []
+
+
 async def test_the_same_notification_id_never_starts_a_second_broadcast(harness: Harness) -> None:
     request = body(users=[(TENANTS[0], user_id(0, 1))], notification_id="once")
     first = await harness.service.start(request)
