@@ -141,6 +141,7 @@ __all__ = [
 Priority: TypeAlias = Literal["urgent", "normal"]
 Phase: TypeAlias = Literal["closed", "open", "half_open"]
 GrantReason: TypeAlias = Literal["granted", "probe", "breaker_open", "probe_in_flight"]
+_GRANT_REASONS: Final = ("granted", "probe", "breaker_open", "probe_in_flight")
 Lane: TypeAlias = Literal["all", "urgent", "normal"]
 JsonObject: TypeAlias = dict[str, Any]
 
@@ -1200,9 +1201,36 @@ class Grant:
             "slackSeconds": self.slack_seconds,
         }
 
+    @classmethod
+    def from_json(cls, data: object) -> Grant:
+        """Parse a grant decision's ``grant`` (what :meth:`to_json` wrote; the ISO copies are ignored).
+
+        Raises:
+            LimiterInputError: a field is missing, unknown or out of range.
+        """
+        reader = _Fields(data, "grant", snake_case_too=False)
+        for copy in ("not_before_iso", "send_by_iso"):
+            reader.optional_text(copy)
+        grant = cls(
+            tokens=reader.integer("tokens", 0, _MAX_COUNT),
+            not_before=reader.time("not_before"),
+            granted_at=reader.time("granted_at"),
+            reason=cast(GrantReason, reader.text("reason", choices=_GRANT_REASONS)),
+            rate=reader.number("rate", 0.0, _MAX_RATE),
+            pace_seconds=reader.number("pace_seconds", 0.0, _MAX_SECONDS),
+            send_by=reader.time("send_by"),
+            slack_seconds=reader.number("slack_seconds", 0.0, _MAX_SECONDS),
+        )
+        reader.done()
+        return grant
+
     def not_before_datetime(self) -> datetime:
         """``not_before`` as an aware UTC datetime."""
         return datetime.fromtimestamp(self.not_before, tz=UTC)
+
+    def send_by_datetime(self) -> datetime:
+        """``send_by`` as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.send_by, tz=UTC)
 
 
 @dataclass(frozen=True, slots=True)

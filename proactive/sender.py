@@ -261,6 +261,8 @@ class SendBatchResult(WireModel):
         first_ready_at: when the batch's first request was ready to start (claimed, looked up, rendered)
             and asked for its time (paced only): teaches the limiter how far ahead to place grants.
         slots_skipped: reservations given up because their worker woke too late for them (paced only).
+        cancelled: the notification was cancelled before the batch began (set by the activity, which then
+            sends nothing).
         returned: rows this batch claimed and then gave back claimable (no slot left, halted, or left
             ``pending`` for the next batch); also in ``remaining``. A batch running beside this one may have
             read the ledger before they came back, so its ``remaining`` may miss them.
@@ -290,6 +292,7 @@ class SendBatchResult(WireModel):
     first_ready_at: AwareDatetime | None = None
     slots_skipped: int = 0
     returned: int = 0
+    cancelled: bool = False
 
 
 @dataclass(frozen=True)

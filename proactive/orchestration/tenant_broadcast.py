@@ -34,14 +34,18 @@ trouble does not fail the other tenants' ``task_all`` in the parent.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import azure.durable_functions as df
 
 from proactive import function_names as fn
+from proactive.broadcast_request import Urgency
 from proactive.orchestration import policies
-from proactive.orchestration.clock import Orchestration, iso, now, parse_iso, wait_until
+from proactive.orchestration.clock import Orchestration, now, wait_until
 from proactive.orchestration.runs import TenantRun, TenantSummary, add_counts
+from proactive.rate_limiter import Grant, LimiterInputError, Report
+from proactive.sender import Pacing, SendBatchInput, SendBatchResult
 
 
 def lane_instance_id(tenant_instance_id: str, lane: int) -> str:
@@ -75,6 +79,28 @@ def merge_summaries(tenant_id: str, summaries: list[TenantSummary]) -> dict[str,
         cancelled=sum(s.cancelled for s in summaries),
         error="; ".join(errors)[:500] if errors else None,
     ).to_json()
+
+
+def _report(context: df.DurableOrchestrationContext, grant: Grant, result: SendBatchResult) -> Report:
+    """The limiter report of one batch: its responses, and when its requests were ready and started (the
+    booking ends at the last request; the first ready one teaches the lead, the first one the start lag)."""
+
+    def seconds(moment: datetime | None) -> float | None:
+        return None if moment is None else moment.timestamp()
+
+    return Report(
+        now=now(context).timestamp(),
+        sent=result.sent,
+        throttled=result.throttled,
+        server_errors=result.server_errors,
+        failed=result.unreachable + result.stale + result.failed,
+        retry_after=result.max_retry_after,
+        requester=context.instance_id,
+        granted_at=grant.granted_at,
+        first_send_at=seconds(result.first_send_at),
+        last_send_at=seconds(result.last_send_at),
+        first_ready_at=seconds(result.first_ready_at),
+    )
 
 
 def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
@@ -145,12 +171,13 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
                 "requester": context.instance_id,
             },
         )
-        grant = decision.get("grant") if isinstance(decision, dict) else None
-        if grant is None:
+        try:
+            grant = Grant.from_json(decision.get("grant") if isinstance(decision, dict) else None)
+        except LimiterInputError:
             # The limiter answers errors as decisions (it never raises); a malformed grant is a bug.
             return summary("failed", error=f"limiter refused: {decision!r}"[:500])
-        tokens = int(grant["tokens"])
-        start = parse_iso(grant["notBeforeIso"])
+        tokens = grant.tokens
+        start = grant.not_before_datetime()
         if tokens:
             # The sender waits for its first admission itself: starting a little early hides the activity's
             # dispatch and the rows' preparation from the tenant's rate.
@@ -159,70 +186,51 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
             return (yield from end_cancelled())
         if tokens == 0:
             continue  # breaker open or a probe in flight: ask again at notBefore
+        batch = SendBatchInput(
+            notification_id=run.notification_id,
+            tenant_id=run.tenant_id,
+            limit=tokens,
+            now=now(context),
+            urgency=Urgency(run.urgency),
+            operation=run.operation,
+            # Requests admitted at the grant's pace, so any window stays under the tenant's rate.
+            pacing=Pacing(
+                not_before=grant.not_before_datetime(),
+                pace_seconds=grant.pace_seconds,
+                send_by=grant.send_by_datetime(),
+                slack_seconds=grant.slack_seconds,
+            ),
+        )
         try:
-            result = yield context.call_activity_with_retry(
-                fn.SEND_BATCH,
-                policies.SEND_BATCH_RETRY,
-                {
-                    "notificationId": run.notification_id,
-                    "tenantId": run.tenant_id,
-                    "limit": tokens,
-                    "now": iso(now(context)),
-                    "urgency": run.urgency,
-                    "operation": run.operation,
-                    # Requests admitted at the grant's pace, so any window stays under the tenant's rate.
-                    "pacing": {
-                        "notBefore": grant["notBeforeIso"],
-                        "paceSeconds": grant["paceSeconds"],
-                        "sendBy": grant["sendByIso"],
-                        "slackSeconds": grant["slackSeconds"],
-                    },
-                },
+            raw = yield context.call_activity_with_retry(
+                fn.SEND_BATCH, policies.SEND_BATCH_RETRY, batch.to_json()
             )
+            result = SendBatchResult.from_json(raw)
         except Exception as exc:  # the activity failed every attempt: rows stay for reconciliation
             return summary("failed", error=str(exc)[:500])
-        halted = result.get("halted")
-        if result.get("cancelled") or halted == "cancelled":
+        halted = result.halted
+        if result.cancelled or halted == "cancelled":
             return (yield from end_cancelled())
-        context.signal_entity(
-            limiter,
-            fn.LIMITER_REPORT,
-            {
-                "now": now(context).timestamp(),
-                "sent": int(result.get("sent", 0)),
-                "throttled": int(result.get("throttled", 0)),
-                "serverErrors": int(result.get("serverErrors", 0)),
-                "failed": sum(int(result.get(k, 0)) for k in ("unreachable", "stale", "failed")),
-                "retryAfter": result.get("maxRetryAfter"),
-                "requester": context.instance_id,
-                "grantedAt": grant["grantedAt"],
-                # The booking ends at the batch's last request; its first ready request teaches the limiter
-                # how far ahead to place grants, its first request how late batches begin.
-                "firstSendAt": result.get("firstSendAt"),
-                "lastSendAt": result.get("lastSendAt"),
-                "firstReadyAt": result.get("firstReadyAt"),
-            },
-        )
-        totals = add_counts(totals, result)
+        context.signal_entity(limiter, fn.LIMITER_REPORT, _report(context, grant, result).to_json())
+        totals = add_counts(totals, result.to_json())
         batches += 1
         context.set_custom_status(
             {
                 "tenantId": run.tenant_id,
                 "batches": batches,
                 "totals": totals,
-                "remaining": result.get("remaining"),
+                "remaining": result.remaining,
             }
         )
         if halted:
             # The tenant refuses every send (BotDisabledByAdmin, BotNotRegistered, ...): stop here; the rows
             # not sent stay pending for a later broadcast or a re-drive once the tenant is back.
             return summary("failed", error=f"halted: {halted}"[:500])
-        remaining = int(result.get("remaining", 0))
+        remaining = result.remaining
         if remaining == 0:
-            next_deferred = result.get("nextDeferredAt")
-            if next_deferred is None:
+            if result.next_deferred_at is None:
                 return summary("completed")
-            if (yield from wait_until(context, parse_iso(next_deferred))):
+            if (yield from wait_until(context, result.next_deferred_at)):
                 return (yield from end_cancelled())
             remaining = None
 
