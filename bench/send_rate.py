@@ -20,6 +20,9 @@ per-thread limits never bite; only the per-tenant ceiling does):
     the real ``broadcast`` / ``tenant_broadcast`` orchestrations and the limiter entity on the devhost
     durable runtime (wall clock, in-memory history), ``send_batch`` as composed by ``Services`` over
     in-memory tables and queues: the whole product path but Azure Storage.
+``ours (durable, Azurite)``
+    the same on Azurite (started for the line): the product's tables and queues and the durable task hub,
+    every request through the latency proxy under ``--latency azure``. The line closest to Azure.
 ``ours x N tenants``
     ``ours`` for N tenants at once, each with its own limiter and its own ceiling at the emulator.
 ``ours, limiter overrides`` (only with ``--lines tuned``)
@@ -76,8 +79,10 @@ import aiohttp
 import azure.durable_functions as df
 import azure.functions as func
 
+from devhost import azurite
 from devhost.durable import DurableRuntime, FunctionIndex, MemoryStore, SystemClock
-from devhost.latency import DispatchLatency, LatencyProfile, WorkKind
+from devhost.durable.azurite_store import AzuriteStore
+from devhost.latency import DispatchLatency, LatencyProfile, StorageLatency, WorkKind
 from devhost.latency import add_arguments as add_latency_arguments
 from devhost.latency import from_args as latency_from_args
 from proactive import composition
@@ -467,7 +472,7 @@ async def paced_tenant(
 ) -> list[SendBatchResult]:
     """``tenant_broadcast``'s lanes with the limiter called in-process and a real sleep for the timer.
 
-    Like the orchestration: ``SEND_LANES`` sequential loops (acquire -> sleep until ``BATCH_START_LEAD``
+    Like the orchestration: ``SEND_LANES`` sequential loops, each over its own part of the rows, (acquire -> sleep until ``BATCH_START_LEAD``
     before ``notBefore`` -> send -> report) share the tenant's limiter, then one loop alone sweeps what a
     lane gave back after the other had read the ledger. ``dispatch`` adds the waits Durable puts between
     the steps (a latency profile): the entity's answer and the episode it wakes, the activity's start,
@@ -482,7 +487,7 @@ async def paced_tenant(
     results: list[SendBatchResult] = []
     steps = [0]
 
-    async def lane(requester: str, remaining: int | None) -> None:
+    async def lane(requester: str, remaining: int | None, part: int, parts: int) -> None:
         while steps[0] < max_batches:
             steps[0] += 1
             want = settings.batch_size if not remaining else min(settings.batch_size, remaining)
@@ -513,7 +518,13 @@ async def paced_tenant(
                 }
             )
             batch = SendBatchInput(
-                notification_id=nid, tenant_id=tenant, limit=tokens, now=datetime.now(UTC), pacing=pacing
+                notification_id=nid,
+                tenant_id=tenant,
+                limit=tokens,
+                now=datetime.now(UTC),
+                pacing=pacing,
+                part=part,
+                parts=parts,
             )
             result = await sender.send_batch(batch)
             await dispatch.before_work(WorkKind.ORCHESTRATOR)
@@ -556,8 +567,9 @@ async def paced_tenant(
             if remaining == 0:
                 return
 
-    await asyncio.gather(*(lane(f"bench.{tenant}.lane{n}", None) for n in range(policies.SEND_LANES)))
-    await lane(f"bench.{tenant}.sweep", None)
+    lanes = policies.SEND_LANES
+    await asyncio.gather(*(lane(f"bench.{tenant}.lane{n}", None, n, lanes) for n in range(lanes)))
+    await lane(f"bench.{tenant}.sweep", None, 0, 1)
     return results
 
 
@@ -633,11 +645,13 @@ async def run_ours(
 # ---- ours, on the devhost durable runtime --------------------------------------------------------------
 
 
-def bench_settings(tenants: list[str], batch_size: int, concurrency: int) -> Settings:
+def bench_settings(
+    tenants: list[str], batch_size: int, concurrency: int, storage: str = "UseDevelopmentStorage=true"
+) -> Settings:
     return Settings.from_env(
         {
             "SEND_CONCURRENCY": str(concurrency),
-            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "AzureWebJobsStorage": storage,
             "TENANT_ALLOW_LIST": ",".join(tenants),
             "SEND_RATE_PER_TENANT": str(CEILING),
             "BATCH_SIZE": str(batch_size),
@@ -654,10 +668,14 @@ async def run_durable(
     settings: Settings,
     line: Line,
     latency: LatencyProfile | None = None,
+    storage: str | None = None,
 ) -> SendClock:
+    """The real orchestrations on the devhost runtime; in memory, or on ``storage`` (an Azurite connection
+    string, through the latency proxy under ``azure``: tables, queues and the durable task hub)."""
     services = Services(settings)
-    services._tables = MemoryTables()  # type: ignore[assignment]
-    services._queues = MemoryQueues()  # type: ignore[assignment]
+    if storage is None:
+        services._tables = MemoryTables()  # type: ignore[assignment]
+        services._queues = MemoryQueues()  # type: ignore[assignment]
     clock = SendClock()
     services._connector = TimedConnector(http, clock)
     previous = composition._services
@@ -667,8 +685,9 @@ async def run_durable(
         await services.references.upsert(reference_for(recipient, base_url, now))
     app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
     app.register_functions(durable_blueprint)
+    store: Any = MemoryStore() if storage is None else AzuriteStore(storage, task_hub="Bench" + nid[-8:])
     runtime = DurableRuntime(
-        FunctionIndex.from_app(app), MemoryStore(), clock=SystemClock(), latency=DispatchLatency(latency)
+        FunctionIndex.from_app(app), store, clock=SystemClock(), latency=DispatchLatency(latency)
     )
     tenants = sorted({r.tenant_id for r in recipients})
     try:
@@ -824,12 +843,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             latency,
         )
 
+    async def durable_azurite(
+        http: aiohttp.ClientSession, base: str, recipients: list[Recipient], nid: str, line: Line
+    ) -> SendClock:
+        tenants = sorted({r.tenant_id for r in recipients})
+        instance = azurite.start()
+        try:
+            with StorageLatency(instance.connection_string, latency) as proxied:
+                settings = bench_settings(
+                    tenants, args.batch_size, args.concurrency, proxied.connection_string
+                )
+                return await run_durable(
+                    http, base, recipients, nid, settings, line, latency, proxied.connection_string
+                )
+        finally:
+            instance.stop()
+
     plan: list[tuple[str, str, int, Scenario]] = [
         ("sequential", f"sequential ({attempts} att.)", 1, baseline("sequential", attempts)),
         ("gather", f"gather ({attempts} att.)", 1, baseline("gather", attempts)),
         ("gather", f"gather ({args.until_delivered} att.)", 1, baseline("gather", args.until_delivered)),
         ("ours", "ours", 1, ours),
         ("durable", "ours (durable)", 1, durable),
+        ("azurite", "ours (durable, Azurite)", 1, durable_azurite),
         ("tenants", f"ours x {args.tenants} tenants", args.tenants, ours),
         ("tuned", "ours, limiter overrides", 1, tuned),
     ]
@@ -874,8 +910,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--lines",
         nargs="+",
-        default=["sequential", "gather", "ours", "durable", "tenants"],
-        choices=["sequential", "gather", "ours", "durable", "tenants", "tuned"],
+        default=["sequential", "gather", "ours", "durable", "azurite", "tenants"],
+        choices=["sequential", "gather", "ours", "durable", "azurite", "tenants", "tuned"],
         help="lines to run (default all but tuned)",
     )
     parser.add_argument(

@@ -179,6 +179,10 @@ PRODUCT_FIRST_LEAD_SECONDS: Final = 0.5
 PRODUCT_FIRST_START_LAG_SECONDS: Final = 0.25
 # The learned lead never grows past this: a batch that slow is late for reasons a lead cannot fix.
 _MAX_LEAD: Final = 5.0
+# How the learned lead follows each report's ready latency (see _close_reported).
+_LEAD_SAFETY: Final = 1.25
+_LEAD_UP: Final = 0.5
+_LEAD_DOWN: Final = 0.2
 
 
 class LimiterInputError(ValueError):
@@ -1368,8 +1372,12 @@ def _close_reported(state: LimiterState, outcome: Report, end: float, now: float
             state = replace(state, start_lag_seconds=min(learned, _MAX_SECONDS))
         if outcome.first_ready_at is not None and booking.granted_at is not None:
             ready = max(0.0, outcome.first_ready_at - booking.granted_at)
-            learned = max(_LAG_SAFETY * ready, _LAG_DECAY * state.lead_seconds)
-            state = replace(state, lead_seconds=min(learned, _MAX_LEAD))
+            target = _LEAD_SAFETY * ready
+            # Up halfway at once, down a fifth of the way per report: one slow dispatch (a tail of a second
+            # on Azure) raises the lead for a while instead of doubling it, and a fast spell lowers it slowly.
+            step = _LEAD_UP if target > state.lead_seconds else _LEAD_DOWN
+            learned = state.lead_seconds + step * (target - state.lead_seconds)
+            state = replace(state, lead_seconds=min(max(0.0, learned), _MAX_LEAD))
         return state
     return state
 

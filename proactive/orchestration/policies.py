@@ -20,10 +20,14 @@ SEND_BATCH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, m
 BOOKKEEPING_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2_000, max_number_of_attempts=5)
 
 # Pacing of tenant_broadcast (not retries, but timing policy all the same).
-# Lanes (sequential tenant_lane sub-orchestrations) of one tenant with more than a batch to send: one
-# lane's round trip between batches (report, acquire, timer, activity dispatch: hundreds of ms on Azure)
-# happens while the other lane's batch sends. Claims are ETag-guarded, so lanes never send a row twice.
-SEND_LANES = 2
+# Lanes (sequential tenant_lane sub-orchestrations, each over its own part of the rows) of one tenant with
+# more than a batch to send. A lane's cycle is its batch (1 s of sends at 50 msg/s, plus the slowest
+# answer: 150 ms median, a second or more in the tail) and its round trip (report, acquire, activity
+# dispatch: a few hundred ms on Azure); the other lanes' batches cover it. Measured under devhost
+# --latency azure (bench/send_rate.py, 600 messages): 2 lanes 0.69-0.72 of the ceiling, 3 lanes 0.78-0.79
+# (the rest of that run is its first lead and the metric's added second); 4 lanes before the lanes took
+# separate parts raced for the same claims.
+SEND_LANES = 3
 # How long before a grant's notBefore its activity is started at most (the sender waits for its first
 # admission in process). Longer than any lead the limiter places grants ahead (rate_limiter._MAX_LEAD), so
 # the activity starts as soon as the grant is known and the lead the limiter learns (grant to first ready

@@ -92,8 +92,9 @@ class TenantRun(WireModel):
         batches_done: batches sent by earlier executions.
         executions: earlier executions (continue-as-new count).
         totals: counters summed over every batch so far (:data:`BATCH_COUNTERS`).
-        remaining: the last batch's ``remaining`` (``None`` before one), so a new execution keeps two
-            batches in flight from its start.
+        remaining: the last batch's ``remaining`` (``None`` before one).
+        part: the lane's part of the tenant's rows (of ``parts``; see ``SendBatchInput.part``).
+        parts: how many parts the tenant's rows are split into (1: every row).
     """
 
     notification_id: str = Field(min_length=1)
@@ -106,6 +107,8 @@ class TenantRun(WireModel):
     executions: int = Field(default=0, ge=0)
     totals: dict[str, int] = Field(default_factory=dict)
     remaining: int | None = Field(default=None, ge=0)
+    part: int = Field(default=0, ge=0)
+    parts: int = Field(default=1, ge=1)
 
 
 class TenantSummary(WireModel):

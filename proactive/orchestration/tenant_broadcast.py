@@ -16,7 +16,9 @@ runs ``SEND_LANES`` lanes as sub-orchestrations, so one lane's round trip (repor
 dispatch: hundreds of milliseconds on Azure) happens while the other lane's batch sends. The limiter chains
 their grants one after the other (a grant starts one pace after the previous booking's ``sendBy``), so two
 lanes never send at once. When every lane has finished, rows a lane gave back after the other had read the
-ledger may be left; one more lane alone (the sweep) sends them or confirms that nothing is left. Update and
+ledger may be left; one more lane alone (the sweep) sends them or confirms that nothing is left.
+Each lane takes its own part of the tenant's rows (``SendBatchInput.part``), so lanes never race for a
+claim; the sweep takes every part. Update and
 delete run one lane: they do not claim rows, so two lanes would repeat each other's calls.
 
 A lane stops when the sender says nothing is claimable (``remaining == 0``); if rows wait for a quiet-hours
@@ -108,20 +110,23 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
     run = TenantRun.from_json(context.get_input())
     width = lanes_for(run)
 
-    def lane(number: int, remaining: int | None) -> Any:
+    def lane(number: int, remaining: int | None, parts: int) -> Any:
         return context.call_sub_orchestrator(
             fn.TENANT_LANE,
-            run.model_copy(update={"remaining": remaining}).to_json(),
+            run.model_copy(update={"remaining": remaining, "part": number % parts, "parts": parts}).to_json(),
             lane_instance_id(context.instance_id, number),
         )
 
     summaries: list[TenantSummary] = []
     try:
-        results = yield context.task_all([lane(number, run.remaining) for number in range(width)])
+        # Each lane sends its own part of the rows (a stable hash of the recipient key): lanes never
+        # race for the same claim.
+        results = yield context.task_all([lane(number, None, width) for number in range(width)])
         summaries = [TenantSummary.from_json(result) for result in results]
         if width > 1 and all(s.outcome == "completed" for s in summaries):
-            # A lane may have given rows back after the other read the ledger: one lane alone makes sure.
-            summaries.append(TenantSummary.from_json((yield lane(width, None))))
+            # Rows that came back after their lane had ended (a re-drive gave one back, say): one lane
+            # over every part makes sure nothing is left.
+            summaries.append(TenantSummary.from_json((yield lane(width, None, 1))))
     except Exception as exc:  # a lane that failed as a whole (terminated, or a bug): the tenant failed
         summaries.append(
             TenantSummary(tenant_id=run.tenant_id, outcome="failed", error=f"lane failed: {exc}"[:500])
@@ -193,6 +198,8 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
             now=now(context),
             urgency=Urgency(run.urgency),
             operation=run.operation,
+            part=run.part,
+            parts=run.parts,
             # Requests admitted at the grant's pace, so any window stays under the tenant's rate.
             pacing=Pacing(
                 not_before=grant.not_before_datetime(),

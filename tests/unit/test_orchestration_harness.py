@@ -48,6 +48,7 @@ from proactive.models import (
     RecipientKind,
     StoredReference,
 )
+from proactive.sender import part_of
 from proactive.settings import Settings
 
 TENANTS = (
@@ -57,6 +58,11 @@ TENANTS = (
 )
 FORBIDDEN_TENANT = "99999999-9999-4999-8999-999999999999"
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def _in_part(part: int, parts: int) -> Callable[[DeliveryRecord], bool]:
+    """The rows a batch of part ``part`` of ``parts`` may take, as the real sender picks them."""
+    return lambda record: parts == 1 or part_of(record.recipient_key, parts) == part
 
 
 def user_id(tenant_index: int, n: int) -> str:
@@ -144,7 +150,8 @@ class FakeSender:
                 result["sent"] += 1
             result["remaining"] = max(0, len(todo) - limit)
             return result
-        due = await self._due(nid, tenant, now, limit)
+        mine = _in_part(payload.get("part", 0), payload.get("parts", 1))
+        due = await self._due(nid, tenant, now, limit, mine)
         for index, row in enumerate(due):
             claimed = await claim(ledger, nid, tenant, row.recipient_key, now)
             assert claimed is not None
@@ -161,12 +168,20 @@ class FakeSender:
                 result["sent"] += 1
             await ledger.replace(claimed.value.model_copy(update=update), claimed.etag)
         self._take_time(payload, result)
-        # Like the real sender, count no further than the orchestration needs (min(batch, remaining)):
-        # counting the whole ledger after every batch made large runs quadratic.
-        first_page = await ledger.list(nid, tenant, statuses=[DeliveryStatus.PENDING], page_size=limit + 1)
-        pending = len(first_page.items)
+        # Counting the whole ledger after every batch made large runs quadratic.
+        pending, continuation = 0, None
+        while pending <= limit:  # like the real sender: no further than the orchestration needs
+            page = await ledger.list(
+                nid, tenant, statuses=[DeliveryStatus.PENDING], page_size=limit + 1, continuation=continuation
+            )
+            pending += sum(1 for item in page.items if mine(item.value))
+            continuation = page.continuation
+            if continuation is None:
+                break
         waiting = [
-            r.not_before for r in await self._rows(nid, tenant, [DeliveryStatus.DEFERRED]) if r.not_before
+            r.not_before
+            for r in await self._rows(nid, tenant, [DeliveryStatus.DEFERRED])
+            if r.not_before and mine(r)
         ]
         result["remaining"] = pending + sum(t <= now for t in waiting)
         future = [t for t in waiting if t > now]
@@ -191,7 +206,9 @@ class FakeSender:
             self.clock.advance(last - self.clock.now())
         result["firstSendAt"], result["lastSendAt"] = first.isoformat(), last.isoformat()
 
-    async def _due(self, nid: str, tenant: str, now: datetime, limit: int) -> list[DeliveryRecord]:
+    async def _due(
+        self, nid: str, tenant: str, now: datetime, limit: int, mine: Callable[[DeliveryRecord], bool]
+    ) -> list[DeliveryRecord]:
         due: list[DeliveryRecord] = []
         continuation = None
         claimable = [DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]
@@ -202,7 +219,8 @@ class FakeSender:
             due.extend(
                 r
                 for r in (v.value for v in page.items)
-                if r.status is DeliveryStatus.PENDING or (r.not_before is not None and r.not_before <= now)
+                if mine(r)
+                and (r.status is DeliveryStatus.PENDING or (r.not_before is not None and r.not_before <= now))
             )
             continuation = page.continuation
             if continuation is None:
