@@ -564,6 +564,9 @@ async def paced_tenant(
             if result.halted:
                 return  # the tenant refuses every send
             remaining = result.remaining
+            if remaining == 0 and result.next_deferred_at is None and parts > 1:
+                part, parts, remaining = 0, 1, None  # as tenant_lane: help with the other parts
+                continue
             if remaining == 0:
                 return
 
@@ -712,6 +715,8 @@ async def run_durable(
             )
     finally:
         composition._services = previous
+        if storage is not None:
+            await services.close()
     return clock
 
 

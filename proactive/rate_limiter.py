@@ -173,10 +173,11 @@ _NOISE_MAX: Final = 0.3
 _SHARE_SAMPLE: Final = 20
 # The first lead and start lag of the product's tenants (tenant_defaults), before reports teach each tenant
 # its own: the entity's answer, an orchestrator turn, an activity dispatch and a batch's first storage round
-# trips take 0.2-0.5 s on Azure (devhost --latency azure: about 0.4 s). Generous on purpose: a first batch
-# that misses its grant costs a whole round trip, a lead too long costs it once.
+# trips take 0.2-0.5 s on Azure (devhost --latency azure: about 0.4 s). The lead is generous on purpose (a
+# first batch that misses its grant costs a whole round trip, a lead too long costs it once); the start
+# lag is not (every booking holds it until its report, and with the lead batches are ready in time).
 PRODUCT_FIRST_LEAD_SECONDS: Final = 0.5
-PRODUCT_FIRST_START_LAG_SECONDS: Final = 0.25
+PRODUCT_FIRST_START_LAG_SECONDS: Final = 0.05
 # The learned lead never grows past this: a batch that slow is late for reasons a lead cannot fix.
 _MAX_LEAD: Final = 5.0
 # How the learned lead follows each report's ready latency (see _close_reported).

@@ -18,7 +18,7 @@ their grants one after the other (a grant starts one pace after the previous boo
 lanes never send at once. When every lane has finished, rows a lane gave back after the other had read the
 ledger may be left; one more lane alone (the sweep) sends them or confirms that nothing is left.
 Each lane takes its own part of the tenant's rows (``SendBatchInput.part``), so lanes never race for a
-claim; the sweep takes every part. Update and
+claim; a lane whose part is done goes on over every part (so the lanes end together), as the sweep does. Update and
 delete run one lane: they do not claim rows, so two lanes would repeat each other's calls.
 
 A lane stops when the sender says nothing is claimable (``remaining == 0``); if rows wait for a quiet-hours
@@ -234,6 +234,12 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
             # not sent stay pending for a later broadcast or a re-drive once the tenant is back.
             return summary("failed", error=f"halted: {halted}"[:500])
         remaining = result.remaining
+        if remaining == 0 and result.next_deferred_at is None and run.parts > 1:
+            # This lane's part is done: help with the others' rows (claims settle any race), so the lanes
+            # end together instead of the last part's lane finishing alone at a fraction of the rate.
+            run = run.model_copy(update={"part": 0, "parts": 1})
+            remaining = None
+            continue
         if remaining == 0:
             if result.next_deferred_at is None:
                 return summary("completed")

@@ -118,6 +118,7 @@ class FakeSender:
     done_ops: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
     fail_times: int = 0
     fail_calls: set[int] = field(default_factory=set)
+    request_times: list[float] = field(default_factory=list)  # when each request started (with a clock)
     halt_with: str | None = None
     during: dict[int, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     late_return: int | None = None
@@ -202,6 +203,7 @@ class FakeSender:
             return
         first = max(_parse(pacing["notBefore"]), self.clock.now())
         last = first + timedelta(seconds=(requests - 1) * pacing["paceSeconds"])
+        self.request_times.extend(first.timestamp() + i * pacing["paceSeconds"] for i in range(requests))
         if last > self.clock.now():
             self.clock.advance(last - self.clock.now())
         result["firstSendAt"], result["lastSendAt"] = first.isoformat(), last.isoformat()
