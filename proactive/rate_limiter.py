@@ -178,8 +178,9 @@ _SHARE_SAMPLE: Final = 20
 # lag is not (every booking holds it until its report, and with the lead batches are ready in time).
 PRODUCT_FIRST_LEAD_SECONDS: Final = 0.5
 PRODUCT_FIRST_START_LAG_SECONDS: Final = 0.05
-# The learned lead never grows past this: a batch that slow is late for reasons a lead cannot fix.
-_MAX_LEAD: Final = 5.0
+# The learned lead never grows past this (tenant_lane starts its activity up to BATCH_START_LEAD, 30 s,
+# ahead, so the lead measures dispatch and preparation, never a timer of ours).
+_MAX_LEAD: Final = 20.0
 # How the learned lead follows each report's ready latency (see _close_reported).
 _LEAD_SAFETY: Final = 1.25
 _LEAD_UP: Final = 0.5
@@ -403,7 +404,7 @@ _CONFIG_SPEC: Final[dict[str, tuple[str, float, float]]] = {
     "margin_seconds": ("f", 0.0, 60.0),
     "slack_seconds": ("f", 0.0, 60.0),
     "start_lag_seconds": ("f", 0.0, 3600.0),
-    "lead_seconds": ("f", 0.0, 5.0),
+    "lead_seconds": ("f", 0.0, 20.0),
     "normal_share": ("f", 0.01, 0.99),
     "priority_window_seconds": ("f", 0.0, _MAX_SECONDS),
     "decrease_factor": ("f", 0.01, 0.99),
@@ -1371,16 +1372,23 @@ def _close_reported(state: LimiterState, outcome: Report, end: float, now: float
             lag = max(0.0, outcome.first_send_at - booking.start)
             learned = max(_LAG_SAFETY * lag, _LAG_DECAY * state.start_lag_seconds)
             state = replace(state, start_lag_seconds=min(learned, _MAX_SECONDS))
-        if outcome.first_ready_at is not None and booking.granted_at is not None:
-            ready = max(0.0, outcome.first_ready_at - booking.granted_at)
-            target = _LEAD_SAFETY * ready
-            # Up halfway at once, down a fifth of the way per report: one slow dispatch (a tail of a second
-            # on Azure) raises the lead for a while instead of doubling it, and a fast spell lowers it slowly.
-            step = _LEAD_UP if target > state.lead_seconds else _LEAD_DOWN
-            learned = state.lead_seconds + step * (target - state.lead_seconds)
-            state = replace(state, lead_seconds=min(max(0.0, learned), _MAX_LEAD))
         return state
     return state
+
+
+def _learn_lead(state: LimiterState, outcome: Report) -> LimiterState:
+    """Follow how long batches take from their grant to their first ready request (the report alone says
+    it, so a report that comes after its booking left the log still teaches: a batch that was too late to
+    send anything is exactly the one the lead must learn from)."""
+    if outcome.first_ready_at is None or outcome.granted_at is None:
+        return state
+    ready = max(0.0, outcome.first_ready_at - outcome.granted_at)
+    target = _LEAD_SAFETY * ready
+    # Up halfway at once, down a fifth of the way per report: one slow dispatch (a tail of a second on
+    # Azure) raises the lead for a while instead of doubling it, and a fast spell lowers it slowly.
+    step = _LEAD_UP if target > state.lead_seconds else _LEAD_DOWN
+    learned = state.lead_seconds + step * (target - state.lead_seconds)
+    return replace(state, lead_seconds=min(max(0.0, learned), _MAX_LEAD))
 
 
 def _close_started(state: LimiterState, requester: str, now: float) -> LimiterState:
@@ -1642,6 +1650,7 @@ def report(state: LimiterState, outcome: Report) -> tuple[LimiterState, ReportAc
     )
     end = now if outcome.last_send_at is None else min(now, outcome.last_send_at)
     state = _close_reported(state, outcome, end, now)
+    state = _learn_lead(state, outcome)
     state = _aimd(state, outcome, now)
     breaker = state.breaker
     if verdict != "empty":

@@ -32,4 +32,4 @@ SEND_LANES = 3
 # admission in process). Longer than any lead the limiter places grants ahead (rate_limiter._MAX_LEAD), so
 # the activity starts as soon as the grant is known and the lead the limiter learns (grant to first ready
 # request) measures the dispatch and the rows' preparation, never a timer of ours.
-BATCH_START_LEAD = timedelta(seconds=10)
+BATCH_START_LEAD = timedelta(seconds=30)

@@ -366,6 +366,17 @@ def test_an_isolated_429_is_a_hold_not_a_decrease() -> None:
     assert state.stats.decreases == 0
 
 
+def test_a_batch_too_late_to_send_teaches_the_lead_even_after_its_booking_left_the_log() -> None:
+    state, grant = ask(initial_state(), T0, 50)
+    for k in range(5):  # other requesters move the clock on: the late batch's booking is pruned
+        state, _ = ask(state, T0 + 1 + k, 50, requester=f"other{k}")
+    # The batch got ready 2.5 s after its grant, long after its sendBy: it sent nothing.
+    state = tell(state, T0 + 6, granted_at=grant.granted_at, first_ready_at=T0 + 2.5)
+    assert state.lead_seconds == pytest.approx(0.5 * 1.25 * 2.5)
+    state, next_grant = ask(state, T0 + 7, 50)
+    assert next_grant.not_before >= T0 + 7 + 0.5 * 1.25 * 2.5
+
+
 def test_persistent_429s_settle_the_rate_just_under_what_got_through() -> None:
     state = throttled_twice(initial_state(), T0)
     assert state.rate == pytest.approx(SETTLED)
