@@ -2,7 +2,7 @@
 
 * :func:`~proactive.orchestration.broadcast.broadcast` schedules, materialises the audience tenant by tenant
   and runs one :func:`~proactive.orchestration.tenant_broadcast.tenant_broadcast` per tenant in parallel,
-  each of which runs one or two sequential :func:`~proactive.orchestration.tenant_broadcast.tenant_lane`
+  each of which runs one or ``SEND_LANES`` (3) sequential :func:`~proactive.orchestration.tenant_broadcast.tenant_lane`
   send loops.
 * Inputs and outputs are the JSON of the models in :mod:`proactive.orchestration.runs`; recipient lists
   never pass through Durable (only notification id, tenant ids and cursors do).

@@ -12,8 +12,9 @@ each one, and a task scheduled inside one compound action and awaited again late
 not support (Azure/azure-functions-durable-python issue 603).
 
 ``tenant_broadcast`` keeps the tenant's rate between batches: with more than one batch of rows to send it
-runs ``SEND_LANES`` lanes as sub-orchestrations, so one lane's round trip (report, acquire, timer, activity
-dispatch: hundreds of milliseconds on Azure) happens while the other lane's batch sends. The limiter chains
+runs ``SEND_LANES`` lanes as sub-orchestrations, so one lane's round trip (report, acquire, activity
+dispatch: hundreds of milliseconds on Azure) and its batch's slowest answer happen while the other lanes'
+batches send. The limiter chains
 their grants one after the other (a grant starts one pace after the previous booking's ``sendBy``), so two
 lanes never send at once. When every lane has finished, rows a lane gave back after the other had read the
 ledger may be left; one more lane alone (the sweep) sends them or confirms that nothing is left.
