@@ -18,9 +18,10 @@ Paced slots (the ceiling)
     ``W`` = ``windowSeconds`` (1 s) at rate ``r`` (configured ceiling, default 50 msg/s per the facts sheet;
     AIMD may lower the effective rate). A grant is not a burst but a run of **slots** ``pace`` apart, with
     ``pace = (W + m) / L`` (``m`` = ``marginSeconds``, 20 ms: 20.4 ms at 50 msg/s). The sender
-    (:mod:`proactive.pacing`) starts each request at a slot of its own, at most ``s`` = ``slackSeconds``
-    (10 ms) after it, never before it, never after the grant's ``sendBy``; a slot it wakes up too late for
-    is lost, not caught up. In-process retries take slots too. Requests that start at least ``pace`` apart
+    (:mod:`proactive.pacing`) starts each request at a reserved time of its own, at most ``s`` =
+    ``slackSeconds`` (5 ms) after it, never before it, never after the grant's ``sendBy``; a request that is
+    not ready at its time reserves a later one (the schedule shifts, nothing is caught up in a burst).
+    In-process retries take reserved times too. Requests that start at least ``pace`` apart
     within ``s`` of their slots put at most ``floor((W + s) / pace) + 1 = L`` requests in any window of
     ``W``, because ``s < m`` (the rest of the margin absorbs network jitter on the way to Teams).
 
@@ -42,7 +43,7 @@ Paced slots (the ceiling)
     default; a lane's share of that while both priorities are active) with ``D = burst / rate`` (``burst``
     defaults to one window of rate), so a 100k-recipient request books one grant and queues for the next
     like everyone else; it cannot lock the tenant out. The product's entity allows grants of ``BATCH_SIZE``
-    (:func:`tenant_defaults`; 150 slots, about 3 s).
+    (:func:`tenant_defaults`; 50 slots, about 1 s).
     Bookings already made keep their place when the rate changes, so across a change the bound holds with
     the highest rate in force (never above the configured one). The log keeps the bookings that can still
     move a new grant (at most 64: past that, the two oldest merge into one ending where the later one ends,
@@ -444,13 +445,14 @@ class LimiterConfig:
             may be sent in any window.
         margin_seconds: Added to the window when spacing slots (``pace = (W + margin) / L``): the budget for
             a request starting late and for network jitter. Must exceed ``slack_seconds``.
-        slack_seconds: A request may start at most this long after its slot (the sender drops the slot when
-            it wakes later), so the margin keeps ``margin - slack`` for jitter on the way to Teams.
-        start_lag_seconds: How late a batch may begin its slots after ``notBefore``: the first estimate,
-            then learned from reports (``firstSendAt``). ``tenant_broadcast`` starts its activities
-            ``BATCH_START_LEAD`` (0.5 s) ahead, so batches are rarely late; a pipelined tenant pays this
-            lag between its batches until reports teach the real one, so the estimate is small (0.02 s). A batch
-            later than it loses its last slots (rows given back), never the rate.
+        slack_seconds: A request may start at most this long after its reserved time (the sender reserves
+            a later time when it wakes later), so the margin keeps ``margin - slack`` for jitter on the way
+            to Teams.
+        start_lag_seconds: How late a batch may begin after ``notBefore``, held by every booking until its
+            report: the first estimate, then learned from reports (``firstSendAt``). Grants start a learned
+            lead ahead and ``tenant_lane`` starts its activity as soon as it has the grant, so batches are
+            rarely late and the estimate is small. A batch later than it sends fewer rows (the rest are
+            given back), never more than the rate.
         lead_seconds: How far after ``acquire`` a grant starts at the earliest: the first estimate of how long
             a batch needs from its grant to its first ready request (the orchestration's turn, the activity's
             dispatch, the claim and lookups), then learned from reports (``firstReadyAt``). Placing grants
