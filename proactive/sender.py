@@ -164,6 +164,12 @@ __all__ = [
     "reconcile_stuck",
 ]
 
+# How long before its grant's notBefore a paced batch starts claiming and preparing rows (see send_batch):
+# more than preparation takes (tens of ms on Azure storage, a second under load), far below the
+# reconciliation deadline (RECONCILE_AFTER_SECONDS, 15 min by default), which must exceed the time a
+# claimed row can wait for its request.
+PREPARE_AHEAD_SECONDS = 2.0
+
 logger = logging.getLogger(__name__)
 
 Operation = Literal["send", "update", "delete"]
@@ -501,6 +507,15 @@ class BatchSender:
                 retried; claimed rows it could not settle stay ``sending`` for reconciliation).
         """
         started = self._clock()
+        waited = 0.0
+        if request.pacing is not None:
+            # Claim no row long before its time: a claimed row is 'sending', and reconciliation re-drives
+            # rows 'sending' past its deadline. The orchestration starts this activity as soon as it has the
+            # grant (up to BATCH_START_LEAD ahead), so wait here until PREPARE_AHEAD before notBefore.
+            ahead = (request.pacing.not_before - started).total_seconds() - PREPARE_AHEAD_SECONDS
+            if ahead > 0:
+                await self._sleep(ahead)
+                waited = ahead
         batch = await self._batch(request.notification_id, request.tenant_id, request.now, request.urgency)
         if batch is None:
             return SendBatchResult(halted="cancelled", elapsed_ms=self._elapsed(started))
@@ -555,7 +570,7 @@ class BatchSender:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
-        return self._result(batch, outcomes, candidates, batch.left, started)
+        return self._result(batch, outcomes, candidates, batch.left, started, waited)
 
     async def redrive(self, message: RetryRequest) -> RowOutcome | None:
         """Re-drive one row handed to ``deliveries-retry`` (the queue trigger's service).
@@ -1136,7 +1151,13 @@ class BatchSender:
         return max(0, int((self._clock() - started).total_seconds() * 1000))
 
     def _result(
-        self, batch: _Batch, outcomes: list[RowOutcome], candidates: _Candidates, left: int, started: datetime
+        self,
+        batch: _Batch,
+        outcomes: list[RowOutcome],
+        candidates: _Candidates,
+        left: int,
+        started: datetime,
+        waited: float = 0.0,
     ) -> SendBatchResult:
         statuses: Counter[DeliveryStatus] = Counter()
         unrecorded = 0
@@ -1176,7 +1197,7 @@ class BatchSender:
             elapsed_ms=self._elapsed(started),
             first_send_at=batch.first_send,
             last_send_at=batch.last_send,
-            first_ready_at=_ready_at(batch.pacer),
+            first_ready_at=_ready_at(batch.pacer, waited),
             slots_skipped=batch.pacer.skipped if batch.pacer is not None else 0,
             returned=batch.returned + kept,
         )
@@ -1240,10 +1261,12 @@ def part_of(recipient_key: str, parts: int) -> int:
     return int.from_bytes(digest, "big") % parts
 
 
-def _ready_at(pacer: SlotPacer | None) -> datetime | None:
+def _ready_at(pacer: SlotPacer | None, waited: float) -> datetime | None:
+    # Less the time this batch chose to wait before preparing: the limiter learns how long dispatch and
+    # preparation take, not how early the orchestration started the activity.
     if pacer is None or pacer.first_ready is None:
         return None
-    return datetime.fromtimestamp(pacer.first_ready, UTC)
+    return datetime.fromtimestamp(pacer.first_ready - waited, UTC)
 
 
 def _split_key(key: str) -> tuple[RecipientKind, str]:

@@ -46,6 +46,7 @@ from proactive.outbound import OutboundPolicy
 from proactive.ports import DeliveryLedger, Versioned
 from proactive.retry import RetryPolicy
 from proactive.sender import (
+    PREPARE_AHEAD_SECONDS,
     BatchSender,
     Pacing,
     Reason,
@@ -784,6 +785,21 @@ async def test_a_paced_batch_starts_its_sends_one_pace_apart_from_not_before(pac
         T0 + timedelta(seconds=1.75),
     )
     assert sorted(paced.sleeps.delays) == [1.0, 1.25, 1.5, 1.75]  # all four rows waited from T0
+
+
+async def test_a_batch_started_long_before_its_grant_claims_rows_only_shortly_before_it(paced: World) -> None:
+    # Rows claimed are 'sending', and reconciliation re-drives rows 'sending' past its deadline: a batch
+    # the orchestration started 30 s early waits until PREPARE_AHEAD_SECONDS before notBefore, and reports
+    # its ready time less that wait (the limiter learns dispatch and preparation, not our own wait).
+    await paced.user(0)
+    connector = Stamped(paced.connector(), paced.clock)
+
+    result = await paced.send(paced.sender(connector=connector), pacing=pacing(not_before=30.0, send_by=90.0))
+
+    assert connector.starts == after(30.0)
+    assert paced.sleeps.delays[0] == pytest.approx(30.0 - PREPARE_AHEAD_SECONDS)
+    assert result.first_ready_at == T0  # preparation takes no virtual time; the 28 s wait is not counted
+    assert result.sent == 1
 
 
 async def test_in_process_retries_take_slots_of_their_own(paced: World) -> None:
