@@ -174,10 +174,12 @@ _NOISE_MAX: Final = 0.3
 _SHARE_SAMPLE: Final = 20
 # The first lead and start lag of the product's tenants (tenant_defaults), before reports teach each tenant
 # its own: the entity's answer, an orchestrator turn, an activity dispatch and a batch's first storage round
-# trips take 0.2-0.5 s on Azure (devhost --latency azure: about 0.4 s). The lead is generous on purpose (a
-# first batch that misses its grant costs a whole round trip, a lead too long costs it once); the start
-# lag is not (every booking holds it until its report, and with the lead batches are ready in time).
-PRODUCT_FIRST_LEAD_SECONDS: Final = 0.5
+# trips take 0.2-0.5 s on Azure (devhost --latency azure: 0.4-0.7 s on a busy machine). The lead is generous
+# on purpose: a grant may start at once and only its sendBy lies a lead ahead, so a long lead delays no batch
+# (it holds an idle tenant's time a little longer), while a short one makes a first batch miss its grant
+# and costs a whole round trip. The start lag is not (every booking holds it until its report, and it only
+# measures lateness after a batch was ready).
+PRODUCT_FIRST_LEAD_SECONDS: Final = 1.0
 PRODUCT_FIRST_START_LAG_SECONDS: Final = 0.05
 # The learned lead never grows past this (tenant_lane starts its activity up to BATCH_START_LEAD, 30 s,
 # ahead, so the lead measures dispatch and preparation, never a timer of ours).
@@ -1371,7 +1373,9 @@ def _close_reported(state: LimiterState, outcome: Report, end: float, now: float
         bookings = (*state.bookings[:index], _close(booking, end), *state.bookings[index + 1 :])
         state = replace(state, bookings=bookings)
         if outcome.first_send_at is not None:
-            lag = max(0.0, outcome.first_send_at - booking.start)
+            # Lateness after the batch was both allowed and ready: the lead covers getting ready.
+            began = max(booking.start, outcome.first_ready_at or booking.start)
+            lag = max(0.0, outcome.first_send_at - began)
             learned = max(_LAG_SAFETY * lag, _LAG_DECAY * state.start_lag_seconds)
             state = replace(state, start_lag_seconds=min(learned, _MAX_SECONDS))
         return state
@@ -1451,9 +1455,12 @@ def _book_grant(
         max(1, math.floor(rate * config.max_booking_seconds + 1e-9)),
     ]
     tokens = max(1, min(caps))
-    # A grant starts ``lead`` ahead: by then its batch is ready (see ``LimiterConfig.lead_seconds``).
-    start = _earliest_start(state.bookings, lane, pace, max(now + state.lead_seconds, state.hold_until))
-    send_by = start + (tokens - 1) * pace + state.start_lag_seconds
+    # The grant may start as soon as the tenant's schedule allows, and its slots are planned from ``lead``
+    # ahead (by then its batch is ready, see ``LimiterConfig.lead_seconds``): a batch ready sooner uses an
+    # idle tenant's time at once instead of waiting out the lead; one ready later still has all its slots.
+    start = _earliest_start(state.bookings, lane, pace, max(now, state.hold_until))
+    planned = max(start, now + state.lead_seconds)
+    send_by = planned + (tokens - 1) * pace + state.start_lag_seconds
     booking = Booking(
         start,
         send_by,

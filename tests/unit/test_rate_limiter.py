@@ -374,7 +374,37 @@ def test_a_batch_too_late_to_send_teaches_the_lead_even_after_its_booking_left_t
     state = tell(state, T0 + 6, granted_at=grant.granted_at, first_ready_at=T0 + 2.5)
     assert state.lead_seconds == pytest.approx(0.5 * 1.25 * 2.5)
     state, next_grant = ask(state, T0 + 7, 50)
-    assert next_grant.not_before >= T0 + 7 + 0.5 * 1.25 * 2.5
+    # Its slots are planned from the learned lead on: all 50 still fit when the batch is that slow again.
+    assert next_grant.send_by >= T0 + 7 + 0.5 * 1.25 * 2.5 + 49 * next_grant.pace_seconds
+
+
+def test_an_idle_tenants_grant_may_start_at_once_and_plans_its_slots_a_lead_ahead() -> None:
+    state = configure(initial_state(), LimiterConfig(rate=50, lead_seconds=0.5, start_lag_seconds=0.05), T0)
+    state, grant = ask(state, T0, 3)
+    assert grant.tokens == 3
+    # A batch ready at once need not wait out the lead on an idle tenant ...
+    assert grant.not_before == T0
+    # ... and one ready only after the lead still has every slot before sendBy.
+    assert grant.send_by == pytest.approx(T0 + 0.5 + 2 * grant.pace_seconds + 0.05)
+
+
+def test_the_start_lag_counts_lateness_after_the_batch_was_ready_not_its_preparation() -> None:
+    state = configure(initial_state(), LimiterConfig(rate=50, lead_seconds=1.0, start_lag_seconds=0.05), T0)
+    state, grant = ask(state, T0, 3)
+    assert grant.not_before == T0
+    # Ready 0.6 s after its grant (claim, lookups), first request 4 ms later: the lag is the 4 ms.
+    before = state.start_lag_seconds
+    state = tell_end(state, grant, T0 + 0.65, first_ready_at=T0 + 0.6, first_send_at=T0 + 0.604)
+    assert state.start_lag_seconds == pytest.approx(max(2 * 0.004, 0.5 * before))
+    assert state.start_lag_seconds < 0.6
+
+
+def test_a_grant_behind_a_booking_starts_after_it_whatever_the_lead() -> None:
+    state = configure(initial_state(), LimiterConfig(rate=50, lead_seconds=0.5, start_lag_seconds=0.05), T0)
+    state, first = ask(state, T0, 50, requester="a")
+    state, second = ask(state, T0 + 0.1, 50, requester="b")
+    assert second.not_before >= first.send_by + first.pace_seconds
+    assert second.send_by == pytest.approx(second.not_before + 49 * second.pace_seconds + 0.05)
 
 
 def test_persistent_429s_settle_the_rate_just_under_what_got_through() -> None:
