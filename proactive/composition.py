@@ -55,7 +55,9 @@ class Services:
     @property
     def tables(self) -> AzureTables:
         if self._tables is None:
-            self._tables = AzureTables.from_connection_string(self.settings.storage_connection)
+            self._tables = AzureTables.from_connection_string(
+                self.settings.storage_connection, proxy_from_environment=self.settings.proxy_from_environment
+            )
         return self._tables
 
     @property
@@ -177,7 +179,9 @@ class Services:
     @property
     def queues(self) -> AzureQueues:
         if self._queues is None:
-            self._queues = AzureQueues.from_connection_string(self.settings.storage_connection)
+            self._queues = AzureQueues.from_connection_string(
+                self.settings.storage_connection, proxy_from_environment=self.settings.proxy_from_environment
+            )
         return self._queues
 
     async def batch_sender(self) -> BatchSender:

@@ -137,7 +137,10 @@ class AzuriteStore:
     async def open(self) -> None:
         """Build the client and create both tables if they do not exist."""
         if self._service is None:
-            self._service = TableServiceClient.from_connection_string(self._connection_string)
+            # Loopback only: no proxy, and no ~/.netrc read on a worker thread for every request.
+            self._service = TableServiceClient.from_connection_string(
+                self._connection_string, use_env_settings=False
+            )
         for name in (self.instances_table, self.history_table):
             with contextlib.suppress(ResourceExistsError):
                 await self._service.create_table(name)

@@ -145,13 +145,15 @@ class TriggerService:
     async def _poll_queue(self, info: FunctionInfo) -> None:
         queue_name = info.trigger["queueName"]
         connection = self._connection(info)
-        queue = QueueClient.from_connection_string(connection, queue_name)
+        # Loopback only: no proxy, and no ~/.netrc read on a worker thread for every request.
+        queue = QueueClient.from_connection_string(connection, queue_name, use_env_settings=False)
         # The poison copy keeps the queue's encoding (host.json messageEncoding), so its own trigger
         # reads the same text the first one did.
         poison = QueueClient.from_connection_string(
             connection,
             f"{queue_name}-poison",
             message_encode_policy=TextBase64EncodePolicy() if self.base64 else None,
+            use_env_settings=False,
         )
         async with queue, poison:
             with contextlib.suppress(ResourceExistsError):

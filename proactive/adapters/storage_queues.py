@@ -42,9 +42,21 @@ class AzureQueues:
         self._service = service
 
     @classmethod
-    def from_connection_string(cls, connection_string: str) -> AzureQueues:
-        """Build the client (no I/O happens until the first queue operation)."""
-        return cls(QueueServiceClient.from_connection_string(connection_string))
+    def from_connection_string(
+        cls, connection_string: str, *, proxy_from_environment: bool = False
+    ) -> AzureQueues:
+        """Build the client (no I/O happens until the first queue operation).
+
+        Args:
+            connection_string: The storage account's connection string.
+            proxy_from_environment: Read proxy settings and ``~/.netrc`` from the environment
+                (``Settings.proxy_from_environment``); off, no request pays for that lookup.
+        """
+        return cls(
+            QueueServiceClient.from_connection_string(
+                connection_string, use_env_settings=proxy_from_environment
+            )
+        )
 
     def queue(self, name: str) -> AzureWorkQueue:
         return AzureWorkQueue(self._service.get_queue_client(name), name)

@@ -58,9 +58,21 @@ class AzureTables:
         self._service = service
 
     @classmethod
-    def from_connection_string(cls, connection_string: str) -> AzureTables:
-        """Build the client (no I/O happens until the first table operation)."""
-        return cls(TableServiceClient.from_connection_string(connection_string))
+    def from_connection_string(
+        cls, connection_string: str, *, proxy_from_environment: bool = False
+    ) -> AzureTables:
+        """Build the client (no I/O happens until the first table operation).
+
+        Args:
+            connection_string: The storage account's connection string.
+            proxy_from_environment: Read proxy settings and ``~/.netrc`` from the environment
+                (``Settings.proxy_from_environment``); off, no request pays for that lookup.
+        """
+        return cls(
+            TableServiceClient.from_connection_string(
+                connection_string, use_env_settings=proxy_from_environment
+            )
+        )
 
     def table(self, name: str) -> AzureEntityTable:
         return AzureEntityTable(self._service, name)

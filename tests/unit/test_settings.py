@@ -82,6 +82,13 @@ def test_send_concurrency_is_read_within_its_range() -> None:
     assert Settings.from_env({**MINIMAL, "SEND_CONCURRENCY": " 256 "}).send_concurrency == 256
 
 
+def test_storage_clients_read_proxy_settings_only_when_a_proxy_variable_is_set() -> None:
+    assert Settings.from_env(MINIMAL).proxy_from_environment is False
+    assert Settings.from_env({**MINIMAL, "HTTPS_PROXY": " "}).proxy_from_environment is False
+    assert Settings.from_env({**MINIMAL, "https_proxy": "http://proxy:3128"}).proxy_from_environment is True
+    assert Settings.from_env({**MINIMAL, "ALL_PROXY": "socks5://proxy"}).proxy_from_environment is True
+
+
 def test_per_tenant_rate_overrides() -> None:
     settings = Settings.from_env(
         {**MINIMAL, "SEND_RATE_PER_TENANT": "30", "SEND_RATE_OVERRIDES": f"{TENANT}=12.5"}
