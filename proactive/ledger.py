@@ -25,16 +25,29 @@ async def claim(
         (already sending, sent or otherwise settled), or another claimer won the race.
     """
     current = await ledger.get(notification_id, tenant_id, recipient_key)
-    if current is None or current.value.status not in CLAIMABLE:
+    if current is None:
         return None
-    claimed = current.value.model_copy(
+    return await claim_listed(ledger, current, now)
+
+
+async def claim_listed(
+    ledger: DeliveryLedger, listed: Versioned[DeliveryRecord], now: datetime
+) -> Versioned[DeliveryRecord] | None:
+    """:func:`claim` of a row already read (listed with its ETag): one write instead of a read and a write.
+
+    A row changed since it was read fails the ETag check and is not claimed (``None``), exactly like a
+    claim lost to another claimer: whoever changed it owns it, or a later batch lists it again.
+    """
+    if listed.value.status not in CLAIMABLE:
+        return None
+    claimed = listed.value.model_copy(
         update={
             "status": DeliveryStatus.SENDING,
-            "attempts": current.value.attempts + 1,
+            "attempts": listed.value.attempts + 1,
             "updated_at": now,
         }
     )
     try:
-        return await ledger.replace(claimed, current.etag)
+        return await ledger.replace(claimed, listed.etag)
     except ConcurrencyConflict:
         return None

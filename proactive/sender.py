@@ -132,7 +132,7 @@ from proactive.errors import (
     TransientDeliveryError,
     TransportFailure,
 )
-from proactive.ledger import claim
+from proactive.ledger import claim_listed
 from proactive.message_content import MessageContent, render
 from proactive.models import (
     DeliveryRecord,
@@ -703,10 +703,8 @@ class BatchSender:
     async def _send_row(
         self, batch: _Batch, listed: Versioned[DeliveryRecord], *, hand_off: bool = True
     ) -> RowOutcome | None:
-        record = listed.value
-        claimed = await claim(
-            self._ledger, record.notification_id, record.tenant_id, record.recipient_key, self._clock()
-        )
+        # Claimed with the ETag it was listed with: a row changed since belongs to someone else or a later batch.
+        claimed = await claim_listed(self._ledger, listed, self._clock())
         if claimed is None:
             return None
         try:
