@@ -41,13 +41,14 @@ from datetime import datetime
 from typing import Any
 
 import azure.durable_functions as df
+from pydantic import ValidationError
 
 from proactive import function_names as fn
 from proactive.broadcast_request import Urgency
 from proactive.orchestration import policies
 from proactive.orchestration.clock import Orchestration, now, wait_until
 from proactive.orchestration.runs import TenantRun, TenantSummary, add_counts
-from proactive.rate_limiter import Grant, LimiterInputError, Report
+from proactive.rate_limiter import Acquire, AcquireDecision, Grant, Report
 from proactive.sender import Pacing, SendBatchInput, SendBatchResult
 
 
@@ -167,21 +168,21 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
     while steps < run.batches_per_execution:
         steps += 1
         want = run.batch_size if not remaining else min(run.batch_size, remaining)
-        decision = yield context.call_entity(
-            limiter,
-            fn.LIMITER_ACQUIRE,
-            {
-                "now": now(context).timestamp(),
-                "want": max(1, want),
-                "priority": run.urgency,
-                "requester": context.instance_id,
-            },
+        ask = Acquire(
+            now=now(context).timestamp(),
+            want=max(1, want),
+            priority=run.urgency,
+            requester=context.instance_id,
         )
+        raw_decision = yield context.call_entity(limiter, fn.LIMITER_ACQUIRE, ask.to_json())
         try:
-            grant = Grant.from_json(decision.get("grant") if isinstance(decision, dict) else None)
-        except LimiterInputError:
-            # The limiter answers errors as decisions (it never raises); a malformed grant is a bug.
-            return summary("failed", error=f"limiter refused: {decision!r}"[:500])
+            decision = AcquireDecision.from_json(raw_decision)
+        except ValidationError:
+            decision = AcquireDecision()
+        if decision.grant is None:
+            # The limiter answers errors as decisions (it never raises); a refused acquire is a bug.
+            return summary("failed", error=f"limiter refused: {raw_decision!r}"[:500])
+        grant = decision.grant
         tokens = grant.tokens
         start = grant.not_before_datetime()
         if tokens:
