@@ -44,7 +44,7 @@ from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
 from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
 from proactive.orchestration import policies
 from proactive.orchestration.broadcast import child_instance_id
-from proactive.orchestration.runs import BroadcastRun, Operation
+from proactive.orchestration.runs import BroadcastRun, CancelledRows, Operation, TenantRows
 from proactive.orchestration.tenant_broadcast import lane_instance_id
 from proactive.paging import decode_continuation, encode_continuation
 from proactive.ports import DeliveryLedger, NotificationStore
@@ -629,7 +629,8 @@ class BroadcastSteps:
 
     async def cancel_remaining(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Activity ``cancel_remaining``: ``pending`` / ``deferred`` rows of a tenant -> ``cancelled``."""
-        notification_id, tenant_id = str(payload["notificationId"]), str(payload["tenantId"])
+        rows = TenantRows.from_json(payload)
+        notification_id, tenant_id = rows.notification_id, rows.tenant_id
         marked, continuation = 0, None
         while True:
             page = await self._ledger.list(
@@ -649,7 +650,7 @@ class BroadcastSteps:
                     continue  # a sender claimed it first: it ends as sent (or failed), which is the truth
             continuation = page.continuation
             if continuation is None:
-                return {"cancelled": marked}
+                return CancelledRows(cancelled=marked).to_json()
 
     async def progress(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Activity ``broadcast_progress``: ``{"counts": {...}}`` from the ledger."""

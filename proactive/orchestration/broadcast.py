@@ -29,7 +29,7 @@ import azure.durable_functions as df
 from proactive import function_names as fn
 from proactive.orchestration import policies
 from proactive.orchestration.clock import Orchestration, iso, now, parse_iso, wait_until
-from proactive.orchestration.runs import BroadcastRun, MaterialisePage, TenantRun, TenantSummary, add_counts
+from proactive.orchestration.runs import BatchTotals, BroadcastRun, MaterialisePage, TenantRun, TenantSummary
 
 MATERIALISE_CALLS_PER_EXECUTION = 50
 # Up to this many materialise calls stay in the send phase's history instead of a continue-as-new.
@@ -199,9 +199,7 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         interval = min(interval * 2, PROGRESS_MAX_SECONDS)
 
     summaries = [_summary(tenant, child) for tenant, child in zip(run.tenants, children, strict=True)]
-    totals: dict[str, int] = {}
-    for item in summaries:
-        totals = add_counts(totals, item.totals)
+    totals = sum((s.totals for s in summaries), BatchTotals())
     outcome = (
         "cancelled"
         if any(s.outcome == "cancelled" for s in summaries)
@@ -213,8 +211,8 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         "startedAt": run.started_at,
         "completedAt": iso(now(context)),
         "materialised": run.materialised,
-        "throttled": totals.get("throttled", 0),
-        "batchTotals": totals,
+        "throttled": totals.throttled,
+        "batchTotals": totals.to_json(),
         "tenants": [s.to_json() for s in summaries],
     }
     if sending:
@@ -225,7 +223,7 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                 "notificationId": run.notification_id,
                 "status": outcome,
                 "tenants": list(run.tenants),
-                "throttled": totals.get("throttled", 0),
+                "throttled": totals.throttled,
             },
         )
         final.update(record)
