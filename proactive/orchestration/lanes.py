@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Literal
 
 from proactive.broadcast_request import Urgency
+from proactive.limiter import Acquire, Grant, Report
 from proactive.orchestration import policies
 from proactive.orchestration.runs import BatchTotals, TenantOutcome, TenantRun, TenantSummary
-from proactive.rate_limiter import Acquire, Grant, Report
 from proactive.sender import Pacing, SendBatchInput, SendBatchResult
 
 

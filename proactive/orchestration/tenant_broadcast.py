@@ -26,11 +26,11 @@ import azure.durable_functions as df
 from pydantic import ValidationError
 
 from proactive import function_names as fn
+from proactive.limiter import AcquireDecision
 from proactive.orchestration import policies
 from proactive.orchestration.clock import Orchestration, now, wait_until
 from proactive.orchestration.lanes import LaneProgress, TenantLanes, lane_instance_id
 from proactive.orchestration.runs import CancelledRows, TenantRows, TenantRun, TenantSummary
-from proactive.rate_limiter import AcquireDecision
 from proactive.sender import SendBatchResult
 
 __all__ = ["lane_instance_id", "tenant_broadcast", "tenant_lane"]

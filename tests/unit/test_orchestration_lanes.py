@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from proactive.limiter import Grant
 from proactive.orchestration import policies
 from proactive.orchestration.lanes import LaneProgress, TenantLanes, lane_instance_id
 from proactive.orchestration.runs import BatchTotals, TenantRun, TenantSummary
-from proactive.rate_limiter import Grant
 from proactive.sender import SendBatchResult
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)

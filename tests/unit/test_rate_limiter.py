@@ -22,11 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from proactive.rate_limiter import (
+from proactive.limiter import (
     Acquire,
     Grant,
     LimiterConfig,
-    LimiterInputError,
     LimiterState,
     Priority,
     Report,
@@ -776,7 +775,7 @@ def test_an_unusable_stored_state_is_logged_and_replaced_by_the_initial_state(
     # window of overbooking, which the 429 feedback handles.
     defaults = LimiterConfig(rate=30)
     fresh_state, fresh_decision = apply(None, "acquire", {"now": T0, "want": 100}, defaults=defaults)
-    with caplog.at_level("WARNING", logger="proactive.rate_limiter"):
+    with caplog.at_level("WARNING", logger="proactive.limiter.entity"):
         new_state, decision = apply(stored, "acquire", {"now": T0, "want": 100}, defaults=defaults)
     assert (new_state, decision) == (fresh_state, fresh_decision)
     assert decision["grant"]["tokens"] == 30
