@@ -27,9 +27,20 @@ from typing import Any
 import azure.durable_functions as df
 
 from proactive import function_names as fn
+from proactive.models import NotificationStatus
 from proactive.orchestration import policies
 from proactive.orchestration.clock import Orchestration, iso, now, parse_iso, wait_until
-from proactive.orchestration.runs import BatchTotals, BroadcastRun, MaterialisePage, TenantRun, TenantSummary
+from proactive.orchestration.runs import (
+    AudiencePageRequest,
+    BatchTotals,
+    BroadcastRun,
+    LedgerCounts,
+    LedgerCountsRequest,
+    MaterialisePage,
+    RecordRequest,
+    TenantRun,
+    TenantSummary,
+)
 
 MATERIALISE_CALLS_PER_EXECUTION = 50
 # Up to this many materialise calls stay in the send phase's history instead of a continue-as-new.
@@ -68,26 +79,28 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         if sending and run.send_at is not None:
             context.set_custom_status({"phase": "scheduled", "sendAt": run.send_at})
             if (yield from wait_until(context, parse_iso(run.send_at))):
-                record = yield context.call_activity_with_retry(
-                    fn.RECORD_BROADCAST,
-                    policies.BOOKKEEPING_RETRY,
-                    {
-                        "notificationId": run.notification_id,
-                        "status": "cancelled",
-                        "tenants": list(run.tenants),
-                    },
+                cancelled = RecordRequest(
+                    notification_id=run.notification_id,
+                    status=NotificationStatus.CANCELLED,
+                    tenants=run.tenants,
                 )
-                ended = {"phase": "cancelled", "completedAt": iso(now(context)), **record}
+                record = LedgerCounts.from_json(
+                    (
+                        yield context.call_activity_with_retry(
+                            fn.RECORD_BROADCAST, policies.BOOKKEEPING_RETRY, cancelled.to_json()
+                        )
+                    )
+                )
+                ended = {"phase": "cancelled", "completedAt": iso(now(context)), **record.to_json()}
                 context.set_custom_status(ended)
                 return ended
         run = run.model_copy(
             update={"phase": "materialise" if sending else "send", "started_at": iso(now(context))}
         )
         if sending:
+            running = RecordRequest(notification_id=run.notification_id, status=NotificationStatus.RUNNING)
             yield context.call_activity_with_retry(
-                fn.RECORD_BROADCAST,
-                policies.BOOKKEEPING_RETRY,
-                {"notificationId": run.notification_id, "status": "running"},
+                fn.RECORD_BROADCAST, policies.BOOKKEEPING_RETRY, running.to_json()
             )
 
     if run.phase == "materialise":
@@ -112,11 +125,9 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
                     yield context.call_activity_with_retry(
                         fn.MATERIALISE_AUDIENCE,
                         policies.MATERIALISE_RETRY,
-                        {
-                            "notificationId": run.notification_id,
-                            "tenantId": run.tenants[index],
-                            "cursor": cursor,
-                        },
+                        AudiencePageRequest(
+                            notification_id=run.notification_id, tenant_id=run.tenants[index], cursor=cursor
+                        ).to_json(),
                     )
                 )
             )
@@ -187,14 +198,20 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
             poll.cancel()
             break
         try:
-            progress = yield context.call_activity_with_retry(
-                fn.BROADCAST_PROGRESS,
-                policies.BOOKKEEPING_RETRY,
-                {"notificationId": run.notification_id, "tenants": list(run.tenants)},
+            progress = LedgerCounts.from_json(
+                (
+                    yield context.call_activity_with_retry(
+                        fn.BROADCAST_PROGRESS,
+                        policies.BOOKKEEPING_RETRY,
+                        LedgerCountsRequest(
+                            notification_id=run.notification_id, tenants=run.tenants
+                        ).to_json(),
+                    )
+                )
             )
         except Exception:  # progress is cosmetic: never fail a broadcast over it
-            progress = {}
-        status = {**status, **progress}
+            progress = LedgerCounts()
+        status = {**status, **progress.to_json()}
         context.set_custom_status(status)
         interval = min(interval * 2, PROGRESS_MAX_SECONDS)
 
@@ -216,16 +233,15 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         "tenants": [s.to_json() for s in summaries],
     }
     if sending:
-        record = yield context.call_activity_with_retry(
-            fn.RECORD_BROADCAST,
-            policies.BOOKKEEPING_RETRY,
-            {
-                "notificationId": run.notification_id,
-                "status": outcome,
-                "tenants": list(run.tenants),
-                "throttled": totals.throttled,
-            },
+        done = RecordRequest(
+            notification_id=run.notification_id,
+            status=NotificationStatus(outcome),
+            tenants=run.tenants,
+            throttled=totals.throttled,
         )
-        final.update(record)
+        record = yield context.call_activity_with_retry(
+            fn.RECORD_BROADCAST, policies.BOOKKEEPING_RETRY, done.to_json()
+        )
+        final.update(LedgerCounts.from_json(record).to_json())
     context.set_custom_status({k: v for k, v in final.items() if k != "tenants"})
     return final

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from proactive.models import WireModel
+from proactive.models import NotificationStatus, WireModel
 from proactive.sender import SendBatchResult
 
 Operation = Literal["send", "update", "delete"]
@@ -156,3 +156,40 @@ class CancelledRows(WireModel):
     """Output of activity ``cancel_remaining``: how many rows it marked ``cancelled``."""
 
     cancelled: int = Field(default=0, ge=0)
+
+
+class AudiencePageRequest(WireModel):
+    """Input of activity ``materialise_audience``: the next page of one tenant's audience."""
+
+    notification_id: str = Field(min_length=1)
+    tenant_id: str = Field(min_length=1)
+    cursor: str | None = None
+
+
+class LedgerCountsRequest(WireModel):
+    """Input of activity ``broadcast_progress``: the notification's rows in these tenants."""
+
+    notification_id: str = Field(min_length=1)
+    tenants: tuple[str, ...] = ()
+
+
+class RecordRequest(WireModel):
+    """Input of activity ``record_broadcast``: the status to store, and the counts when ``tenants`` is given.
+
+    Attributes:
+        notification_id: the notification.
+        status: its new status (a cancelled notification stays cancelled).
+        tenants: the tenants to count rows in; ``None`` stores the status alone.
+        throttled: 429s over the whole broadcast, stored beside the counts.
+    """
+
+    notification_id: str = Field(min_length=1)
+    status: NotificationStatus
+    tenants: tuple[str, ...] | None = None
+    throttled: int = Field(default=0, ge=0)
+
+
+class LedgerCounts(WireModel):
+    """Output of ``broadcast_progress`` and ``record_broadcast``: rows by status (``None``: not counted)."""
+
+    counts: dict[str, int] | None = None
