@@ -59,7 +59,8 @@ class LimiterConfig(WireModel):
             a batch needs from its grant to its first ready request, then learned (``firstReadyAt``).
         normal_share: Share of the rate normal requests keep while urgent demand is active.
         priority_window_seconds: How long demand of a priority stays active after its latest ``notBefore``.
-        decrease_factor: Multiplicative decrease on 429 (kept for configurations that set it).
+        decrease_factor: Unused since feedback settles at ``settle_fraction`` of the accepted rate; kept
+            so stored and configured settings that name it stay valid.
         decrease_interval_seconds: Minimum time between two decreases when a report has no ``grantedAt``.
         increase_per_second: Additive increase per clean second.
         increase_after_seconds: Quiet time after the last 429 before the rate climbs.

@@ -53,6 +53,8 @@ Phase: TypeAlias = Literal["closed", "open", "half_open"]
 GrantReason: TypeAlias = Literal["granted", "probe", "breaker_open", "probe_in_flight"]
 Verdict: TypeAlias = Literal["bad", "clean", "empty"]
 JsonObject: TypeAlias = dict[str, Any]
+
+# Bounds of every input, so a bad value is refused at the edge instead of poisoning the stored state.
 MAX_EPOCH: Final = 1e11  # year 5138: rejects milliseconds passed as seconds and keeps float precision sane
 FAR: Final = MAX_EPOCH * 2  # holds and deadlines may lie past MAX_EPOCH by a cool-down
 MAX_RATE: Final = 10_000.0

@@ -16,7 +16,14 @@ from pydantic import BaseModel, ValidationError
 
 from proactive.limiter.admission import acquire, advance, capacity, lane_pace
 from proactive.limiter.config import LimiterConfig
-from proactive.limiter.contract import Acquire, JsonObject, LimiterInputError, Report, parse_time
+from proactive.limiter.contract import (
+    Acquire,
+    AcquireDecision,
+    JsonObject,
+    LimiterInputError,
+    Report,
+    parse_time,
+)
 from proactive.limiter.feedback import report
 from proactive.limiter.state import LimiterState, evolve, initial_state
 
@@ -162,7 +169,7 @@ def _dispatch(
 ) -> tuple[LimiterState, JsonObject]:
     if operation == "acquire":
         new_state, grant = acquire(current, _parse(Acquire, operation_input, "acquire"))
-        return new_state, {"grant": grant.to_json()}
+        return new_state, AcquireDecision(grant=grant).to_json()
     if operation == "report":
         new_state, ack = report(current, _parse(Report, operation_input, "report"))
         return new_state, {"report": ack.to_json()}
