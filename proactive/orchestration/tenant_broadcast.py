@@ -98,7 +98,7 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
             return lane.summary("failed", error=f"halted: {result.halted}").to_json()
         if after.next == "completed":
             return lane.summary("completed").to_json()
-        if after.next == "wait" and after.until is not None and (yield from wait_until(context, after.until)):
+        if after.until is not None and (yield from wait_until(context, after.until)):  # quiet hours
             return (yield from end_cancelled())
 
     context.continue_as_new(lane.continuation().to_json())
