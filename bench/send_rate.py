@@ -11,7 +11,7 @@ per-thread limits never bite; only the per-tenant ceiling does):
     ``asyncio.gather`` of every send at once with the same retry-on-429 (the HTTP session's default pool of
     100 connections is the only bound), once with the product's attempt bound and once until delivered.
 ``ours``
-    the product's pacing without Durable: the limiter state machine (:func:`proactive.rate_limiter.apply`)
+    the product's pacing without Durable: the limiter state machine (:func:`proactive.limiter.apply`)
     grants up to ``Settings.batch_size`` tokens, ``asyncio.sleep`` until ``notBefore`` stands in for the
     durable timer, :class:`proactive.sender.BatchSender` (in-memory ledger tables, the real
     :class:`~proactive.adapters.connector.BotConnectorClient`, the product's retry policy and in-batch
@@ -26,7 +26,7 @@ per-thread limits never bite; only the per-tenant ceiling does):
 ``ours x N tenants``
     ``ours`` for N tenants at once, each with its own limiter and its own ceiling at the emulator.
 ``ours, limiter overrides`` (only with ``--lines tuned``)
-    ``ours`` with other :class:`~proactive.rate_limiter.LimiterConfig` fields (``--limiter '{"burst": 5}'``),
+    ``ours`` with other :class:`~proactive.limiter.LimiterConfig` fields (``--limiter '{"burst": 5}'``),
     to try a tuning before proposing it.
 
 ``ours`` uses the whole ``BatchSender`` (claims, ledger writes, references) rather than the connector alone:
@@ -93,6 +93,7 @@ from proactive.adapters.memory_tables import MemoryEntityTable, MemoryTables
 from proactive.composition import Services
 from proactive.errors import ProactiveError, Throttled
 from proactive.functions.durable import bp as durable_blueprint
+from proactive.limiter import LimiterConfig, apply, tenant_defaults
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,
@@ -104,7 +105,6 @@ from proactive.models import (
 )
 from proactive.orchestration import policies
 from proactive.outbound import OutboundPolicy
-from proactive.rate_limiter import LimiterConfig, apply, tenant_defaults
 from proactive.retry import RetryPolicy
 from proactive.sender import BatchSender, Pacing, SendBatchInput, SendBatchResult
 from proactive.settings import Settings

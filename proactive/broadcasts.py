@@ -44,10 +44,20 @@ from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
 from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
 from proactive.orchestration import policies
 from proactive.orchestration.broadcast import child_instance_id
-from proactive.orchestration.runs import BroadcastRun, Operation
+from proactive.orchestration.runs import (
+    AudiencePageRequest,
+    BroadcastRun,
+    CancelledRows,
+    LedgerCounts,
+    LedgerCountsRequest,
+    Operation,
+    RecordRequest,
+    TenantRows,
+)
 from proactive.orchestration.tenant_broadcast import lane_instance_id
 from proactive.paging import decode_continuation, encode_continuation
 from proactive.ports import DeliveryLedger, NotificationStore
+from proactive.sender import SendBatchInput, SendBatchResult
 
 JsonSender = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 """``send_batch`` on the wire: ``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out."""
@@ -613,23 +623,26 @@ class BroadcastSteps:
 
     async def materialise(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Activity ``materialise_audience``: ``{notificationId, tenantId, cursor}`` -> MaterialisePage."""
+        request = AudiencePageRequest.from_json(payload)
         page = await self._materialiser.materialise(
-            str(payload["notificationId"]), str(payload["tenantId"]), payload.get("cursor")
+            request.notification_id, request.tenant_id, request.cursor
         )
         return page.to_json()
 
     async def send_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Activity ``send_batch``: stop at the cancelled flag (sends only), else run the sender."""
-        if payload.get("operation", "send") == "send":
-            found = await self._notifications.get(str(payload["notificationId"]))
+        batch = SendBatchInput.from_json(payload)
+        if batch.operation == "send":
+            found = await self._notifications.get(batch.notification_id)
             if found is None or found.value.status is NotificationStatus.CANCELLED:
-                return {"cancelled": True, "remaining": 0}
+                return SendBatchResult(cancelled=True).to_json()
         result = await self._sender(payload)
         return {**result, "cancelled": False}
 
     async def cancel_remaining(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Activity ``cancel_remaining``: ``pending`` / ``deferred`` rows of a tenant -> ``cancelled``."""
-        notification_id, tenant_id = str(payload["notificationId"]), str(payload["tenantId"])
+        rows = TenantRows.from_json(payload)
+        notification_id, tenant_id = rows.notification_id, rows.tenant_id
         marked, continuation = 0, None
         while True:
             page = await self._ledger.list(
@@ -649,22 +662,21 @@ class BroadcastSteps:
                     continue  # a sender claimed it first: it ends as sent (or failed), which is the truth
             continuation = page.continuation
             if continuation is None:
-                return {"cancelled": marked}
+                return CancelledRows(cancelled=marked).to_json()
 
     async def progress(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Activity ``broadcast_progress``: ``{"counts": {...}}`` from the ledger."""
-        return {
-            "counts": await ledger_counts(self._ledger, str(payload["notificationId"]), payload["tenants"])
-        }
+        request = LedgerCountsRequest.from_json(payload)
+        counts = await ledger_counts(self._ledger, request.notification_id, request.tenants)
+        return LedgerCounts(counts=counts).to_json()
 
     async def record(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Activity ``record_broadcast``: store the notification's status (and counts when tenants are given).
 
         A ``cancelled`` notification stays cancelled whatever the orchestration reports afterwards.
         """
-        notification_id = str(payload["notificationId"])
-        status = NotificationStatus(str(payload["status"]))
-        tenants = payload.get("tenants")
+        request = RecordRequest.from_json(payload)
+        notification_id, status, tenants = request.notification_id, request.status, request.tenants
         counts = await ledger_counts(self._ledger, notification_id, tenants) if tenants is not None else None
         for _ in range(5):
             found = await self._notifications.get(notification_id)
@@ -674,7 +686,7 @@ class BroadcastSteps:
             new_status = current.status if current.status is NotificationStatus.CANCELLED else status
             snapshot = dict(current.counts)
             if counts is not None:
-                snapshot = {**counts, "throttled": int(payload.get("throttled", 0))}
+                snapshot = {**counts, "throttled": request.throttled}
             try:
                 await self._notifications.replace(
                     current.model_copy(
@@ -685,4 +697,4 @@ class BroadcastSteps:
                 break
             except ConcurrencyConflict:
                 continue
-        return {"counts": counts} if counts is not None else {}
+        return LedgerCounts(counts=counts).to_json()

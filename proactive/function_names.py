@@ -26,6 +26,6 @@ TENANT_LIMITER: Final = "tenant_limiter"
 # External events
 CANCEL_EVENT: Final = "cancel"
 
-# Limiter operations (see proactive.rate_limiter)
+# Limiter operations (see proactive.limiter)
 LIMITER_ACQUIRE: Final = "acquire"
 LIMITER_REPORT: Final = "report"

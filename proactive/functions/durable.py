@@ -2,7 +2,7 @@
 
 Names come from :mod:`proactive.function_names`; the orchestrator bodies live in
 :mod:`proactive.orchestration`, the activity work in :class:`proactive.broadcasts.BroadcastSteps`, the
-limiter in :func:`proactive.rate_limiter.apply`.
+limiter in :func:`proactive.limiter.apply`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import azure.durable_functions as df
 from proactive import function_names as fn
 from proactive import orchestration
 from proactive.composition import services
-from proactive.rate_limiter import apply, tenant_defaults
+from proactive.limiter import apply, tenant_defaults
 
 bp = df.Blueprint()
 

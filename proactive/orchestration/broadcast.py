@@ -28,10 +28,21 @@ from typing import Any
 import azure.durable_functions as df
 
 from proactive import function_names as fn
+from proactive.models import NotificationStatus
 from proactive.orchestration import policies
 from proactive.orchestration.clock import Orchestration, iso, now, parse_iso, wait_until
-from proactive.orchestration.runs import BroadcastRun, MaterialisePage, TenantRun, TenantSummary, add_counts
-from proactive.orchestration.tenant_broadcast import lanes_for
+from proactive.orchestration.lanes import TenantLanes
+from proactive.orchestration.runs import (
+    AudiencePageRequest,
+    BatchTotals,
+    BroadcastRun,
+    LedgerCounts,
+    LedgerCountsRequest,
+    MaterialisePage,
+    RecordRequest,
+    TenantRun,
+    TenantSummary,
+)
 
 MATERIALISE_CALLS_PER_EXECUTION = 50
 # Up to this many materialise calls stay in the send phase's history instead of a continue-as-new.
@@ -79,7 +90,7 @@ def _tenant_child(
         # delete count their sent rows as they go.
         remaining=_rows(run, position) if run.operation == "send" else None,
     )
-    name = fn.TENANT_BROADCAST if lanes_for(tenant_run) > 1 else fn.TENANT_LANE
+    name = fn.TENANT_BROADCAST if TenantLanes(tenant_run).width > 1 else fn.TENANT_LANE
     return context.call_sub_orchestrator(
         name, tenant_run.to_json(), child_instance_id(context.instance_id, tenant)
     )
@@ -95,16 +106,19 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         if sending and run.send_at is not None:
             context.set_custom_status({"phase": "scheduled", "sendAt": run.send_at})
             if (yield from wait_until(context, parse_iso(run.send_at))):
-                record = yield context.call_activity_with_retry(
-                    fn.RECORD_BROADCAST,
-                    policies.BOOKKEEPING_RETRY,
-                    {
-                        "notificationId": run.notification_id,
-                        "status": "cancelled",
-                        "tenants": list(run.tenants),
-                    },
+                cancelled = RecordRequest(
+                    notification_id=run.notification_id,
+                    status=NotificationStatus.CANCELLED,
+                    tenants=run.tenants,
                 )
-                ended = {"phase": "cancelled", "completedAt": iso(now(context)), **record}
+                record = LedgerCounts.from_json(
+                    (
+                        yield context.call_activity_with_retry(
+                            fn.RECORD_BROADCAST, policies.BOOKKEEPING_RETRY, cancelled.to_json()
+                        )
+                    )
+                )
+                ended = {"phase": "cancelled", "completedAt": iso(now(context)), **record.to_json()}
                 context.set_custom_status(ended)
                 return ended
         run = run.model_copy(
@@ -113,10 +127,9 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         if sending:
             # Recorded together with the first materialise call (one round trip instead of two before the
             # first message); yielded alone below if there is nothing to materialise.
+            running = RecordRequest(notification_id=run.notification_id, status=NotificationStatus.RUNNING)
             recording = context.call_activity_with_retry(
-                fn.RECORD_BROADCAST,
-                policies.BOOKKEEPING_RETRY,
-                {"notificationId": run.notification_id, "status": "running"},
+                fn.RECORD_BROADCAST, policies.BOOKKEEPING_RETRY, running.to_json()
             )
 
     if run.phase == "materialise":
@@ -139,7 +152,9 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
             call = context.call_activity_with_retry(
                 fn.MATERIALISE_AUDIENCE,
                 policies.MATERIALISE_RETRY,
-                {"notificationId": run.notification_id, "tenantId": run.tenants[index], "cursor": cursor},
+                AudiencePageRequest(
+                    notification_id=run.notification_id, tenant_id=run.tenants[index], cursor=cursor
+                ).to_json(),
             )
             if recording is None:
                 raw = yield call
@@ -199,21 +214,25 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
             poll.cancel()
             break
         try:
-            progress = yield context.call_activity_with_retry(
-                fn.BROADCAST_PROGRESS,
-                policies.BOOKKEEPING_RETRY,
-                {"notificationId": run.notification_id, "tenants": list(run.tenants)},
+            progress = LedgerCounts.from_json(
+                (
+                    yield context.call_activity_with_retry(
+                        fn.BROADCAST_PROGRESS,
+                        policies.BOOKKEEPING_RETRY,
+                        LedgerCountsRequest(
+                            notification_id=run.notification_id, tenants=run.tenants
+                        ).to_json(),
+                    )
+                )
             )
         except Exception:  # progress is cosmetic: never fail a broadcast over it
-            progress = {}
-        status = {**status, **progress}
+            progress = LedgerCounts()
+        status = {**status, **progress.to_json()}
         context.set_custom_status(status)
         interval = min(interval * 2, PROGRESS_MAX_SECONDS)
 
     summaries = [_summary(tenant, child) for tenant, child in zip(run.tenants, children, strict=True)]
-    totals: dict[str, int] = {}
-    for item in summaries:
-        totals = add_counts(totals, item.totals)
+    totals = sum((s.totals for s in summaries), BatchTotals())
     outcome = (
         "cancelled"
         if any(s.outcome == "cancelled" for s in summaries)
@@ -225,21 +244,20 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
         "startedAt": run.started_at,
         "completedAt": iso(now(context)),
         "materialised": run.materialised,
-        "throttled": totals.get("throttled", 0),
-        "batchTotals": totals,
+        "throttled": totals.throttled,
+        "batchTotals": totals.to_json(),
         "tenants": [s.to_json() for s in summaries],
     }
     if sending:
-        record = yield context.call_activity_with_retry(
-            fn.RECORD_BROADCAST,
-            policies.BOOKKEEPING_RETRY,
-            {
-                "notificationId": run.notification_id,
-                "status": outcome,
-                "tenants": list(run.tenants),
-                "throttled": totals.get("throttled", 0),
-            },
+        done = RecordRequest(
+            notification_id=run.notification_id,
+            status=NotificationStatus(outcome),
+            tenants=run.tenants,
+            throttled=totals.throttled,
         )
-        final.update(record)
+        record = yield context.call_activity_with_retry(
+            fn.RECORD_BROADCAST, policies.BOOKKEEPING_RETRY, done.to_json()
+        )
+        final.update(LedgerCounts.from_json(record).to_json())
     context.set_custom_status({k: v for k, v in final.items() if k != "tenants"})
     return final

@@ -29,7 +29,7 @@ BOOKKEEPING_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2_000, 
 # separate parts raced for the same claims.
 SEND_LANES = 3
 # How long before a grant's notBefore its activity is started at most (the sender waits for its first
-# admission in process). Longer than any lead the limiter places grants ahead (rate_limiter._MAX_LEAD), so
+# admission in process). Longer than any lead the limiter places grants ahead (proactive.limiter.config.MAX_LEAD), so
 # the activity starts as soon as the grant is known and the lead the limiter learns (grant to first ready
 # request) measures the dispatch and the rows' preparation, never a timer of ours.
 BATCH_START_LEAD = timedelta(seconds=30)

@@ -6,42 +6,55 @@ delivery ledger. Every model here is a frozen :class:`~proactive.models.WireMode
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from proactive.models import WireModel
+from proactive.models import NotificationStatus, WireModel
+from proactive.sender import SendBatchResult
 
 Operation = Literal["send", "update", "delete"]
 Urgency = Literal["normal", "urgent"]
 Phase = Literal["schedule", "materialise", "send"]
 TenantOutcome = Literal["completed", "cancelled", "failed"]
 
-# Counters of a SendBatchResult (camelCase, as the sender's JSON has them) that add up across batches.
-BATCH_COUNTERS: tuple[str, ...] = (
-    "attempted",
-    "sent",
-    "suppressed",
-    "deferred",
-    "skipped",
-    "unreachable",
-    "stale",
-    "failed",
-    "retryQueued",
-    "throttled",
-    "serverErrors",
-)
 
+class BatchTotals(WireModel):
+    """The counters of :class:`~proactive.sender.SendBatchResult` that add up across a tenant's batches."""
 
-def add_counts(totals: Mapping[str, int], batch: Mapping[str, Any]) -> dict[str, int]:
-    """Add one batch result's counters to running totals (missing counters count as 0)."""
-    summed = dict(totals)
-    for name in BATCH_COUNTERS:
-        value = batch.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            summed[name] = summed.get(name, 0) + value
-    return summed
+    attempted: int = 0
+    sent: int = 0
+    suppressed: int = 0
+    deferred: int = 0
+    skipped: int = 0
+    unreachable: int = 0
+    stale: int = 0
+    failed: int = 0
+    retry_queued: int = 0
+    throttled: int = 0
+    server_errors: int = 0
+
+    @classmethod
+    def of(cls, batch: SendBatchResult) -> BatchTotals:
+        """One batch's counters."""
+        return cls(
+            attempted=batch.attempted,
+            sent=batch.sent,
+            suppressed=batch.suppressed,
+            deferred=batch.deferred,
+            skipped=batch.skipped,
+            unreachable=batch.unreachable,
+            stale=batch.stale,
+            failed=batch.failed,
+            retry_queued=batch.retry_queued,
+            throttled=batch.throttled,
+            server_errors=batch.server_errors,
+        )
+
+    def __add__(self, other: BatchTotals) -> BatchTotals:
+        return BatchTotals.model_validate(
+            {name: getattr(self, name) + getattr(other, name) for name in BatchTotals.model_fields}
+        )
 
 
 class BroadcastRun(WireModel):
@@ -91,7 +104,7 @@ class TenantRun(WireModel):
         batches_per_execution: batches before ``continue_as_new``.
         batches_done: batches sent by earlier executions.
         executions: earlier executions (continue-as-new count).
-        totals: counters summed over every batch so far (:data:`BATCH_COUNTERS`).
+        totals: counters summed over every batch so far.
         remaining: the last batch's ``remaining`` (``None`` before one).
         part: the lane's part of the tenant's rows (of ``parts``; see ``SendBatchInput.part``).
         parts: how many parts the tenant's rows are split into (1: every row).
@@ -105,7 +118,7 @@ class TenantRun(WireModel):
     batches_per_execution: int = Field(default=20, ge=1)
     batches_done: int = Field(default=0, ge=0)
     executions: int = Field(default=0, ge=0)
-    totals: dict[str, int] = Field(default_factory=dict)
+    totals: BatchTotals = Field(default_factory=BatchTotals)
     remaining: int | None = Field(default=None, ge=0)
     part: int = Field(default=0, ge=0)
     parts: int = Field(default=1, ge=1)
@@ -118,7 +131,7 @@ class TenantSummary(WireModel):
     outcome: TenantOutcome
     batches: int = 0
     executions: int = 0
-    totals: dict[str, int] = Field(default_factory=dict)
+    totals: BatchTotals = Field(default_factory=BatchTotals)
     cancelled: int = 0
     error: str | None = None
 
@@ -130,3 +143,53 @@ class MaterialisePage(WireModel):
     seen: int = 0
     cursor: str | None = None
     skipped_tenant: bool = False
+
+
+class TenantRows(WireModel):
+    """Input of activity ``cancel_remaining``: one tenant's rows of a notification."""
+
+    notification_id: str = Field(min_length=1)
+    tenant_id: str = Field(min_length=1)
+
+
+class CancelledRows(WireModel):
+    """Output of activity ``cancel_remaining``: how many rows it marked ``cancelled``."""
+
+    cancelled: int = Field(default=0, ge=0)
+
+
+class AudiencePageRequest(WireModel):
+    """Input of activity ``materialise_audience``: the next page of one tenant's audience."""
+
+    notification_id: str = Field(min_length=1)
+    tenant_id: str = Field(min_length=1)
+    cursor: str | None = None
+
+
+class LedgerCountsRequest(WireModel):
+    """Input of activity ``broadcast_progress``: the notification's rows in these tenants."""
+
+    notification_id: str = Field(min_length=1)
+    tenants: tuple[str, ...] = ()
+
+
+class RecordRequest(WireModel):
+    """Input of activity ``record_broadcast``: the status to store, and the counts when ``tenants`` is given.
+
+    Attributes:
+        notification_id: the notification.
+        status: its new status (a cancelled notification stays cancelled).
+        tenants: the tenants to count rows in; ``None`` stores the status alone.
+        throttled: 429s over the whole broadcast, stored beside the counts.
+    """
+
+    notification_id: str = Field(min_length=1)
+    status: NotificationStatus
+    tenants: tuple[str, ...] | None = None
+    throttled: int = Field(default=0, ge=0)
+
+
+class LedgerCounts(WireModel):
+    """Output of ``broadcast_progress`` and ``record_broadcast``: rows by status (``None``: not counted)."""
+
+    counts: dict[str, int] | None = None

@@ -1,261 +1,105 @@
 """``tenant_broadcast`` and ``tenant_lane``: one tenant's paced send loop (ARCHITECTURE.md flow 3).
 
-``tenant_lane`` is the loop, strictly sequential: ask the tenant's limiter entity for a grant of up to
-``batchSize`` tokens -> wait on a durable timer until shortly before ``notBefore`` -> activity ``send_batch``
-with ``limit = tokens`` and the grant's pacing (the sender claims and prepares the next rows itself, then
-admits one request at a time at the grant's pace) -> report the batch's 429s / 5xx / Retry-After and request
-times to the limiter -> again. Every ``batchesPerExecution`` grants it continues as new with its counters,
-so its history holds at most one execution's batches whatever the audience size. Each yield awaits one
-task, or a ``task_any`` of a timer and the cancel event, never a task that was part of an earlier compound
-yield: the Durable extension's out-of-process shim processes an orchestrator's actions in order and awaits
-each one, and a task scheduled inside one compound action and awaited again later is exactly what it does
-not support (Azure/azure-functions-durable-python issue 603).
+``tenant_lane`` is the loop, strictly sequential: acquire a grant from the tenant's limiter entity -> wait on
+a durable timer until shortly before ``notBefore`` -> activity ``send_batch`` (it prepares its rows, then
+admits one request per slot of the grant) -> signal the batch's report to the limiter -> again. Every
+``batchesPerExecution`` grants it continues as new with its counters, so its history stays bounded whatever
+the audience size. ``tenant_broadcast`` keeps the tenant's rate between batches by running several lanes
+(each over its own part of the rows), then a sweep lane; :mod:`proactive.orchestration.lanes` holds that
+bookkeeping and the per-batch decisions.
 
-``tenant_broadcast`` keeps the tenant's rate between batches: with more than one batch of rows to send it
-runs ``SEND_LANES`` lanes as sub-orchestrations, so one lane's round trip (report, acquire, activity
-dispatch: hundreds of milliseconds on Azure) and its batch's slowest answer happen while the other lanes'
-batches send. The limiter chains
-their grants one after the other (a grant starts one pace after the previous booking's ``sendBy``), so two
-lanes never send at once. When every lane has finished, rows a lane gave back after the other had read the
-ledger may be left; one more lane alone (the sweep) sends them or confirms that nothing is left.
-Each lane takes its own part of the tenant's rows (``SendBatchInput.part``), so lanes never race for a
-claim; a lane whose part is done goes on over every part (so the lanes end together), as the sweep does. Update and
-delete run one lane: they do not claim rows, so two lanes would repeat each other's calls.
+The one rule the Durable extension imposes here: each yield awaits one task, or a ``task_any`` of a timer
+and the cancel event, never a task that was part of an earlier compound yield (the out-of-process shim
+processes actions in order; Azure/azure-functions-durable-python issue 603). The report is a signal, not
+a call: the lane does not need its answer, and it is never yielded.
 
-A lane stops when the sender says nothing is claimable (``remaining == 0``); if rows wait for a quiet-hours
-window to end (``nextDeferredAt``) it sleeps on a timer until then and goes on. A cancel (external event, or
-the notification's cancelled flag seen by ``send_batch``) lets the batch under way finish, then marks the
-rows not yet sent ``cancelled``. A batch the sender ``halted`` for the tenant (``BotDisabledByAdmin`` and
-other tenant-wide refusals) ends the lane as ``failed``: every further send would fail the same way.
-
-The report is a signal, not a call: the lane does not need its answer, and a signal costs one history
-event instead of a round trip (it is never yielded: see the Durable notes).
-
-Neither orchestration raises: a failure ends it with ``outcome: failed`` and the error, so one tenant's
-trouble does not fail the other tenants' ``task_all`` in the parent.
+A cancel (external event, or the cancelled flag ``send_batch`` sees) lets the batch under way finish, then
+marks the rows not yet sent ``cancelled``. Neither orchestration raises: a failure ends it with ``outcome:
+failed`` and the error, so one tenant's trouble does not fail the other tenants' ``task_all``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import azure.durable_functions as df
+from pydantic import ValidationError
 
 from proactive import function_names as fn
-from proactive.broadcast_request import Urgency
+from proactive.limiter import AcquireDecision
 from proactive.orchestration import policies
 from proactive.orchestration.clock import Orchestration, now, wait_until
-from proactive.orchestration.runs import TenantRun, TenantSummary, add_counts
-from proactive.rate_limiter import Grant, LimiterInputError, Report
-from proactive.sender import Pacing, SendBatchInput, SendBatchResult
+from proactive.orchestration.lanes import LaneProgress, TenantLanes, lane_instance_id
+from proactive.orchestration.runs import CancelledRows, TenantRows, TenantRun, TenantSummary
+from proactive.sender import SendBatchResult
 
-
-def lane_instance_id(tenant_instance_id: str, lane: int) -> str:
-    """The ``tenant_lane`` instance number ``lane`` under a ``tenant_broadcast`` instance."""
-    return f"{tenant_instance_id}.lane{lane}"
-
-
-def lanes_for(run: TenantRun) -> int:
-    """How many lanes a tenant run keeps: two once more than one batch of rows waits (sends only)."""
-    if run.operation != "send":
-        return 1
-    if run.remaining is not None and run.remaining <= run.batch_size:
-        return 1
-    return policies.SEND_LANES
-
-
-def merge_summaries(tenant_id: str, summaries: list[TenantSummary]) -> dict[str, Any]:
-    """One tenant's summary from its lanes': counts add up; failed beats cancelled beats completed."""
-    totals: dict[str, int] = {}
-    for item in summaries:
-        totals = add_counts(totals, item.totals)
-    outcomes = {s.outcome for s in summaries}
-    outcome = "failed" if "failed" in outcomes else ("cancelled" if "cancelled" in outcomes else "completed")
-    errors = [s.error for s in summaries if s.error]
-    return TenantSummary(
-        tenant_id=tenant_id,
-        outcome=outcome,
-        batches=sum(s.batches for s in summaries),
-        executions=sum(s.executions for s in summaries),
-        totals=totals,
-        cancelled=sum(s.cancelled for s in summaries),
-        error="; ".join(errors)[:500] if errors else None,
-    ).to_json()
-
-
-def _report(context: df.DurableOrchestrationContext, grant: Grant, result: SendBatchResult) -> Report:
-    """The limiter report of one batch: its responses, and when its requests were ready and started (the
-    booking ends at the last request; the first ready one teaches the lead, the first one the start lag)."""
-
-    def seconds(moment: datetime | None) -> float | None:
-        return None if moment is None else moment.timestamp()
-
-    return Report(
-        now=now(context).timestamp(),
-        sent=result.sent,
-        throttled=result.throttled,
-        server_errors=result.server_errors,
-        failed=result.unreachable + result.stale + result.failed,
-        retry_after=result.max_retry_after,
-        requester=context.instance_id,
-        granted_at=grant.granted_at,
-        first_send_at=seconds(result.first_send_at),
-        last_send_at=seconds(result.last_send_at),
-        first_ready_at=seconds(result.first_ready_at),
-    )
+__all__ = ["lane_instance_id", "tenant_broadcast", "tenant_lane"]
 
 
 def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
     """Orchestrator body; input :class:`TenantRun` JSON, output :class:`TenantSummary` JSON."""
-    run = TenantRun.from_json(context.get_input())
-    width = lanes_for(run)
+    lanes = TenantLanes(TenantRun.from_json(context.get_input()))
 
-    def lane(number: int, remaining: int | None, parts: int) -> Any:
-        return context.call_sub_orchestrator(
-            fn.TENANT_LANE,
-            run.model_copy(update={"remaining": remaining, "part": number % parts, "parts": parts}).to_json(),
-            lane_instance_id(context.instance_id, number),
-        )
+    def lane(number: int) -> Any:
+        instance = lane_instance_id(context.instance_id, number)
+        return context.call_sub_orchestrator(fn.TENANT_LANE, lanes.lane_run(number).to_json(), instance)
 
     summaries: list[TenantSummary] = []
     try:
-        # Each lane sends its own part of the rows (a stable hash of the recipient key): lanes never
-        # race for the same claim.
-        results = yield context.task_all([lane(number, None, width) for number in range(width)])
+        results = yield context.task_all([lane(number) for number in range(lanes.width)])
         summaries = [TenantSummary.from_json(result) for result in results]
-        if width > 1 and all(s.outcome == "completed" for s in summaries):
-            # Rows that came back after their lane had ended (a re-drive gave one back, say): one lane
-            # over every part makes sure nothing is left.
-            summaries.append(TenantSummary.from_json((yield lane(width, None, 1))))
+        if lanes.needs_sweep(summaries):
+            summaries.append(TenantSummary.from_json((yield lane(lanes.width))))
     except Exception as exc:  # a lane that failed as a whole (terminated, or a bug): the tenant failed
-        summaries.append(
-            TenantSummary(tenant_id=run.tenant_id, outcome="failed", error=f"lane failed: {exc}"[:500])
-        )
-    return merge_summaries(run.tenant_id, summaries)
+        summaries.append(lanes.failed(f"lane failed: {exc}"))
+    return lanes.merge(summaries).to_json()
 
 
 def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
     """Orchestrator body of one lane; input :class:`TenantRun` JSON, output :class:`TenantSummary` JSON."""
-    run = TenantRun.from_json(context.get_input())
-    limiter = df.EntityId(fn.TENANT_LIMITER, run.tenant_id)
-    totals = dict(run.totals)
-    batches = run.batches_done
-    steps = 0
-
-    def summary(outcome: str, **extra: Any) -> dict[str, Any]:
-        return TenantSummary.model_validate(
-            {
-                "tenant_id": run.tenant_id,
-                "outcome": outcome,
-                "batches": batches,
-                "executions": run.executions + 1,
-                "totals": totals,
-                **extra,
-            }
-        ).to_json()
+    lane = LaneProgress.start(TenantRun.from_json(context.get_input()))
+    limiter = df.EntityId(fn.TENANT_LIMITER, lane.run.tenant_id)
 
     def end_cancelled() -> Orchestration:
+        rows = TenantRows(notification_id=lane.run.notification_id, tenant_id=lane.run.tenant_id)
         marked = yield context.call_activity_with_retry(
-            fn.CANCEL_REMAINING,
-            policies.BOOKKEEPING_RETRY,
-            {"notificationId": run.notification_id, "tenantId": run.tenant_id},
+            fn.CANCEL_REMAINING, policies.BOOKKEEPING_RETRY, rows.to_json()
         )
-        return summary("cancelled", cancelled=int(marked.get("cancelled", 0)))
+        return lane.summary("cancelled", cancelled=CancelledRows.from_json(marked).cancelled).to_json()
 
-    remaining = run.remaining
-    while steps < run.batches_per_execution:
-        steps += 1
-        want = run.batch_size if not remaining else min(run.batch_size, remaining)
-        decision = yield context.call_entity(
-            limiter,
-            fn.LIMITER_ACQUIRE,
-            {
-                "now": now(context).timestamp(),
-                "want": max(1, want),
-                "priority": run.urgency,
-                "requester": context.instance_id,
-            },
-        )
+    while lane.next_step():
+        ask = lane.acquire(now(context), context.instance_id)
+        answer = yield context.call_entity(limiter, fn.LIMITER_ACQUIRE, ask.to_json())
         try:
-            grant = Grant.from_json(decision.get("grant") if isinstance(decision, dict) else None)
-        except LimiterInputError:
-            # The limiter answers errors as decisions (it never raises); a malformed grant is a bug.
-            return summary("failed", error=f"limiter refused: {decision!r}"[:500])
-        tokens = grant.tokens
-        start = grant.not_before_datetime()
-        if tokens:
-            # The sender waits for its first admission itself: starting a little early hides the activity's
-            # dispatch and the rows' preparation from the tenant's rate.
-            start -= policies.BATCH_START_LEAD
-        if (yield from wait_until(context, start)):
+            grant = AcquireDecision.from_json(answer).grant
+        except ValidationError:
+            grant = None
+        if grant is None:  # the limiter answers errors as decisions (it never raises): a bug
+            return lane.summary("failed", error=f"limiter refused: {answer!r}").to_json()
+        if (yield from wait_until(context, lane.start_at(grant))):
             return (yield from end_cancelled())
-        if tokens == 0:
+        if grant.tokens == 0:
             continue  # breaker open or a probe in flight: ask again at notBefore
-        batch = SendBatchInput(
-            notification_id=run.notification_id,
-            tenant_id=run.tenant_id,
-            limit=tokens,
-            now=now(context),
-            urgency=Urgency(run.urgency),
-            operation=run.operation,
-            part=run.part,
-            parts=run.parts,
-            # Requests admitted at the grant's pace, so any window stays under the tenant's rate.
-            pacing=Pacing(
-                not_before=grant.not_before_datetime(),
-                pace_seconds=grant.pace_seconds,
-                send_by=grant.send_by_datetime(),
-                slack_seconds=grant.slack_seconds,
-            ),
-        )
+        batch = lane.batch_input(grant, now(context))
         try:
             raw = yield context.call_activity_with_retry(
                 fn.SEND_BATCH, policies.SEND_BATCH_RETRY, batch.to_json()
             )
             result = SendBatchResult.from_json(raw)
         except Exception as exc:  # the activity failed every attempt: rows stay for reconciliation
-            return summary("failed", error=str(exc)[:500])
-        halted = result.halted
-        if result.cancelled or halted == "cancelled":
+            return lane.summary("failed", error=str(exc)).to_json()
+        if result.cancelled or result.halted == "cancelled":
             return (yield from end_cancelled())
-        context.signal_entity(limiter, fn.LIMITER_REPORT, _report(context, grant, result).to_json())
-        totals = add_counts(totals, result.to_json())
-        batches += 1
-        context.set_custom_status(
-            {
-                "tenantId": run.tenant_id,
-                "batches": batches,
-                "totals": totals,
-                "remaining": result.remaining,
-            }
-        )
-        if halted:
-            # The tenant refuses every send (BotDisabledByAdmin, BotNotRegistered, ...): stop here; the rows
-            # not sent stay pending for a later broadcast or a re-drive once the tenant is back.
-            return summary("failed", error=f"halted: {halted}"[:500])
-        remaining = result.remaining
-        if remaining == 0 and result.next_deferred_at is None and run.parts > 1:
-            # This lane's part is done: help with the others' rows (claims settle any race), so the lanes
-            # end together instead of the last part's lane finishing alone at a fraction of the rate.
-            run = run.model_copy(update={"part": 0, "parts": 1})
-            remaining = None
-            continue
-        if remaining == 0:
-            if result.next_deferred_at is None:
-                return summary("completed")
-            if (yield from wait_until(context, result.next_deferred_at)):
-                return (yield from end_cancelled())
-            remaining = None
+        report = lane.report(grant, result, now(context), context.instance_id)
+        context.signal_entity(limiter, fn.LIMITER_REPORT, report.to_json())
+        after = lane.record(result)
+        context.set_custom_status(lane.status(result))
+        if after.next == "halted":
+            return lane.summary("failed", error=f"halted: {result.halted}").to_json()
+        if after.next == "completed":
+            return lane.summary("completed").to_json()
+        if after.until is not None and (yield from wait_until(context, after.until)):  # quiet hours
+            return (yield from end_cancelled())
 
-    context.continue_as_new(
-        run.model_copy(
-            update={
-                "batches_done": batches,
-                "executions": run.executions + 1,
-                "totals": totals,
-                "remaining": remaining,
-            }
-        ).to_json()
-    )
+    context.continue_as_new(lane.continuation().to_json())
     return None

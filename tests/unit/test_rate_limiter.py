@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from proactive.rate_limiter import (
+from proactive.limiter import (
     Acquire,
     Grant,
     LimiterConfig,
-    LimiterInputError,
     LimiterState,
     Priority,
     Report,
@@ -725,7 +725,7 @@ def test_small_burst_raises_the_rate_floor_so_one_token_always_fits() -> None:
     ],
 )
 def test_invalid_configuration_is_refused(bad: dict[str, Any]) -> None:
-    with pytest.raises(LimiterInputError):
+    with pytest.raises(ValidationError):
         LimiterConfig.from_json(bad)
 
 
@@ -798,10 +798,18 @@ def test_apply_returns_an_error_decision_and_leaves_the_state_unchanged(
     "stored",
     ["not json", {"v": 2}, {"v": 1}, [], 7, {**initial_state().to_json(), "rate": 500.0}],
 )
-def test_apply_refuses_an_unusable_stored_state_without_touching_it(stored: object) -> None:
-    new_state, decision = apply(stored, "acquire", {"now": T0, "want": 1})
-    assert new_state is stored
-    assert decision["error"]["code"] == "invalid_state"
+def test_an_unusable_stored_state_is_logged_and_replaced_by_the_initial_state(
+    stored: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A limiter that refused every operation would stop its tenant for good; a fresh one costs at most a
+    # window of overbooking, which the 429 feedback handles.
+    defaults = LimiterConfig(rate=30)
+    fresh_state, fresh_decision = apply(None, "acquire", {"now": T0, "want": 100}, defaults=defaults)
+    with caplog.at_level("WARNING", logger="proactive.limiter.entity"):
+        new_state, decision = apply(stored, "acquire", {"now": T0, "want": 100}, defaults=defaults)
+    assert (new_state, decision) == (fresh_state, fresh_decision)
+    assert decision["grant"]["tokens"] == 30
+    assert "stored state unusable" in caplog.text
 
 
 def test_get_is_read_only_and_shows_the_limiter() -> None:
@@ -949,16 +957,7 @@ def run_ops(
             grant = decision["grant"]
             assert grant["notBefore"] >= now - 1e-9
             if grant["tokens"]:
-                parsed = Grant(
-                    grant["tokens"],
-                    grant["notBefore"],
-                    grant["grantedAt"],
-                    grant["reason"],
-                    grant["rate"],
-                    grant["paceSeconds"],
-                    grant["sendBy"],
-                    grant["slackSeconds"],
-                )
+                parsed = Grant.from_json(grant)
                 batches.append(Batch(parsed, values["requester"], requests_of(parsed, sender)))
         states.append(LimiterState.from_json(state_json))
     return batches, states
