@@ -105,6 +105,10 @@ class ReferenceStore(Protocol):
 
     async def get(self, tenant_id: str, key: str) -> StoredReference | None: ...
 
+    async def get_many(self, tenant_id: str, keys: Sequence[str]) -> dict[str, StoredReference]:
+        """The stored references of ``keys`` by key; keys without one are left out."""
+        ...
+
     async def update(
         self,
         tenant_id: str,
@@ -137,6 +141,10 @@ class PreferenceStore(Protocol):
     """Users' consent and quiet hours."""
 
     async def get(self, tenant_id: str, aad_object_id: str) -> Preferences | None: ...
+
+    async def get_many(self, tenant_id: str, aad_object_ids: Sequence[str]) -> dict[str, Preferences]:
+        """The stored preferences of ``aad_object_ids`` by id; ids without any are left out."""
+        ...
 
     async def put(self, preferences: Preferences) -> None: ...
 

@@ -105,7 +105,7 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -387,6 +387,10 @@ class _Batch:
     last_send: datetime | None = None
     left: int = 0  # rows not worked on (halt, no slot) or given back: claimable for the next batch
     returned: int = 0  # of those, rows claimed and given back
+    # Read for the whole batch before its rows start (see BatchSender._prefetch); a key missing here is
+    # read on its own, a key mapped to None has no row.
+    references: dict[str, StoredReference | None] = field(default_factory=dict)
+    preferences: dict[str, Preferences | None] = field(default_factory=dict)
 
     def started(self, moment: datetime) -> None:
         """Note that a request started at ``moment``."""
@@ -534,6 +538,7 @@ class BatchSender:
             candidates = await self._send_candidates(request, capacity)
         else:
             candidates = await self._sent_candidates(request, marker, capacity)
+        await self._prefetch(batch, candidates.rows, with_preferences=operation == "send")
 
         def work(row: Versioned[DeliveryRecord]) -> Awaitable[RowOutcome | None]:
             if operation == "send":
@@ -592,6 +597,35 @@ class BatchSender:
         if outcome is not None:
             self._emit(outcome)
         return outcome
+
+    async def _prefetch(
+        self, batch: _Batch, rows: list[Versioned[DeliveryRecord]], *, with_preferences: bool
+    ) -> None:
+        """Read the references (and users' preferences) of every listed row in a few queries at once,
+        instead of two point reads per row after its claim: half the storage requests of a send, and the
+        rows are ready sooner. A preference changed in the second between this read and the row's request
+        is honoured from the next broadcast on, as it would be when it changed just after the request."""
+        keys = [row.value.recipient_key for row in rows]
+        users = [recipient for kind, recipient in map(_split_key, keys) if kind is RecipientKind.USER]
+        if not keys:
+            return
+        references, preferences = await asyncio.gather(
+            self._references.get_many(batch.tenant_id, keys),
+            self._preferences.get_many(batch.tenant_id, users) if with_preferences and users else _nothing(),
+        )
+        batch.references = {key: references.get(key) for key in keys}
+        if with_preferences:
+            batch.preferences = {user: preferences.get(user) for user in users}
+
+    async def _reference(self, batch: _Batch, key: str) -> StoredReference | None:
+        if key in batch.references:
+            return batch.references[key]
+        return await self._references.get(batch.tenant_id, key)
+
+    async def _preferences_of(self, batch: _Batch, aad_object_id: str) -> Preferences | None:
+        if aad_object_id in batch.preferences:
+            return batch.preferences[aad_object_id]
+        return await self._preferences.get(batch.tenant_id, aad_object_id)
 
     def _pacer(self, pacing: Pacing, slots: int) -> SlotPacer:
         return SlotPacer(
@@ -723,7 +757,7 @@ class BatchSender:
         key = claimed.value.recipient_key
         kind, recipient_id = _split_key(key)
         previous_attempts = listed.value.attempts
-        reference = await self._references.get(batch.tenant_id, key)
+        reference = await self._reference(batch, key)
 
         if reference is None or not reference.active:
             return await self._without_reference(batch, claimed, kind, recipient_id, reference)
@@ -737,7 +771,7 @@ class BatchSender:
             )
         preferences = None
         if kind is RecipientKind.USER:
-            preferences = await self._preferences.get(batch.tenant_id, recipient_id)
+            preferences = await self._preferences_of(batch, recipient_id)
         if preferences is not None:
             held = await self._consent(batch, claimed, preferences, reference, previous_attempts)
             if held is not None:
@@ -969,7 +1003,7 @@ class BatchSender:
         self, batch: _Batch, row: Versioned[DeliveryRecord], operation: Operation, marker: str
     ) -> RowOutcome | None:
         record = row.value
-        reference = await self._references.get(batch.tenant_id, record.recipient_key)
+        reference = await self._reference(batch, record.recipient_key)
         conversation_id = record.conversation_id or (
             reference.reference.conversation.id if reference else None
         )
@@ -1251,6 +1285,10 @@ async def reconcile_stuck(
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
+
+
+async def _nothing() -> dict[str, Preferences]:
+    return {}
 
 
 def part_of(recipient_key: str, parts: int) -> int:

@@ -8,6 +8,7 @@ are very long, see :mod:`proactive.keys`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 BODY_CHUNK_CHARS = 15_000
 # Azure Tables' limit for one entity-group transaction.
 MAX_BATCH = 100
+# Azure Tables permits at most 15 discrete comparisons in one $filter: the partition key and 14 row keys.
+KEYS_PER_QUERY = 14
 # Tries of one read-modify-write of a reference before giving up. Each lost try means another writer's
 # write took effect in between (and each writer wins once), so k writers racing on one row all get
 # through within k tries. A personal install brings two activities for one user at the same instant.
@@ -62,6 +65,21 @@ def from_entity(entity: Entity, model: type[M]) -> M:
     return model.from_json("".join(parts))
 
 
+async def _get_many(table: EntityTable, tenant_id: str, row_ids: Sequence[str], model: type[M]) -> list[M]:
+    """Point reads of many rows of one partition as a few concurrent queries (a row key filter each)."""
+    row_keys = sorted({encode_key(row_id) for row_id in row_ids})
+    chunks = [tuple(row_keys[i : i + KEYS_PER_QUERY]) for i in range(0, len(row_keys), KEYS_PER_QUERY)]
+
+    async def read(chunk: tuple[str, ...]) -> list[M]:
+        page = await table.query(
+            {"PartitionKey": encode_key(tenant_id), "RowKey": chunk}, page_size=len(chunk)
+        )
+        return [from_entity(entity, model) for entity in page.items]
+
+    pages = await asyncio.gather(*(read(chunk) for chunk in chunks))
+    return [item for page in pages for item in page]
+
+
 class TableReferenceStore:
     """References: PartitionKey = tenant id, RowKey = ``user:{aad}`` / ``channel:{id}`` / ``chat:{id}``."""
 
@@ -74,6 +92,11 @@ class TableReferenceStore:
     async def get(self, tenant_id: str, key: str) -> StoredReference | None:
         found = await self._table.get(encode_key(tenant_id), encode_key(key))
         return from_entity(found[0], StoredReference) if found else None
+
+    async def get_many(self, tenant_id: str, keys: Sequence[str]) -> dict[str, StoredReference]:
+        """The stored references of ``keys`` (missing ones left out), a query per 14 keys."""
+        found = await _get_many(self._table, tenant_id, keys, StoredReference)
+        return {reference.key: reference for reference in found}
 
     async def update(
         self,
@@ -168,6 +191,11 @@ class TablePreferenceStore:
     async def get(self, tenant_id: str, aad_object_id: str) -> Preferences | None:
         found = await self._table.get(encode_key(tenant_id), encode_key(aad_object_id))
         return from_entity(found[0], Preferences) if found else None
+
+    async def get_many(self, tenant_id: str, aad_object_ids: Sequence[str]) -> dict[str, Preferences]:
+        """The stored preferences of ``aad_object_ids`` (missing ones left out), a query per 14 ids."""
+        found = await _get_many(self._table, tenant_id, aad_object_ids, Preferences)
+        return {preferences.aad_object_id: preferences for preferences in found}
 
     async def put(self, preferences: Preferences) -> None:
         await self._table.upsert(

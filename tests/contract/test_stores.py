@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from proactive.errors import ConcurrencyConflict
-from proactive.ledger import claim
+from proactive.ledger import claim, claim_listed
 from proactive.models import (
     ConversationReference,
     DeadLetter,
@@ -33,6 +33,7 @@ from tests.contract.conftest import TableFactory
 NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 HOSTILE_TENANT = "tenant/with#odd?chars\\"
+OTHER_TENANT = "0b3d7e21-5c4a-4f8e-9a6b-1d2c3e4f5a6b"
 
 
 def reference(tenant: str, aad: str, *, active: bool = True) -> StoredReference:
@@ -79,6 +80,46 @@ async def test_reference_round_trips_with_hostile_and_long_ids(
     await store.upsert(stored)
     assert await store.get(tenant, stored.key) == stored
     assert await store.get(tenant, "user:someone-else") is None
+
+
+@pytest.mark.parametrize("tenant", [TENANT, HOSTILE_TENANT])
+async def test_get_many_reads_every_stored_reference_asked_for_over_several_queries(
+    new_table: TableFactory, tenant: str
+) -> None:
+    store = TableReferenceStore(new_table())
+    ids = [f"u{i:02}" for i in range(31)] + ["id/with\\all#the?bad\x01chars", "x" * 600]
+    stored = {ref.key: ref for ref in (reference(tenant, aad) for aad in ids)}
+    await asyncio.gather(*(store.upsert(ref) for ref in stored.values()))
+    await store.upsert(reference(tenant, "not-asked-for"))
+    await store.upsert(reference(OTHER_TENANT, "u00"))  # same key, other partition
+    asked = [*stored, "user:never-seen"]
+    # 34 keys: more than one query's worth (14), each key once whatever the order asked in.
+    assert await store.get_many(tenant, [*asked, asked[0]]) == stored
+    assert await store.get_many(tenant, []) == {}
+
+
+async def test_preferences_get_many_leaves_out_users_without_preferences(new_table: TableFactory) -> None:
+    store = TablePreferenceStore(new_table())
+    stored = {
+        aad: Preferences(tenant_id=TENANT, aad_object_id=aad, opted_out_all=True, updated_at=NOW)
+        for aad in (f"u{i}" for i in range(20))
+    }
+    await asyncio.gather(*(store.put(prefs) for prefs in stored.values()))
+    assert await store.get_many(TENANT, [*stored, "u/none"]) == stored
+
+
+async def test_claim_listed_takes_the_row_only_while_it_is_as_listed(new_table: TableFactory) -> None:
+    ledger = TableDeliveryLedger(new_table())
+    await ledger.add_pending([delivery("n1", TENANT, "user:u1"), delivery("n1", TENANT, "user:u2")])
+    listed = {row.value.recipient_key: row for row in (await ledger.list("n1", TENANT)).items}
+    claimed = await claim_listed(ledger, listed["user:u1"], NOW)
+    assert (
+        claimed is not None and claimed.value.status is DeliveryStatus.SENDING and claimed.value.attempts == 1
+    )
+    assert await claim_listed(ledger, listed["user:u1"], NOW) is None  # its ETag is gone: claimed once
+    # A row changed after it was listed (another claimer, reconciliation) is not claimed from the old read.
+    assert await claim(ledger, "n1", TENANT, "user:u2", NOW) is not None
+    assert await claim_listed(ledger, listed["user:u2"], NOW) is None
 
 
 async def test_reference_upsert_refreshes_and_deactivate_records_reason(new_table: TableFactory) -> None:
