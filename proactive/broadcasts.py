@@ -110,6 +110,29 @@ class Accepted:
     notification_id: str
     instance_id: str
     created: bool
+    operation: Operation = "send"
+
+    def to_json(self, status_url: str) -> dict[str, Any]:
+        """The ``202`` body: ours, never Durable's management URLs (they carry the system key in Azure)."""
+        body: dict[str, Any] = {"id": self.notification_id, "status": "accepted", "statusUri": status_url}
+        if self.operation != "send":
+            body["operation"] = self.operation
+        return body
+
+
+FINISHED_STATUSES: Final = frozenset({"completed", "cancelled", "failed"})
+
+
+def status_finished(body: Mapping[str, Any]) -> bool:
+    """Whether a ``status`` body describes a broadcast with nothing left running (``200``, else ``202``).
+
+    Finished means the send has ended (completed, cancelled or failed) and no update or recall of its
+    messages is still running.
+    """
+    operations = body.get("operations") or {}
+    return body.get("status") in FINISHED_STATUSES and all(
+        op.get("runtimeStatus") in TERMINAL for op in operations.values()
+    )
 
 
 @dataclass(frozen=True)
@@ -341,6 +364,8 @@ class BroadcastService:
                     "runtimeStatus": op_state.runtime_status,
                     "instanceId": operation_instance_id(notification_id, operation),
                 }
+                if isinstance(op_state.output, dict) and isinstance(op_state.output.get("phase"), str):
+                    operations[operation]["phase"] = op_state.output["phase"]
         if operations:
             body["operations"] = operations
         return body
@@ -489,7 +514,7 @@ class BroadcastService:
     ) -> Accepted:
         instance_id = operation_instance_id(notification_id, operation)
         await self._orchestrations.start(fn.BROADCAST, instance_id, self._run(request, operation).to_json())
-        return Accepted(notification_id, instance_id, True)
+        return Accepted(notification_id, instance_id, True, operation)
 
 
 def _without_schedule(request: Mapping[str, Any]) -> dict[str, Any]:

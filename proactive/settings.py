@@ -101,6 +101,7 @@ class Settings:
     authority_host: str
     bot_openid_metadata_url: str
     dev_outbound_hosts: frozenset[str]
+    status_retry_after_seconds: int = 5
     function_key_required: bool = True
     app_insights_connection: Secret = field(default=Secret(""), repr=False)
 
@@ -167,6 +168,8 @@ class Settings:
                 "BOT_OPENID_METADATA_URL", "https://login.botframework.com/v1/.well-known/openidconfiguration"
             ),
             dev_outbound_hosts=env.host_list("DEV_OUTBOUND_HOSTS"),
+            # Retry-After of the 202 answers: how often Logic Apps and Power Automate poll the status URL.
+            status_retry_after_seconds=env.integer("STATUS_RETRY_AFTER_SECONDS", 5, low=1, high=600),
             function_key_required=env.boolean("FUNCTION_KEY_REQUIRED", True),
             app_insights_connection=Secret(env.text("APPLICATIONINSIGHTS_CONNECTION_STRING", "")),
         )

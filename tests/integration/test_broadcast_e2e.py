@@ -289,7 +289,7 @@ async def wait_settled(run: Run, location: str, within: float = 300.0) -> dict[s
     """
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        async with run.http.get(location) as response:
+        async with run.http.get(location, headers={"x-functions-key": KEY}) as response:
             if response.status == 200:
                 break
             assert response.status == 202

@@ -89,7 +89,7 @@ class Small:
                 reached = (await response.json())["byNotification"].get(nid, {}).get("conversations", 0)
             if reached >= expected and not delivered:
                 delivered = time.monotonic() - started
-            async with self.http.get(location) as response:
+            async with self.http.get(location, headers={"x-functions-key": KEY}) as response:
                 if delivered and response.status == 200:
                     return nid, delivered
             await asyncio.sleep(0.1)
