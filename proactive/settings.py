@@ -38,7 +38,7 @@ class Secret(str):
 class BotAuthKind(StrEnum):
     """How the bot proves its identity to the Bot Connector and Graph."""
 
-    ANONYMOUS = "anonymous"  # no app id: local development (devhost, like the Bot Framework Emulator)
+    ANONYMOUS = "anonymous"  # BOT_AUTH=anonymous: local development only (devhost, Bot Framework Emulator)
     SECRET = "secret"  # client secret (MicrosoftAppPassword)
     CERTIFICATE = "certificate"  # PEM file with private key and certificate (MicrosoftAppCertificatePath)
     MANAGED_IDENTITY = "managed_identity"  # user-assigned managed identity (MicrosoftAppType=UserAssignedMSI)
@@ -124,6 +124,12 @@ class Settings:
         env = _Env(environ)
         bot = _bot_identity(env)
         allow_default = "*" if bot.anonymous else None
+        dev_outbound_hosts = env.host_list("DEV_OUTBOUND_HOSTS")
+        if dev_outbound_hosts and not bot.anonymous:
+            # A loopback or private host on the allow-list would receive the bot's real token.
+            raise ConfigurationError(
+                "DEV_OUTBOUND_HOSTS", "is for local development only and needs BOT_AUTH=anonymous"
+            )
         tables = TableNames(
             **{
                 name: env.table_name(f"TABLE_{name.upper()}", default)
@@ -167,7 +173,7 @@ class Settings:
             bot_openid_metadata_url=env.url(
                 "BOT_OPENID_METADATA_URL", "https://login.botframework.com/v1/.well-known/openidconfiguration"
             ),
-            dev_outbound_hosts=env.host_list("DEV_OUTBOUND_HOSTS"),
+            dev_outbound_hosts=dev_outbound_hosts,
             # Retry-After of the 202 answers: how often Logic Apps and Power Automate poll the status URL.
             status_retry_after_seconds=env.integer("STATUS_RETRY_AFTER_SECONDS", 5, low=1, high=600),
             function_key_required=env.boolean("FUNCTION_KEY_REQUIRED", True),
@@ -176,9 +182,27 @@ class Settings:
 
 
 def _bot_identity(env: _Env) -> BotIdentity:
+    mode = env.text("BOT_AUTH", "").lower()
+    if mode not in {"", BotAuthKind.ANONYMOUS.value}:
+        raise ConfigurationError(
+            "BOT_AUTH", f"must be 'anonymous' (local development) or unset, got {mode!r}"
+        )
     app_id = env.text("MicrosoftAppId", "")
-    if not app_id:
+    if mode == BotAuthKind.ANONYMOUS.value:
+        # Anonymous means anyone can post activities: plant references, opt users out. Never in Azure.
+        if env.text("WEBSITE_INSTANCE_ID", ""):
+            raise ConfigurationError(
+                "BOT_AUTH",
+                "anonymous is refused in Azure (WEBSITE_INSTANCE_ID is set): configure MicrosoftAppId",
+            )
+        if app_id:
+            raise ConfigurationError("BOT_AUTH", "anonymous cannot be combined with MicrosoftAppId")
         return BotIdentity(app_id="", tenant_id="", auth=BotAuthKind.ANONYMOUS)
+    if not app_id:
+        raise ConfigurationError(
+            "MicrosoftAppId",
+            "is required (the bot's Entra app id); for local development without tokens set BOT_AUTH=anonymous",
+        )
     if not _GUID.match(app_id):
         raise ConfigurationError("MicrosoftAppId", "must be the bot's Entra application (client) id, a GUID")
     tenant_id = env.text("MicrosoftAppTenantId", "")

@@ -56,7 +56,7 @@ class BotEndpoint:
 
     Args:
         handler: Handles authenticated, parsed activities.
-        authenticator: Validates the JWT; ``None`` runs anonymous (no app id configured: local development).
+        authenticator: Validates the JWT; ``None`` runs anonymous (``BOT_AUTH=anonymous``: local development).
     """
 
     def __init__(self, handler: ActivityHandler, authenticator: Authenticator | None) -> None:
@@ -76,9 +76,7 @@ class BotEndpoint:
         if self._authenticator is None:
             if not self._announced_anonymous:
                 self._announced_anonymous = True
-                logger.warning(
-                    "Bot endpoint runs anonymous: no MicrosoftAppId is set, tokens are not checked"
-                )
+                logger.warning("Bot endpoint runs anonymous (BOT_AUTH=anonymous): tokens are not checked")
         else:
             try:
                 await self._authenticator.authenticate(authorization, data)

@@ -113,6 +113,7 @@ async def api(
 ) -> AsyncIterator[Api]:
     environ = {
         "AzureWebJobsStorage": storage_connection_string,
+        "BOT_AUTH": "anonymous",
         "DEV_OUTBOUND_HOSTS": "127.0.0.1",
         "TENANT_ALLOW_LIST": f"{TENANT_A},{TENANT_B}",
         "BATCH_SIZE": "5",

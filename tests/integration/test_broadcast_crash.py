@@ -264,6 +264,7 @@ async def drill(storage_connection_string: str, unique_name: str, tmp_path: Path
     environ = {
         "AzureWebJobsStorage": storage_connection_string,
         "DEVHOST_FUNCTION_KEY": KEY,
+        "BOT_AUTH": "anonymous",
         "DEV_OUTBOUND_HOSTS": "127.0.0.1",
         "TENANT_ALLOW_LIST": ",".join(TENANTS),
         "SEND_RATE_PER_TENANT": "15",

@@ -181,6 +181,7 @@ async def run(
     emulator = f"http://127.0.0.1:{sock.getsockname()[1]}/"
     environ = {
         "AzureWebJobsStorage": storage_connection_string,
+        "BOT_AUTH": "anonymous",
         "DEV_OUTBOUND_HOSTS": "127.0.0.1",
         "TENANT_ALLOW_LIST": ",".join(TENANTS),
         "SEND_RATE_PER_TENANT": str(RATE),

@@ -123,6 +123,7 @@ async def small(
     with StorageLatency(storage_connection_string, profile) as storage:
         environ = {
             "AzureWebJobsStorage": storage.connection_string,
+            "BOT_AUTH": "anonymous",
             "DEV_OUTBOUND_HOSTS": "127.0.0.1",
             "TENANT_ALLOW_LIST": TENANT,
             "QUEUE_INSTALLS": f"{unique_name}-installs",

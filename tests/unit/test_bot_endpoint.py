@@ -79,7 +79,7 @@ async def test_anonymous_mode_is_announced_once(caplog: pytest.LogCaptureFixture
             answer = await bot.handle(body("personal_message", text="help"), None)
             assert answer.status == 200
     assert [r.getMessage() for r in caplog.records].count(
-        "Bot endpoint runs anonymous: no MicrosoftAppId is set, tokens are not checked"
+        "Bot endpoint runs anonymous (BOT_AUTH=anonymous): tokens are not checked"
     ) == 1
     assert len(sender.sent) == 3
 

@@ -37,7 +37,9 @@ EXPECTED_DURABLE = {
 
 @pytest.fixture
 def function_app(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    module = load_function_app(monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    module = load_function_app(
+        monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
+    )
     module.app.functions_bindings = None  # get_functions() is not idempotent
     return module
 
@@ -78,7 +80,13 @@ def test_management_routes_are_never_anonymous(function_app: ModuleType) -> None
 
 def test_a_missing_storage_setting_fails_the_app_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
-        load_function_app(monkeypatch, {})
+        load_function_app(monkeypatch, {"BOT_AUTH": "anonymous"})
+
+
+def test_anonymous_mode_fails_the_app_at_start_in_azure(monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
+    with pytest.raises(ConfigurationError, match="BOT_AUTH"):
+        load_function_app(monkeypatch, {**environ, "WEBSITE_INSTANCE_ID": "0a1b2c"})
 
 
 def test_durable_orchestrations_activities_and_entities_are_registered(function_app: ModuleType) -> None:
@@ -113,7 +121,11 @@ def test_the_retry_trigger_listens_where_the_sender_writes_when_the_queue_is_ren
 ) -> None:
     module = load_function_app(
         monkeypatch,
-        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "QUEUE_DELIVERIES_RETRY": "retry-elsewhere"},
+        {
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "BOT_AUTH": "anonymous",
+            "QUEUE_DELIVERIES_RETRY": "retry-elsewhere",
+        },
     )
     module.app.functions_bindings = None
     functions = {f.get_function_name(): f for f in module.app.get_functions()}

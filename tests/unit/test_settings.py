@@ -9,9 +9,9 @@ from proactive.settings import BotAuthKind, Settings
 
 APP_ID = "11111111-2222-3333-4444-555555555555"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-MINIMAL = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+MINIMAL = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
 PRODUCTION = {
-    **MINIMAL,
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
     "MicrosoftAppId": APP_ID,
     "MicrosoftAppTenantId": TENANT,
     "MicrosoftAppPassword": "s3cret-value",
@@ -44,6 +44,36 @@ def test_minimal_environment_is_local_anonymous_mode_with_documented_defaults() 
     assert settings.dev_outbound_hosts == frozenset()
 
 
+def test_no_app_id_without_the_explicit_anonymous_opt_in_fails_at_start() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    assert caught.value.setting == "MicrosoftAppId" and "BOT_AUTH=anonymous" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "setting"),
+    [
+        # Azure App Service / Functions set WEBSITE_INSTANCE_ID on every instance.
+        ({**MINIMAL, "WEBSITE_INSTANCE_ID": "0a1b2c"}, "BOT_AUTH"),
+        ({**PRODUCTION, "BOT_AUTH": "anonymous"}, "BOT_AUTH"),
+        ({**MINIMAL, "BOT_AUTH": "none"}, "BOT_AUTH"),
+        # Loopback on the allow-list with a real identity would hand the bot's token to any local listener.
+        ({**PRODUCTION, "DEV_OUTBOUND_HOSTS": "127.0.0.1"}, "DEV_OUTBOUND_HOSTS"),
+    ],
+)
+def test_anonymous_mode_and_dev_hosts_are_refused_outside_local_development(
+    environ: dict[str, str], setting: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(environ)
+    assert caught.value.setting == setting
+
+
+def test_anonymous_local_development_may_add_dev_hosts() -> None:
+    settings = Settings.from_env({**MINIMAL, "BOT_AUTH": " Anonymous ", "DEV_OUTBOUND_HOSTS": "127.0.0.1"})
+    assert settings.bot.anonymous and settings.dev_outbound_hosts == frozenset({"127.0.0.1"})
+
+
 def test_production_identity_with_secret_and_allow_list() -> None:
     settings = Settings.from_env(PRODUCTION)
     assert settings.bot.auth is BotAuthKind.SECRET
@@ -67,8 +97,7 @@ def test_secrets_never_appear_in_repr() -> None:
 
 def test_managed_identity_and_certificate_identities() -> None:
     msi = Settings.from_env(
-        {**MINIMAL, "MicrosoftAppId": APP_ID, "MicrosoftAppTenantId": TENANT, "MicrosoftAppType": "UserAssignedMSI",
-         "TENANT_ALLOW_LIST": "*"}
+        {**PRODUCTION, "MicrosoftAppPassword": "", "MicrosoftAppType": "UserAssignedMSI", "TENANT_ALLOW_LIST": "*"}
     )  # fmt: skip
     assert msi.bot.auth is BotAuthKind.MANAGED_IDENTITY and msi.tenant_allow_list is None
     cert = Settings.from_env(
@@ -93,7 +122,7 @@ def test_per_tenant_rate_overrides() -> None:
 @pytest.mark.parametrize(
     ("environ", "setting"),
     [
-        ({}, "AzureWebJobsStorage"),
+        ({"BOT_AUTH": "anonymous"}, "AzureWebJobsStorage"),
         ({**MINIMAL, "AzureWebJobsStorage": "   "}, "AzureWebJobsStorage"),
         ({**PRODUCTION, "MicrosoftAppPassword": ""}, "MicrosoftAppPassword"),
         ({**PRODUCTION, "MicrosoftAppTenantId": ""}, "MicrosoftAppTenantId"),
@@ -133,7 +162,6 @@ def test_missing_required_setting_fails_naming_it(environ: dict[str, str], setti
         ("TABLE_DELIVERIES", "bad-name"),
         ("QUEUE_INSTALLS", "Upper_Case"),
         ("FUNCTION_KEY_REQUIRED", "maybe"),
-        ("DEV_OUTBOUND_HOSTS", "http://127.0.0.1:3978/"),
     ],
 )
 def test_malformed_setting_fails_naming_it(name: str, value: str) -> None:
@@ -141,6 +169,12 @@ def test_malformed_setting_fails_naming_it(name: str, value: str) -> None:
         Settings.from_env({**PRODUCTION, name: value})
     assert caught.value.setting == name
     assert name in str(caught.value)
+
+
+def test_malformed_dev_hosts_fail_naming_the_setting() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, "DEV_OUTBOUND_HOSTS": "http://127.0.0.1:3978/"})
+    assert caught.value.setting == "DEV_OUTBOUND_HOSTS"
 
 
 def test_both_secret_and_certificate_is_ambiguous() -> None:
