@@ -169,7 +169,8 @@ class Settings:
             tables=tables,
             queues=queues,
             graph_base_url=env.url("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
-            authority_host=env.url("AUTHORITY_HOST", "https://login.microsoftonline.com"),
+            # The client secret or certificate assertion goes there: never over plain http.
+            authority_host=env.url("AUTHORITY_HOST", "https://login.microsoftonline.com", https_only=True),
             bot_openid_metadata_url=env.url(
                 "BOT_OPENID_METADATA_URL", "https://login.botframework.com/v1/.well-known/openidconfiguration"
             ),
@@ -279,11 +280,17 @@ class _Env:
             return False
         raise ConfigurationError(name, f"must be true or false, got {raw!r}")
 
-    def url(self, name: str, default: str) -> str:
+    def url(self, name: str, default: str, *, https_only: bool = False) -> str:
         raw = self.text(name, "") or default
-        parts = urlsplit(raw)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ConfigurationError(name, f"must be an absolute http(s) URL, got {raw!r}")
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018 - raises ValueError for a malformed port
+        except ValueError:
+            raise ConfigurationError(name, f"must be an absolute URL, got {raw!r}") from None
+        schemes = {"https"} if https_only else {"http", "https"}
+        if parts.scheme not in schemes or not parts.hostname:
+            wanted = "an absolute https URL" if https_only else "an absolute http(s) URL"
+            raise ConfigurationError(name, f"must be {wanted}, got {raw!r}")
         return raw.rstrip("/")
 
     def tenant_list(self, name: str, default: str | None) -> frozenset[str] | None:

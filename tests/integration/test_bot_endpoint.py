@@ -144,15 +144,17 @@ async def start_bot(
             "TABLE_REFERENCES": unique_name + "refs",
             "TABLE_PREFERENCES": unique_name + "prefs",
             **({"BOT_AUTH": "anonymous", "DEV_OUTBOUND_HOSTS": "127.0.0.1"} if anonymous else {}),
-            "AUTHORITY_HOST": emulator_url,  # the emulator also issues client-credentials tokens
             **{k: v.replace("{emulator}", emulator_url) for k, v in env.items()},
         }
         services = composition.configure(environ)
         if not anonymous:
-            # Settings refuse DEV_OUTBOUND_HOSTS with JWT on (a deployment must never hand its token to
-            # loopback); only this test widens the policy, to see the token the bot sends the emulator.
+            # Settings refuse DEV_OUTBOUND_HOSTS with JWT on and an http AUTHORITY_HOST (a deployment must
+            # never hand its token to loopback, nor its secret to plain http); only this test widens them,
+            # so the emulator on loopback issues the token and sees the one the bot sends.
             services.settings = dataclasses.replace(
-                services.settings, dev_outbound_hosts=frozenset({"127.0.0.1"})
+                services.settings,
+                dev_outbound_hosts=frozenset({"127.0.0.1"}),
+                authority_host=emulator_url.rstrip("/"),
             )
         opened.append(services)
         function_app.app.functions_bindings = None  # get_functions() is not idempotent

@@ -158,6 +158,8 @@ def test_missing_required_setting_fails_naming_it(environ: dict[str, str], setti
         ("TENANT_ALLOW_LIST", "contoso.onmicrosoft.com"),
         ("SEND_RATE_OVERRIDES", "tenant=fast"),
         ("GRAPH_BASE_URL", "graph.microsoft.com"),
+        ("AUTHORITY_HOST", "http://login.microsoftonline.com"),
+        ("AUTHORITY_HOST", "https://login.microsoftonline.com:bad"),
         ("BOT_OPENID_METADATA_URL", "ftp://example"),
         ("TABLE_DELIVERIES", "bad-name"),
         ("QUEUE_INSTALLS", "Upper_Case"),
