@@ -102,7 +102,6 @@ class Settings:
     bot_openid_metadata_url: str
     dev_outbound_hosts: frozenset[str]
     status_retry_after_seconds: int = 5
-    function_key_required: bool = True
     app_insights_connection: Secret = field(default=Secret(""), repr=False)
 
     def tenant_allowed(self, tenant_id: str) -> bool:
@@ -124,6 +123,13 @@ class Settings:
         env = _Env(environ)
         bot = _bot_identity(env)
         allow_default = "*" if bot.anonymous else None
+        if not env.boolean("FUNCTION_KEY_REQUIRED", True):
+            # The auth level is fixed in each trigger's decorator; a setting that claimed to lift it would
+            # be read and silently ignored. Put Entra ID (Easy Auth, API Management) in front instead.
+            raise ConfigurationError(
+                "FUNCTION_KEY_REQUIRED",
+                "is no longer supported: management routes always need a function key; remove the setting",
+            )
         dev_outbound_hosts = env.host_list("DEV_OUTBOUND_HOSTS")
         if dev_outbound_hosts and not bot.anonymous:
             # A loopback or private host on the allow-list would receive the bot's real token.
@@ -177,7 +183,6 @@ class Settings:
             dev_outbound_hosts=dev_outbound_hosts,
             # Retry-After of the 202 answers: how often Logic Apps and Power Automate poll the status URL.
             status_retry_after_seconds=env.integer("STATUS_RETRY_AFTER_SECONDS", 5, low=1, high=600),
-            function_key_required=env.boolean("FUNCTION_KEY_REQUIRED", True),
             app_insights_connection=Secret(env.text("APPLICATIONINSIGHTS_CONNECTION_STRING", "")),
         )
 

@@ -184,6 +184,14 @@ def test_both_secret_and_certificate_is_ambiguous() -> None:
         Settings.from_env({**PRODUCTION, "MicrosoftAppCertificatePath": "/certs/bot.pem"})
 
 
+def test_function_keys_cannot_be_switched_off_by_a_setting_that_nothing_honours() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**PRODUCTION, "FUNCTION_KEY_REQUIRED": "false"})
+    assert caught.value.setting == "FUNCTION_KEY_REQUIRED"
+    settings = Settings.from_env({**PRODUCTION, "FUNCTION_KEY_REQUIRED": "true"})
+    assert not hasattr(settings, "function_key_required")
+
+
 def test_settings_are_frozen() -> None:
     settings = Settings.from_env(MINIMAL)
     with pytest.raises(AttributeError):
