@@ -12,6 +12,7 @@ existing bot's app settings carry over.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -177,8 +178,13 @@ class Settings:
             graph_base_url=env.url("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
             # The client secret or certificate assertion goes there: never over plain http.
             authority_host=env.url("AUTHORITY_HOST", "https://login.microsoftonline.com", https_only=True),
+            # The signing keys come from there: https, or http to loopback only (a local test server), the
+            # rule BotAuthSettings enforces, checked here so a bad value fails at start, not on a request.
             bot_openid_metadata_url=env.url(
-                "BOT_OPENID_METADATA_URL", "https://login.botframework.com/v1/.well-known/openidconfiguration"
+                "BOT_OPENID_METADATA_URL",
+                "https://login.botframework.com/v1/.well-known/openidconfiguration",
+                https_only=True,
+                loopback_http=True,
             ),
             dev_outbound_hosts=dev_outbound_hosts,
             # Retry-After of the 202 answers: how often Logic Apps and Power Automate poll the status URL.
@@ -239,6 +245,15 @@ def _bot_identity(env: _Env) -> BotIdentity:
     return BotIdentity(app_id, tenant_id, BotAuthKind.SECRET, secret=Secret(secret))
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class _Env:
     environ: Mapping[str, str]
@@ -285,7 +300,7 @@ class _Env:
             return False
         raise ConfigurationError(name, f"must be true or false, got {raw!r}")
 
-    def url(self, name: str, default: str, *, https_only: bool = False) -> str:
+    def url(self, name: str, default: str, *, https_only: bool = False, loopback_http: bool = False) -> str:
         raw = self.text(name, "") or default
         try:
             parts = urlsplit(raw)
@@ -293,6 +308,8 @@ class _Env:
         except ValueError:
             raise ConfigurationError(name, f"must be an absolute URL, got {raw!r}") from None
         schemes = {"https"} if https_only else {"http", "https"}
+        if loopback_http and _is_loopback(parts.hostname or ""):
+            schemes = {"http", "https"}
         if parts.scheme not in schemes or not parts.hostname:
             wanted = "an absolute https URL" if https_only else "an absolute http(s) URL"
             raise ConfigurationError(name, f"must be {wanted}, got {raw!r}")

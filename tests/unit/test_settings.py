@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from proactive.adapters.bot_auth import BotAuthSettings
 from proactive.errors import ConfigurationError
 from proactive.settings import BotAuthKind, Settings
 
@@ -161,6 +162,8 @@ def test_missing_required_setting_fails_naming_it(environ: dict[str, str], setti
         ("AUTHORITY_HOST", "http://login.microsoftonline.com"),
         ("AUTHORITY_HOST", "https://login.microsoftonline.com:bad"),
         ("BOT_OPENID_METADATA_URL", "ftp://example"),
+        ("BOT_OPENID_METADATA_URL", "http://login.botframework.com/v1/.well-known/openidconfiguration"),
+        ("BOT_OPENID_METADATA_URL", "https://login.botframework.com:99999/v1"),
         ("TABLE_DELIVERIES", "bad-name"),
         ("QUEUE_INSTALLS", "Upper_Case"),
         ("FUNCTION_KEY_REQUIRED", "maybe"),
@@ -190,6 +193,19 @@ def test_function_keys_cannot_be_switched_off_by_a_setting_that_nothing_honours(
     assert caught.value.setting == "FUNCTION_KEY_REQUIRED"
     settings = Settings.from_env({**PRODUCTION, "FUNCTION_KEY_REQUIRED": "true"})
     assert not hasattr(settings, "function_key_required")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://login.botframework.com/v1/.well-known/openidconfiguration",
+        "http://127.0.0.1:8123/v1/.well-known/openidconfiguration",  # a local test server
+        "http://localhost:8123/openid",
+    ],
+)
+def test_every_accepted_openid_metadata_url_is_one_the_authenticator_accepts(url: str) -> None:
+    settings = Settings.from_env({**PRODUCTION, "BOT_OPENID_METADATA_URL": url})
+    BotAuthSettings(app_id=APP_ID, openid_metadata_url=settings.bot_openid_metadata_url)
 
 
 def test_settings_are_frozen() -> None:
