@@ -18,7 +18,7 @@ import aiohttp
 from proactive import __version__
 from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
-from proactive.adapters.bot_token import token_provider
+from proactive.adapters.bot_token import TokenProvider, token_provider
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
@@ -88,7 +88,7 @@ class Services:
         """The Bot Connector client (outbound token, outbound host allow-list)."""
         if self._connector is None:
             session = await self.http()
-            tokens = token_provider(self.settings.bot, session, authority_host=self.settings.authority_host)
+            tokens = bot_tokens(self.settings, session)
             policy = OutboundPolicy.for_bot_connector(self.settings)
             self._connector = BotConnectorClient(
                 session, tokens, policy, timeout=self.settings.send_timeout_seconds
@@ -99,12 +99,8 @@ class Services:
         """``POST /api/messages``: JWT-checked when an app id is configured, anonymous otherwise."""
         if self._bot_endpoint is None:
             session = await self.http()
-            authenticator = None
-            if not self.settings.bot.anonymous:
-                auth_settings = BotAuthSettings(
-                    app_id=self.settings.bot.app_id, openid_metadata_url=self.settings.bot_openid_metadata_url
-                )
-                authenticator = BotAuthenticator(auth_settings, session)
+            auth_settings = bot_auth_settings(self.settings)
+            authenticator = None if auth_settings is None else BotAuthenticator(auth_settings, session)
             handler = ActivityHandler(
                 self.references,
                 self.preferences,
@@ -209,6 +205,28 @@ class Services:
             return (await sender.send_batch(SendBatchInput.from_json(payload))).to_json()
 
         return send
+
+
+def bot_tokens(settings: Settings, session: aiohttp.ClientSession) -> TokenProvider:
+    """The bot's outbound token provider, for ``settings.cloud``'s authority and scope."""
+    return token_provider(
+        settings.bot,
+        session,
+        authority_host=settings.authority_host,
+        scope=settings.cloud.bot_scope,
+        multi_tenant_authority=settings.cloud.multi_tenant_authority,
+    )
+
+
+def bot_auth_settings(settings: Settings) -> BotAuthSettings | None:
+    """What inbound tokens must satisfy (issuer and keys of ``settings.cloud``); ``None`` when anonymous."""
+    if settings.bot.anonymous:
+        return None
+    return BotAuthSettings(
+        app_id=settings.bot.app_id,
+        openid_metadata_url=settings.bot_openid_metadata_url,
+        allowed_issuers=(settings.cloud.bot_issuer,),
+    )
 
 
 _services: Services | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from urllib.parse import urlsplit
 
@@ -61,6 +61,76 @@ class BotIdentity:
 
 
 @dataclass(frozen=True)
+class Cloud:
+    """Where the bot's identity, the Bot Connector and Graph live: one setting (``BOT_CLOUD``) picks all.
+
+    Token scope, accepted issuer, signing keys, authority and the outbound allow-list must name the same
+    cloud: a public-cloud token sent to a GCC High host is refused there, and a public-cloud issuer
+    accepted beside GCC High hosts mixes two trust domains. Sources: the Bot Framework's public and US
+    Government authentication constants (``reference/teams-platform-facts.md`` section 2, the Agents
+    SDK's ``AuthenticationConstants``) and Graph's national cloud endpoints.
+
+    Attributes:
+        name: the ``BOT_CLOUD`` value.
+        authority_host: Entra ID login host for the client-credentials token.
+        multi_tenant_authority: the authority tenant of a multi-tenant bot.
+        bot_scope: scope of the bot's outbound token.
+        bot_issuer: the ``iss`` of tokens the channel sends to the bot.
+        openid_metadata_url: where the channel's signing keys are published.
+        graph_base_url: Microsoft Graph.
+        connector_hosts: Bot Connector hosts that may receive the token (``*.name`` = any subdomain).
+        graph_hosts: Graph hosts that may receive the Graph token.
+    """
+
+    name: str
+    authority_host: str
+    multi_tenant_authority: str
+    bot_scope: str
+    bot_issuer: str
+    openid_metadata_url: str
+    graph_base_url: str
+    connector_hosts: tuple[str, ...]
+    graph_hosts: tuple[str, ...]
+
+
+_PUBLIC = Cloud(
+    name="public",
+    authority_host="https://login.microsoftonline.com",
+    multi_tenant_authority="botframework.com",
+    bot_scope="https://api.botframework.com/.default",
+    bot_issuer="https://api.botframework.com",
+    openid_metadata_url="https://login.botframework.com/v1/.well-known/openidconfiguration",
+    graph_base_url="https://graph.microsoft.com/v1.0",
+    # GCC (Moderate) tenants are served by the commercial Bot Framework from *.teams.microsoft.com.
+    connector_hosts=("*.botframework.com", "smba.trafficmanager.net", "*.teams.microsoft.com"),
+    graph_hosts=("graph.microsoft.com",),
+)
+_US_GOVERNMENT = Cloud(
+    name="gcchigh",
+    authority_host="https://login.microsoftonline.us",
+    multi_tenant_authority="MicrosoftServices.onmicrosoft.us",
+    bot_scope="https://api.botframework.us/.default",
+    bot_issuer="https://api.botframework.us",
+    openid_metadata_url="https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
+    graph_base_url="https://graph.microsoft.us/v1.0",
+    connector_hosts=("*.botframework.us", "*.teams.microsoft.us"),
+    graph_hosts=("graph.microsoft.us",),
+)
+CLOUDS: Mapping[str, Cloud] = {
+    "public": _PUBLIC,
+    "gcc": replace(_PUBLIC, name="gcc"),  # GCC Moderate: the commercial cloud's identity and hosts
+    "gcchigh": _US_GOVERNMENT,
+    "dod": replace(
+        _US_GOVERNMENT,
+        name="dod",
+        graph_base_url="https://dod-graph.microsoft.us/v1.0",
+        graph_hosts=("dod-graph.microsoft.us",),
+    ),
+}
+"""Every ``BOT_CLOUD`` value."""
+
+
+@dataclass(frozen=True)
 class TableNames:
     references: str = "references"
     preferences: str = "preferences"
@@ -98,6 +168,7 @@ class Settings:
     reconcile_after_seconds: float
     tables: TableNames
     queues: QueueNames
+    cloud: Cloud
     graph_base_url: str
     authority_host: str
     bot_openid_metadata_url: str
@@ -123,6 +194,10 @@ class Settings:
         """
         env = _Env(environ)
         bot = _bot_identity(env)
+        cloud_name = env.text("BOT_CLOUD", "public").lower()
+        if cloud_name not in CLOUDS:
+            raise ConfigurationError("BOT_CLOUD", f"must be one of {', '.join(CLOUDS)}, got {cloud_name!r}")
+        cloud = CLOUDS[cloud_name]
         allow_default = "*" if bot.anonymous else None
         if not env.boolean("FUNCTION_KEY_REQUIRED", True):
             # The auth level is fixed in each trigger's decorator; a setting that claimed to lift it would
@@ -175,14 +250,17 @@ class Settings:
             reconcile_after_seconds=env.number("RECONCILE_AFTER_SECONDS", 900.0, low=1.0, high=86_400.0),
             tables=tables,
             queues=queues,
-            graph_base_url=env.url("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
+            cloud=cloud,
+            # GRAPH_BASE_URL, AUTHORITY_HOST and BOT_OPENID_METADATA_URL default to BOT_CLOUD's; set them only
+            # to point at an emulator or a test server.
+            graph_base_url=env.url("GRAPH_BASE_URL", cloud.graph_base_url),
             # The client secret or certificate assertion goes there: never over plain http.
-            authority_host=env.url("AUTHORITY_HOST", "https://login.microsoftonline.com", https_only=True),
+            authority_host=env.url("AUTHORITY_HOST", cloud.authority_host, https_only=True),
             # The signing keys come from there: https, or http to loopback only (a local test server), the
             # rule BotAuthSettings enforces, checked here so a bad value fails at start, not on a request.
             bot_openid_metadata_url=env.url(
                 "BOT_OPENID_METADATA_URL",
-                "https://login.botframework.com/v1/.well-known/openidconfiguration",
+                cloud.openid_metadata_url,
                 https_only=True,
                 loopback_http=True,
             ),
