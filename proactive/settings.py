@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 
 from proactive.errors import ConfigurationError
 
-_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
-_QUEUE_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# Always fullmatch: with re.match, "$" also matches before a trailing newline.
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+_QUEUE_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _POISON_SUFFIX_LENGTH = len("-poison")  # the host appends it; the queue name must leave room
 
 
@@ -293,13 +294,13 @@ def _bot_identity(env: _Env) -> BotIdentity:
             "MicrosoftAppId",
             "is required (the bot's Entra app id); for local development without tokens set BOT_AUTH=anonymous",
         )
-    if not _GUID.match(app_id):
+    if not _GUID.fullmatch(app_id):
         raise ConfigurationError("MicrosoftAppId", "must be the bot's Entra application (client) id, a GUID")
     tenant_id = env.text("MicrosoftAppTenantId", "")
     app_type = env.text("MicrosoftAppType", "SingleTenant")
     if app_type not in {"SingleTenant", "MultiTenant", "UserAssignedMSI"}:
         raise ConfigurationError("MicrosoftAppType", "must be SingleTenant, MultiTenant or UserAssignedMSI")
-    if app_type != "MultiTenant" and not _GUID.match(tenant_id):
+    if app_type != "MultiTenant" and not _GUID.fullmatch(tenant_id):
         # New multi-tenant bot registrations were deprecated after 2025-07-31: single tenant is the norm.
         raise ConfigurationError(
             "MicrosoftAppTenantId", f"is required (a GUID) when MicrosoftAppType={app_type}"
@@ -404,7 +405,7 @@ class _Env:
         if raw == "*":
             return None
         tenants = {item.strip().lower() for item in raw.split(",") if item.strip()}
-        bad = sorted(t for t in tenants if not _GUID.match(t))
+        bad = sorted(t for t in tenants if not _GUID.fullmatch(t))
         if bad or not tenants:
             raise ConfigurationError(name, f"must be tenant GUIDs separated by commas, or *; bad: {bad}")
         return frozenset(tenants)
@@ -418,7 +419,7 @@ class _Env:
                 value = float(rate)
             except ValueError:
                 value = -1.0
-            if not sep or not _GUID.match(tenant.strip()) or not 0.1 <= value <= 1000:
+            if not sep or not _GUID.fullmatch(tenant.strip()) or not 0.1 <= value <= 1000:
                 raise ConfigurationError(name, f"expected tenantId=rate pairs (0.1..1000), got {item!r}")
             overrides[tenant.strip().lower()] = value
         return overrides
@@ -433,13 +434,13 @@ class _Env:
 
     def table_name(self, name: str, default: str) -> str:
         value = self.text(name, default)
-        if not _TABLE_NAME.match(value):
+        if not _TABLE_NAME.fullmatch(value):
             raise ConfigurationError(name, f"is not a valid table name (letters and digits, 3-63): {value!r}")
         return value
 
     def queue_name(self, name: str, default: str) -> str:
         value = self.text(name, default)
-        if not _QUEUE_NAME.match(value) or len(value) > 63 - _POISON_SUFFIX_LENGTH:
+        if not _QUEUE_NAME.fullmatch(value) or len(value) > 63 - _POISON_SUFFIX_LENGTH:
             raise ConfigurationError(
                 name, f"is not a valid queue name (lowercase, digits, dashes): {value!r}"
             )
