@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 
 from proactive import function_names as fn
+from proactive import json_input
 from proactive.audience import AudienceMaterialiser, audience_tenants, stored_request
 from proactive.broadcast_request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
 from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
@@ -396,12 +398,13 @@ class BroadcastService:
         index, table_token = 0, None
         if continuation:
             position = decode_continuation(continuation)
-            try:
-                index = int(position.get("t", ""))
-            except ValueError:
+            raw_index = position.get("t", "")
+            # ASCII digits only (int() also takes " 1", "-1" and other scripts' digits), and a tenant that exists.
+            if not re.fullmatch(r"[0-9]{1,6}", raw_index) or int(raw_index) >= len(tenants):
                 raise InvalidInput(
                     "malformed continuation token", code="invalid_continuation", field="continuation"
-                ) from None
+                )
+            index = int(raw_index)
             table_token = position.get("c") or None
         items: list[dict[str, Any]] = []
         while len(items) < size and index < len(tenants):
@@ -463,7 +466,7 @@ class BroadcastService:
         """
         notification, etag = await self._require(notification_id)
         await self._check_operation_allowed(notification_id, "update")
-        message = _message_patch(body)
+        message = _message_patch(body, self._limits)
         merged = {k: v for k, v in notification.request.items() if k != "sendAt"}
         merged["message"] = message
         request = parse_broadcast_request(json.dumps(merged).encode(), now=self._clock(), limits=self._limits)
@@ -521,10 +524,17 @@ def _without_schedule(request: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if k != "sendAt"}
 
 
-def _message_patch(body: bytes) -> Any:
+def _message_patch(body: bytes, limits: BroadcastLimits) -> Any:
+    if len(body) > limits.max_body_bytes:
+        raise InvalidInput(
+            f"the body is {len(body):,} bytes; the limit is {limits.max_body_bytes:,}",
+            code="body_too_large",
+            field="",
+            status=413,
+        )
     try:
-        parsed = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
+        parsed = json_input.loads(body or b"null")
+    except ValueError:  # invalid JSON or UTF-8, or nested too deeply
         raise InvalidInput("the body is not valid JSON", code="invalid_json", field="") from None
     if not isinstance(parsed, dict) or "message" not in parsed:
         raise InvalidInput('send {"message": {...}}', code="invalid_request", field="message")
@@ -560,7 +570,8 @@ def _parse_statuses(raw: str | None) -> list[DeliveryStatus] | None:
 def _parse_page_size(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (that was a 500).
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise InvalidInput(
             f"pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}",
             code="invalid_page_size",

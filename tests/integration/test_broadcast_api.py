@@ -5,6 +5,7 @@ the real sender against the Teams emulator over HTTP, tables and queues on Azuri
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -33,6 +34,7 @@ from proactive.models import (
     RecipientKind,
     StoredReference,
 )
+from proactive.paging import encode_continuation
 from tests.support.function_app import load_function_app
 
 pytestmark = pytest.mark.azurite
@@ -384,3 +386,31 @@ async def test_every_route_needs_the_function_key(api: Api) -> None:
         response = await api.call(method, path, key=False, json=broadcast("keyless", range(1)))
         assert response.status == 401, (method, path)
     assert await api.host.runtime.list_instances() == []
+
+
+def _token(position: dict[str, str]) -> str:
+    return encode_continuation(position)
+
+
+async def test_malformed_queries_and_bodies_on_sent_broadcasts_answer_4xx_naming_the_field(api: Api) -> None:
+    await _sent(api, "probe-me", range(2))
+    deep = base64.urlsafe_b64encode(b"[" * 5_000).decode()  # deeper than the recursion limit, under 8 KB
+    cases: list[tuple[str, str, dict[str, Any], int, str, str]] = [
+        ("GET", "deliveries", {"params": {"pageSize": "²"}}, 400, "invalid_page_size", "pageSize"),
+        ("GET", "deliveries", {"params": {"pageSize": "-1"}}, 400, "invalid_page_size", "pageSize"),
+        ("GET", "deliveries", {"params": {"pageSize": " 5"}}, 400, "invalid_page_size", "pageSize"),
+        ("GET", "deliveries", {"params": {"continuation": _token({"t": "-1", "c": ""})}}, 400, "invalid_continuation", "continuation"),
+        ("GET", "deliveries", {"params": {"continuation": _token({"t": "²", "c": ""})}}, 400, "invalid_continuation", "continuation"),
+        ("GET", "deliveries", {"params": {"continuation": _token({"t": "7", "c": ""})}}, 400, "invalid_continuation", "continuation"),
+        ("GET", "deliveries", {"params": {"continuation": deep}}, 400, "invalid_continuation", "continuation"),
+        ("GET", "deliveries", {"params": {"continuation": "%%%"}}, 400, "invalid_continuation", "continuation"),
+        ("PATCH", "", {"data": b"[" * 200_000}, 400, "invalid_json", ""),
+        ("PATCH", "", {"data": io.BytesIO(b'{"message":' + b"[" * 3_000_000)}, 413, "body_too_large", ""),
+    ]  # fmt: skip
+    for method, tail, kwargs, status, code, field in cases:
+        response = await api.call(method, f"broadcasts/probe-me{'/' + tail if tail else ''}", **kwargs)
+        assert response.status == status, (method, tail, kwargs.get("params"), await response.text())
+        error = (await response.json())["error"]
+        assert error["code"] == code and error["details"][0]["field"] == field, error
+    stats = await api.emulator_stats()
+    assert stats["conversations"]["a:conv-0"]["updates"] == 0  # no PATCH went through
