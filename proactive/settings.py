@@ -26,6 +26,8 @@ _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 _QUEUE_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _POISON_SUFFIX_LENGTH = len("-poison")  # the host appends it; the queue name must leave room
+FUNCTION_TIMEOUT_SECONDS = 600.0
+"""host.json ``functionTimeout`` (``00:10:00``); a test pins that the two agree."""
 
 
 class Secret(str):
@@ -248,7 +250,7 @@ class Settings:
             retry_handoff_seconds=env.number("RETRY_HANDOFF_SECONDS", 60.0, low=0.0, high=3600.0),
             # Rows 'sending' longer than this are re-driven; it must exceed host.json functionTimeout
             # (10 min) so a send still in flight is never re-driven.
-            reconcile_after_seconds=env.number("RECONCILE_AFTER_SECONDS", 900.0, low=1.0, high=86_400.0),
+            reconcile_after_seconds=_reconcile_after(env),
             tables=tables,
             queues=queues,
             cloud=cloud,
@@ -270,6 +272,33 @@ class Settings:
             status_retry_after_seconds=env.integer("STATUS_RETRY_AFTER_SECONDS", 5, low=1, high=600),
             app_insights_connection=Secret(env.text("APPLICATIONINSIGHTS_CONNECTION_STRING", "")),
         )
+
+
+def _reconcile_after(env: _Env) -> float:
+    """``RECONCILE_AFTER_SECONDS``, which must exceed the host's ``functionTimeout``.
+
+    A row still ``sending`` may belong to a ``send_batch`` that is alive until the function times out;
+    re-driving it earlier sends the message twice. The timeout is host.json's, unless the app setting
+    ``AzureFunctionsJobHost__functionTimeout`` overrides it (the host's own override mechanism).
+    """
+    name = "AzureFunctionsJobHost__functionTimeout"
+    raw = env.text(name, "")
+    timeout = FUNCTION_TIMEOUT_SECONDS
+    if raw:
+        match = re.fullmatch(r"(?:([0-9]+)\.)?([0-9]{1,2}):([0-9]{2}):([0-9]{2})", raw)
+        if match is None:
+            raise ConfigurationError(
+                name, f"must be a bounded time span like 00:10:00 (reconciliation needs one), got {raw!r}"
+            )
+        days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        timeout = float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    value = env.number("RECONCILE_AFTER_SECONDS", 900.0, low=1.0, high=86_400.0)
+    if value <= timeout:
+        raise ConfigurationError(
+            "RECONCILE_AFTER_SECONDS",
+            f"must exceed functionTimeout ({timeout:g} s), or a send still in flight is re-driven; got {value:g}",
+        )
+    return value
 
 
 def _bot_identity(env: _Env) -> BotIdentity:

@@ -277,6 +277,8 @@ async def drill(storage_connection_string: str, unique_name: str, tmp_path: Path
         "SEND_MAX_RETRY_AFTER_SECONDS": "2",
         "RETRY_HANDOFF_SECONDS": "0.5",
         "RECONCILE_AFTER_SECONDS": str(RECONCILE_AFTER_SECONDS),
+        # The bound Settings enforce: no send_batch here runs longer than this (short timeouts and retries).
+        "AzureFunctionsJobHost__functionTimeout": "00:00:05",
         "QUEUE_INSTALLS": f"{unique_name}-installs",
         "QUEUE_DELIVERIES_RETRY": f"{unique_name}-retry",
         **{f"TABLE_{t.upper()}": name for t, name in tables.items()},

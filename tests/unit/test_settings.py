@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from proactive.adapters.bot_auth import BotAuthSettings
 from proactive.errors import ConfigurationError
-from proactive.settings import BotAuthKind, Settings
+from proactive.settings import FUNCTION_TIMEOUT_SECONDS, BotAuthKind, Settings
 
 APP_ID = "11111111-2222-3333-4444-555555555555"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -206,6 +209,42 @@ def test_function_keys_cannot_be_switched_off_by_a_setting_that_nothing_honours(
 def test_every_accepted_openid_metadata_url_is_one_the_authenticator_accepts(url: str) -> None:
     settings = Settings.from_env({**PRODUCTION, "BOT_OPENID_METADATA_URL": url})
     BotAuthSettings(app_id=APP_ID, openid_metadata_url=settings.bot_openid_metadata_url)
+
+
+@pytest.mark.parametrize(
+    ("environ", "setting"),
+    [
+        ({"RECONCILE_AFTER_SECONDS": "1"}, "RECONCILE_AFTER_SECONDS"),
+        ({"RECONCILE_AFTER_SECONDS": "600"}, "RECONCILE_AFTER_SECONDS"),  # equal is not enough
+        (
+            {"AzureFunctionsJobHost__functionTimeout": "00:30:00", "RECONCILE_AFTER_SECONDS": "900"},
+            "RECONCILE_AFTER_SECONDS",
+        ),
+        ({"AzureFunctionsJobHost__functionTimeout": "-1"}, "AzureFunctionsJobHost__functionTimeout"),
+    ],
+)
+def test_reconciliation_must_wait_longer_than_a_function_may_run(
+    environ: dict[str, str], setting: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, **environ})
+    assert caught.value.setting == setting
+
+
+def test_the_function_timeout_override_moves_the_reconcile_bound() -> None:
+    environ = {
+        **MINIMAL,
+        "AzureFunctionsJobHost__functionTimeout": "00:00:05",
+        "RECONCILE_AFTER_SECONDS": "6",
+    }
+    assert Settings.from_env(environ).reconcile_after_seconds == 6.0
+    assert Settings.from_env({**MINIMAL, "RECONCILE_AFTER_SECONDS": "601"}).reconcile_after_seconds == 601.0
+
+
+def test_the_function_timeout_default_is_host_jsons() -> None:
+    host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
+    hours, minutes, seconds = (int(part) for part in host["functionTimeout"].split(":"))
+    assert hours * 3600 + minutes * 60 + seconds == FUNCTION_TIMEOUT_SECONDS
 
 
 def test_settings_are_frozen() -> None:
