@@ -883,10 +883,15 @@ class BatchSender:
             http_status=_status(error),
             error_code=code,
         )
+        failed_in = reference.reference.conversation.id  # a reinstall's fresh reference stays active
         if isinstance(error, RecipientUnreachable):
-            await self._references.deactivate(batch.tenant_id, key, code, self._clock())
+            await self._references.deactivate(
+                batch.tenant_id, key, code, self._clock(), conversation_id=failed_in
+            )
         elif isinstance(error, ReferenceStale):
-            await self._references.deactivate(batch.tenant_id, key, code, self._clock())
+            await self._references.deactivate(
+                batch.tenant_id, key, code, self._clock(), conversation_id=failed_in
+            )
             install = _install_request(batch.tenant_id, reference, code)
             if install is not None:
                 await self._installs.put(install.to_json())
