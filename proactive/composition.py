@@ -8,6 +8,7 @@ first use, inside the worker's event loop, and never do I/O in a constructor.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -239,8 +240,26 @@ def configure(environ: Mapping[str, str]) -> Services:
         ConfigurationError: a setting is missing or malformed (the message names it).
     """
     global _services
+    quiet_sdk_loggers()
     _services = Services(Settings.from_env(environ))
     return _services
+
+
+SDK_LOGGERS = ("azure", "msal", "urllib3")
+"""Loggers of the SDKs that log every request at INFO: URLs and headers with tenant and user object ids."""
+
+
+def quiet_sdk_loggers() -> None:
+    """Raise the SDK loggers to WARNING in the app itself, not only in devhost.
+
+    The Azure SDK's ``http_logging_policy`` writes each request's URL (table keys: tenant and AAD object
+    ids) at INFO, and host.json's ``default: Information`` lets that reach Application Insights. Personal
+    data stays out of logs and telemetry; the SDKs' warnings and errors still come through.
+    """
+    for name in SDK_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 def services() -> Services:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from types import ModuleType
 
 import pytest
@@ -137,3 +138,25 @@ def test_the_retry_trigger_listens_where_the_sender_writes_when_the_queue_is_ren
         "deliveries_retry": "retry-elsewhere",
         "deliveries_retry_poison": "retry-elsewhere-poison",
     }
+
+
+def test_the_app_quiets_the_sdk_request_logs_that_carry_tenant_and_user_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As under the Functions worker: the root logger lets INFO through, the SDK loggers are untouched.
+    names = ("", "azure", "azure.core.pipeline.policies.http_logging_policy", "msal")
+    saved = {name: logging.getLogger(name).level for name in names}
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.INFO if name == "" else logging.NOTSET)
+        load_function_app(
+            monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
+        )
+        request_log = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+        assert not request_log.isEnabledFor(logging.INFO)
+        assert request_log.isEnabledFor(logging.WARNING)
+        assert not logging.getLogger("msal").isEnabledFor(logging.INFO)
+        assert logging.getLogger("proactive.sender").isEnabledFor(logging.INFO)  # ours are not quietened
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
