@@ -149,10 +149,14 @@ async def broadcasts_deliveries(
 async def broadcasts_cancel(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
+    notification_id = req.route_params["id"]
     try:
-        return json_response(await _service(client).cancel(req.route_params["id"]), status=202)
+        body = await _service(client).cancel(notification_id)
     except InvalidInput as exc:
         return _error(exc)
+    # Like the other 202s: the status URL, which answers 200 once the cancellation has finished.
+    location = _status_url(req, notification_id, f"/{notification_id}/cancel")
+    return json_response(body, status=202, headers=_polling_headers(location))
 
 
 @bp.function_name("broadcasts_update")

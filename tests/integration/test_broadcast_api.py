@@ -286,6 +286,7 @@ async def test_cancel_before_send_at_sends_nothing(api: Api) -> None:
     assert status["status"] == "scheduled" and status["sendAt"]
     cancelled = await api.call("POST", "broadcasts/cancel-me/cancel")
     assert cancelled.status == 202
+    assert cancelled.headers["Location"] == response.headers["Location"] == f"{api.base}/broadcasts/cancel-me"
     done = await api.wait_done(response.headers["Location"])
     assert done["status"] == "cancelled"
     status = await (await api.call("GET", "broadcasts/cancel-me")).json()
