@@ -658,6 +658,7 @@ def bench_settings(
             "TENANT_ALLOW_LIST": ",".join(tenants),
             "SEND_RATE_PER_TENANT": str(CEILING),
             "BATCH_SIZE": str(batch_size),
+            "BOT_AUTH": "anonymous",
             "DEV_OUTBOUND_HOSTS": "127.0.0.1",
         }
     )

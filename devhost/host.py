@@ -292,6 +292,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 async def serve(options: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
     """Run the host until ``stop`` is set (or SIGINT/SIGTERM)."""
     settings = HostSettings.load(options.app_dir)
+    # Like Core Tools: local.settings.json Values reach the app through its environment (the
+    # environment wins), so `serve` alone runs with the settings the example file gives.
+    for name, value in settings.values.items():
+        os.environ.setdefault(name, value)
     profile = latency_from_args(options, settings.values)
     storage_latency = StorageLatency(settings.storage, profile).start()
     if storage_latency.proxies:

@@ -58,7 +58,9 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     print(f"Azurite: {instance.connection_string}", flush=True)
-    # The emulators live on loopback: let the bot's token go there (development only, never in Azure).
+    # The emulators live on loopback and sign no tokens: the bot runs anonymous (the explicit opt-in the
+    # product requires, refused in Azure) and may call loopback (allowed only with anonymous).
+    env.setdefault("BOT_AUTH", "anonymous")
     env.setdefault("DEV_OUTBOUND_HOSTS", "127.0.0.1")
     teams_port, graph_port = free_port(), free_port()
     emulators = {

@@ -59,14 +59,21 @@ from proactive.message_content import (
     placeholders,
     show,
 )
-from proactive.models import JsonScalar, Recipient, RecipientKind, WireModel
+from proactive.models import (
+    CATEGORY_RULE,
+    JsonScalar,
+    Recipient,
+    RecipientKind,
+    WireModel,
+    normalise_category,
+)
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_NOTIFICATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CATEGORY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_TEAMS_ID = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
+# Always fullmatch: with re.match, "$" also matches before a trailing newline ("deployments\n" passed).
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_NOTIFICATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TEAMS_ID = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
 _SEND_AT = re.compile(
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(?P<offset>Z|[+-][0-9]{2}:[0-9]{2})?$"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(?P<offset>Z|[+-][0-9]{2}:[0-9]{2})?"
 )
 _SIZE_CODES = frozenset({"body_too_large", "too_many_recipients", "message_too_large", "user_data_too_large"})
 _AUDIENCE_LISTS = ("users", "channels", "groups", "tenants")
@@ -105,7 +112,7 @@ class Urgency(StrEnum):
 
 
 def _guid(value: str) -> str:
-    if not _GUID.match(value):
+    if not _GUID.fullmatch(value):
         raise PydanticCustomError(
             "invalid_guid", f"must be a GUID like 72f988bf-86f1-41af-91ab-2d7cd011db47, got {show(value)}"
         )
@@ -113,7 +120,7 @@ def _guid(value: str) -> str:
 
 
 def _teams_id(value: str) -> str:
-    if not _TEAMS_ID.match(value):
+    if not _TEAMS_ID.fullmatch(value):
         raise PydanticCustomError(
             "invalid_id",
             "must be a Teams id (1-256 characters, no spaces or control characters, like "
@@ -193,7 +200,7 @@ class Audience(WireModel):
 
 
 def _notification_id(value: str | None) -> str | None:
-    if value is not None and not _NOTIFICATION_ID.match(value):
+    if value is not None and not _NOTIFICATION_ID.fullmatch(value):
         bad = sorted(set(re.findall(r"[^A-Za-z0-9_-]", value)))
         why = f"contains {show(''.join(bad[:5]))}" if bad else f"has {len(value)} characters"
         raise PydanticCustomError(
@@ -205,17 +212,18 @@ def _notification_id(value: str | None) -> str | None:
 
 
 def _category(value: str | None) -> str | None:
-    if value is not None and not _CATEGORY.match(value):
-        raise PydanticCustomError(
-            "invalid_category", f"must be 1-64 letters, digits, '.', '-' or '_', got {show(value)}"
-        )
-    return value
+    if value is None:
+        return None
+    category = normalise_category(value)
+    if category is None:
+        raise PydanticCustomError("invalid_category", f"must be {CATEGORY_RULE}, got {show(value)}")
+    return category
 
 
 def _send_at(value: Any) -> Any:
     if value is None or isinstance(value, datetime):
         return value
-    match = _SEND_AT.match(value) if isinstance(value, str) else None
+    match = _SEND_AT.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise PydanticCustomError(
             "invalid_send_at",

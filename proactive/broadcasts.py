@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 
 from proactive import function_names as fn
+from proactive import json_input
 from proactive.audience import AudienceMaterialiser, audience_tenants, stored_request
 from proactive.broadcast_request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
 from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
@@ -120,6 +122,29 @@ class Accepted:
     notification_id: str
     instance_id: str
     created: bool
+    operation: Operation = "send"
+
+    def to_json(self, status_url: str) -> dict[str, Any]:
+        """The ``202`` body: ours, never Durable's management URLs (they carry the system key in Azure)."""
+        body: dict[str, Any] = {"id": self.notification_id, "status": "accepted", "statusUri": status_url}
+        if self.operation != "send":
+            body["operation"] = self.operation
+        return body
+
+
+FINISHED_STATUSES: Final = frozenset({"completed", "cancelled", "failed"})
+
+
+def status_finished(body: Mapping[str, Any]) -> bool:
+    """Whether a ``status`` body describes a broadcast with nothing left running (``200``, else ``202``).
+
+    Finished means the send has ended (completed, cancelled or failed) and no update or recall of its
+    messages is still running.
+    """
+    operations = body.get("operations") or {}
+    return body.get("status") in FINISHED_STATUSES and all(
+        op.get("runtimeStatus") in TERMINAL for op in operations.values()
+    )
 
 
 @dataclass(frozen=True)
@@ -351,6 +376,8 @@ class BroadcastService:
                     "runtimeStatus": op_state.runtime_status,
                     "instanceId": operation_instance_id(notification_id, operation),
                 }
+                if isinstance(op_state.output, dict) and isinstance(op_state.output.get("phase"), str):
+                    operations[operation]["phase"] = op_state.output["phase"]
         if operations:
             body["operations"] = operations
         return body
@@ -381,12 +408,13 @@ class BroadcastService:
         index, table_token = 0, None
         if continuation:
             position = decode_continuation(continuation)
-            try:
-                index = int(position.get("t", ""))
-            except ValueError:
+            raw_index = position.get("t", "")
+            # ASCII digits only (int() also takes " 1", "-1" and other scripts' digits), and a tenant that exists.
+            if not re.fullmatch(r"[0-9]{1,6}", raw_index) or int(raw_index) >= len(tenants):
                 raise InvalidInput(
                     "malformed continuation token", code="invalid_continuation", field="continuation"
-                ) from None
+                )
+            index = int(raw_index)
             table_token = position.get("c") or None
         items: list[dict[str, Any]] = []
         while len(items) < size and index < len(tenants):
@@ -448,7 +476,7 @@ class BroadcastService:
         """
         notification, etag = await self._require(notification_id)
         await self._check_operation_allowed(notification_id, "update")
-        message = _message_patch(body)
+        message = _message_patch(body, self._limits)
         merged = {k: v for k, v in notification.request.items() if k != "sendAt"}
         merged["message"] = message
         request = parse_broadcast_request(json.dumps(merged).encode(), now=self._clock(), limits=self._limits)
@@ -499,17 +527,24 @@ class BroadcastService:
     ) -> Accepted:
         instance_id = operation_instance_id(notification_id, operation)
         await self._orchestrations.start(fn.BROADCAST, instance_id, self._run(request, operation).to_json())
-        return Accepted(notification_id, instance_id, True)
+        return Accepted(notification_id, instance_id, True, operation)
 
 
 def _without_schedule(request: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if k != "sendAt"}
 
 
-def _message_patch(body: bytes) -> Any:
+def _message_patch(body: bytes, limits: BroadcastLimits) -> Any:
+    if len(body) > limits.max_body_bytes:
+        raise InvalidInput(
+            f"the body is {len(body):,} bytes; the limit is {limits.max_body_bytes:,}",
+            code="body_too_large",
+            field="",
+            status=413,
+        )
     try:
-        parsed = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
+        parsed = json_input.loads(body or b"null")
+    except ValueError:  # invalid JSON or UTF-8, or nested too deeply
         raise InvalidInput("the body is not valid JSON", code="invalid_json", field="") from None
     if not isinstance(parsed, dict) or "message" not in parsed:
         raise InvalidInput('send {"message": {...}}', code="invalid_request", field="message")
@@ -545,7 +580,8 @@ def _parse_statuses(raw: str | None) -> list[DeliveryStatus] | None:
 def _parse_page_size(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (that was a 500).
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise InvalidInput(
             f"pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}",
             code="invalid_page_size",

@@ -8,6 +8,7 @@ first use, inside the worker's event loop, and never do I/O in a constructor.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import aiohttp
 from proactive import __version__
 from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
-from proactive.adapters.bot_token import token_provider
+from proactive.adapters.bot_token import TokenProvider, token_provider
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
@@ -90,7 +91,7 @@ class Services:
         """The Bot Connector client (outbound token, outbound host allow-list)."""
         if self._connector is None:
             session = await self.http()
-            tokens = token_provider(self.settings.bot, session, authority_host=self.settings.authority_host)
+            tokens = bot_tokens(self.settings, session)
             policy = OutboundPolicy.for_bot_connector(self.settings)
             self._connector = BotConnectorClient(
                 session, tokens, policy, timeout=self.settings.send_timeout_seconds
@@ -101,12 +102,8 @@ class Services:
         """``POST /api/messages``: JWT-checked when an app id is configured, anonymous otherwise."""
         if self._bot_endpoint is None:
             session = await self.http()
-            authenticator = None
-            if not self.settings.bot.anonymous:
-                auth_settings = BotAuthSettings(
-                    app_id=self.settings.bot.app_id, openid_metadata_url=self.settings.bot_openid_metadata_url
-                )
-                authenticator = BotAuthenticator(auth_settings, session)
+            auth_settings = bot_auth_settings(self.settings)
+            authenticator = None if auth_settings is None else BotAuthenticator(auth_settings, session)
             handler = ActivityHandler(
                 self.references,
                 self.preferences,
@@ -215,6 +212,28 @@ class Services:
         return send
 
 
+def bot_tokens(settings: Settings, session: aiohttp.ClientSession) -> TokenProvider:
+    """The bot's outbound token provider, for ``settings.cloud``'s authority and scope."""
+    return token_provider(
+        settings.bot,
+        session,
+        authority_host=settings.authority_host,
+        scope=settings.cloud.bot_scope,
+        multi_tenant_authority=settings.cloud.multi_tenant_authority,
+    )
+
+
+def bot_auth_settings(settings: Settings) -> BotAuthSettings | None:
+    """What inbound tokens must satisfy (issuer and keys of ``settings.cloud``); ``None`` when anonymous."""
+    if settings.bot.anonymous:
+        return None
+    return BotAuthSettings(
+        app_id=settings.bot.app_id,
+        openid_metadata_url=settings.bot_openid_metadata_url,
+        allowed_issuers=(settings.cloud.bot_issuer,),
+    )
+
+
 _services: Services | None = None
 
 
@@ -225,8 +244,26 @@ def configure(environ: Mapping[str, str]) -> Services:
         ConfigurationError: a setting is missing or malformed (the message names it).
     """
     global _services
+    quiet_sdk_loggers()
     _services = Services(Settings.from_env(environ))
     return _services
+
+
+SDK_LOGGERS = ("azure", "msal", "urllib3")
+"""Loggers of the SDKs that log every request at INFO: URLs and headers with tenant and user object ids."""
+
+
+def quiet_sdk_loggers() -> None:
+    """Raise the SDK loggers to WARNING in the app itself, not only in devhost.
+
+    The Azure SDK's ``http_logging_policy`` writes each request's URL (table keys: tenant and AAD object
+    ids) at INFO, and host.json's ``default: Information`` lets that reach Application Insights. Personal
+    data stays out of logs and telemetry; the SDKs' warnings and errors still come through.
+    """
+    for name in SDK_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 def services() -> Services:

@@ -14,8 +14,8 @@ these at the boundary (``raise ... from exc``)::
     └── DeliveryError                 what the Bot Connector or Graph answered
         ├── TransientDeliveryError    retry in-process with backoff (bounded attempts)
         │   ├── Throttled             429, carries retry_after
-        │   ├── ServiceBusy           412, 502, 503, 504
-        │   └── TransportFailure      timeout, connection reset
+        │   ├── ServiceBusy           412, 502, 503, 504 (504 after PUT / DELETE)
+        │   └── TransportFailure      timeout, connection reset, 504 after a POST (outcome unknown)
         └── PermanentDeliveryError    never retried as is
             ├── RecipientUnreachable  403 MessageWritesBlocked / ConversationBlockedByUser
             ├── ReferenceStale        403 BotNotInConversationRoster / ForbiddenOperationException,
@@ -151,7 +151,7 @@ class ServiceBusy(TransientDeliveryError):
 
 
 class TransportFailure(TransientDeliveryError):
-    """No usable answer: timeout, connection reset, DNS failure."""
+    """No usable answer: timeout (a gateway's 504 after a POST included), connection reset, DNS failure."""
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -52,8 +52,8 @@ _TEXT_PLACEHOLDER_LIKE = re.compile(r"\{\{([^{}\n]{0,100})\}\}")
 _CARD_PLACEHOLDER = re.compile(r"\$\{\s*(" + PLACEHOLDER_NAME + r")\s*\}")
 _CARD_EXPRESSION_START = "${"
 _TEMPLATE_KEYS = frozenset({"$data", "$when"})
-_CARD_VERSION = re.compile(r"^([0-9]{1,3})\.([0-9]{1,3})$")
-_PATH_KEY = re.compile(r"^[A-Za-z0-9_$@-]{1,64}$")
+_CARD_VERSION = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})")
+_PATH_KEY = re.compile(r"[A-Za-z0-9_$@-]{1,64}")
 _MAX_CARD_PROBLEMS = 20
 
 
@@ -98,7 +98,7 @@ def join_path(base: str, part: str | int) -> str:
     """``join_path("a", "b") == "a.b"``, ``join_path("a", 3) == "a[3]"``; odd keys are quoted."""
     if isinstance(part, int):
         return f"{base}[{part}]"
-    if not _PATH_KEY.match(part):
+    if not _PATH_KEY.fullmatch(part):
         return f"{base}[{show(part, 64)}]"
     return f"{base}.{part}" if base else part
 
@@ -165,7 +165,7 @@ def card_problems(card: Mapping[str, Any]) -> list[Problem]:
     version = card.get("version")
     if version is None:
         problems.append(Problem("version", "invalid_card", 'the card needs a "version" such as "1.5"'))
-    elif not isinstance(version, str) or not _CARD_VERSION.match(version):
+    elif not isinstance(version, str) or not _CARD_VERSION.fullmatch(version):
         problems.append(
             Problem("version", "invalid_card", f'"version" must be a string like "1.5", got {show(version)}')
         )

@@ -11,6 +11,7 @@ not know, so references captured by a botbuilder bot import unchanged and export
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Self
@@ -140,6 +141,21 @@ class Recipient(WireModel):
     @property
     def key(self) -> str:
         return recipient_key(self.kind, self.recipient_id)
+
+
+CATEGORY_RULE = "1-64 lowercase letters, digits, '.', '-' or '_', starting with a letter or digit"
+_CATEGORY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def normalise_category(value: str) -> str | None:
+    """A notification category as stored and compared: trimmed and lowercased; ``None`` when invalid.
+
+    The broadcast API and the bot's ``unsubscribe <category>`` both go through here, so what a user
+    opts out of is exactly what a broadcast is tagged with (``"Deployments "`` and ``"deployments"``
+    are one category; ``"deployments\n"`` cannot slip past an opt-out as another one).
+    """
+    candidate = value.strip().lower()
+    return candidate if _CATEGORY.fullmatch(candidate) else None
 
 
 class QuietHours(WireModel):

@@ -59,6 +59,13 @@ class HostRule:
             return host.endswith("." + self.name)
         return host == self.name
 
+    @classmethod
+    def parse(cls, pattern: str) -> HostRule:
+        """``*.name`` (any subdomain of ``name``) or ``name`` (exactly), as in ``Settings.cloud``."""
+        if pattern.startswith("*."):
+            return cls(pattern[2:], subdomains=True)
+        return cls(pattern)
+
 
 BOT_CONNECTOR_HOSTS: tuple[HostRule, ...] = (
     HostRule("botframework.com", subdomains=True),
@@ -66,7 +73,8 @@ BOT_CONNECTOR_HOSTS: tuple[HostRule, ...] = (
     HostRule("teams.microsoft.com", subdomains=True),
     HostRule("teams.microsoft.us", subdomains=True),
 )
-"""Where the Bot Connector lives in every cloud (service URLs and their documented fallbacks)."""
+"""Where the Bot Connector lives in every cloud together; a deployment allows only its own cloud's hosts
+(``Settings.cloud.connector_hosts``, see :meth:`OutboundPolicy.for_bot_connector`)."""
 
 GRAPH_HOSTS: tuple[HostRule, ...] = (HostRule("graph.microsoft.com"),)
 """Microsoft Graph (public cloud)."""
@@ -129,13 +137,15 @@ class OutboundPolicy:
 
     @classmethod
     def for_bot_connector(cls, settings: Settings) -> OutboundPolicy:
-        """The policy for Bot Connector service URLs: Bot Connector hosts and the development hosts."""
-        return cls(settings.dev_outbound_hosts, microsoft_hosts=BOT_CONNECTOR_HOSTS)
+        """The policy for Bot Connector service URLs: the configured cloud's hosts and the development hosts."""
+        rules = tuple(HostRule.parse(pattern) for pattern in settings.cloud.connector_hosts)
+        return cls(settings.dev_outbound_hosts, microsoft_hosts=rules)
 
     @classmethod
     def for_graph(cls, settings: Settings) -> OutboundPolicy:
-        """The policy for Microsoft Graph: ``graph.microsoft.com`` and the development hosts."""
-        return cls(settings.dev_outbound_hosts, microsoft_hosts=GRAPH_HOSTS)
+        """The policy for Microsoft Graph: the configured cloud's Graph host and the development hosts."""
+        rules = tuple(HostRule.parse(pattern) for pattern in settings.cloud.graph_hosts)
+        return cls(settings.dev_outbound_hosts, microsoft_hosts=rules)
 
     def allows(self, url: str) -> bool:
         """Whether ``url`` may receive the token (no logging; see :meth:`check`)."""

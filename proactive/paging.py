@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 
+from proactive import json_input
 from proactive.errors import InvalidInput
 
 
@@ -25,7 +26,7 @@ def decode_continuation(token: str) -> dict[str, str]:
         InvalidInput: the token was not made by :func:`encode_continuation` (e.g. a caller edited it).
     """
     try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        data = json_input.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise ValueError("not a position")
         return {str(k): v for k, v in data.items()}

@@ -124,8 +124,11 @@ class ReferenceStore(Protocol):
         """
         ...
 
-    async def deactivate(self, tenant_id: str, key: str, reason: str, at: datetime) -> bool:
-        """Mark inactive with a reason; ``False`` when there was no such reference."""
+    async def deactivate(
+        self, tenant_id: str, key: str, reason: str, at: datetime, *, conversation_id: str | None = None
+    ) -> bool:
+        """Mark inactive with a reason (ETag-guarded); ``False`` when there was no such reference, or when
+        ``conversation_id`` is given and the stored reference holds another conversation."""
 
     async def list_tenant(
         self,

@@ -26,7 +26,7 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
    urgent -> ``deferred`` with ``not_before`` = the window's end (:mod:`proactive.quiet_hours`).
 5. **send** the rendered message (:func:`proactive.message_content.render` with the row's ``data``) with
    in-process retries by type (:func:`proactive.retry.call_with_retries`): 429 after ``Retry-After``,
-   412/502/503/504 and connect failures with full-jitter backoff, bounded attempts.
+   412/502/503 (504 after update/delete) and connect failures with full-jitter backoff, bounded attempts.
 6. **record** with an ETag-guarded replace of the claimed row:
 
    ================================  =============================================================
@@ -82,10 +82,11 @@ Exactly once, and the one duplicate window
     winner per row, and a row leaves ``sending`` only through its winner's ETag-guarded write. A duplicate
     is possible only when **Teams may have accepted a send that the ledger does not record as sent**:
 
-    * a send that ended in ``Timeout`` or ``ConnectionLost`` (the request may have been processed): it is
-      **not** retried in-process; the row is handed to ``deliveries-retry`` marked ``uncertain`` and
-      counted in ``SendBatchResult.uncertain``, and its later re-drive may duplicate it (at-least-once,
-      chosen over silently losing the message: the Bot Connector has no idempotency key to check);
+    * a send that ended in ``Timeout`` (a gateway's 504 included) or ``ConnectionLost`` (the request may
+      have been processed): it is **not** retried in-process; the row is handed to ``deliveries-retry``
+      marked ``uncertain`` and counted in ``SendBatchResult.uncertain``, and its later re-drive may
+      duplicate it (at-least-once, chosen over silently losing the message: the Bot Connector has no
+      idempotency key to check);
     * a crash (or a failed ledger write, counted in ``unrecorded``) between Teams accepting and the row
       being written leaves the row ``sending``; :func:`reconcile_stuck` returns such rows to ``pending``
       after a deadline (count returned), and the re-drive may duplicate it.
@@ -915,10 +916,15 @@ class BatchSender:
             http_status=_status(error),
             error_code=code,
         )
+        failed_in = reference.reference.conversation.id  # a reinstall's fresh reference stays active
         if isinstance(error, RecipientUnreachable):
-            await self._references.deactivate(batch.tenant_id, key, code, self._clock())
+            await self._references.deactivate(
+                batch.tenant_id, key, code, self._clock(), conversation_id=failed_in
+            )
         elif isinstance(error, ReferenceStale):
-            await self._references.deactivate(batch.tenant_id, key, code, self._clock())
+            await self._references.deactivate(
+                batch.tenant_id, key, code, self._clock(), conversation_id=failed_in
+            )
             install = _install_request(batch.tenant_id, reference, code)
             if install is not None:
                 await self._installs.put(install.to_json())

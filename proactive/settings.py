@@ -12,18 +12,22 @@ existing bot's app settings carry over.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from urllib.parse import urlsplit
 
 from proactive.errors import ConfigurationError
 
-_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
-_QUEUE_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# Always fullmatch: with re.match, "$" also matches before a trailing newline.
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+_QUEUE_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _POISON_SUFFIX_LENGTH = len("-poison")  # the host appends it; the queue name must leave room
+FUNCTION_TIMEOUT_SECONDS = 600.0
+"""host.json ``functionTimeout`` (``00:10:00``); a test pins that the two agree."""
 
 
 class Secret(str):
@@ -38,7 +42,7 @@ class Secret(str):
 class BotAuthKind(StrEnum):
     """How the bot proves its identity to the Bot Connector and Graph."""
 
-    ANONYMOUS = "anonymous"  # no app id: local development (devhost, like the Bot Framework Emulator)
+    ANONYMOUS = "anonymous"  # BOT_AUTH=anonymous: local development only (devhost, Bot Framework Emulator)
     SECRET = "secret"  # client secret (MicrosoftAppPassword)
     CERTIFICATE = "certificate"  # PEM file with private key and certificate (MicrosoftAppCertificatePath)
     MANAGED_IDENTITY = "managed_identity"  # user-assigned managed identity (MicrosoftAppType=UserAssignedMSI)
@@ -57,6 +61,76 @@ class BotIdentity:
     @property
     def anonymous(self) -> bool:
         return self.auth is BotAuthKind.ANONYMOUS
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """Where the bot's identity, the Bot Connector and Graph live: one setting (``BOT_CLOUD``) picks all.
+
+    Token scope, accepted issuer, signing keys, authority and the outbound allow-list must name the same
+    cloud: a public-cloud token sent to a GCC High host is refused there, and a public-cloud issuer
+    accepted beside GCC High hosts mixes two trust domains. Sources: the Bot Framework's public and US
+    Government authentication constants (``reference/teams-platform-facts.md`` section 2, the Agents
+    SDK's ``AuthenticationConstants``) and Graph's national cloud endpoints.
+
+    Attributes:
+        name: the ``BOT_CLOUD`` value.
+        authority_host: Entra ID login host for the client-credentials token.
+        multi_tenant_authority: the authority tenant of a multi-tenant bot.
+        bot_scope: scope of the bot's outbound token.
+        bot_issuer: the ``iss`` of tokens the channel sends to the bot.
+        openid_metadata_url: where the channel's signing keys are published.
+        graph_base_url: Microsoft Graph.
+        connector_hosts: Bot Connector hosts that may receive the token (``*.name`` = any subdomain).
+        graph_hosts: Graph hosts that may receive the Graph token.
+    """
+
+    name: str
+    authority_host: str
+    multi_tenant_authority: str
+    bot_scope: str
+    bot_issuer: str
+    openid_metadata_url: str
+    graph_base_url: str
+    connector_hosts: tuple[str, ...]
+    graph_hosts: tuple[str, ...]
+
+
+_PUBLIC = Cloud(
+    name="public",
+    authority_host="https://login.microsoftonline.com",
+    multi_tenant_authority="botframework.com",
+    bot_scope="https://api.botframework.com/.default",
+    bot_issuer="https://api.botframework.com",
+    openid_metadata_url="https://login.botframework.com/v1/.well-known/openidconfiguration",
+    graph_base_url="https://graph.microsoft.com/v1.0",
+    # GCC (Moderate) tenants are served by the commercial Bot Framework from *.teams.microsoft.com.
+    connector_hosts=("*.botframework.com", "smba.trafficmanager.net", "*.teams.microsoft.com"),
+    graph_hosts=("graph.microsoft.com",),
+)
+_US_GOVERNMENT = Cloud(
+    name="gcchigh",
+    authority_host="https://login.microsoftonline.us",
+    multi_tenant_authority="MicrosoftServices.onmicrosoft.us",
+    bot_scope="https://api.botframework.us/.default",
+    bot_issuer="https://api.botframework.us",
+    openid_metadata_url="https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
+    graph_base_url="https://graph.microsoft.us/v1.0",
+    connector_hosts=("*.botframework.us", "*.teams.microsoft.us"),
+    graph_hosts=("graph.microsoft.us",),
+)
+CLOUDS: Mapping[str, Cloud] = {
+    "public": _PUBLIC,
+    "gcc": replace(_PUBLIC, name="gcc"),  # GCC Moderate: the commercial cloud's identity and hosts
+    "gcchigh": _US_GOVERNMENT,
+    "dod": replace(
+        _US_GOVERNMENT,
+        name="dod",
+        graph_base_url="https://dod-graph.microsoft.us/v1.0",
+        graph_hosts=("dod-graph.microsoft.us",),
+    ),
+}
+"""Every ``BOT_CLOUD`` value."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +174,12 @@ class Settings:
     reconcile_after_seconds: float
     tables: TableNames
     queues: QueueNames
+    cloud: Cloud
     graph_base_url: str
     authority_host: str
     bot_openid_metadata_url: str
     dev_outbound_hosts: frozenset[str]
-    function_key_required: bool = True
+    status_retry_after_seconds: int = 5
     app_insights_connection: Secret = field(default=Secret(""), repr=False)
     # Whether the storage clients read proxy settings (and ~/.netrc) from the environment: only when a proxy
     # variable is set. aiohttp reads ~/.netrc on a worker thread for *every* request of a client that
@@ -129,7 +204,24 @@ class Settings:
         """
         env = _Env(environ)
         bot = _bot_identity(env)
+        cloud_name = env.text("BOT_CLOUD", "public").lower()
+        if cloud_name not in CLOUDS:
+            raise ConfigurationError("BOT_CLOUD", f"must be one of {', '.join(CLOUDS)}, got {cloud_name!r}")
+        cloud = CLOUDS[cloud_name]
         allow_default = "*" if bot.anonymous else None
+        if not env.boolean("FUNCTION_KEY_REQUIRED", True):
+            # The auth level is fixed in each trigger's decorator; a setting that claimed to lift it would
+            # be read and silently ignored. Put Entra ID (Easy Auth, API Management) in front instead.
+            raise ConfigurationError(
+                "FUNCTION_KEY_REQUIRED",
+                "is no longer supported: management routes always need a function key; remove the setting",
+            )
+        dev_outbound_hosts = env.host_list("DEV_OUTBOUND_HOSTS")
+        if dev_outbound_hosts and not bot.anonymous:
+            # A loopback or private host on the allow-list would receive the bot's real token.
+            raise ConfigurationError(
+                "DEV_OUTBOUND_HOSTS", "is for local development only and needs BOT_AUTH=anonymous"
+            )
         tables = TableNames(
             **{
                 name: env.table_name(f"TABLE_{name.upper()}", default)
@@ -165,16 +257,26 @@ class Settings:
             retry_handoff_seconds=env.number("RETRY_HANDOFF_SECONDS", 60.0, low=0.0, high=3600.0),
             # Rows 'sending' longer than this are re-driven; it must exceed host.json functionTimeout
             # (10 min) so a send still in flight is never re-driven.
-            reconcile_after_seconds=env.number("RECONCILE_AFTER_SECONDS", 900.0, low=1.0, high=86_400.0),
+            reconcile_after_seconds=_reconcile_after(env),
             tables=tables,
             queues=queues,
-            graph_base_url=env.url("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
-            authority_host=env.url("AUTHORITY_HOST", "https://login.microsoftonline.com"),
+            cloud=cloud,
+            # GRAPH_BASE_URL, AUTHORITY_HOST and BOT_OPENID_METADATA_URL default to BOT_CLOUD's; set them only
+            # to point at an emulator or a test server.
+            graph_base_url=env.url("GRAPH_BASE_URL", cloud.graph_base_url),
+            # The client secret or certificate assertion goes there: never over plain http.
+            authority_host=env.url("AUTHORITY_HOST", cloud.authority_host, https_only=True),
+            # The signing keys come from there: https, or http to loopback only (a local test server), the
+            # rule BotAuthSettings enforces, checked here so a bad value fails at start, not on a request.
             bot_openid_metadata_url=env.url(
-                "BOT_OPENID_METADATA_URL", "https://login.botframework.com/v1/.well-known/openidconfiguration"
+                "BOT_OPENID_METADATA_URL",
+                cloud.openid_metadata_url,
+                https_only=True,
+                loopback_http=True,
             ),
-            dev_outbound_hosts=env.host_list("DEV_OUTBOUND_HOSTS"),
-            function_key_required=env.boolean("FUNCTION_KEY_REQUIRED", True),
+            dev_outbound_hosts=dev_outbound_hosts,
+            # Retry-After of the 202 answers: how often Logic Apps and Power Automate poll the status URL.
+            status_retry_after_seconds=env.integer("STATUS_RETRY_AFTER_SECONDS", 5, low=1, high=600),
             app_insights_connection=Secret(env.text("APPLICATIONINSIGHTS_CONNECTION_STRING", "")),
             proxy_from_environment=any(
                 value.strip() for key, value in environ.items() if key.upper() in _PROXY_VARIABLES
@@ -182,17 +284,62 @@ class Settings:
         )
 
 
+def _reconcile_after(env: _Env) -> float:
+    """``RECONCILE_AFTER_SECONDS``, which must exceed the host's ``functionTimeout``.
+
+    A row still ``sending`` may belong to a ``send_batch`` that is alive until the function times out;
+    re-driving it earlier sends the message twice. The timeout is host.json's, unless the app setting
+    ``AzureFunctionsJobHost__functionTimeout`` overrides it (the host's own override mechanism).
+    """
+    name = "AzureFunctionsJobHost__functionTimeout"
+    raw = env.text(name, "")
+    timeout = FUNCTION_TIMEOUT_SECONDS
+    if raw:
+        match = re.fullmatch(r"(?:([0-9]+)\.)?([0-9]{1,2}):([0-9]{2}):([0-9]{2})", raw)
+        if match is None:
+            raise ConfigurationError(
+                name, f"must be a bounded time span like 00:10:00 (reconciliation needs one), got {raw!r}"
+            )
+        days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        timeout = float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    value = env.number("RECONCILE_AFTER_SECONDS", 900.0, low=1.0, high=86_400.0)
+    if value <= timeout:
+        raise ConfigurationError(
+            "RECONCILE_AFTER_SECONDS",
+            f"must exceed functionTimeout ({timeout:g} s), or a send still in flight is re-driven; got {value:g}",
+        )
+    return value
+
+
 def _bot_identity(env: _Env) -> BotIdentity:
+    mode = env.text("BOT_AUTH", "").lower()
+    if mode not in {"", BotAuthKind.ANONYMOUS.value}:
+        raise ConfigurationError(
+            "BOT_AUTH", f"must be 'anonymous' (local development) or unset, got {mode!r}"
+        )
     app_id = env.text("MicrosoftAppId", "")
-    if not app_id:
+    if mode == BotAuthKind.ANONYMOUS.value:
+        # Anonymous means anyone can post activities: plant references, opt users out. Never in Azure.
+        if env.text("WEBSITE_INSTANCE_ID", ""):
+            raise ConfigurationError(
+                "BOT_AUTH",
+                "anonymous is refused in Azure (WEBSITE_INSTANCE_ID is set): configure MicrosoftAppId",
+            )
+        if app_id:
+            raise ConfigurationError("BOT_AUTH", "anonymous cannot be combined with MicrosoftAppId")
         return BotIdentity(app_id="", tenant_id="", auth=BotAuthKind.ANONYMOUS)
-    if not _GUID.match(app_id):
+    if not app_id:
+        raise ConfigurationError(
+            "MicrosoftAppId",
+            "is required (the bot's Entra app id); for local development without tokens set BOT_AUTH=anonymous",
+        )
+    if not _GUID.fullmatch(app_id):
         raise ConfigurationError("MicrosoftAppId", "must be the bot's Entra application (client) id, a GUID")
     tenant_id = env.text("MicrosoftAppTenantId", "")
     app_type = env.text("MicrosoftAppType", "SingleTenant")
     if app_type not in {"SingleTenant", "MultiTenant", "UserAssignedMSI"}:
         raise ConfigurationError("MicrosoftAppType", "must be SingleTenant, MultiTenant or UserAssignedMSI")
-    if app_type != "MultiTenant" and not _GUID.match(tenant_id):
+    if app_type != "MultiTenant" and not _GUID.fullmatch(tenant_id):
         # New multi-tenant bot registrations were deprecated after 2025-07-31: single tenant is the norm.
         raise ConfigurationError(
             "MicrosoftAppTenantId", f"is required (a GUID) when MicrosoftAppType={app_type}"
@@ -214,6 +361,15 @@ def _bot_identity(env: _Env) -> BotIdentity:
             "or MicrosoftAppType=UserAssignedMSI)",
         )
     return BotIdentity(app_id, tenant_id, BotAuthKind.SECRET, secret=Secret(secret))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -262,11 +418,19 @@ class _Env:
             return False
         raise ConfigurationError(name, f"must be true or false, got {raw!r}")
 
-    def url(self, name: str, default: str) -> str:
+    def url(self, name: str, default: str, *, https_only: bool = False, loopback_http: bool = False) -> str:
         raw = self.text(name, "") or default
-        parts = urlsplit(raw)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ConfigurationError(name, f"must be an absolute http(s) URL, got {raw!r}")
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018 - raises ValueError for a malformed port
+        except ValueError:
+            raise ConfigurationError(name, f"must be an absolute URL, got {raw!r}") from None
+        schemes = {"https"} if https_only else {"http", "https"}
+        if loopback_http and _is_loopback(parts.hostname or ""):
+            schemes = {"http", "https"}
+        if parts.scheme not in schemes or not parts.hostname:
+            wanted = "an absolute https URL" if https_only else "an absolute http(s) URL"
+            raise ConfigurationError(name, f"must be {wanted}, got {raw!r}")
         return raw.rstrip("/")
 
     def tenant_list(self, name: str, default: str | None) -> frozenset[str] | None:
@@ -280,7 +444,7 @@ class _Env:
         if raw == "*":
             return None
         tenants = {item.strip().lower() for item in raw.split(",") if item.strip()}
-        bad = sorted(t for t in tenants if not _GUID.match(t))
+        bad = sorted(t for t in tenants if not _GUID.fullmatch(t))
         if bad or not tenants:
             raise ConfigurationError(name, f"must be tenant GUIDs separated by commas, or *; bad: {bad}")
         return frozenset(tenants)
@@ -294,7 +458,7 @@ class _Env:
                 value = float(rate)
             except ValueError:
                 value = -1.0
-            if not sep or not _GUID.match(tenant.strip()) or not 0.1 <= value <= 1000:
+            if not sep or not _GUID.fullmatch(tenant.strip()) or not 0.1 <= value <= 1000:
                 raise ConfigurationError(name, f"expected tenantId=rate pairs (0.1..1000), got {item!r}")
             overrides[tenant.strip().lower()] = value
         return overrides
@@ -309,13 +473,13 @@ class _Env:
 
     def table_name(self, name: str, default: str) -> str:
         value = self.text(name, default)
-        if not _TABLE_NAME.match(value):
+        if not _TABLE_NAME.fullmatch(value):
             raise ConfigurationError(name, f"is not a valid table name (letters and digits, 3-63): {value!r}")
         return value
 
     def queue_name(self, name: str, default: str) -> str:
         value = self.text(name, default)
-        if not _QUEUE_NAME.match(value) or len(value) > 63 - _POISON_SUFFIX_LENGTH:
+        if not _QUEUE_NAME.fullmatch(value) or len(value) > 63 - _POISON_SUFFIX_LENGTH:
             raise ConfigurationError(
                 name, f"is not a valid queue name (lowercase, digits, dashes): {value!r}"
             )

@@ -146,14 +146,28 @@ class TableReferenceStore:
             return previous, wanted
         raise ConcurrencyConflict(f"a reference changed under each of {attempts} update attempts")
 
-    async def deactivate(self, tenant_id: str, key: str, reason: str, at: datetime) -> bool:
-        found = await self._table.get(encode_key(tenant_id), encode_key(key))
-        if found is None:
-            return False
-        current = from_entity(found[0], StoredReference)
-        updated = current.model_copy(update={"active": False, "stale_reason": reason, "updated_at": at})
-        await self._table.upsert(self._entity(updated))
-        return True
+    async def deactivate(
+        self, tenant_id: str, key: str, reason: str, at: datetime, *, conversation_id: str | None = None
+    ) -> bool:
+        """Mark the reference inactive with ``reason``, as a compare-and-swap (:meth:`update`).
+
+        With ``conversation_id`` (a send that failed in that conversation) only a reference that still
+        holds that conversation is touched: a reinstall that stored a fresh conversation meanwhile, before
+        the read or between the read and the write (the ETag catches that), stays active and unchanged.
+
+        Returns:
+            Whether a reference was marked inactive.
+        """
+
+        def change(current: StoredReference | None) -> StoredReference | None:
+            if current is None:
+                return None
+            if conversation_id is not None and current.reference.conversation.id != conversation_id:
+                return None  # refreshed since the failure: the failure was about another conversation
+            return current.model_copy(update={"active": False, "stale_reason": reason, "updated_at": at})
+
+        _, written = await self.update(tenant_id, key, change)
+        return written is not None
 
     async def list_tenant(
         self,

@@ -63,7 +63,14 @@ from microsoft_agents.hosting.core.authorization.authentication_constants import
 
 from proactive.errors import AuthenticationError
 
-__all__ = ["AuthFailure", "AuthenticationError", "BotAuthSettings", "BotAuthenticator", "Claims"]
+__all__ = [
+    "AuthFailure",
+    "AuthenticationError",
+    "BotAuthSettings",
+    "BotAuthenticator",
+    "Claims",
+    "VerifiedToken",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +263,25 @@ class Claims:
 
 
 @dataclass(frozen=True)
+class VerifiedToken:
+    """A token whose signature, issuer, audience and lifetime hold; not yet checked against an activity.
+
+    Attributes:
+        key_id: The ``kid`` of the signing key.
+        endorsements: The channels that key is endorsed for.
+        issuer: The token's ``iss``.
+        expires_at: The token's ``exp``.
+        claims: All claims, read-only.
+    """
+
+    key_id: str
+    endorsements: frozenset[str]
+    issuer: str
+    expires_at: datetime
+    claims: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
 class _SigningKey:
     jwk: jwt.PyJWK
     endorsements: frozenset[str]
@@ -409,7 +435,8 @@ class BotAuthenticator:
         self._keys = _KeyCache(settings, session, clock)
 
     async def authenticate(self, authorization_header: str | None, activity: Mapping[str, Any]) -> Claims:
-        """Verify the request's bearer token against the activity it came with.
+        """Verify the request's bearer token against the activity it came with (:meth:`verify`, then
+        :meth:`bind`).
 
         Args:
             authorization_header: The raw ``Authorization`` header, or None when absent.
@@ -421,14 +448,36 @@ class BotAuthenticator:
         Raises:
             AuthenticationError: The request must be refused (401); ``reason`` says why.
         """
+        return self.bind(await self.verify(authorization_header), activity)
+
+    async def verify(self, authorization_header: str | None) -> VerifiedToken:
+        """Everything the header alone can prove: scheme, algorithm, signature, issuer, audience, lifetime.
+
+        Called before the body is parsed, so a caller without a valid token costs no JSON parsing.
+
+        Raises:
+            AuthenticationError: The request must be refused (401); ``reason`` says why.
+        """
         try:
-            return await self._authenticate(authorization_header, activity)
+            return await self._verify(authorization_header)
         except AuthenticationError as exc:
             # Reason and our own detail only: never the token, never the header.
             logger.warning("Inbound bot request refused: %s", exc)
             raise
 
-    async def _authenticate(self, authorization_header: str | None, activity: Mapping[str, Any]) -> Claims:
+    def bind(self, verified: VerifiedToken, activity: Mapping[str, Any]) -> Claims:
+        """Check a verified token against the activity: channel, key endorsement, ``serviceurl`` claim.
+
+        Raises:
+            AuthenticationError: The request must be refused (401); ``reason`` says why.
+        """
+        try:
+            return self._bind(verified, activity)
+        except AuthenticationError as exc:
+            logger.warning("Inbound bot request refused: %s", exc)
+            raise
+
+    async def _verify(self, authorization_header: str | None) -> VerifiedToken:
         token = _bearer_token(authorization_header)
         try:
             header = jwt.get_unverified_header(token)
@@ -441,14 +490,8 @@ class BotAuthenticator:
         if not isinstance(kid, str) or not kid:
             raise AuthenticationError(AuthFailure.MISSING_KEY_ID, "token header has no kid")
 
-        channel_id = activity.get("channelId")
-        if channel_id != self._settings.channel_id:
-            raise AuthenticationError(AuthFailure.CHANNEL_NOT_ALLOWED, "activity channelId is not accepted")
-
         key = await self._keys.get(kid)
         payload = _verify_signature(token, key.jwk)
-        if channel_id not in key.endorsements:
-            raise AuthenticationError(AuthFailure.ENDORSEMENT_MISSING, "key not endorsed for channel")
 
         issuer = payload.get("iss")
         if not isinstance(issuer, str) or issuer not in self._settings.allowed_issuers:
@@ -456,6 +499,20 @@ class BotAuthenticator:
         if not _audience_matches(payload.get("aud"), self._settings.app_id):
             raise AuthenticationError(AuthFailure.INVALID_AUDIENCE, "token is for another app")
         expires_at = self._check_lifetime(payload)
+        return VerifiedToken(kid, key.endorsements, issuer, expires_at, MappingProxyType(dict(payload)))
+
+    def _bind(self, verified: VerifiedToken, activity: Mapping[str, Any]) -> Claims:
+        channel_id = activity.get("channelId")
+        if channel_id != self._settings.channel_id:
+            raise AuthenticationError(AuthFailure.CHANNEL_NOT_ALLOWED, "activity channelId is not accepted")
+        if channel_id not in verified.endorsements:
+            raise AuthenticationError(AuthFailure.ENDORSEMENT_MISSING, "key not endorsed for channel")
+        payload, issuer, kid, expires_at = (
+            verified.claims,
+            verified.issuer,
+            verified.key_id,
+            verified.expires_at,
+        )
 
         claimed_url = payload.get(AuthenticationConstants.SERVICE_URL_CLAIM)
         activity_url = activity.get("serviceUrl")

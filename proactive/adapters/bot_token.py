@@ -176,7 +176,7 @@ class ClientSecretTokens(_CachingTokens):
         self._session = session
         self._client_id = client_id
         self._client_secret = client_secret
-        self._scope = scope
+        self.scope = scope
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.token_url = token_endpoint(authority_host, tenant_id)
 
@@ -188,7 +188,7 @@ class ClientSecretTokens(_CachingTokens):
             "grant_type": "client_credentials",
             "client_id": self._client_id,
             "client_secret": self._client_secret,
-            "scope": self._scope,
+            "scope": self.scope,
         }
         try:
             async with self._session.post(
@@ -295,6 +295,8 @@ def token_provider(
     session: aiohttp.ClientSession,
     *,
     authority_host: str,
+    scope: str = BOT_FRAMEWORK_SCOPE,
+    multi_tenant_authority: str = MULTI_TENANT_AUTHORITY,
     clock: Clock = time.monotonic,
 ) -> TokenProvider:
     """The provider for the configured identity (composition root helper).
@@ -303,30 +305,31 @@ def token_provider(
         identity: ``Settings.bot``.
         session: the shared session, for the client-secret flow.
         authority_host: ``Settings.authority_host``.
+        scope: ``Settings.cloud.bot_scope``.
+        multi_tenant_authority: ``Settings.cloud.multi_tenant_authority``.
         clock: monotonic seconds.
     """
     if identity.auth is BotAuthKind.ANONYMOUS:
         return AnonymousTokens()
+    tenant = identity.tenant_id or multi_tenant_authority
     if identity.auth is BotAuthKind.SECRET:
         return ClientSecretTokens(
             session,
             client_id=identity.app_id,
             client_secret=str(identity.secret),
-            tenant_id=identity.tenant_id,
+            tenant_id=tenant,
             authority_host=authority_host,
+            scope=scope,
             clock=clock,
         )
     credential: AsyncCredential
     if identity.auth is BotAuthKind.CERTIFICATE:
         credential = CertificateCredential(
-            identity.tenant_id or MULTI_TENANT_AUTHORITY,
-            identity.app_id,
-            certificate_path=identity.certificate_path,
-            authority=authority_host,
+            tenant, identity.app_id, certificate_path=identity.certificate_path, authority=authority_host
         )
     else:
         credential = ManagedIdentityCredential(client_id=identity.app_id)
-    return AzureCredentialTokens(credential, clock=clock)
+    return AzureCredentialTokens(credential, scope=scope, clock=clock)
 
 
 async def _token_error(response: aiohttp.ClientResponse) -> ProactiveError:

@@ -16,6 +16,10 @@ section 3). Each call:
 
 Its ``code`` tells how far a failed request got: ``ConnectFailed`` never reached the service;
 ``Timeout`` and ``ConnectionLost`` may have been processed (a retry of a send may then duplicate it).
+A ``504 Gateway Timeout`` after a ``POST`` (send, create) is such a timeout too: a gateway gave up
+waiting, the service may still have processed it, so it is ``TransportFailure`` ``Timeout`` with status
+504, not a :class:`~proactive.errors.ServiceBusy` to resend at once. After ``PUT`` and ``DELETE``
+(idempotent) it stays ``ServiceBusy``.
 
 Error bodies come in two shapes: ``{"error": {"code", "message"}}``, and for MessageWritesBlocked
 ``{"errorCode": 209, "message": "{\\"subCode\\": \\"MessageWritesBlocked\\", ...}"}`` (JSON inside a string).
@@ -297,6 +301,14 @@ class BotConnectorClient:
                 f"Bot Connector {operation}: connection lost ({type(exc).__name__})", code="ConnectionLost"
             ) from exc
         logger.debug("Bot Connector %s on %s: %s %s", operation, allowed.host, error.status, error.code)
+        if method == "POST" and error.status == 504:
+            # A gateway that timed out waiting for Teams after a POST: the message may have been delivered.
+            # Resending at once (as for 502/503) risks a duplicate, so it is a timeout, outcome unknown.
+            raise TransportFailure(
+                f"Bot Connector {operation} answered 504: a gateway timeout, outcome unknown",
+                status=504,
+                code="Timeout",
+            ) from error
         if error.status == 401:
             # A token the service no longer accepts (revoked, clock skew) must not stay cached for an hour.
             invalidate = getattr(self._tokens, "invalidate", None)

@@ -17,6 +17,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
+from proactive import json_input
 from proactive.errors import StorageError
 from proactive.sender_ports import QueueMessage
 
@@ -131,7 +132,7 @@ class AzureWorkQueue:
 
 def _object(content: Any) -> dict[str, Any]:
     try:
-        value = json.loads(content) if isinstance(content, str | bytes) else content
+        value = json_input.loads(content) if isinstance(content, str | bytes) else content
     except ValueError:
         value = None
     if not isinstance(value, dict):

@@ -21,14 +21,13 @@ from datetime import datetime
 from enum import StrEnum
 
 from proactive.bot import texts
-from proactive.models import Preferences, QuietHours
+from proactive.models import Preferences, QuietHours, normalise_category
 
 __all__ = ["Command", "CommandKind", "CommandResult", "apply_command", "parse_command"]
 
-_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _TIME = r"([0-9]{1,2})(?::|\.|h)?([0-9]{2})?"
 # Hyphen, en dash or em dash (Teams clients autocorrect "-" to a dash), or the word "to".
-_QUIET_RANGE = re.compile(rf"^{_TIME}\s*(?:-|\u2013|\u2014|to)\s*{_TIME}$")
+_QUIET_RANGE = re.compile(rf"{_TIME}\s*(?:-|\u2013|\u2014|to)\s*{_TIME}")
 _ALL_WORDS = frozenset({"all", "everything"})
 
 
@@ -83,7 +82,7 @@ def _clock_time(hours: str, minutes: str | None) -> str | None:
 def _parse_quiet(argument: str) -> Command:
     if argument in {"off", "none", "stop", "clear"}:
         return Command(CommandKind.QUIET_OFF)
-    match = _QUIET_RANGE.match(argument)
+    match = _QUIET_RANGE.fullmatch(argument)
     start = _clock_time(match.group(1), match.group(2)) if match else None
     end = _clock_time(match.group(3), match.group(4)) if match else None
     if start is None or end is None:
@@ -103,9 +102,10 @@ def parse_command(text: str) -> Command:
         kind = CommandKind.STOP if verb in {"stop", "unsubscribe"} else CommandKind.START
         if not argument or argument in _ALL_WORDS:
             return Command(kind)
-        if not _CATEGORY.match(argument):
+        category = normalise_category(argument)
+        if category is None:
             return Command(CommandKind.INVALID, problem=texts.CATEGORY_FORMAT)
-        return Command(kind, category=argument)
+        return Command(kind, category=category)
     if verb == "quiet":
         return _parse_quiet(argument)
     if verb in {"status", "settings"} and not argument:

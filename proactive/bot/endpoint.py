@@ -4,29 +4,31 @@ Answers:
 
 - ``200 {}``: handled, or deliberately ignored (other tenant, disallowed ``serviceUrl``, activity types the
   bot does not act on). Teams must not redeliver those.
-- ``400 {"error": {"code", "message", "details"}}``: the body is not JSON, not an object, or misses a field
-  the activity needs (``details[0].field`` names it). Nothing is stored.
+- ``400 {"error": {"code", "message", "details"}}``: the body is not JSON (nested too deeply included),
+  not an object, or misses a field the activity needs (``details[0].field`` names it). Nothing is stored.
 - ``401`` (same error shape, code ``unauthorized``): an app id is configured and the Bot Framework JWT is
   missing or fails any check. Nothing is read or stored; the reason goes to the log, not to the caller.
+- ``413`` (code ``body_too_large``): the body is over :data:`MAX_BODY_BYTES`; it is not parsed.
 - ``503``: our side cannot work right now (signing keys unreachable, storage down); Teams retries.
 
-Order: JSON first (a body that is not JSON cannot be authenticated against), then the token, then the
-activity's fields, so an unauthenticated caller learns nothing about what a valid activity needs.
+Order: the size, then the token from the header (signature, issuer, audience, lifetime), then the JSON,
+then the token against the activity (channel, endorsement, ``serviceUrl``), then the activity's fields:
+a caller without a valid token costs no parsing and learns nothing about what a valid activity needs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proactive import json_input
 from proactive.bot.activity import parse_activity
 from proactive.bot.handler import ActivityHandler
 from proactive.errors import AuthenticationError, InvalidInput, StorageError
 
-__all__ = ["Authenticator", "BotEndpoint", "EndpointAnswer"]
+__all__ = ["MAX_BODY_BYTES", "Authenticator", "BotEndpoint", "EndpointAnswer"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +36,11 @@ _KEYS_UNAVAILABLE = "keys_unavailable"  # AuthFailure.KEYS_UNAVAILABLE: our side
 
 
 class Authenticator(Protocol):
-    """Validates the channel's token for an activity (``BotAuthenticator`` fits)."""
+    """Validates the channel's token: from the header alone, then against the activity (``BotAuthenticator``)."""
 
-    async def authenticate(self, authorization_header: str | None, activity: Mapping[str, Any]) -> object: ...
+    async def verify(self, authorization_header: str | None) -> Any: ...
+
+    def bind(self, verified: Any, activity: Mapping[str, Any]) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,18 @@ class EndpointAnswer:
     body: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_BODY_BYTES = 1024 * 1024
+"""Largest accepted activity: Teams messages are capped near 100 KB, so 1 MB leaves room for any real one."""
+
+
 def _error(status: int, code: str, message: str) -> EndpointAnswer:
     return EndpointAnswer(status, {"error": {"code": code, "message": message, "details": []}})
+
+
+def _refused(exc: AuthenticationError) -> EndpointAnswer:
+    if exc.reason == _KEYS_UNAVAILABLE:
+        return _error(503, "keys_unavailable", "token signing keys cannot be fetched; retry later")
+    return _error(401, "unauthorized", "a valid Bot Framework token is required")
 
 
 class BotEndpoint:
@@ -56,7 +70,7 @@ class BotEndpoint:
 
     Args:
         handler: Handles authenticated, parsed activities.
-        authenticator: Validates the JWT; ``None`` runs anonymous (no app id configured: local development).
+        authenticator: Validates the JWT; ``None`` runs anonymous (``BOT_AUTH=anonymous``: local development).
     """
 
     def __init__(self, handler: ActivityHandler, authenticator: Authenticator | None) -> None:
@@ -66,28 +80,31 @@ class BotEndpoint:
 
     async def handle(self, body: bytes, authorization: str | None) -> EndpointAnswer:
         """Answer one request (see the module docstring for the statuses)."""
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, "body_too_large", f"an activity is at most {MAX_BODY_BYTES:,} bytes")
+        verified: Any = None
+        if self._authenticator is None:
+            if not self._announced_anonymous:
+                self._announced_anonymous = True
+                logger.warning("Bot endpoint runs anonymous (BOT_AUTH=anonymous): tokens are not checked")
+        else:
+            try:
+                verified = await self._authenticator.verify(authorization)
+            except AuthenticationError as exc:
+                return _refused(exc)
+
         try:
-            data = json.loads(body.decode("utf-8")) if body.strip() else None
-        except (UnicodeDecodeError, ValueError):
+            data = json_input.loads(body) if body.strip() else None
+        except ValueError:
             return _error(400, "invalid_json", "the body must be a JSON activity")
         if not isinstance(data, dict):
             return _error(400, "invalid_json", "the body must be a JSON object (an activity)")
 
-        if self._authenticator is None:
-            if not self._announced_anonymous:
-                self._announced_anonymous = True
-                logger.warning(
-                    "Bot endpoint runs anonymous: no MicrosoftAppId is set, tokens are not checked"
-                )
-        else:
+        if self._authenticator is not None:
             try:
-                await self._authenticator.authenticate(authorization, data)
+                self._authenticator.bind(verified, data)
             except AuthenticationError as exc:
-                if exc.reason == _KEYS_UNAVAILABLE:
-                    return _error(
-                        503, "keys_unavailable", "token signing keys cannot be fetched; retry later"
-                    )
-                return _error(401, "unauthorized", "a valid Bot Framework token is required")
+                return _refused(exc)
 
         try:
             activity = parse_activity(data)

@@ -2,16 +2,24 @@
 
 Every route calls one :class:`~proactive.broadcasts.BroadcastService` method and maps its answer; a bad
 request comes back as the contract's ``{"error": {"code", "message", "details"}}`` with its status.
+
+Starting work (``POST``, ``PATCH``, ``DELETE .../messages``) answers ``202`` with a body of our own,
+``Location: .../api/broadcasts/{id}`` and ``Retry-After``; ``GET /api/broadcasts/{id}`` keeps answering
+``202`` with the same headers while anything of the broadcast runs and ``200`` once it has finished: the
+asynchronous pattern Logic Apps and Power Automate follow. The Durable client's
+``create_check_status_response`` is never used: in Azure its URLs carry the extension's system key, which
+can terminate and purge any instance and signal the limiter entities.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import azure.durable_functions as df
 import azure.functions as func
 
-from proactive.broadcasts import BroadcastService, OrchestrationState
+from proactive.broadcasts import Accepted, BroadcastService, OrchestrationState, status_finished
 from proactive.composition import services
 from proactive.errors import InvalidInput
 from proactive.functions.http import json_response
@@ -58,12 +66,29 @@ def _error(exc: InvalidInput) -> func.HttpResponse:
     return json_response(exc.to_body(), status=exc.status)
 
 
-def _accepted(
-    client: df.DurableOrchestrationClient, req: func.HttpRequest, instance_id: str
-) -> func.HttpResponse:
-    # 202 + Location + the Durable status payload: what Logic Apps and Power Automate poll natively.
-    response: func.HttpResponse = client.create_check_status_response(req, instance_id)
-    return response
+def _status_url(req: func.HttpRequest, notification_id: str, route_tail: str) -> str:
+    """The absolute URL of ``GET /api/broadcasts/{id}``, built from this request's own URL.
+
+    ``route_tail`` is what follows ``broadcasts`` in this route (``""``, ``/{id}``, ``/{id}/messages``), so
+    the host and route prefix are the ones the caller used. A caller that authenticated with ``?code=``
+    gets its own key back in the URL, so a client that only follows ``Location`` keeps working; a caller
+    that sent ``x-functions-key`` gets a URL without a key.
+    """
+    parts = urlsplit(req.url)
+    path = parts.path.rstrip("/")
+    base = path[: len(path) - len(route_tail)] if route_tail and path.endswith(route_tail) else path
+    code = req.params.get("code")
+    query = urlencode({"code": code}) if code else ""
+    return str(urlunsplit((parts.scheme, parts.netloc, f"{base}/{notification_id}", query, "")))
+
+
+def _polling_headers(location: str) -> dict[str, str]:
+    return {"Location": location, "Retry-After": str(services().settings.status_retry_after_seconds)}
+
+
+def _accepted(req: func.HttpRequest, accepted: Accepted, route_tail: str) -> func.HttpResponse:
+    location = _status_url(req, accepted.notification_id, route_tail)
+    return json_response(accepted.to_json(location), status=202, headers=_polling_headers(location))
 
 
 @bp.function_name("broadcasts_start")
@@ -74,7 +99,7 @@ async def broadcasts_start(req: func.HttpRequest, client: df.DurableOrchestratio
         accepted = await _service(client).start(req.get_body())
     except InvalidInput as exc:
         return _error(exc)
-    return _accepted(client, req, accepted.instance_id)
+    return _accepted(req, accepted, "")
 
 
 @bp.function_name("broadcasts_status")
@@ -83,10 +108,15 @@ async def broadcasts_start(req: func.HttpRequest, client: df.DurableOrchestratio
 async def broadcasts_status(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
+    notification_id = req.route_params["id"]
     try:
-        return json_response(await _service(client).status(req.route_params["id"]))
+        body = await _service(client).status(notification_id)
     except InvalidInput as exc:
         return _error(exc)
+    if status_finished(body):
+        return json_response(body)
+    location = _status_url(req, notification_id, f"/{notification_id}")
+    return json_response(body, status=202, headers=_polling_headers(location))
 
 
 @bp.function_name("broadcasts_deliveries")
@@ -119,10 +149,14 @@ async def broadcasts_deliveries(
 async def broadcasts_cancel(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
+    notification_id = req.route_params["id"]
     try:
-        return json_response(await _service(client).cancel(req.route_params["id"]), status=202)
+        body = await _service(client).cancel(notification_id)
     except InvalidInput as exc:
         return _error(exc)
+    # Like the other 202s: the status URL, which answers 200 once the cancellation has finished.
+    location = _status_url(req, notification_id, f"/{notification_id}/cancel")
+    return json_response(body, status=202, headers=_polling_headers(location))
 
 
 @bp.function_name("broadcasts_update")
@@ -135,7 +169,7 @@ async def broadcasts_update(
         accepted = await _service(client).update(req.route_params["id"], req.get_body())
     except InvalidInput as exc:
         return _error(exc)
-    return _accepted(client, req, accepted.instance_id)
+    return _accepted(req, accepted, f"/{accepted.notification_id}")
 
 
 @bp.function_name("broadcasts_recall")
@@ -148,4 +182,4 @@ async def broadcasts_recall(
         accepted = await _service(client).recall(req.route_params["id"])
     except InvalidInput as exc:
         return _error(exc)
-    return _accepted(client, req, accepted.instance_id)
+    return _accepted(req, accepted, f"/{accepted.notification_id}/messages")

@@ -48,7 +48,6 @@ a ``status``/``updatedAt`` index row instead.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ import azure.durable_functions as df
 import azure.functions as func
 from pydantic import ValidationError
 
+from proactive import json_input
 from proactive.audience import audience_tenants, stored_request
 from proactive.composition import services
 from proactive.errors import ConcurrencyConflict, ProactiveError
@@ -343,7 +343,7 @@ async def notifications_to_reconcile(
 
 def _parse(raw: bytes) -> RetryRequest | None:
     try:
-        body = json.loads(raw)
+        body = json_input.loads(raw)  # nested too deeply is a ValueError too: dead-lettered, not a crash
         return RetryRequest.from_json(body) if isinstance(body, dict) else None
     except (ValueError, ValidationError):
         return None

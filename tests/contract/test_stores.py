@@ -325,3 +325,61 @@ async def test_dead_letters_are_kept_by_day(new_table: TableFactory) -> None:
     await store.add(entry.model_copy(update={"id": "m2", "created_at": NOW + timedelta(days=1)}))
     page = await store.list_day("20261121")
     assert page.items == [entry]
+
+
+async def test_deactivate_for_a_failed_conversation_leaves_a_reinstalled_reference_active(
+    new_table: TableFactory,
+) -> None:
+    store = TableReferenceStore(new_table())
+    old = reference(TENANT, "u2")
+    await store.upsert(old)
+    reinstalled = old.model_copy(
+        update={
+            "reference": old.reference.model_copy(
+                update={"conversation": old.reference.conversation.model_copy(update={"id": "a:fresh"})}
+            ),
+            "updated_at": NOW + timedelta(minutes=1),
+        }
+    )
+    await store.upsert(reinstalled)
+
+    assert not await store.deactivate(TENANT, old.key, "ConversationNotFound", NOW, conversation_id="a:u2")
+    assert await store.get(TENANT, old.key) == reinstalled
+    assert await store.deactivate(TENANT, old.key, "ConversationNotFound", NOW, conversation_id="a:fresh")
+    gone = await store.get(TENANT, old.key)
+    assert gone is not None and not gone.active and gone.stale_reason == "ConversationNotFound"
+
+
+async def test_deactivate_never_overwrites_a_reinstall_that_lands_between_its_read_and_its_write(
+    new_table: TableFactory,
+) -> None:
+    table = new_table()
+    store = TableReferenceStore(table)
+    old = reference(TENANT, "u3")
+    await store.upsert(old)
+    reinstalled = old.model_copy(
+        update={
+            "reference": old.reference.model_copy(
+                update={"conversation": old.reference.conversation.model_copy(update={"id": "a:fresh"})}
+            ),
+            "time_zone": "Asia/Tokyo",
+        }
+    )
+    real_get = table.get
+
+    async def get_then_reinstall(partition_key: str, row_key: str):  # type: ignore[no-untyped-def]
+        found = await real_get(partition_key, row_key)
+        if found is not None and not raced:
+            raced.append(True)
+            await TableReferenceStore(table).upsert(reinstalled)  # the reinstall wins the race
+        return found
+
+    raced: list[bool] = []
+    table.get = get_then_reinstall  # type: ignore[method-assign]
+    try:
+        assert not await store.deactivate(
+            TENANT, old.key, "ConversationNotFound", NOW, conversation_id="a:u3"
+        )
+    finally:
+        table.get = real_get  # type: ignore[method-assign]
+    assert raced and await store.get(TENANT, old.key) == reinstalled

@@ -9,6 +9,7 @@ the realistic payloads in ``tests/payloads/teams`` with ``serviceUrl`` pointed a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import json
 import logging
@@ -64,6 +65,7 @@ def function_app() -> Iterator[ModuleType]:
     """function_app.py imported once, as the Functions host would; each test configures its own services."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+        patch.setenv("BOT_AUTH", "anonymous")
         patch.delenv("MicrosoftAppId", raising=False)
         sys.modules.pop("function_app", None)
         module = importlib.import_module("function_app")
@@ -136,15 +138,24 @@ async def start_bot(
         sock.bind(("127.0.0.1", 0))
         await web.SockSite(runner, sock).start()
         emulator_url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        anonymous = "MicrosoftAppId" not in env
         environ = {
             "AzureWebJobsStorage": storage_connection_string,
             "TABLE_REFERENCES": unique_name + "refs",
             "TABLE_PREFERENCES": unique_name + "prefs",
-            "DEV_OUTBOUND_HOSTS": "127.0.0.1",
-            "AUTHORITY_HOST": emulator_url,  # the emulator also issues client-credentials tokens
+            **({"BOT_AUTH": "anonymous", "DEV_OUTBOUND_HOSTS": "127.0.0.1"} if anonymous else {}),
             **{k: v.replace("{emulator}", emulator_url) for k, v in env.items()},
         }
         services = composition.configure(environ)
+        if not anonymous:
+            # Settings refuse DEV_OUTBOUND_HOSTS with JWT on and an http AUTHORITY_HOST (a deployment must
+            # never hand its token to loopback, nor its secret to plain http); only this test widens them,
+            # so the emulator on loopback issues the token and sees the one the bot sends.
+            services.settings = dataclasses.replace(
+                services.settings,
+                dev_outbound_hosts=frozenset({"127.0.0.1"}),
+                authority_host=emulator_url.rstrip("/"),
+            )
         opened.append(services)
         function_app.app.functions_bindings = None  # get_functions() is not idempotent
         host = DevHost(function_app.app, HostSettings({}, {}), port=free_port())

@@ -5,6 +5,7 @@ the real sender against the Teams emulator over HTTP, tables and queues on Azuri
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -33,6 +34,7 @@ from proactive.models import (
     RecipientKind,
     StoredReference,
 )
+from proactive.paging import encode_continuation
 from tests.support.function_app import load_function_app
 
 pytestmark = pytest.mark.azurite
@@ -67,7 +69,7 @@ class Api:
     async def wait_done(self, location: str, within: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            async with self.http.get(location) as response:
+            async with self.http.get(location, headers={"x-functions-key": KEY}) as response:
                 if response.status == 200:
                     return dict(await response.json())
                 assert response.status == 202
@@ -113,9 +115,11 @@ async def api(
 ) -> AsyncIterator[Api]:
     environ = {
         "AzureWebJobsStorage": storage_connection_string,
+        "BOT_AUTH": "anonymous",
         "DEV_OUTBOUND_HOSTS": "127.0.0.1",
         "TENANT_ALLOW_LIST": f"{TENANT_A},{TENANT_B}",
         "BATCH_SIZE": "5",
+        "STATUS_RETRY_AFTER_SECONDS": "1",
         "QUEUE_INSTALLS": f"{unique_name}-installs",
         "QUEUE_DELIVERIES_RETRY": f"{unique_name}-retry",
         **{
@@ -162,11 +166,11 @@ async def test_post_answers_202_with_location_and_polling_reaches_completion(api
     response = await api.call("POST", "broadcasts", json=body)
     assert response.status == 202
     payload = await response.json()
-    assert payload["id"] == "deploy-42"
-    assert response.headers["Location"] == payload["statusQueryGetUri"]
-    assert {"sendEventPostUri", "terminatePostUri", "purgeHistoryDeleteUri"} <= set(payload)
+    status_url = f"{api.base}/broadcasts/deploy-42"
+    assert payload == {"id": "deploy-42", "status": "accepted", "statusUri": status_url}
+    assert response.headers["Location"] == status_url and response.headers["Retry-After"] == "1"
     done = await api.wait_done(response.headers["Location"])
-    assert done["runtimeStatus"] == "Completed" and done["output"]["phase"] == "completed"
+    assert done["runtimeStatus"] == "Completed" and done["status"] == "completed"
 
     status = await (await api.call("GET", "broadcasts/deploy-42")).json()
     assert status["status"] == "completed"
@@ -175,6 +179,58 @@ async def test_post_answers_202_with_location_and_polling_reaches_completion(api
     stats = await api.emulator_stats()
     assert stats["byNotification"]["deploy-42"] == {"conversations": 16, "deliveries": 16}
     assert stats["duplicates"] == []
+
+
+async def follow_async_pattern(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str], within: float = 30.0
+) -> tuple[int, dict[str, Any], list[aiohttp.ClientResponse]]:
+    """The asynchronous request-response pattern as Logic Apps and Power Automate run it.
+
+    POST; while the answer is 202, wait its ``Retry-After`` and GET its ``Location`` with the same
+    authentication as the first request; the first non-202 answer is the result. Returns its status, its
+    body and every answer seen.
+    """
+    seen: list[aiohttp.ClientResponse] = []
+    response = await http.post(url, json=body, headers=headers)
+    await response.read()
+    seen.append(response)
+    deadline = time.monotonic() + within
+    while response.status == 202 and time.monotonic() < deadline:
+        await asyncio.sleep(float(response.headers["Retry-After"]))
+        response = await http.get(response.headers["Location"], headers=headers)
+        await response.read()
+        seen.append(response)
+    return response.status, dict(await response.json()), seen
+
+
+@pytest.mark.parametrize("key_in", ["header", "query"])
+async def test_a_logic_apps_style_client_follows_location_to_the_finished_status(
+    api: Api, key_in: str
+) -> None:
+    await api.seed(TENANT_A, range(4))
+    url, headers = f"{api.base}/broadcasts", {"x-functions-key": KEY}
+    if key_in == "query":
+        url, headers = f"{url}?code={KEY}", {}
+    status, result, seen = await follow_async_pattern(
+        api.http, url, broadcast(f"pattern-{key_in}", range(4)), headers
+    )
+    assert status == 200, result
+    assert result["status"] == "completed" and result["counts"]["sent"] == 4
+    assert len(seen) >= 2 and all(r.status == 202 for r in seen[:-1])
+    assert "Location" not in seen[-1].headers
+    for response in seen:
+        # Never the Durable management URLs: in Azure they carry the extension's system key.
+        assert "webhooks" not in json.dumps(dict(response.headers)) + await response.text()
+    assert (await api.emulator_stats())["byNotification"][f"pattern-{key_in}"]["deliveries"] == 4
+
+
+async def test_the_status_location_needs_the_function_key(api: Api) -> None:
+    await api.seed(TENANT_A, range(1))
+    response = await api.call("POST", "broadcasts", json=broadcast("keyed", range(1)))
+    assert "code=" not in response.headers["Location"]  # the key came in a header: none in the URL
+    async with api.http.get(response.headers["Location"]) as keyless:
+        assert keyless.status == 401
+    await api.wait_done(response.headers["Location"])
 
 
 async def test_the_same_notification_id_answers_with_the_existing_broadcast(api: Api) -> None:
@@ -230,8 +286,9 @@ async def test_cancel_before_send_at_sends_nothing(api: Api) -> None:
     assert status["status"] == "scheduled" and status["sendAt"]
     cancelled = await api.call("POST", "broadcasts/cancel-me/cancel")
     assert cancelled.status == 202
+    assert cancelled.headers["Location"] == response.headers["Location"] == f"{api.base}/broadcasts/cancel-me"
     done = await api.wait_done(response.headers["Location"])
-    assert done["output"]["phase"] == "cancelled"
+    assert done["status"] == "cancelled"
     status = await (await api.call("GET", "broadcasts/cancel-me")).json()
     assert status["status"] == "cancelled" and status["counts"]["total"] == 0
     assert "cancel-me" not in (await api.emulator_stats())["byNotification"]
@@ -243,16 +300,23 @@ async def test_patch_and_delete_go_through_the_paced_fan_out(api: Api) -> None:
     await _sent(api, "fix-me", range(6))
     patch = await api.call("PATCH", "broadcasts/fix-me", json={"message": {"text": "Deploy 42 rolled back"}})
     assert patch.status == 202 and patch.headers["Location"]
+    assert patch.headers["Location"] == f"{api.base}/broadcasts/fix-me"
+    assert (await patch.json())["operation"] == "update"
     done = await api.wait_done(patch.headers["Location"])
-    assert done["output"]["operation"] == "update" and done["output"]["phase"] == "completed"
+    assert done["operations"]["update"] | {"instanceId": ""} == {
+        "runtimeStatus": "Completed",
+        "phase": "completed",
+        "instanceId": "",
+    }
     stats = await api.emulator_stats()
     conversations = [stats["conversations"][f"a:conv-{n}"] for n in range(6)]
     assert [c["updates"] for c in conversations] == [1] * 6
 
     recall = await api.call("DELETE", "broadcasts/fix-me/messages")
     assert recall.status == 202
+    assert recall.headers["Location"] == f"{api.base}/broadcasts/fix-me"
     done = await api.wait_done(recall.headers["Location"])
-    assert done["output"]["operation"] == "delete"
+    assert done["operations"]["delete"]["phase"] == "completed"
     stats = await api.emulator_stats()
     assert [stats["conversations"][f"a:conv-{n}"]["deletes"] for n in range(6)] == [1] * 6
     status = await (await api.call("GET", "broadcasts/fix-me")).json()
@@ -323,3 +387,31 @@ async def test_every_route_needs_the_function_key(api: Api) -> None:
         response = await api.call(method, path, key=False, json=broadcast("keyless", range(1)))
         assert response.status == 401, (method, path)
     assert await api.host.runtime.list_instances() == []
+
+
+def _token(position: dict[str, str]) -> str:
+    return encode_continuation(position)
+
+
+async def test_malformed_queries_and_bodies_on_sent_broadcasts_answer_4xx_naming_the_field(api: Api) -> None:
+    await _sent(api, "probe-me", range(2))
+    deep = base64.urlsafe_b64encode(b"[" * 5_000).decode()  # deeper than the recursion limit, under 8 KB
+    cases: list[tuple[str, str, dict[str, Any], int, str, str]] = [
+        ("GET", "deliveries", {"params": {"pageSize": "²"}}, 400, "invalid_page_size", "pageSize"),
+        ("GET", "deliveries", {"params": {"pageSize": "-1"}}, 400, "invalid_page_size", "pageSize"),
+        ("GET", "deliveries", {"params": {"pageSize": " 5"}}, 400, "invalid_page_size", "pageSize"),
+        ("GET", "deliveries", {"params": {"continuation": _token({"t": "-1", "c": ""})}}, 400, "invalid_continuation", "continuation"),
+        ("GET", "deliveries", {"params": {"continuation": _token({"t": "²", "c": ""})}}, 400, "invalid_continuation", "continuation"),
+        ("GET", "deliveries", {"params": {"continuation": _token({"t": "7", "c": ""})}}, 400, "invalid_continuation", "continuation"),
+        ("GET", "deliveries", {"params": {"continuation": deep}}, 400, "invalid_continuation", "continuation"),
+        ("GET", "deliveries", {"params": {"continuation": "%%%"}}, 400, "invalid_continuation", "continuation"),
+        ("PATCH", "", {"data": b"[" * 200_000}, 400, "invalid_json", ""),
+        ("PATCH", "", {"data": io.BytesIO(b'{"message":' + b"[" * 3_000_000)}, 413, "body_too_large", ""),
+    ]  # fmt: skip
+    for method, tail, kwargs, status, code, field in cases:
+        response = await api.call(method, f"broadcasts/probe-me{'/' + tail if tail else ''}", **kwargs)
+        assert response.status == status, (method, tail, kwargs.get("params"), await response.text())
+        error = (await response.json())["error"]
+        assert error["code"] == code and error["details"][0]["field"] == field, error
+    stats = await api.emulator_stats()
+    assert stats["conversations"]["a:conv-0"]["updates"] == 0  # no PATCH went through

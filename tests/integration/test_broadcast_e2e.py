@@ -183,6 +183,7 @@ async def run(
     emulator = f"http://127.0.0.1:{sock.getsockname()[1]}/"
     environ = {
         "AzureWebJobsStorage": storage_connection_string,
+        "BOT_AUTH": "anonymous",
         "DEV_OUTBOUND_HOSTS": "127.0.0.1",
         "TENANT_ALLOW_LIST": ",".join(TENANTS),
         "SEND_RATE_PER_TENANT": str(RATE),
@@ -291,7 +292,7 @@ async def wait_settled(run: Run, location: str, within: float = 300.0) -> dict[s
     """
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        async with run.http.get(location) as response:
+        async with run.http.get(location, headers={"x-functions-key": KEY}) as response:
             if response.status == 200:
                 break
             assert response.status == 202

@@ -382,7 +382,7 @@ EMULATOR_KINDS: dict[str, type[DeliveryError]] = {
     "500": ServiceFailed,
     "502": ServiceBusy,
     "503": ServiceBusy,
-    "504": ServiceBusy,
+    "504": TransportFailure,  # after a POST: a gateway timeout, outcome unknown
 }
 
 
@@ -403,7 +403,7 @@ async def test_each_scripted_emulator_error_raises_its_class(
     error = raised.value
     assert type(error) is expected
     assert error.status == ERRORS[kind].status
-    assert error.code == ERRORS[kind].code
+    assert error.code == ("Timeout" if kind == "504" else ERRORS[kind].code)
     if expected is Throttled:
         assert isinstance(error, Throttled) and error.retry_after == 2.5
     # The rule is spent: the next send goes through.
@@ -849,3 +849,20 @@ async def test_token_provider_builds_the_provider_for_each_kind_of_identity(
     assert isinstance(certificate, AzureCredentialTokens) and isinstance(managed, AzureCredentialTokens)
     await certificate.close()
     await managed.close()
+
+
+async def test_a_504_after_a_send_is_a_timeout_but_after_an_update_stays_busy(
+    emulator: Emulator, http: aiohttp.ClientSession
+) -> None:
+    connector = client(http)
+    await emulator.faults({"kind": "504", "times": 1})
+    with pytest.raises(TransportFailure) as sent:
+        await connector.send_activity(emulator.base, PERSONAL, message())
+    assert (sent.value.code, sent.value.status) == ("Timeout", 504)
+
+    activity_id = await connector.send_activity(emulator.base, PERSONAL, message())
+    assert activity_id is not None
+    await emulator.faults({"kind": "504", "times": 1})
+    with pytest.raises(ServiceBusy) as updated:
+        await connector.update_activity(emulator.base, PERSONAL, activity_id, message())
+    assert updated.value.status == 504

@@ -15,7 +15,9 @@ from proactive.functions.health import health
 
 @pytest.fixture
 async def configured(storage_connection_string: str) -> AsyncIterator[None]:
-    services = composition.configure({"AzureWebJobsStorage": storage_connection_string})
+    services = composition.configure(
+        {"AzureWebJobsStorage": storage_connection_string, "BOT_AUTH": "anonymous"}
+    )
     yield
     await services.tables.close()
 
@@ -32,7 +34,9 @@ async def test_health_reports_version_and_reachable_storage(configured: None) ->
 
 async def test_health_reports_unreachable_storage_without_details() -> None:
     port = free_port()  # nothing listens there
-    services = composition.configure({"AzureWebJobsStorage": connection_string(port, port, port)})
+    services = composition.configure(
+        {"AzureWebJobsStorage": connection_string(port, port, port), "BOT_AUTH": "anonymous"}
+    )
     try:
         response = await health(_request())
     finally:

@@ -89,7 +89,7 @@ class Small:
                 reached = (await response.json())["byNotification"].get(nid, {}).get("conversations", 0)
             if reached >= expected and not delivered:
                 delivered = time.monotonic() - started
-            async with self.http.get(location) as response:
+            async with self.http.get(location, headers={"x-functions-key": KEY}) as response:
                 if delivered and response.status == 200:
                     return nid, delivered
             await asyncio.sleep(0.1)
@@ -123,6 +123,7 @@ async def small(
     with StorageLatency(storage_connection_string, profile) as storage:
         environ = {
             "AzureWebJobsStorage": storage.connection_string,
+            "BOT_AUTH": "anonymous",
             "DEV_OUTBOUND_HOSTS": "127.0.0.1",
             "TENANT_ALLOW_LIST": TENANT,
             "QUEUE_INSTALLS": f"{unique_name}-installs",

@@ -11,7 +11,14 @@ import pytest
 from proactive import composition
 
 # Settings a developer's shell may carry that would change what the app does in a test.
-_CLEARED = ("AzureWebJobsStorage", "MicrosoftAppId", "TENANT_ALLOW_LIST")
+_CLEARED = (
+    "AzureWebJobsStorage",
+    "MicrosoftAppId",
+    "TENANT_ALLOW_LIST",
+    "BOT_AUTH",
+    "DEV_OUTBOUND_HOSTS",
+    "WEBSITE_INSTANCE_ID",
+)
 
 
 def load_function_app(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> ModuleType:

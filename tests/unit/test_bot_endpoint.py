@@ -16,6 +16,7 @@ from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
 from proactive.adapters.memory_tables import MemoryEntityTable
 from proactive.bot import ActivityHandler, BotEndpoint
+from proactive.bot.endpoint import MAX_BODY_BYTES
 from proactive.errors import StorageError
 from proactive.ports import Entity
 from proactive.stores import TablePreferenceStore, TableReferenceStore
@@ -79,7 +80,7 @@ async def test_anonymous_mode_is_announced_once(caplog: pytest.LogCaptureFixture
             answer = await bot.handle(body("personal_message", text="help"), None)
             assert answer.status == 200
     assert [r.getMessage() for r in caplog.records].count(
-        "Bot endpoint runs anonymous: no MicrosoftAppId is set, tokens are not checked"
+        "Bot endpoint runs anonymous (BOT_AUTH=anonymous): tokens are not checked"
     ) == 1
     assert len(sender.sent) == 3
 
@@ -151,3 +152,30 @@ async def test_welcome_goes_to_the_personal_conversation_with_the_incoming_servi
     assert service_url == "https://smba.trafficmanager.net/emea/"
     assert conversation.startswith("a:") and activity["type"] == "message"
     assert "stop" in activity["text"]
+
+
+async def test_json_nested_too_deeply_is_400_not_a_crash() -> None:
+    bot, sender = endpoint()
+    for raw in (b"[" * 200_000, b'{"a":' * 100_000):
+        answer = await bot.handle(raw, None)
+        assert answer.status == 400 and answer.body["error"]["code"] == "invalid_json"
+    assert sender.sent == []
+
+
+async def test_a_body_over_1_mb_is_413_and_never_parsed() -> None:
+    bot, sender = endpoint()
+    oversized = body("personal_message", text="x" * MAX_BODY_BYTES)
+    answer = await bot.handle(oversized, None)
+    assert answer.status == 413 and answer.body["error"]["code"] == "body_too_large"
+    assert sender.sent == []
+
+
+async def test_the_token_is_checked_before_the_body_is_parsed(session: aiohttp.ClientSession) -> None:
+    async with LocalOpenIdServer([]) as server:
+        settings = BotAuthSettings(app_id=APP_ID, openid_metadata_url=server.metadata_url)
+        bot, sender = endpoint(authenticator=BotAuthenticator(settings, session))
+        for raw in (b"[" * 200_000, b"{not json", body("personal_message")):
+            answer = await bot.handle(raw, None)
+            assert answer.status == 401 and answer.body["error"]["code"] == "unauthorized"
+        assert server.metadata_requests == 0  # no key lookup either: the header alone was enough to refuse
+    assert sender.sent == []

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from proactive.bot.commands import parse_command
 from proactive.broadcast_request import (
     BroadcastLimits,
     BroadcastRequest,
@@ -29,7 +30,7 @@ from proactive.message_content import (
     serialize_activity,
     utf16_size,
 )
-from proactive.models import RecipientKind
+from proactive.models import Preferences, RecipientKind
 
 NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -184,16 +185,57 @@ def test_notification_id_with_url_characters_is_rejected_naming_the_character(ch
     assert f'contains "{character}"' in str(error)
 
 
+@pytest.mark.parametrize(
+    ("fields", "field", "code"),
+    [
+        ({"notificationId": "deploy-42\n"}, "notificationId", "invalid_notification_id"),
+        (
+            {"audience": {"users": [{"tenantId": TENANT + "\n", "aadObjectId": user_id(1)}]}},
+            "audience.users[0].tenantId",
+            "invalid_guid",
+        ),
+        (
+            {"audience": {"users": [{"tenantId": TENANT, "aadObjectId": user_id(1) + "\n"}]}},
+            "audience.users[0].aadObjectId",
+            "invalid_guid",
+        ),
+        ({"audience": {"tenants": [TENANT + "\n"]}}, "audience.tenants[0]", "invalid_guid"),
+        (
+            {"audience": {"channels": [{"tenantId": TENANT, "teamId": TEAM, "channelId": CHANNEL + "\n"}]}},
+            "audience.channels[0].channelId",
+            "invalid_id",
+        ),
+        ({"sendAt": "2026-11-22T09:00:00Z\n"}, "sendAt", "invalid_send_at"),
+    ],
+)
+def test_a_trailing_newline_passes_no_format_check(fields: dict[str, Any], field: str, code: str) -> None:
+    assert problems(rejection(request(**fields))) == {field: code}
+
+
 def test_notification_id_must_be_a_string() -> None:
     assert problems(rejection(request(notificationId=42))) == {"notificationId": "invalid_field"}
 
 
-@pytest.mark.parametrize("category", ["deployments", "ops.alerts-1", "A_B", "c" * 64])
+@pytest.mark.parametrize("category", ["deployments", "ops.alerts-1", "a_b", "c" * 64])
 def test_category_of_the_allowed_alphabet_is_accepted(category: str) -> None:
     assert parse(request(category=category)).category == category
 
 
-@pytest.mark.parametrize("category", ["", "a b", "c" * 65, "a/b", "café"])
+@pytest.mark.parametrize("category", ["Deployments", " deployments ", "deployments\n", "DEPLOYMENTS\t"])
+def test_category_is_normalised_like_the_bots_unsubscribe_command(category: str) -> None:
+    # The API used to keep "deployments\n" as is: a second category that slipped past every opt-out.
+    assert parse(request(category=category)).category == "deployments"
+    user = parse_command(f"unsubscribe {category}")
+    preferences = Preferences(
+        tenant_id=TENANT,
+        aad_object_id=user_id(1),
+        opted_out_categories=(user.category or "",),
+        updated_at=datetime(2026, 11, 21, tzinfo=UTC),
+    )
+    assert not preferences.allows(parse(request(category="deployments\n")).category)
+
+
+@pytest.mark.parametrize("category", ["", "a b", "c" * 65, "a/b", "café", ".hidden", "-x", "a\nb"])
 def test_category_outside_the_alphabet_is_rejected(category: str) -> None:
     assert problems(rejection(request(category=category))) == {"category": "invalid_category"}
 
@@ -447,6 +489,11 @@ def test_blank_text_next_to_a_card_counts_as_absent() -> None:
 @pytest.mark.parametrize("version", ["1.0", "1.2", "1.5"])
 def test_cards_up_to_version_1_5_are_accepted(version: str) -> None:
     assert parse(request(message={"adaptiveCard": card(version=version)})).message.adaptive_card is not None
+
+
+def test_a_card_version_with_a_trailing_newline_is_malformed() -> None:
+    error = rejection(request(message={"adaptiveCard": card(version="1.5\n")}))
+    assert problems(error) == {"message.adaptiveCard.version": "invalid_card"}
 
 
 @pytest.mark.parametrize("version", ["1.6", "1.10", "2.0"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from types import ModuleType
 
 import pytest
@@ -37,7 +38,9 @@ EXPECTED_DURABLE = {
 
 @pytest.fixture
 def function_app(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    module = load_function_app(monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    module = load_function_app(
+        monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
+    )
     module.app.functions_bindings = None  # get_functions() is not idempotent
     return module
 
@@ -78,7 +81,13 @@ def test_management_routes_are_never_anonymous(function_app: ModuleType) -> None
 
 def test_a_missing_storage_setting_fails_the_app_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
-        load_function_app(monkeypatch, {})
+        load_function_app(monkeypatch, {"BOT_AUTH": "anonymous"})
+
+
+def test_anonymous_mode_fails_the_app_at_start_in_azure(monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
+    with pytest.raises(ConfigurationError, match="BOT_AUTH"):
+        load_function_app(monkeypatch, {**environ, "WEBSITE_INSTANCE_ID": "0a1b2c"})
 
 
 def test_durable_orchestrations_activities_and_entities_are_registered(function_app: ModuleType) -> None:
@@ -113,7 +122,11 @@ def test_the_retry_trigger_listens_where_the_sender_writes_when_the_queue_is_ren
 ) -> None:
     module = load_function_app(
         monkeypatch,
-        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "QUEUE_DELIVERIES_RETRY": "retry-elsewhere"},
+        {
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "BOT_AUTH": "anonymous",
+            "QUEUE_DELIVERIES_RETRY": "retry-elsewhere",
+        },
     )
     module.app.functions_bindings = None
     functions = {f.get_function_name(): f for f in module.app.get_functions()}
@@ -125,3 +138,25 @@ def test_the_retry_trigger_listens_where_the_sender_writes_when_the_queue_is_ren
         "deliveries_retry": "retry-elsewhere",
         "deliveries_retry_poison": "retry-elsewhere-poison",
     }
+
+
+def test_the_app_quiets_the_sdk_request_logs_that_carry_tenant_and_user_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As under the Functions worker: the root logger lets INFO through, the SDK loggers are untouched.
+    names = ("", "azure", "azure.core.pipeline.policies.http_logging_policy", "msal")
+    saved = {name: logging.getLogger(name).level for name in names}
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.INFO if name == "" else logging.NOTSET)
+        load_function_app(
+            monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
+        )
+        request_log = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+        assert not request_log.isEnabledFor(logging.INFO)
+        assert request_log.isEnabledFor(logging.WARNING)
+        assert not logging.getLogger("msal").isEnabledFor(logging.INFO)
+        assert logging.getLogger("proactive.sender").isEnabledFor(logging.INFO)  # ours are not quietened
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)

@@ -345,6 +345,7 @@ class Harness:
 def make_settings(**overrides: str) -> Settings:
     env = {
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "BOT_AUTH": "anonymous",
         "TENANT_ALLOW_LIST": ",".join(TENANTS),
         "SEND_RATE_PER_TENANT": "50",
         "BATCH_SIZE": "50",

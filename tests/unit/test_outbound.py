@@ -112,7 +112,9 @@ def test_the_checked_url_is_rebuilt_from_its_checked_parts() -> None:
 
 
 def test_bot_connector_policy_refuses_graph_and_graph_policy_refuses_the_connector() -> None:
-    settings = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    settings = Settings.from_env(
+        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
+    )
     connector = OutboundPolicy.for_bot_connector(settings)
     graph = OutboundPolicy.for_graph(settings)
 
@@ -127,7 +129,11 @@ def test_bot_connector_policy_refuses_graph_and_graph_policy_refuses_the_connect
 
 def test_dev_hosts_come_from_settings() -> None:
     settings = Settings.from_env(
-        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "DEV_OUTBOUND_HOSTS": "127.0.0.1:7000"}
+        {
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "BOT_AUTH": "anonymous",
+            "DEV_OUTBOUND_HOSTS": "127.0.0.1:7000",
+        }
     )
     policy = OutboundPolicy.for_bot_connector(settings)
 

@@ -166,6 +166,7 @@ async def world(
     names = {"retry": f"{unique_name}-retry", "installs": f"{unique_name}-installs"}
     environ = {
         "AzureWebJobsStorage": storage_connection_string,
+        "BOT_AUTH": "anonymous",
         "DEV_OUTBOUND_HOSTS": "127.0.0.1",
         "QUEUE_DELIVERIES_RETRY": names["retry"],
         "QUEUE_INSTALLS": names["installs"],

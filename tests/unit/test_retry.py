@@ -230,7 +230,11 @@ def test_jitter_stays_within_zero_and_the_capped_window(
 
 def test_the_send_policy_takes_its_attempts_from_settings() -> None:
     settings = Settings.from_env(
-        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "MAX_SEND_ATTEMPTS": "7"}
+        {
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "BOT_AUTH": "anonymous",
+            "MAX_SEND_ATTEMPTS": "7",
+        }
     )
 
     assert RetryPolicy.for_sends(settings).max_attempts == 7

@@ -580,6 +580,19 @@ async def test_a_timeout_is_never_retried_in_process_and_is_counted_as_uncertain
     assert (await world.record(key)).status is DeliveryStatus.PENDING
 
 
+async def test_a_504_after_a_send_is_handed_off_as_uncertain_not_resent_in_process(world: World) -> None:
+    key = await world.user(0)
+    await world.emulator.faults(user_rule(0, kind="504", times=1))
+
+    result = await world.send()
+
+    [message] = world.retries.bodies()
+    assert (result.uncertain, result.retry_queued, result.requests) == (1, 1, 1)
+    assert world.sleeps.delays == []
+    assert message["uncertain"] is True and message["reason"] == "Timeout"
+    assert (await world.record(key)).status is DeliveryStatus.PENDING
+
+
 async def test_a_lost_connection_is_uncertain_too(world: World) -> None:
     await world.user(0)
     await world.emulator.faults(user_rule(0, kind="reset", times=1))

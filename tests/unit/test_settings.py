@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from proactive.adapters.bot_auth import BotAuthSettings
 from proactive.errors import ConfigurationError
-from proactive.settings import BotAuthKind, Settings
+from proactive.settings import FUNCTION_TIMEOUT_SECONDS, BotAuthKind, Settings
 
 APP_ID = "11111111-2222-3333-4444-555555555555"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-MINIMAL = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+MINIMAL = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
 PRODUCTION = {
-    **MINIMAL,
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
     "MicrosoftAppId": APP_ID,
     "MicrosoftAppTenantId": TENANT,
     "MicrosoftAppPassword": "s3cret-value",
@@ -44,6 +48,36 @@ def test_minimal_environment_is_local_anonymous_mode_with_documented_defaults() 
     assert settings.dev_outbound_hosts == frozenset()
 
 
+def test_no_app_id_without_the_explicit_anonymous_opt_in_fails_at_start() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    assert caught.value.setting == "MicrosoftAppId" and "BOT_AUTH=anonymous" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "setting"),
+    [
+        # Azure App Service / Functions set WEBSITE_INSTANCE_ID on every instance.
+        ({**MINIMAL, "WEBSITE_INSTANCE_ID": "0a1b2c"}, "BOT_AUTH"),
+        ({**PRODUCTION, "BOT_AUTH": "anonymous"}, "BOT_AUTH"),
+        ({**MINIMAL, "BOT_AUTH": "none"}, "BOT_AUTH"),
+        # Loopback on the allow-list with a real identity would hand the bot's token to any local listener.
+        ({**PRODUCTION, "DEV_OUTBOUND_HOSTS": "127.0.0.1"}, "DEV_OUTBOUND_HOSTS"),
+    ],
+)
+def test_anonymous_mode_and_dev_hosts_are_refused_outside_local_development(
+    environ: dict[str, str], setting: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(environ)
+    assert caught.value.setting == setting
+
+
+def test_anonymous_local_development_may_add_dev_hosts() -> None:
+    settings = Settings.from_env({**MINIMAL, "BOT_AUTH": " Anonymous ", "DEV_OUTBOUND_HOSTS": "127.0.0.1"})
+    assert settings.bot.anonymous and settings.dev_outbound_hosts == frozenset({"127.0.0.1"})
+
+
 def test_production_identity_with_secret_and_allow_list() -> None:
     settings = Settings.from_env(PRODUCTION)
     assert settings.bot.auth is BotAuthKind.SECRET
@@ -67,8 +101,7 @@ def test_secrets_never_appear_in_repr() -> None:
 
 def test_managed_identity_and_certificate_identities() -> None:
     msi = Settings.from_env(
-        {**MINIMAL, "MicrosoftAppId": APP_ID, "MicrosoftAppTenantId": TENANT, "MicrosoftAppType": "UserAssignedMSI",
-         "TENANT_ALLOW_LIST": "*"}
+        {**PRODUCTION, "MicrosoftAppPassword": "", "MicrosoftAppType": "UserAssignedMSI", "TENANT_ALLOW_LIST": "*"}
     )  # fmt: skip
     assert msi.bot.auth is BotAuthKind.MANAGED_IDENTITY and msi.tenant_allow_list is None
     cert = Settings.from_env(
@@ -100,7 +133,7 @@ def test_per_tenant_rate_overrides() -> None:
 @pytest.mark.parametrize(
     ("environ", "setting"),
     [
-        ({}, "AzureWebJobsStorage"),
+        ({"BOT_AUTH": "anonymous"}, "AzureWebJobsStorage"),
         ({**MINIMAL, "AzureWebJobsStorage": "   "}, "AzureWebJobsStorage"),
         ({**PRODUCTION, "MicrosoftAppPassword": ""}, "MicrosoftAppPassword"),
         ({**PRODUCTION, "MicrosoftAppTenantId": ""}, "MicrosoftAppTenantId"),
@@ -136,11 +169,14 @@ def test_missing_required_setting_fails_naming_it(environ: dict[str, str], setti
         ("TENANT_ALLOW_LIST", "contoso.onmicrosoft.com"),
         ("SEND_RATE_OVERRIDES", "tenant=fast"),
         ("GRAPH_BASE_URL", "graph.microsoft.com"),
+        ("AUTHORITY_HOST", "http://login.microsoftonline.com"),
+        ("AUTHORITY_HOST", "https://login.microsoftonline.com:bad"),
         ("BOT_OPENID_METADATA_URL", "ftp://example"),
+        ("BOT_OPENID_METADATA_URL", "http://login.botframework.com/v1/.well-known/openidconfiguration"),
+        ("BOT_OPENID_METADATA_URL", "https://login.botframework.com:99999/v1"),
         ("TABLE_DELIVERIES", "bad-name"),
         ("QUEUE_INSTALLS", "Upper_Case"),
         ("FUNCTION_KEY_REQUIRED", "maybe"),
-        ("DEV_OUTBOUND_HOSTS", "http://127.0.0.1:3978/"),
     ],
 )
 def test_malformed_setting_fails_naming_it(name: str, value: str) -> None:
@@ -150,9 +186,72 @@ def test_malformed_setting_fails_naming_it(name: str, value: str) -> None:
     assert name in str(caught.value)
 
 
+def test_malformed_dev_hosts_fail_naming_the_setting() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, "DEV_OUTBOUND_HOSTS": "http://127.0.0.1:3978/"})
+    assert caught.value.setting == "DEV_OUTBOUND_HOSTS"
+
+
 def test_both_secret_and_certificate_is_ambiguous() -> None:
     with pytest.raises(ConfigurationError, match="MicrosoftAppPassword"):
         Settings.from_env({**PRODUCTION, "MicrosoftAppCertificatePath": "/certs/bot.pem"})
+
+
+def test_function_keys_cannot_be_switched_off_by_a_setting_that_nothing_honours() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**PRODUCTION, "FUNCTION_KEY_REQUIRED": "false"})
+    assert caught.value.setting == "FUNCTION_KEY_REQUIRED"
+    settings = Settings.from_env({**PRODUCTION, "FUNCTION_KEY_REQUIRED": "true"})
+    assert not hasattr(settings, "function_key_required")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://login.botframework.com/v1/.well-known/openidconfiguration",
+        "http://127.0.0.1:8123/v1/.well-known/openidconfiguration",  # a local test server
+        "http://localhost:8123/openid",
+    ],
+)
+def test_every_accepted_openid_metadata_url_is_one_the_authenticator_accepts(url: str) -> None:
+    settings = Settings.from_env({**PRODUCTION, "BOT_OPENID_METADATA_URL": url})
+    BotAuthSettings(app_id=APP_ID, openid_metadata_url=settings.bot_openid_metadata_url)
+
+
+@pytest.mark.parametrize(
+    ("environ", "setting"),
+    [
+        ({"RECONCILE_AFTER_SECONDS": "1"}, "RECONCILE_AFTER_SECONDS"),
+        ({"RECONCILE_AFTER_SECONDS": "600"}, "RECONCILE_AFTER_SECONDS"),  # equal is not enough
+        (
+            {"AzureFunctionsJobHost__functionTimeout": "00:30:00", "RECONCILE_AFTER_SECONDS": "900"},
+            "RECONCILE_AFTER_SECONDS",
+        ),
+        ({"AzureFunctionsJobHost__functionTimeout": "-1"}, "AzureFunctionsJobHost__functionTimeout"),
+    ],
+)
+def test_reconciliation_must_wait_longer_than_a_function_may_run(
+    environ: dict[str, str], setting: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, **environ})
+    assert caught.value.setting == setting
+
+
+def test_the_function_timeout_override_moves_the_reconcile_bound() -> None:
+    environ = {
+        **MINIMAL,
+        "AzureFunctionsJobHost__functionTimeout": "00:00:05",
+        "RECONCILE_AFTER_SECONDS": "6",
+    }
+    assert Settings.from_env(environ).reconcile_after_seconds == 6.0
+    assert Settings.from_env({**MINIMAL, "RECONCILE_AFTER_SECONDS": "601"}).reconcile_after_seconds == 601.0
+
+
+def test_the_function_timeout_default_is_host_jsons() -> None:
+    host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
+    hours, minutes, seconds = (int(part) for part in host["functionTimeout"].split(":"))
+    assert hours * 3600 + minutes * 60 + seconds == FUNCTION_TIMEOUT_SECONDS
 
 
 def test_settings_are_frozen() -> None:
