@@ -45,7 +45,7 @@ from proactive.models import DeliveryRecord, DeliveryStatus, Notification, Notif
 from proactive.orchestration import policies
 from proactive.orchestration.broadcast import child_instance_id
 from proactive.orchestration.runs import BroadcastRun, Operation
-from proactive.orchestration.tenant_broadcast import lane_instance_id
+from proactive.orchestration.tenant_broadcast import lane_instance_id, redrive_instance_id
 from proactive.paging import decode_continuation, encode_continuation
 from proactive.ports import DeliveryLedger, NotificationStore
 
@@ -428,6 +428,10 @@ class BroadcastService:
             # (number SEND_LANES) may not exist yet, which raise_event tolerates.
             for lane in range(policies.SEND_LANES + 1):
                 await self._orchestrations.raise_event(lane_instance_id(child, lane), fn.CANCEL_EVENT, None)
+            # A re-drive run of the tenant (proactive.redrive) may sleep until a quiet window ends.
+            await self._orchestrations.raise_event(
+                redrive_instance_id(notification_id, tenant), fn.CANCEL_EVENT, None
+            )
         return {"id": notification_id, "status": "cancelling"}
 
     async def update(self, notification_id: str, body: bytes) -> Accepted:

@@ -44,9 +44,10 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
    InvalidBotApiHost
    400 / 413                         ``failed``, never retried
    500                               ``failed`` (the docs say do not retry)
-   transient, attempts exhausted     ``pending`` with ``last_error`` and ``not_before``; a
-   (or Retry-After too long)         :class:`~proactive.sender_ports.RetryRequest` goes to
-                                     ``deliveries-retry``, visible at ``not_before``
+   transient, attempts exhausted     ``pending`` with ``last_error``, ``not_before`` and ``redrives``
+   (or Retry-After too long)         + 1; a :class:`~proactive.sender_ports.RetryRequest` (``attempt``
+                                     = ``redrives``) goes to ``deliveries-retry``, visible at
+                                     ``not_before``
    ================================  =============================================================
 
    Side effects (deactivate, enqueue) happen **before** the row is written: if they fail the row stays
@@ -72,10 +73,13 @@ Pacing
     lateness.
 
 Who owns which retry (STYLE.md rule 11): this module retries in-process; rows it hands off are owned by
-the ``deliveries-retry`` queue (its trigger calls :meth:`BatchSender.redrive`; after ``maxDequeueCount`` in
-host.json they go to ``deliveries-retry-poison`` and are dead-lettered). ``send_batch`` never picks a
-``pending`` row whose ``not_before`` lies ahead: that row is the queue's. If the enqueue itself fails the
-row is recorded ``pending`` without ``not_before``, so the orchestration picks it up again.
+the ``deliveries-retry`` queue until their ``not_before``. Its trigger never sends: it starts (or wakes) a
+paced re-drive run of the tenant (:mod:`proactive.redrive`), whose ``send_batch`` takes the row like any
+other, so a re-drive takes the tenant's grants, reports its 429s, keeps the broadcast's urgency and waits
+out quiet hours. The row's ``redrives`` counts the hand-offs; past ``policies.MAX_REDRIVES`` the trigger
+dead-letters it. ``send_batch`` never picks a ``pending`` row whose ``not_before`` lies ahead: that row is
+the queue's. If the enqueue itself fails the row is recorded ``pending`` without ``not_before``, so the
+orchestration picks it up again.
 
 Exactly once, and the one duplicate window
     The claim makes a re-run activity, a replayed orchestration or two concurrent workers harmless: one
@@ -160,7 +164,6 @@ __all__ = [
     "RowOutcome",
     "SendBatchInput",
     "SendBatchResult",
-    "needs_redelivery",
     "reconcile_stuck",
 ]
 
@@ -333,11 +336,6 @@ class RowOutcome:
     failures: tuple[ProactiveError, ...] = ()
     requests: int = 0
     not_before: datetime | None = None
-
-
-def needs_redelivery(outcome: RowOutcome | None) -> bool:
-    """Whether a ``deliveries-retry`` trigger should let the queue deliver its message again (raise)."""
-    return outcome is not None and outcome.status is DeliveryStatus.PENDING
 
 
 class _Uncertain(ProactiveError):
@@ -572,27 +570,6 @@ class BatchSender:
             raise errors[0]
         return self._result(batch, outcomes, candidates, batch.left, started, waited)
 
-    async def redrive(self, message: RetryRequest) -> RowOutcome | None:
-        """Re-drive one row handed to ``deliveries-retry`` (the queue trigger's service).
-
-        Claims the row (``None`` when it is no longer pending: already sent, settled, or taken by another
-        worker; the trigger then just completes) and sends it like :meth:`send_batch` would, except that a
-        transient failure is not queued again: the row is recorded ``pending`` and the trigger should raise
-        (see :func:`needs_redelivery`) so the queue redelivers its message and, after ``maxDequeueCount``,
-        moves it to the poison queue, where it is dead-lettered. That count is the one bound on re-drives.
-        """
-        now = self._clock()
-        batch = await self._batch(message.notification_id, message.tenant_id, now, Urgency.NORMAL)
-        if batch is None:
-            return None
-        current = await self._ledger.get(message.notification_id, message.tenant_id, message.recipient_key)
-        if current is None or current.value.status is not DeliveryStatus.PENDING:
-            return None
-        outcome = await self._send_row(batch, current, hand_off=False)
-        if outcome is not None:
-            self._emit(outcome)
-        return outcome
-
     def _pacer(self, pacing: Pacing, slots: int) -> SlotPacer:
         return SlotPacer(
             not_before=pacing.not_before.timestamp(),
@@ -700,9 +677,7 @@ class BatchSender:
 
     # ---- one row: send ----------------------------------------------------------------------------
 
-    async def _send_row(
-        self, batch: _Batch, listed: Versioned[DeliveryRecord], *, hand_off: bool = True
-    ) -> RowOutcome | None:
+    async def _send_row(self, batch: _Batch, listed: Versioned[DeliveryRecord]) -> RowOutcome | None:
         record = listed.value
         claimed = await claim(
             self._ledger, record.notification_id, record.tenant_id, record.recipient_key, self._clock()
@@ -710,7 +685,7 @@ class BatchSender:
         if claimed is None:
             return None
         try:
-            return await self._deliver(batch, listed, claimed, hand_off)
+            return await self._deliver(batch, listed, claimed)
         except _Release as released:
             await self._release(batch, listed, claimed, released)
             return None
@@ -720,7 +695,6 @@ class BatchSender:
         batch: _Batch,
         listed: Versioned[DeliveryRecord],
         claimed: Versioned[DeliveryRecord],
-        hand_off: bool,
     ) -> RowOutcome:
         key = claimed.value.recipient_key
         kind, recipient_id = _split_key(key)
@@ -788,7 +762,7 @@ class BatchSender:
                 activity_id=result.value,
                 conversation_id=conversation_id,
             )
-        return await self._failed_send(batch, claimed, reference, result, attempts, hand_off)
+        return await self._failed_send(batch, claimed, reference, result, attempts)
 
     async def _without_reference(
         self,
@@ -864,7 +838,6 @@ class BatchSender:
         reference: StoredReference,
         result: Failed,
         attempts: int,
-        hand_off: bool,
     ) -> RowOutcome:
         error = result.error
         key = claimed.value.recipient_key
@@ -873,7 +846,7 @@ class BatchSender:
             error, DeliveryError | OutboundHostRefused
         ):
             # Transient (or not a delivery answer at all, e.g. a token endpoint hiccup): later, out of process.
-            return await self._later(batch, claimed, error, result, attempts, hand_off)
+            return await self._later(batch, claimed, error, result, attempts)
         status, send_status = _classify(error)
         code = _code(error)
         send = SendOutcome(
@@ -904,7 +877,6 @@ class BatchSender:
         error: ProactiveError,
         result: Failed,
         attempts: int,
-        hand_off: bool,
     ) -> RowOutcome:
         uncertain = isinstance(error, _Uncertain)
         cause: ProactiveError = error.cause if isinstance(error, _Uncertain) else error
@@ -913,21 +885,23 @@ class BatchSender:
         delay = min(MAX_HANDOFF_DELAY, max(self._handoff_delay, retry_after or 0.0))
         not_before: datetime | None = self._clock() + timedelta(seconds=delay)
         handed_off = False
-        if hand_off:
-            message = RetryRequest(
-                notification_id=batch.notification_id,
-                tenant_id=batch.tenant_id,
-                recipient_key=claimed.value.recipient_key,
-                reason=code,
-                uncertain=uncertain,
-            )
-            try:
-                await self._retries.put(message.to_json(), delay=delay)
-                handed_off = True
-            except StorageError:
-                # Nothing is lost: a pending row without not_before is picked up by the next batch.
-                logger.warning("Could not queue a retry; the row stays pending for the next batch")
-                not_before = None
+        redrives = claimed.value.redrives + 1
+        message = RetryRequest(
+            notification_id=batch.notification_id,
+            tenant_id=batch.tenant_id,
+            recipient_key=claimed.value.recipient_key,
+            reason=code,
+            uncertain=uncertain,
+            attempt=redrives,
+        )
+        try:
+            await self._retries.put(message.to_json(), delay=delay)
+            handed_off = True
+        except StorageError:
+            # Nothing is lost: a pending row without not_before is picked up by the next batch.
+            logger.warning("Could not queue a retry; the row stays pending for the next batch")
+            not_before = None
+            redrives -= 1
         send = _transient_outcome(claimed.value.recipient_key, cause, result.attempts)
         return await self._settle(
             claimed,
@@ -940,6 +914,7 @@ class BatchSender:
             not_before=not_before,
             handed_off=handed_off,
             uncertain=uncertain,
+            redrives=redrives,
         )
 
     async def _out_of_slots(
@@ -1077,6 +1052,7 @@ class BatchSender:
         conversation_id: str | None = None,
         handed_off: bool = False,
         uncertain: bool = False,
+        redrives: int | None = None,
     ) -> RowOutcome:
         changes: dict[str, Any] = {
             "status": status,
@@ -1089,6 +1065,8 @@ class BatchSender:
             "not_before": not_before,
             "updated_at": self._clock(),
         }
+        if redrives is not None:
+            changes["redrives"] = redrives
         if activity_id is not None or status is DeliveryStatus.SENT:
             changes["activity_id"] = activity_id
             changes["conversation_id"] = conversation_id

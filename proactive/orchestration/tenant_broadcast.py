@@ -56,6 +56,15 @@ def lane_instance_id(tenant_instance_id: str, lane: int) -> str:
     return f"{tenant_instance_id}.lane{lane}"
 
 
+def redrive_instance_id(notification_id: str, tenant_id: str) -> str:
+    """The ``tenant_lane`` instance that re-drives rows of one notification and tenant (:mod:`proactive.redrive`).
+
+    Deterministic, so every retry message of the tenant finds the same instance: while it runs they wake it
+    instead of starting another, and many messages collapse into one paced run.
+    """
+    return f"{notification_id}.{tenant_id}.redrive"
+
+
 def lanes_for(run: TenantRun) -> int:
     """How many lanes a tenant run keeps: two once more than one batch of rows waits (sends only)."""
     if run.operation != "send":
@@ -244,7 +253,9 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
         if remaining == 0:
             if result.next_deferred_at is None:
                 return summary("completed")
-            if (yield from wait_until(context, result.next_deferred_at)):
+            # A wake event (a re-drive of a row that became due meanwhile) ends the wait early; the next
+            # batch then takes what is due and the lane sleeps again until the next deferred row.
+            if (yield from wait_until(context, result.next_deferred_at, wake_event=fn.WAKE_EVENT)):
                 return (yield from end_cancelled())
             remaining = None
 
