@@ -23,7 +23,12 @@ claim; a lane whose part is done goes on over every part (so the lanes end toget
 delete run one lane: they do not claim rows, so two lanes would repeat each other's calls.
 
 A lane stops when the sender says nothing is claimable (``remaining == 0``); if rows wait for a quiet-hours
-window to end (``nextDeferredAt``) it sleeps on a timer until then and goes on. A cancel (external event, or
+window to end (``nextDeferredAt``) it sleeps on a timer until then and goes on; the ``wake`` event ends that
+sleep early (a row of the tenant became due meanwhile: :mod:`proactive.redrive`).
+
+The same ``tenant_lane`` also runs on its own, started by the ``deliveries-retry`` trigger under
+:func:`redrive_instance_id`: a re-drive run over every due row of one notification and tenant (hand-offs,
+reconciled rows, welcomes), paced by the same limiter entity as the broadcast's lanes. A cancel (external event, or
 the notification's cancelled flag seen by ``send_batch``) lets the batch under way finish, then marks the
 rows not yet sent ``cancelled``. A batch the sender ``halted`` for the tenant (``BotDisabledByAdmin`` and
 other tenant-wide refusals) ends the lane as ``failed``: every further send would fail the same way.
