@@ -61,8 +61,8 @@ Pacing
     grant instead of bursting. The claim and the reference and preference lookups come before the slot, so
     their I/O overlaps the wait. A row whose first request finds no slot is given back untouched (its
     listed status and attempts, ``last_error`` ``slot_expired``); a row whose *retry* finds none (its earlier
-    attempts failed transiently, so nothing was delivered) is recorded ``pending`` without ``not_before``
-    with its attempts. Either way the next batch takes it, it counts once, in ``remaining``, and rows not
+    attempts failed transiently, so nothing was delivered) is recorded ``pending``, due at once (its
+    ``not_before``, if any, has passed and is kept) with its attempts. Either way the next batch takes it, it counts once, in ``remaining``, and rows not
     started once the slots are gone are not claimed at all. Claims follow the slots (``_ClaimBudget``):
     at most one row per slot is being worked on or has sent, and a row that made no request (its claim was
     lost to an overlapping batch, or it was suppressed, deferred or skipped) hands its slot to a spare row
@@ -922,9 +922,11 @@ class BatchSender:
     ) -> RowOutcome:
         # Requests were made and each was answered "not processed" (429, 412, 5xx, no connection: only
         # those are retried in-process; a timeout or lost connection never is), then the retry found no
-        # slot. Nothing was delivered, so the row goes back to ``pending`` without ``not_before``: the next
-        # batch (not the retry queue) takes it. Its attempts stand, it counts once, in ``remaining``, and
-        # its 429s and 5xx still reach the limiter through ``failures``.
+        # slot. Nothing was delivered, so the row goes back to ``pending``, due at once: the next batch
+        # (not the retry queue) takes it. Its attempts stand, it counts once, in ``remaining``, and its
+        # 429s and 5xx still reach the limiter through ``failures``. Its ``not_before`` (already passed)
+        # stays: a re-driven row or a welcome keeps the mark that makes reconciliation re-queue it should
+        # its run end without it.
         requests = result.attempts - 1
         failures = result.failures[:-1]
         last = failures[-1]
@@ -938,6 +940,7 @@ class BatchSender:
             attempts=previous_attempts + requests,
             send=send,
             failures=failures,
+            not_before=claimed.value.not_before,
         )
 
     # ---- one row: update / delete -----------------------------------------------------------------
