@@ -48,6 +48,7 @@ waits for a run under way are not attempts and are bounded by the run's own life
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,6 +70,20 @@ logger = logging.getLogger(__name__)
 
 # A storage queue hides a message for at most 7 days.
 MAX_QUEUE_DELAY = 7 * 24 * 3600.0
+
+# One start at a time per run instance in this worker process (keyed by event loop and instance id). The
+# host hands a batch of queue messages (host.json batchSize 16) to one worker at once, and many of them
+# name the same tenant; the client's "is it running? start it" is a read then a write, so without this they
+# would all start the same instance id together (the devhost and the extension both check, then create).
+# Workers of other processes can still race in that window; a second run is harmless (claims), only waste.
+# An entry lives while some start of its instance waits or runs.
+_STARTS: dict[tuple[int, str], _Start] = {}
+
+
+@dataclass
+class _Start:
+    lock: asyncio.Lock
+    users: int = 0
 
 
 class Action(StrEnum):
@@ -136,6 +151,18 @@ class PacedRuns:
                 the queue delivers the message again).
         """
         instance_id = redrive_instance_id(notification.id, tenant_id)
+        key = (id(asyncio.get_running_loop()), instance_id)
+        start = _STARTS.setdefault(key, _Start(asyncio.Lock()))
+        start.users += 1
+        try:
+            async with start.lock:
+                return await self._ensure(notification, tenant_id, instance_id)
+        finally:
+            start.users -= 1
+            if start.users == 0:
+                del _STARTS[key]
+
+    async def _ensure(self, notification: Notification, tenant_id: str, instance_id: str) -> bool:
         if await self._running(instance_id):
             await self._orchestrations.raise_event(instance_id, fn.WAKE_EVENT, None)
             return False

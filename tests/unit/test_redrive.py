@@ -6,6 +6,7 @@ is started or woken (:class:`proactive.redrive.PacedRuns`), and how a welcome is
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -99,8 +100,10 @@ class Runs:
     started: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
     refuse_start_as: str | None = None  # the status a concurrent start left when ours is refused
+    start_takes: float = 0.0  # a start that takes a storage round trip, as on Azure
 
     async def start(self, name: str, instance_id: str, payload: dict[str, Any]) -> None:
+        await asyncio.sleep(self.start_takes)
         if self.refuse_start_as is not None:
             self.states[instance_id] = self.refuse_start_as
             raise Exception("An Orchestration instance with the status Running already exists.")
@@ -140,6 +143,16 @@ async def test_a_run_under_way_is_woken_not_started_again(status: str) -> None:
     started = await PacedRuns(runs, batch_size=50, batches_per_execution=20).ensure(notification(), TENANT)
 
     assert not started and runs.started == [] and runs.events == [(instance, fn.WAKE_EVENT)]
+
+
+async def test_a_batch_of_messages_of_one_tenant_starts_one_run_and_wakes_it_for_the_others() -> None:
+    runs = Runs(start_takes=0.01)
+    paced = PacedRuns(runs, batch_size=50, batches_per_execution=20)
+
+    started = await asyncio.gather(*(paced.ensure(notification(), TENANT) for _ in range(16)))
+
+    assert sorted(started) == [False] * 15 + [True] and len(runs.started) == 1
+    assert len(runs.events) == 15
 
 
 async def test_a_start_refused_because_a_concurrent_message_started_the_run_wakes_it() -> None:
