@@ -377,6 +377,19 @@ async def test_bad_input_stores_nothing_and_starts_nothing(harness: Harness) -> 
     assert await harness.services.notifications.get("elsewhere") is None
 
 
+async def test_a_tenants_welcome_notification_can_be_neither_started_nor_cancelled_by_a_caller(
+    harness: Harness,
+) -> None:
+    taken = body(tenants=[TENANTS[0]], notification_id=f"welcome-{TENANTS[0]}")
+    with pytest.raises(InvalidInput) as started:
+        await harness.service.start(taken)
+    with pytest.raises(InvalidInput) as cancelled:
+        await harness.service.cancel(f"welcome-{TENANTS[0]}")
+    assert (started.value.status, started.value.code) == (400, "reserved_notification_id")
+    assert cancelled.value.status == 404
+    assert harness.orchestrations.started == []
+
+
 async def test_urgent_and_normal_broadcasts_share_one_tenant_limiter(harness: Harness) -> None:
     await harness.seed_references(TENANTS[0], 200)
     normal = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="routine"))
