@@ -23,6 +23,9 @@
 :class:`BroadcastSteps` is what the activities call: materialise, send a batch (after checking the
 cancelled flag), mark remaining rows cancelled, count, record the notification's status.
 
+Ids starting with ``welcome-`` are the tenants' welcome notifications (:mod:`proactive.bot.welcome`): their
+status and deliveries can be read here, but no caller can start, cancel, update or recall one (400 / 404).
+
 Durable's client is behind the :class:`Orchestrations` port so this module imports nothing from ``azure``.
 """
 
@@ -41,6 +44,7 @@ from typing import Any, Final, Protocol
 from proactive import function_names as fn
 from proactive import json_input
 from proactive.audience import AudienceMaterialiser, audience_tenants, stored_request
+from proactive.bot.welcome import WELCOME_PREFIX
 from proactive.broadcast_request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
 from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
 from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
@@ -56,7 +60,7 @@ from proactive.orchestration.runs import (
     RecordRequest,
     TenantRows,
 )
-from proactive.orchestration.tenant_broadcast import lane_instance_id
+from proactive.orchestration.tenant_broadcast import lane_instance_id, redrive_instance_id
 from proactive.paging import decode_continuation, encode_continuation
 from proactive.ports import DeliveryLedger, NotificationStore
 from proactive.sender import SendBatchInput, SendBatchResult
@@ -273,6 +277,12 @@ class BroadcastService:
             InvalidInput: 400/413 bad body, 403 tenant not allowed, 409 same id with another body.
         """
         request = parse_broadcast_request(body, now=self._clock(), limits=self._limits)
+        if request.notification_id is not None and _reserved(request.notification_id):
+            raise InvalidInput(
+                f"notification ids starting with {WELCOME_PREFIX!r} are reserved for welcome messages",
+                code="reserved_notification_id",
+                field="notificationId",
+            )
         tenants = audience_tenants(request)
         refused = [tenant for tenant in tenants if not self._tenant_allowed(tenant)]
         if refused:
@@ -440,8 +450,11 @@ class BroadcastService:
         """``POST /api/broadcasts/{id}/cancel``.
 
         Raises:
-            InvalidInput: 404 unknown id; 409 ``broadcast_finished`` when the send already ended.
+            InvalidInput: 404 unknown id (or a tenant's welcome notification, which no caller may cancel);
+                409 ``broadcast_finished`` when the send already ended.
         """
+        if _reserved(notification_id):
+            raise not_found(notification_id)
         notification, etag = await self._require(notification_id)
         state = await self._orchestrations.state(notification_id)
         if state is not None and state.terminal:
@@ -466,6 +479,10 @@ class BroadcastService:
             # (number SEND_LANES) may not exist yet, which raise_event tolerates.
             for lane in range(policies.SEND_LANES + 1):
                 await self._orchestrations.raise_event(lane_instance_id(child, lane), fn.CANCEL_EVENT, None)
+            # A re-drive run of the tenant (proactive.redrive) may sleep until a quiet window ends.
+            await self._orchestrations.raise_event(
+                redrive_instance_id(notification_id, tenant), fn.CANCEL_EVENT, None
+            )
         return {"id": notification_id, "status": "cancelling"}
 
     async def update(self, notification_id: str, body: bytes) -> Accepted:
@@ -474,6 +491,8 @@ class BroadcastService:
         Raises:
             InvalidInput: 404, 400/413 bad message, 409 while the send or another operation runs.
         """
+        if _reserved(notification_id):
+            raise not_found(notification_id)
         notification, etag = await self._require(notification_id)
         await self._check_operation_allowed(notification_id, "update")
         message = _message_patch(body, self._limits)
@@ -498,6 +517,8 @@ class BroadcastService:
         Raises:
             InvalidInput: 404, 409 while the send or another operation runs.
         """
+        if _reserved(notification_id):
+            raise not_found(notification_id)
         notification, _ = await self._require(notification_id)
         await self._check_operation_allowed(notification_id, "delete")
         return await self._start_operation(notification_id, stored_request(notification), "delete")
@@ -528,6 +549,11 @@ class BroadcastService:
         instance_id = operation_instance_id(notification_id, operation)
         await self._orchestrations.start(fn.BROADCAST, instance_id, self._run(request, operation).to_json())
         return Accepted(notification_id, instance_id, True, operation)
+
+
+def _reserved(notification_id: str) -> bool:
+    """A tenant's welcome notification (:mod:`proactive.bot.welcome`): readable, never started or changed here."""
+    return notification_id.startswith(WELCOME_PREFIX)
 
 
 def _without_schedule(request: Mapping[str, Any]) -> dict[str, Any]:

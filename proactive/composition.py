@@ -24,7 +24,7 @@ from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
 from proactive.audience import AudienceMaterialiser
-from proactive.bot import ActivityHandler, BotEndpoint
+from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
 from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
 from proactive.errors import ConfigurationError, StorageError
 from proactive.models import utc_now
@@ -98,6 +98,16 @@ class Services:
             )
         return self._connector
 
+    @property
+    def welcomes(self) -> Welcomes:
+        """Stores welcomes as ledger rows and queues them on ``deliveries-retry`` (the paced path)."""
+        return Welcomes(
+            self.notifications,
+            self.deliveries,
+            self.queues.queue(self.settings.queues.deliveries_retry),
+            clock=utc_now,
+        )
+
     async def bot_endpoint(self) -> BotEndpoint:
         """``POST /api/messages``: JWT-checked when an app id is configured, anonymous otherwise."""
         if self._bot_endpoint is None:
@@ -108,6 +118,7 @@ class Services:
                 self.references,
                 self.preferences,
                 await self.connector(),
+                welcomes=self.welcomes,
                 tenant_allowed=self.settings.tenant_allowed,
                 service_url_allowed=OutboundPolicy.for_bot_connector(self.settings).allows,
                 clock=utc_now,

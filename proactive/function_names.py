@@ -25,6 +25,9 @@ TENANT_LIMITER: Final = "tenant_limiter"
 
 # External events
 CANCEL_EVENT: Final = "cancel"
+# Ends a lane's wait for a quiet-hours window early: the re-drive trigger raises it when a row of the
+# tenant became due while the lane sleeps (proactive.redrive).
+WAKE_EVENT: Final = "wake"
 
 # Limiter operations (see proactive.limiter)
 LIMITER_ACQUIRE: Final = "acquire"

@@ -244,6 +244,9 @@ class DeliveryRecord(WireModel):
     conversation_id: str | None = None
     data: dict[str, JsonScalar] = Field(default_factory=dict)
     not_before: AwareDatetime | None = None
+    # How many times the row was handed to queue ``deliveries-retry`` after a transient failure; the retry
+    # trigger dead-letters a row handed off more than ``policies.MAX_REDRIVES`` times.
+    redrives: int = Field(default=0, ge=0)
     # Update (PATCH) and recall (DELETE) of a sent message record their progress here, not as a new
     # status, so counts by status keep meaning "what happened to the delivery". Values:
     # "update:<digest of the message>" (a later PATCH with other content updates again) or "delete".

@@ -44,9 +44,10 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
    InvalidBotApiHost
    400 / 413                         ``failed``, never retried
    500                               ``failed`` (the docs say do not retry)
-   transient, attempts exhausted     ``pending`` with ``last_error`` and ``not_before``; a
-   (or Retry-After too long)         :class:`~proactive.sender_ports.RetryRequest` goes to
-                                     ``deliveries-retry``, visible at ``not_before``
+   transient, attempts exhausted     ``pending`` with ``last_error``, ``not_before`` and ``redrives``
+   (or Retry-After too long)         + 1; a :class:`~proactive.sender_ports.RetryRequest` (``attempt``
+                                     = ``redrives``) goes to ``deliveries-retry``, visible at
+                                     ``not_before``
    ================================  =============================================================
 
    Side effects (deactivate, enqueue) happen **before** the row is written: if they fail the row stays
@@ -60,8 +61,8 @@ Pacing
     grant instead of bursting. The claim and the reference and preference lookups come before the slot, so
     their I/O overlaps the wait. A row whose first request finds no slot is given back untouched (its
     listed status and attempts, ``last_error`` ``slot_expired``); a row whose *retry* finds none (its earlier
-    attempts failed transiently, so nothing was delivered) is recorded ``pending`` without ``not_before``
-    with its attempts. Either way the next batch takes it, it counts once, in ``remaining``, and rows not
+    attempts failed transiently, so nothing was delivered) is recorded ``pending``, due at once (its
+    ``not_before``, if any, has passed and is kept) with its attempts. Either way the next batch takes it, it counts once, in ``remaining``, and rows not
     started once the slots are gone are not claimed at all. Claims follow the slots (``_ClaimBudget``):
     at most one row per slot is being worked on or has sent, and a row that made no request (its claim was
     lost to an overlapping batch, or it was suppressed, deferred or skipped) hands its slot to a spare row
@@ -72,10 +73,13 @@ Pacing
     lateness.
 
 Who owns which retry (STYLE.md rule 11): this module retries in-process; rows it hands off are owned by
-the ``deliveries-retry`` queue (its trigger calls :meth:`BatchSender.redrive`; after ``maxDequeueCount`` in
-host.json they go to ``deliveries-retry-poison`` and are dead-lettered). ``send_batch`` never picks a
-``pending`` row whose ``not_before`` lies ahead: that row is the queue's. If the enqueue itself fails the
-row is recorded ``pending`` without ``not_before``, so the orchestration picks it up again.
+the ``deliveries-retry`` queue until their ``not_before``. Its trigger never sends: it starts (or wakes) a
+paced re-drive run of the tenant (:mod:`proactive.redrive`), whose ``send_batch`` takes the row like any
+other, so a re-drive takes the tenant's grants, reports its 429s, keeps the broadcast's urgency and waits
+out quiet hours. The row's ``redrives`` counts the hand-offs; past ``policies.MAX_REDRIVES`` the trigger
+dead-letters it. ``send_batch`` never picks a ``pending`` row whose ``not_before`` lies ahead: that row is
+the queue's. If the enqueue itself fails the row is recorded ``pending`` without ``not_before``, so the
+orchestration picks it up again.
 
 Exactly once, and the one duplicate window
     The claim makes a re-run activity, a replayed orchestration or two concurrent workers harmless: one
@@ -161,7 +165,6 @@ __all__ = [
     "RowOutcome",
     "SendBatchInput",
     "SendBatchResult",
-    "needs_redelivery",
     "reconcile_stuck",
 ]
 
@@ -334,11 +337,6 @@ class RowOutcome:
     failures: tuple[ProactiveError, ...] = ()
     requests: int = 0
     not_before: datetime | None = None
-
-
-def needs_redelivery(outcome: RowOutcome | None) -> bool:
-    """Whether a ``deliveries-retry`` trigger should let the queue deliver its message again (raise)."""
-    return outcome is not None and outcome.status is DeliveryStatus.PENDING
 
 
 class _Uncertain(ProactiveError):
@@ -578,27 +576,6 @@ class BatchSender:
             raise errors[0]
         return self._result(batch, outcomes, candidates, batch.left, started, waited)
 
-    async def redrive(self, message: RetryRequest) -> RowOutcome | None:
-        """Re-drive one row handed to ``deliveries-retry`` (the queue trigger's service).
-
-        Claims the row (``None`` when it is no longer pending: already sent, settled, or taken by another
-        worker; the trigger then just completes) and sends it like :meth:`send_batch` would, except that a
-        transient failure is not queued again: the row is recorded ``pending`` and the trigger should raise
-        (see :func:`needs_redelivery`) so the queue redelivers its message and, after ``maxDequeueCount``,
-        moves it to the poison queue, where it is dead-lettered. That count is the one bound on re-drives.
-        """
-        now = self._clock()
-        batch = await self._batch(message.notification_id, message.tenant_id, now, Urgency.NORMAL)
-        if batch is None:
-            return None
-        current = await self._ledger.get(message.notification_id, message.tenant_id, message.recipient_key)
-        if current is None or current.value.status is not DeliveryStatus.PENDING:
-            return None
-        outcome = await self._send_row(batch, current, hand_off=False)
-        if outcome is not None:
-            self._emit(outcome)
-        return outcome
-
     async def _prefetch(
         self, batch: _Batch, rows: list[Versioned[DeliveryRecord]], *, with_preferences: bool
     ) -> None:
@@ -735,15 +712,13 @@ class BatchSender:
 
     # ---- one row: send ----------------------------------------------------------------------------
 
-    async def _send_row(
-        self, batch: _Batch, listed: Versioned[DeliveryRecord], *, hand_off: bool = True
-    ) -> RowOutcome | None:
+    async def _send_row(self, batch: _Batch, listed: Versioned[DeliveryRecord]) -> RowOutcome | None:
         # Claimed with the ETag it was listed with: a row changed since belongs to someone else or a later batch.
         claimed = await claim_listed(self._ledger, listed, self._clock())
         if claimed is None:
             return None
         try:
-            return await self._deliver(batch, listed, claimed, hand_off)
+            return await self._deliver(batch, listed, claimed)
         except _Release as released:
             await self._release(batch, listed, claimed, released)
             return None
@@ -753,7 +728,6 @@ class BatchSender:
         batch: _Batch,
         listed: Versioned[DeliveryRecord],
         claimed: Versioned[DeliveryRecord],
-        hand_off: bool,
     ) -> RowOutcome:
         key = claimed.value.recipient_key
         kind, recipient_id = _split_key(key)
@@ -821,7 +795,7 @@ class BatchSender:
                 activity_id=result.value,
                 conversation_id=conversation_id,
             )
-        return await self._failed_send(batch, claimed, reference, result, attempts, hand_off)
+        return await self._failed_send(batch, claimed, reference, result, attempts)
 
     async def _without_reference(
         self,
@@ -897,7 +871,6 @@ class BatchSender:
         reference: StoredReference,
         result: Failed,
         attempts: int,
-        hand_off: bool,
     ) -> RowOutcome:
         error = result.error
         key = claimed.value.recipient_key
@@ -906,7 +879,7 @@ class BatchSender:
             error, DeliveryError | OutboundHostRefused
         ):
             # Transient (or not a delivery answer at all, e.g. a token endpoint hiccup): later, out of process.
-            return await self._later(batch, claimed, error, result, attempts, hand_off)
+            return await self._later(batch, claimed, error, result, attempts)
         status, send_status = _classify(error)
         code = _code(error)
         send = SendOutcome(
@@ -942,7 +915,6 @@ class BatchSender:
         error: ProactiveError,
         result: Failed,
         attempts: int,
-        hand_off: bool,
     ) -> RowOutcome:
         uncertain = isinstance(error, _Uncertain)
         cause: ProactiveError = error.cause if isinstance(error, _Uncertain) else error
@@ -951,21 +923,23 @@ class BatchSender:
         delay = min(MAX_HANDOFF_DELAY, max(self._handoff_delay, retry_after or 0.0))
         not_before: datetime | None = self._clock() + timedelta(seconds=delay)
         handed_off = False
-        if hand_off:
-            message = RetryRequest(
-                notification_id=batch.notification_id,
-                tenant_id=batch.tenant_id,
-                recipient_key=claimed.value.recipient_key,
-                reason=code,
-                uncertain=uncertain,
-            )
-            try:
-                await self._retries.put(message.to_json(), delay=delay)
-                handed_off = True
-            except StorageError:
-                # Nothing is lost: a pending row without not_before is picked up by the next batch.
-                logger.warning("Could not queue a retry; the row stays pending for the next batch")
-                not_before = None
+        redrives = claimed.value.redrives + 1
+        message = RetryRequest(
+            notification_id=batch.notification_id,
+            tenant_id=batch.tenant_id,
+            recipient_key=claimed.value.recipient_key,
+            reason=code,
+            uncertain=uncertain,
+            attempt=redrives,
+        )
+        try:
+            await self._retries.put(message.to_json(), delay=delay)
+            handed_off = True
+        except StorageError:
+            # Nothing is lost: a pending row without not_before is picked up by the next batch.
+            logger.warning("Could not queue a retry; the row stays pending for the next batch")
+            not_before = None
+            redrives -= 1
         send = _transient_outcome(claimed.value.recipient_key, cause, result.attempts)
         return await self._settle(
             claimed,
@@ -978,6 +952,7 @@ class BatchSender:
             not_before=not_before,
             handed_off=handed_off,
             uncertain=uncertain,
+            redrives=redrives,
         )
 
     async def _out_of_slots(
@@ -985,9 +960,11 @@ class BatchSender:
     ) -> RowOutcome:
         # Requests were made and each was answered "not processed" (429, 412, 5xx, no connection: only
         # those are retried in-process; a timeout or lost connection never is), then the retry found no
-        # slot. Nothing was delivered, so the row goes back to ``pending`` without ``not_before``: the next
-        # batch (not the retry queue) takes it. Its attempts stand, it counts once, in ``remaining``, and
-        # its 429s and 5xx still reach the limiter through ``failures``.
+        # slot. Nothing was delivered, so the row goes back to ``pending``, due at once: the next batch
+        # (not the retry queue) takes it. Its attempts stand, it counts once, in ``remaining``, and its
+        # 429s and 5xx still reach the limiter through ``failures``. Its ``not_before`` (already passed)
+        # stays: a re-driven row or a welcome keeps the mark that makes reconciliation re-queue it should
+        # its run end without it.
         requests = result.attempts - 1
         failures = result.failures[:-1]
         last = failures[-1]
@@ -1001,6 +978,7 @@ class BatchSender:
             attempts=previous_attempts + requests,
             send=send,
             failures=failures,
+            not_before=claimed.value.not_before,
         )
 
     # ---- one row: update / delete -----------------------------------------------------------------
@@ -1115,6 +1093,7 @@ class BatchSender:
         conversation_id: str | None = None,
         handed_off: bool = False,
         uncertain: bool = False,
+        redrives: int | None = None,
     ) -> RowOutcome:
         changes: dict[str, Any] = {
             "status": status,
@@ -1127,6 +1106,8 @@ class BatchSender:
             "not_before": not_before,
             "updated_at": self._clock(),
         }
+        if redrives is not None:
+            changes["redrives"] = redrives
         if activity_id is not None or status is DeliveryStatus.SENT:
             changes["activity_id"] = activity_id
             changes["conversation_id"] = conversation_id

@@ -102,16 +102,25 @@ class InstallRequest(WireModel):
 
 
 class RetryRequest(WireModel):
-    """Queue ``deliveries-retry``: one ledger row whose in-process retries ran out, to re-drive later.
+    """Queue ``deliveries-retry``: one ledger row to (re)drive outside its broadcast's own run.
+
+    Written for a row whose in-process retries ran out (the sender's hand-off), a row reconciliation
+    found stuck, and a welcome (:mod:`proactive.bot.welcome`). The trigger never sends itself: it makes
+    sure a paced run of the row's tenant takes the row (:mod:`proactive.redrive`).
 
     Attributes:
         notification_id: the notification.
         tenant_id: the recipient's tenant.
         recipient_key: the row's key (``user:{aad}``, ``channel:{id}``, ...).
         operation: what to re-drive (only ``send`` is handed off today).
-        reason: the last error's code (``Throttled``, ``ServiceUnavailable``, ``Timeout``, ...).
+        reason: the last error's code (``Throttled``, ``ServiceUnavailable``, ``Timeout``, ...), or
+            ``reconciled`` / ``welcome``.
         uncertain: the last attempt may have been delivered (a timeout or a lost connection): a re-drive
             may duplicate it (the one documented duplicate window, see :mod:`proactive.sender`).
+        attempt: which hand-off of the row this is (its ``DeliveryRecord.redrives`` when written; 0 for a
+            first send such as a welcome). Past ``policies.MAX_REDRIVES`` the row is dead-lettered.
+        waits: how often the trigger already put this message back because the row was not due yet or a
+            run of the tenant was under way (spaces the re-checks out; never a reason to give up).
     """
 
     notification_id: str = Field(min_length=1)
@@ -120,3 +129,5 @@ class RetryRequest(WireModel):
     operation: Literal["send"] = "send"
     reason: str
     uncertain: bool = False
+    attempt: int = Field(default=0, ge=0)
+    waits: int = Field(default=0, ge=0)

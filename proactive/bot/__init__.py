@@ -9,6 +9,7 @@ from proactive.bot.capture import ReferenceCapture, plan_capture
 from proactive.bot.commands import apply_command, parse_command
 from proactive.bot.endpoint import Authenticator, BotEndpoint, EndpointAnswer
 from proactive.bot.handler import ActivityHandler, HandlerOutcome, ReplySender
+from proactive.bot.welcome import WelcomeQueue, Welcomes, welcome_notification_id
 
 __all__ = [
     "ActivityHandler",
@@ -19,8 +20,11 @@ __all__ = [
     "InboundActivity",
     "ReferenceCapture",
     "ReplySender",
+    "WelcomeQueue",
+    "Welcomes",
     "apply_command",
     "parse_activity",
     "parse_command",
     "plan_capture",
+    "welcome_notification_id",
 ]

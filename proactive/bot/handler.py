@@ -6,15 +6,20 @@ Order matters and is the contract of this module:
 2. an activity whose ``serviceUrl`` fails the outbound policy is ignored too: a reference the product may
    never use is worthless, and in anonymous mode (no JWT proved the URL) it keeps anyone from planting
    references that point elsewhere (decision for issue 5);
-3. references are captured (:mod:`proactive.bot.capture`), then preferences are written (commands);
-4. only then replies go out (welcome, confirmations). A reply that fails is logged with its error class,
+3. references are captured (:mod:`proactive.bot.capture`), then preferences are written (commands), then
+   a welcome is stored (:mod:`proactive.bot.welcome`);
+4. only then replies go out (command confirmations). A reply that fails is logged with its error class,
    status and code (never the token nor the text) and counted; the capture stands.
 
-The welcome goes out at most once per install of the app for a user (in this bot, in this tenant): only the
-activity whose conditional reference write turned the user's reference active welcomes (see
+The welcome is not a reply: it is a send like a broadcast's, stored as a ledger row of the tenant's welcome
+notification and sent by the tenant's paced run (:class:`~proactive.bot.welcome.Welcomes`), so a mass
+install neither loses welcomes to 429s nor spends the tenant's budget behind a broadcast's back. It is
+queued at most once per install of the app for a user (in this bot, in this tenant): only the activity whose
+conditional reference write turned the user's reference active welcomes (see
 :class:`~proactive.bot.capture.ReferenceCapture`). Teams delivers a personal install as two activities at
 the same instant; whichever lands second finds the reference active and stays quiet. A re-install after an
 uninstall (or after a send found the reference stale) turns it active again and is welcomed again.
+Command confirmations answer a user's own message one at a time and stay direct replies.
 
 Storage failures propagate (the endpoint answers 503, Teams redelivers; every step is idempotent).
 """
@@ -32,6 +37,7 @@ from proactive.bot import texts
 from proactive.bot.activity import ActivityType, ConversationType, InboundActivity
 from proactive.bot.capture import CaptureResult, ReferenceCapture, plan_capture
 from proactive.bot.commands import apply_command, parse_command
+from proactive.bot.welcome import WelcomeQueue
 from proactive.errors import DeliveryError, InvalidInput, OutboundHostRefused
 from proactive.models import RecipientKind, recipient_key
 from proactive.ports import PreferenceStore, ReferenceStore
@@ -60,12 +66,14 @@ class HandlerOutcome:
         reason: ``tenant_not_allowed``, ``service_url_not_allowed`` or ``unhandled_type`` when ignored.
         capture: What the capture did.
         replies: How many replies were sent successfully.
+        welcomed: A welcome was stored and queued for the paced path.
     """
 
     handled: bool
     reason: str | None = None
     capture: CaptureResult = field(default_factory=CaptureResult)
     replies: int = 0
+    welcomed: bool = False
 
 
 class ActivityHandler:
@@ -74,7 +82,8 @@ class ActivityHandler:
     Args:
         references: The reference store (with the atomic update the welcome decision relies on).
         preferences: The preference store the broadcast pipeline reads.
-        replies: Sends welcome and confirmations.
+        replies: Sends command confirmations.
+        welcomes: Stores and queues welcomes (:class:`~proactive.bot.welcome.Welcomes`).
         tenant_allowed: The tenant allow-list (``Settings.tenant_allowed``).
         service_url_allowed: The outbound policy (``OutboundPolicy.allows``).
         clock: The current time, aware UTC.
@@ -88,6 +97,7 @@ class ActivityHandler:
         preferences: PreferenceStore,
         replies: ReplySender,
         *,
+        welcomes: WelcomeQueue,
         tenant_allowed: Callable[[str], bool],
         service_url_allowed: Callable[[str], bool],
         clock: Callable[[], datetime],
@@ -96,6 +106,7 @@ class ActivityHandler:
         self._capture = ReferenceCapture(references, clock)
         self._preferences = preferences
         self._replies = replies
+        self._welcomes = welcomes
         self._tenant_allowed = tenant_allowed
         self._service_url_allowed = service_url_allowed
         self._clock = clock
@@ -131,20 +142,31 @@ class ActivityHandler:
         capture = await self._capture.apply(activity, steps)
         self.counters["captured"] += len(capture.stored) + len(capture.unchanged)
         self.counters["deactivated"] += len(capture.deactivated)
-        outgoing = await self._respond(activity, capture)
+        if activity.type != ActivityType.MESSAGE:
+            welcomed = await self._welcome(activity, capture)
+            return HandlerOutcome(True, None, capture, welcomed=welcomed)
+        outgoing = await self._respond(activity)
 
         sent = 0
         for text in outgoing:
             sent += await self._reply(activity, text)
         return HandlerOutcome(True, None, capture, sent)
 
-    async def _respond(self, activity: InboundActivity, capture: CaptureResult) -> list[str]:
+    async def _welcome(self, activity: InboundActivity, capture: CaptureResult) -> bool:
+        """Stores and queues the welcome of a new personal install (storage errors propagate: 503)."""
+        aad = activity.aad_object_id
+        if activity.conversation_type != ConversationType.PERSONAL or aad is None:
+            return False
+        if not self._is_new_install(activity, capture):
+            return False
+        if not await self._welcomes.welcome(activity.tenant_id, aad, _name(activity.bot)):
+            return False
+        self.counters["welcomes_queued"] += 1
+        return True
+
+    async def _respond(self, activity: InboundActivity) -> list[str]:
         """Writes preferences for commands and returns the texts to send (after all writes)."""
         personal = activity.conversation_type == ConversationType.PERSONAL
-        if activity.type != ActivityType.MESSAGE:
-            if personal and self._is_new_install(activity, capture):
-                return [texts.welcome(_name(activity.bot))]
-            return []
         if not personal:
             # With RSC permissions a bot sees every channel message: only answer when addressed.
             if activity.mentions_bot() and activity.command_text():
@@ -190,14 +212,13 @@ class ActivityHandler:
         # Teams sends both events on a personal install, often at the same instant: newly_active holds the
         # key only for the one activity whose conditional write activated the reference, so one welcome.
         #
-        # Order, chosen on purpose: "never twice" over "never lost". The activation is committed before
-        # the welcome is sent (the two cannot be one atomic step: one is Table storage, the other the Bot
-        # Connector). Sending first would not even fix the race (both activities would send before either
-        # committed) and would repeat the welcome on every redelivery after a failed write. So a welcome
-        # that fails to send (Bot Connector error, process killed in between) is not retried: the failure
-        # is logged and counted (reply_failed), the endpoint still answers 200, and a redelivered or twin
-        # activity finds the reference active. The user loses only a courtesy message: the reference
-        # stands, broadcasts reach them, and "help" lists the same commands the welcome would have.
+        # Order, chosen on purpose: "never twice" over "never lost" for the one step that cannot be
+        # atomic. The activation is committed before the welcome row is written (two table writes in
+        # different tables). Once the row is written the welcome is not lost: the paced run sends it,
+        # 429s and 5xx are re-driven, a lost queue message is found by reconciliation. Only a failure
+        # between the two writes (storage down, process killed) loses it: the endpoint answers 503, and
+        # the redelivered or twin activity finds the reference active. The user then misses only a
+        # courtesy message: the reference stands, broadcasts reach them, "help" lists the same commands.
         return (
             installed and aad is not None and recipient_key(RecipientKind.USER, aad) in capture.newly_active
         )

@@ -2,14 +2,16 @@
 
 Three triggers, each wiring to one method of :class:`Redelivery`:
 
-``deliveries_retry`` (queue trigger on ``Settings.queues.deliveries_retry``)
-    Re-drives the one ledger row a :class:`~proactive.sender_ports.RetryRequest` names through
-    :meth:`BatchSender.redrive <proactive.sender.BatchSender.redrive>`. When the row is still transient
-    (:func:`~proactive.sender.needs_redelivery`) the trigger **raises**, so the host makes the message
-    visible again after host.json ``visibilityTimeout`` and, after ``maxDequeueCount`` (5) deliveries,
-    moves it to ``<queue>-poison``. That count is the one bound on re-drives (STYLE.md rule 11): nothing
-    here counts attempts itself. A message that is not a ``RetryRequest`` can never succeed: it is
-    dead-lettered at once instead of being delivered five times.
+``deliveries_retry`` (queue trigger on ``Settings.queues.deliveries_retry``, with a Durable client)
+    Makes sure the one ledger row a :class:`~proactive.sender_ports.RetryRequest` names is taken by a
+    paced run of its tenant; it never sends itself (:mod:`proactive.redrive` has the design and the
+    decision table): a row not due yet goes back to the queue invisible until its ``notBefore``; a due
+    row starts the tenant's re-drive run (``tenant_lane`` under a deterministic instance id), or wakes the
+    one under way and is checked again later; a row sent or settled meanwhile completes the message; a row
+    handed off more than ``policies.MAX_REDRIVES`` times is dead-lettered (``RetryRequest.attempt``, the
+    row's ``redrives``). A message that is not a ``RetryRequest`` can never succeed: it is dead-lettered at
+    once instead of being delivered five times. A trigger that fails (storage, the Durable client) is
+    delivered again by the host and, after ``maxDequeueCount`` (5), moved to ``<queue>-poison``.
 
 ``deliveries_retry_poison`` (queue trigger on ``<queue>-poison``)
     Writes a :class:`~proactive.models.DeadLetter` (id ``{notificationId}:{tenantId}:{recipientKey}``, so a
@@ -29,10 +31,12 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     * rows ``sending`` for longer than ``Settings.reconcile_after_seconds`` (``RECONCILE_AFTER_SECONDS``) go back to ``pending``
       (:func:`~proactive.sender.reconcile_stuck`): the one duplicate window (Teams may have accepted the send
       the ledger never recorded), counted in :attr:`ReconcileReport.reconciled`;
-    * those rows, and ``pending`` rows a retry message should have taken long ago (``not_before`` and
-      ``updated_at`` both older than the deadline: a lost message), get a fresh ``RetryRequest``. The orchestration may
-      pick the same row while it still runs; the claim lets exactly one of them send it;
-    * of a cancelled notification, the reconciled rows become ``cancelled`` instead (never re-sent).
+    * those rows, ``pending`` rows a retry message should have taken long ago (``not_before`` and
+      ``updated_at`` both older than the deadline: a lost message), and ``deferred`` rows whose quiet
+      window ended that long ago with no run to take them, get a fresh ``RetryRequest`` (``attempt`` =
+      the row's ``redrives``: a lost reminder is no new hand-off), which leads to a paced re-drive run. The
+      orchestration may pick the same row while it still runs; the claim lets exactly one of them send it;
+    * of a cancelled notification, those rows become ``cancelled`` instead (never re-sent).
 
     ``pending`` rows with no ``not_before`` of a *running* notification are the orchestration's (they wait
     for their turn at the limiter); they are never queued, or the queue would send around the pacing.
@@ -49,7 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -60,10 +64,12 @@ from pydantic import ValidationError
 from proactive import json_input
 from proactive.audience import audience_tenants, stored_request
 from proactive.composition import services
-from proactive.errors import ConcurrencyConflict, ProactiveError
+from proactive.errors import ConcurrencyConflict
+from proactive.functions.broadcasts import DurableOrchestrations
 from proactive.models import DeadLetter, DeliveryStatus, ErrorInfo, Notification, NotificationStatus, utc_now
-from proactive.ports import DeadLetterStore, DeliveryLedger, EntityTable
-from proactive.sender import Reason, RowOutcome, needs_redelivery, reconcile_stuck
+from proactive.ports import DeadLetterStore, DeliveryLedger, EntityTable, NotificationStore
+from proactive.redrive import Action, Decision, PacedRuns, decide, recheck_delay
+from proactive.sender import Reason, reconcile_stuck
 from proactive.sender_ports import RetryRequest, WorkQueue
 from proactive.stores import from_entity
 
@@ -76,7 +82,6 @@ __all__ = [
     "RECONCILE_SCHEDULE",
     "ReconcileReport",
     "Redelivery",
-    "RetryLater",
     "blueprint",
     "notifications_to_reconcile",
 ]
@@ -104,10 +109,6 @@ _SCANNED = (
 )
 
 
-class RetryLater(ProactiveError):
-    """Raised by the retry trigger so the queue delivers the message again (and poisons it in the end)."""
-
-
 @dataclass(frozen=True)
 class ReconcileReport:
     """What one reconciliation run did.
@@ -133,18 +134,14 @@ class ReconcileReport:
         )
 
 
-Redrive = Callable[[RetryRequest], Awaitable[RowOutcome | None]]
-
-
 class Redelivery:
     """The services of the three triggers (see the module docstring).
 
     Args:
         ledger: the delivery ledger.
+        notifications: the notifications (urgency of a re-drive run, the cancelled flag).
         dead_letters: where exhausted messages are kept.
-        retries: queue ``deliveries-retry`` (reconciliation writes to it).
-        redrive: :meth:`BatchSender.redrive <proactive.sender.BatchSender.redrive>` (built lazily: only the
-            retry trigger needs a connector).
+        retries: queue ``deliveries-retry`` (reconciliation writes to it; the trigger puts messages back).
         clock: current time (aware UTC).
     """
 
@@ -152,42 +149,55 @@ class Redelivery:
         self,
         *,
         ledger: DeliveryLedger,
+        notifications: NotificationStore,
         dead_letters: DeadLetterStore,
         retries: WorkQueue,
-        redrive: Callable[[], Awaitable[Redrive]],
         clock: Callable[[], datetime],
     ) -> None:
         self._ledger = ledger
+        self._notifications = notifications
         self._dead_letters = dead_letters
         self._retries = retries
-        self._redrive = redrive
         self._clock = clock
 
     # ---- deliveries-retry -------------------------------------------------------------------------
 
-    async def redrive(self, raw: bytes) -> RowOutcome | None:
-        """Re-drive the row a ``deliveries-retry`` message names.
+    async def redrive(self, raw: bytes, runs: PacedRuns) -> Decision:
+        """Make sure a paced run takes the row a ``deliveries-retry`` message names (:mod:`proactive.redrive`).
 
         Returns:
-            The row's outcome, or ``None`` when there was nothing to do (row settled or claimed
-            elsewhere, notification cancelled, or a malformed message, which is dead-lettered at once).
+            What was done: ``done`` (nothing to do, or a malformed message, dead-lettered at once),
+            ``dead_letter``, ``wait`` (the message was put back with ``delay``) or ``run`` (a run started).
 
         Raises:
-            RetryLater: the row is still transient; the queue must deliver the message again.
-            StorageError: the ledger could not be read or written (the queue retries too).
+            StorageError: the ledger or the queue failed (the host delivers the message again).
         """
         request = _parse(raw)
         if request is None:
             await self._malformed(raw)
-            return None
-        outcome = await (await self._redrive())(request)
-        if needs_redelivery(outcome):
-            assert outcome is not None
-            raise RetryLater(
-                f"{request.notification_id}/{request.tenant_id}/{request.recipient_key} still "
-                f"{outcome.reason or 'transient'}"
-            )
-        return outcome
+            return Decision(Action.DONE, why="malformed message")
+        found = await self._notifications.get(request.notification_id)
+        if found is None:
+            logger.warning("A retry message names a notification that does not exist; dropped")
+            return Decision(Action.DONE, why="notification not found")
+        notification = found.value
+        row = await self._ledger.get(request.notification_id, request.tenant_id, request.recipient_key)
+        decision = decide(
+            request,
+            row.value if row is not None else None,
+            cancelled=notification.status is NotificationStatus.CANCELLED,
+            now=self._clock(),
+        )
+        if decision.action is Action.DEAD_LETTER:
+            await self._dead_letter(request, source_queue=self._retries.name)
+        elif decision.action is Action.WAIT:
+            await self._retries.put(request.to_json(), delay=decision.delay)
+        elif decision.action is Action.RUN and not await runs.ensure(notification, request.tenant_id):
+            delay = recheck_delay(request.waits)
+            again = request.model_copy(update={"waits": request.waits + 1})
+            await self._retries.put(again.to_json(), delay=delay)
+            decision = Decision(Action.WAIT, delay=delay, why="a re-drive run is under way: woken")
+        return decision
 
     # ---- deliveries-retry-poison ------------------------------------------------------------------
 
@@ -200,6 +210,9 @@ class Redelivery:
         request = _parse(raw)
         if request is None:
             return await self._malformed(raw, source_queue=source_queue)
+        return await self._dead_letter(request, source_queue=source_queue)
+
+    async def _dead_letter(self, request: RetryRequest, *, source_queue: str) -> DeadLetter | None:
         for _ in range(5):
             found = await self._ledger.get(request.notification_id, request.tenant_id, request.recipient_key)
             if found is None:
@@ -286,17 +299,22 @@ class Redelivery:
         continuation: str | None = None
         while True:
             page = await self._ledger.list(
-                notification.id, tenant, statuses=[DeliveryStatus.PENDING], continuation=continuation
+                notification.id,
+                tenant,
+                statuses=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
+                continuation=continuation,
             )
             for item in page.items:
                 row = item.value
                 just_reconciled = (
-                    row.last_error is not None
+                    row.status is DeliveryStatus.PENDING
+                    and row.last_error is not None
                     and row.last_error.code == Reason.RECONCILED
                     and row.not_before is None
                 )
+                # A hand-off whose message was lost, or a quiet window that ended with no run to take the row.
                 lost = row.not_before is not None and row.not_before <= cutoff and row.updated_at <= cutoff
-                if cancelled and just_reconciled:
+                if cancelled and (just_reconciled or lost):
                     try:
                         await self._ledger.replace(
                             row.model_copy(update={"status": DeliveryStatus.CANCELLED, "updated_at": now}),
@@ -312,6 +330,7 @@ class Redelivery:
                         recipient_key=row.recipient_key,
                         reason=Reason.RECONCILED,
                         uncertain=just_reconciled,
+                        attempt=row.redrives,
                     )
                     await self._retries.put(request.to_json(), delay=_REQUEUE_DELAY)
                     requeued += 1
@@ -365,16 +384,21 @@ def _digest(text: str) -> str:
 
 def _redelivery() -> Redelivery:
     s = services()
-
-    async def redrive() -> Redrive:
-        return (await s.batch_sender()).redrive
-
     return Redelivery(
         ledger=s.deliveries,
+        notifications=s.notifications,
         dead_letters=s.dead_letters,
         retries=s.queues.queue(s.settings.queues.deliveries_retry),
-        redrive=redrive,
         clock=utc_now,
+    )
+
+
+def _runs(client: df.DurableOrchestrationClient) -> PacedRuns:
+    settings = services().settings
+    return PacedRuns(
+        DurableOrchestrations(client),
+        batch_size=settings.batch_size,
+        batches_per_execution=settings.batches_per_execution,
     )
 
 
@@ -391,8 +415,9 @@ def blueprint() -> df.Blueprint:
 
     @bp.function_name(DELIVERIES_RETRY)
     @bp.queue_trigger(arg_name="msg", queue_name=queue, connection="AzureWebJobsStorage")
-    async def deliveries_retry(msg: func.QueueMessage) -> None:
-        await _redelivery().redrive(msg.get_body())
+    @bp.durable_client_input(client_name="client")
+    async def deliveries_retry(msg: func.QueueMessage, client: df.DurableOrchestrationClient) -> None:
+        await _redelivery().redrive(msg.get_body(), _runs(client))
 
     @bp.function_name(DELIVERIES_RETRY_POISON)
     @bp.queue_trigger(arg_name="msg", queue_name=poison, connection="AzureWebJobsStorage")

@@ -34,11 +34,13 @@ def iso(value: datetime) -> str:
     return aware(value).isoformat().replace("+00:00", "Z")
 
 
-def wait_until(context: Any, fire_at: datetime) -> Orchestration:
+def wait_until(context: Any, fire_at: datetime, *, wake_event: str | None = None) -> Orchestration:
     """Wait on durable timers until ``fire_at`` unless a cancel event arrives first.
 
     Returns (through ``yield from``) ``True`` when cancelled. A cancel raised while the orchestration was
-    not waiting is kept by the SDK and resolves the next wait at once.
+    not waiting is kept by the SDK and resolves the next wait at once. With ``wake_event``, that event ends
+    the wait early too (returns ``False``, as if the time had come); like a cancel, one raised while the
+    orchestration was not waiting ends its next such wait at once.
 
     A long wait is a chain of timers of at most :data:`MAX_TIMER_SPAN`, each raced against a cancel waiter
     of its own. With Azure Storage the extension makes the SDK split a timer longer than 6 days into
@@ -50,8 +52,11 @@ def wait_until(context: Any, fire_at: datetime) -> Orchestration:
         step = min(fire_at, now(context) + MAX_TIMER_SPAN)
         timer = context.create_timer(step)
         cancel = context.wait_for_external_event(fn.CANCEL_EVENT)
-        winner = yield context.task_any([timer, cancel])
+        waits = [timer, cancel]
+        if wake_event is not None:
+            waits.append(context.wait_for_external_event(wake_event))
+        winner = yield context.task_any(waits)
         if winner != timer:
             timer.cancel()
-            return True
+            return winner == cancel
     return False

@@ -19,6 +19,16 @@ SEND_BATCH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, m
 # Bookkeeping (status, counts, cancel marks).
 BOOKKEEPING_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2_000, max_number_of_attempts=5)
 
+# Re-drives (proactive.redrive). A row handed to deliveries-retry more often than this is dead-lettered: the
+# bound that host.json ``maxDequeueCount`` (5) set when the trigger sent itself and raised on failure, kept
+# the same now that the paced run sends and each failure is a new hand-off (RetryRequest.attempt).
+MAX_REDRIVES = 5
+# While a re-drive run of the tenant is under way the trigger wakes it and checks the row again later (the
+# run may have read the ledger just before the row became due): first after this long, doubling per check
+# up to REDRIVE_RECHECK_MAX. A check of a row that was sent meanwhile completes the message.
+REDRIVE_RECHECK_FIRST = timedelta(seconds=15)
+REDRIVE_RECHECK_MAX = timedelta(minutes=5)
+
 # Pacing of tenant_broadcast (not retries, but timing policy all the same).
 # Lanes (sequential tenant_lane sub-orchestrations, each over its own part of the rows) of one tenant with
 # more than a batch to send. A lane's cycle is its batch (1 s of sends at 50 msg/s, plus the slowest

@@ -13,6 +13,12 @@ and the cancel event, never a task that was part of an earlier compound yield (t
 processes actions in order; Azure/azure-functions-durable-python issue 603). The report is a signal, not
 a call: the lane does not need its answer, and it is never yielded.
 
+A lane sleeps while its remaining rows wait for a quiet-hours window; the ``wake`` event ends that sleep
+early (a row of the tenant became due meanwhile: :mod:`proactive.redrive`). The same ``tenant_lane`` also
+runs on its own, started by the ``deliveries-retry`` trigger under :func:`redrive_instance_id`: a re-drive
+run over every due row of one notification and tenant (hand-offs, reconciled rows, welcomes), paced by the
+same limiter entity as the broadcast's lanes.
+
 A cancel (external event, or the cancelled flag ``send_batch`` sees) lets the batch under way finish, then
 marks the rows not yet sent ``cancelled``. Neither orchestration raises: a failure ends it with ``outcome:
 failed`` and the error, so one tenant's trouble does not fail the other tenants' ``task_all``.
@@ -33,7 +39,16 @@ from proactive.orchestration.lanes import LaneProgress, TenantLanes, lane_instan
 from proactive.orchestration.runs import CancelledRows, TenantRows, TenantRun, TenantSummary
 from proactive.sender import SendBatchResult
 
-__all__ = ["lane_instance_id", "tenant_broadcast", "tenant_lane"]
+__all__ = ["lane_instance_id", "redrive_instance_id", "tenant_broadcast", "tenant_lane"]
+
+
+def redrive_instance_id(notification_id: str, tenant_id: str) -> str:
+    """The ``tenant_lane`` instance that re-drives rows of one notification and tenant (:mod:`proactive.redrive`).
+
+    Deterministic, so every retry message of the tenant finds the same instance: while it runs they wake it
+    instead of starting another, and many messages collapse into one paced run.
+    """
+    return f"{notification_id}.{tenant_id}.redrive"
 
 
 def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
@@ -98,7 +113,11 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
             return lane.summary("failed", error=f"halted: {result.halted}").to_json()
         if after.next == "completed":
             return lane.summary("completed").to_json()
-        if after.until is not None and (yield from wait_until(context, after.until)):  # quiet hours
+        # Quiet hours: a wake event (a re-drive of a row that became due meanwhile) ends the wait early; the
+        # next batch then takes what is due and the lane sleeps again until the next deferred row.
+        if after.until is not None and (
+            yield from wait_until(context, after.until, wake_event=fn.WAKE_EVENT)
+        ):
             return (yield from end_cancelled())
 
     context.continue_as_new(lane.continuation().to_json())

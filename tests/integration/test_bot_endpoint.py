@@ -1,6 +1,9 @@
 """``POST /api/messages`` end to end: the devhost serves function_app.py, references land in Azurite, replies
 reach the Teams emulator, and Bot Framework JWTs are checked against a local OpenID server.
 
+Welcomes are not replies: the endpoint stores them and queues them on ``deliveries-retry`` (no queue trigger
+runs here, so they stay queued); their paced delivery is pinned in ``test_welcomes.py``.
+
 Each test gets its own tables, its own emulator and its own DevHost on free 127.0.0.1 ports. Activities are
 the realistic payloads in ``tests/payloads/teams`` with ``serviceUrl`` pointed at the emulator (allowed by
 ``DEV_OUTBOUND_HOSTS=127.0.0.1``, as under the devhost).
@@ -15,6 +18,7 @@ import json
 import logging
 import socket
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +36,9 @@ from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
 from devhost.settings import HostSettings
 from proactive import composition
-from proactive.models import ConversationReference, RecipientKind, StoredReference
+from proactive.bot.welcome import welcome_notification_id
+from proactive.models import ConversationReference, DeliveryStatus, RecipientKind, StoredReference
+from proactive.sender_ports import RetryRequest
 from tests.support.jwt_keys import (
     LocalOpenIdServer,
     SigningKey,
@@ -117,6 +123,16 @@ class Bot:
         page = await self.services.references.list_tenant(tenant, active_only=False)
         return len(page.items)
 
+    async def queued_welcomes(self) -> list[RetryRequest]:
+        """The welcomes waiting on ``deliveries-retry`` (taken off it: call once per test)."""
+        queue = self.services.queues.queue(self.services.settings.queues.deliveries_retry)
+        messages = await queue.receive(max_messages=32, visibility_timeout=300)
+        return [RetryRequest.from_json(message.body) for message in messages]
+
+    async def welcome_row(self, user: str = USER, tenant: str = TENANT) -> DeliveryStatus | None:
+        found = await self.services.deliveries.get(welcome_notification_id(tenant), tenant, f"user:{user}")
+        return found.value.status if found is not None else None
+
 
 StartBot = Callable[..., Awaitable[Bot]]
 
@@ -143,6 +159,9 @@ async def start_bot(
             "AzureWebJobsStorage": storage_connection_string,
             "TABLE_REFERENCES": unique_name + "refs",
             "TABLE_PREFERENCES": unique_name + "prefs",
+            "TABLE_NOTIFICATIONS": unique_name + "notes",
+            "TABLE_DELIVERIES": unique_name + "deliveries",
+            "QUEUE_DELIVERIES_RETRY": unique_name + "-retry",
             **({"BOT_AUTH": "anonymous", "DEV_OUTBOUND_HOSTS": "127.0.0.1"} if anonymous else {}),
             **{k: v.replace("{emulator}", emulator_url) for k, v in env.items()},
         }
@@ -182,7 +201,7 @@ async def bot(start_bot: StartBot) -> Bot:
 # ---- capture -------------------------------------------------------------------------------------
 
 
-async def test_personal_install_stores_the_reference_and_welcomes_once(bot: Bot) -> None:
+async def test_personal_install_stores_the_reference_and_queues_one_welcome(bot: Bot) -> None:
     assert await bot.post(bot.activity("personal_install")) == (200, {})
     assert await bot.post(bot.activity("personal_bot_added")) == (200, {})  # Teams sends both
 
@@ -191,8 +210,15 @@ async def test_personal_install_stores_the_reference_and_welcomes_once(bot: Bot)
     assert stored.reference.service_url == bot.emulator_url
     assert stored.reference.conversation.id == PERSONAL
     assert stored.confirmed_at is not None
-    (welcome,) = await bot.received(PERSONAL)
+    # Stored first (the row), queued for the paced path; never sent behind the limiter's back.
+    assert await bot.welcome_row() is DeliveryStatus.PENDING
+    (queued,) = await bot.queued_welcomes()
+    assert queued.notification_id == welcome_notification_id(TENANT) and queued.reason == "welcome"
+    notification = await bot.services.notifications.get(welcome_notification_id(TENANT))
+    assert notification is not None
+    welcome = notification.value.request["message"]["text"]
     assert "Contoso Alerts" in welcome and "stop" in welcome and "because" in welcome
+    assert await bot.received(PERSONAL) == []
 
 
 RACE_ROUNDS = 15
@@ -205,7 +231,7 @@ def for_user(data: dict[str, Any], user: str, chat: str) -> dict[str, Any]:
     return data
 
 
-async def test_install_events_arriving_together_welcome_once_per_install(
+async def test_install_events_arriving_together_queue_one_welcome_per_install(
     start_bot: StartBot, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Teams delivers installationUpdate add and conversationUpdate membersAdded for the same install at
@@ -221,9 +247,10 @@ async def test_install_events_arriving_together_welcome_once_per_install(
                 ]
                 assert await asyncio.gather(*(bot.post(event) for event in pair)) == [(200, {})] * 2
                 assert (await bot.post(for_user(bot.activity("personal_uninstall"), user, chat)))[0] == 200
-    welcomes = [len(await bot.received(f"a:race-{index}")) for index in range(RACE_ROUNDS)]
-    assert welcomes == [2] * RACE_ROUNDS
-    assert (await bot.services.bot_endpoint()).handler.counters["reply_failed"] == 0
+    queued = Counter(request.recipient_key for request in await bot.queued_welcomes())
+    users = [f"user:00000000-0000-4000-8000-{index:012d}" for index in range(RACE_ROUNDS)]
+    assert [queued[user] for user in users] == [2] * RACE_ROUNDS  # two installs each, one welcome per install
+    assert (await bot.services.bot_endpoint()).handler.counters["welcomes_queued"] == 2 * RACE_ROUNDS
     # The two requests did overlap (their conditional writes collided), so the test exercised the race.
     assert any("changed while being updated" in record.getMessage() for record in caplog.records)
 
@@ -246,7 +273,7 @@ async def test_uninstall_and_reinstall_deactivate_then_refresh(bot: Bot) -> None
     await bot.post(bot.activity("personal_install"))
     back = await bot.reference(f"user:{USER}")
     assert back is not None and back.active and back.stale_reason is None
-    assert len(await bot.received(PERSONAL)) == 2  # a re-install is welcomed again
+    assert len(await bot.queued_welcomes()) == 2  # a re-install is welcomed again
 
 
 async def test_team_install_stores_general_and_selected_channel_then_team_deletion_retires_them(
@@ -435,7 +462,7 @@ async def test_a_valid_token_is_accepted_and_the_reply_carries_the_bots_token(
     secured: Bot, signing_key: SigningKey
 ) -> None:
     headers = {"Authorization": "Bearer " + token(signing_key, secured.emulator_url)}
-    assert await secured.post(secured.activity("personal_install"), headers) == (200, {})
+    assert await secured.post(secured.activity("personal_message", text="help"), headers) == (200, {})
     assert (await secured.reference(f"user:{USER}")) is not None
     assert len(await secured.received(PERSONAL)) == 1
 

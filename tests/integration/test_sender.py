@@ -3,7 +3,8 @@
 300 recipients in one tenant; the emulator answers 10 % of sends 429, 5 % 5xx and 2 % hang until the client
 times out, 10 users have blocked the bot and 10 have stale conversations, 5 have no reference at all and 5
 opted out. Two workers run ``send_batch`` on the same partition at once until nothing is claimable, the
-``deliveries-retry`` queue is drained through ``redrive`` (as its trigger would), stuck rows are reconciled,
+``deliveries-retry`` queue is drained as its re-drive run would (``send_batch`` once the rows are due), stuck
+rows are reconciled,
 and then: every deliverable recipient received exactly one message (the emulator's per-conversation counts
 and duplicate list), every other one is recorded with its reason, and the counts add up.
 """
@@ -50,10 +51,8 @@ from proactive.sender import (
     Pacing,
     SendBatchInput,
     SendBatchResult,
-    needs_redelivery,
     reconcile_stuck,
 )
-from proactive.sender_ports import RetryRequest
 from proactive.stores import (
     TableDeliveryLedger,
     TableNotificationStore,
@@ -394,7 +393,8 @@ async def seed(
 
 
 async def drain_retries(sender: BatchSender, retries: Any, ledger: TableDeliveryLedger) -> int:
-    """What the ``deliveries-retry`` trigger does: re-drive each message; let failures come back."""
+    """What a ``deliveries-retry`` message leads to: a re-drive run's ``send_batch`` over the due rows
+    (the trigger itself never sends; :mod:`proactive.redrive`). Hand-offs come back as new messages."""
     sent = 0
     for _ in range(30):
         messages = await retries.receive(max_messages=32, visibility_timeout=1)
@@ -407,11 +407,11 @@ async def drain_retries(sender: BatchSender, retries: Any, ledger: TableDelivery
             await asyncio.sleep(0.5)
             continue
         for message in messages:
-            outcome = await sender.redrive(RetryRequest.from_json(message.body))
-            if not needs_redelivery(outcome):
-                await retries.delete(message)
-            if outcome is not None and outcome.status is DeliveryStatus.SENT:
-                sent += 1
+            await retries.delete(message)
+        result = await sender.send_batch(
+            SendBatchInput(notification_id=NOTIFICATION, tenant_id=TENANT, limit=500, now=datetime.now(UTC))
+        )
+        sent += result.sent
     raise AssertionError("the retry queue did not drain")
 
 

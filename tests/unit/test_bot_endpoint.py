@@ -14,12 +14,20 @@ import pytest
 
 from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
+from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable
 from proactive.bot import ActivityHandler, BotEndpoint
 from proactive.bot.endpoint import MAX_BODY_BYTES
+from proactive.bot.welcome import Welcomes, welcome_notification_id
 from proactive.errors import StorageError
 from proactive.ports import Entity
-from proactive.stores import TablePreferenceStore, TableReferenceStore
+from proactive.sender_ports import RetryRequest
+from proactive.stores import (
+    TableDeliveryLedger,
+    TableNotificationStore,
+    TablePreferenceStore,
+    TableReferenceStore,
+)
 from tests.support.jwt_keys import LocalOpenIdServer
 
 PAYLOADS = Path(__file__).parents[1] / "payloads" / "teams"
@@ -57,14 +65,30 @@ class BrokenTable(MemoryEntityTable):
         raise StorageError("storage unreachable")
 
 
+class Welcomed:
+    """The welcome path's fakes (tables and queue that serialise like the real ones) and what they hold."""
+
+    def __init__(self) -> None:
+        self.notifications = TableNotificationStore(MemoryEntityTable("notifications"))
+        self.ledger = TableDeliveryLedger(MemoryEntityTable("deliveries"))
+        self.queue = MemoryWorkQueue("deliveries-retry")
+        self.welcomes = Welcomes(self.notifications, self.ledger, self.queue, clock=lambda: NOW)
+
+    def queued(self) -> list[RetryRequest]:
+        return [RetryRequest.from_json(body) for body in self.queue.bodies()]
+
+
 def endpoint(
-    references: MemoryEntityTable | None = None, authenticator: BotAuthenticator | None = None
+    references: MemoryEntityTable | None = None,
+    authenticator: BotAuthenticator | None = None,
+    welcomed: Welcomed | None = None,
 ) -> tuple[BotEndpoint, RecordingSender]:
     sender = RecordingSender()
     handler = ActivityHandler(
         TableReferenceStore(references or MemoryEntityTable("references")),
         TablePreferenceStore(MemoryEntityTable("preferences")),
         sender,
+        welcomes=(welcomed or Welcomed()).welcomes,
         tenant_allowed=lambda tenant: True,
         service_url_allowed=lambda url: True,
         clock=lambda: NOW,
@@ -112,19 +136,21 @@ class ChurningTable(MemoryEntityTable):
 
 async def test_a_reference_that_keeps_changing_is_503_and_the_reinstall_is_not_welcomed_yet() -> None:
     table = ChurningTable("references")
-    bot, sender = endpoint(references=table)
+    welcomed = Welcomed()
+    bot, sender = endpoint(references=table, welcomed=welcomed)
     await bot.handle(body("personal_install"), None)
     await bot.handle(body("personal_uninstall"), None)
-    assert len(sender.sent) == 1
+    assert len(welcomed.queued()) == 1
 
     table.churn = True
     answer = await bot.handle(body("personal_install"), None)
     assert answer.status == 503 and answer.body["error"]["code"] == "storage_unavailable"
-    assert len(sender.sent) == 1  # Teams redelivers on 503; the redelivery decides about the welcome
+    assert len(welcomed.queued()) == 1  # Teams redelivers on 503; the redelivery decides about the welcome
 
     table.churn = False
     assert (await bot.handle(body("personal_install"), None)).status == 200
-    assert len(sender.sent) == 2
+    assert len(welcomed.queued()) == 2
+    assert sender.sent == []  # welcomes are never direct replies
 
 
 @pytest.fixture
@@ -143,15 +169,6 @@ async def test_unreachable_signing_keys_are_503_not_401(session: aiohttp.ClientS
         answer = await bot.handle(body("personal_message"), f"Bearer {header}.e30.c2ln")
     assert answer.status == 503 and answer.body["error"]["code"] == "keys_unavailable"
     assert sender.sent == []
-
-
-async def test_welcome_goes_to_the_personal_conversation_with_the_incoming_service_url() -> None:
-    bot, sender = endpoint()
-    await bot.handle(body("personal_install", serviceUrl="https://smba.trafficmanager.net/emea/"), None)
-    ((service_url, conversation, activity),) = sender.sent
-    assert service_url == "https://smba.trafficmanager.net/emea/"
-    assert conversation.startswith("a:") and activity["type"] == "message"
-    assert "stop" in activity["text"]
 
 
 async def test_json_nested_too_deeply_is_400_not_a_crash() -> None:
@@ -179,3 +196,22 @@ async def test_the_token_is_checked_before_the_body_is_parsed(session: aiohttp.C
             assert answer.status == 401 and answer.body["error"]["code"] == "unauthorized"
         assert server.metadata_requests == 0  # no key lookup either: the header alone was enough to refuse
     assert sender.sent == []
+
+
+async def test_a_welcome_is_stored_as_a_pending_row_of_the_tenants_welcome_notification_then_queued() -> None:
+    welcomed = Welcomed()
+    bot, sender = endpoint(welcomed=welcomed)
+    install = json.loads(body("personal_install"))
+    tenant, user = install["conversation"]["tenantId"], install["from"]["aadObjectId"]
+
+    assert (await bot.handle(json.dumps(install).encode(), None)).status == 200
+
+    nid = welcome_notification_id(tenant)
+    notification = await welcomed.notifications.get(nid)
+    assert notification is not None and "stop" in notification.value.request["message"]["text"]
+    row = await welcomed.ledger.get(nid, tenant, f"user:{user}")
+    assert row is not None and row.value.status.value == "pending" and row.value.not_before == NOW
+    (queued,) = welcomed.queued()
+    assert (queued.notification_id, queued.recipient_key, queued.reason) == (nid, f"user:{user}", "welcome")
+    assert queued.attempt == 0
+    assert sender.sent == []  # the paced run sends it, never the endpoint

@@ -131,7 +131,9 @@ def test_the_retry_trigger_listens_where_the_sender_writes_when_the_queue_is_ren
     module.app.functions_bindings = None
     functions = {f.get_function_name(): f for f in module.app.get_functions()}
     queues = {
-        name: next(b.get_dict_repr()["queueName"] for b in functions[name].get_bindings())
+        name: next(
+            b.get_dict_repr()["queueName"] for b in functions[name].get_bindings() if b.type == "queueTrigger"
+        )
         for name in ("deliveries_retry", "deliveries_retry_poison")
     }
     assert queues == {

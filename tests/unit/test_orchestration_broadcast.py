@@ -15,7 +15,7 @@ import pytest
 
 from proactive import function_names as fn
 from proactive.errors import InvalidInput
-from proactive.models import DeliveryStatus, NotificationStatus
+from proactive.models import DeliveryRecord, DeliveryStatus, NotificationStatus
 from proactive.orchestration import policies
 from proactive.orchestration.tenant_broadcast import lane_instance_id
 from tests.unit.test_orchestration_harness import (
@@ -237,6 +237,39 @@ async def test_deferred_rows_are_sent_when_their_quiet_hours_end(harness: Harnes
     assert harness.history.largest[f"quiet.{TENANTS[0]}"] <= 40
 
 
+async def test_a_wake_event_ends_a_lanes_quiet_hours_wait_so_a_row_due_meanwhile_is_sent_at_once(
+    harness: Harness,
+) -> None:
+    # What the re-drive trigger does when a row of the tenant became due while the lane sleeps.
+    quiet_end = START + timedelta(hours=7)
+    harness.sender.quiet_until = {f"user:{user_id(0, 2)}": quiet_end}
+    accepted = await harness.service.start(
+        body(users=[(TENANTS[0], user_id(0, n)) for n in range(4)], notification_id="woken")
+    )
+    record = await harness.run(accepted.instance_id, until=START + timedelta(hours=1))
+    assert record.status == "Running"
+    late = DeliveryRecord(
+        notification_id="woken",
+        tenant_id=TENANTS[0],
+        recipient_key=f"user:{user_id(0, 9)}",
+        created_at=harness.clock.now(),
+        updated_at=harness.clock.now(),
+    )
+    await harness.services.deliveries.add_pending([late])
+
+    lane = f"woken.{TENANTS[0]}"  # one batch's worth of rows: the tenant's child is the lane itself
+    assert await harness.orchestrations.raise_event(lane, fn.WAKE_EVENT, None)
+    await harness.settle()
+
+    counts = await harness.services.deliveries.count_by_status("woken", TENANTS[0])
+    assert counts == {DeliveryStatus.SENT: 4, DeliveryStatus.DEFERRED: 1}
+    assert harness.clock.now() < quiet_end  # sent without waiting for the window
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed" and harness.clock.now() >= quiet_end
+    counts = await harness.services.deliveries.count_by_status("woken", TENANTS[0])
+    assert counts == {DeliveryStatus.SENT: 5}
+
+
 async def test_cancel_keeps_sent_rows_and_marks_the_rest_cancelled(harness: Harness) -> None:
     await harness.seed_references(TENANTS[0], 500)
     accepted = await harness.service.start(body(tenants=[TENANTS[0]], notification_id="stop-me"))
@@ -343,6 +376,19 @@ async def test_bad_input_stores_nothing_and_starts_nothing(harness: Harness) -> 
     assert statuses == [400, 400, 400, 413, 403]
     assert harness.orchestrations.started == []
     assert await harness.services.notifications.get("elsewhere") is None
+
+
+async def test_a_tenants_welcome_notification_can_be_neither_started_nor_cancelled_by_a_caller(
+    harness: Harness,
+) -> None:
+    taken = body(tenants=[TENANTS[0]], notification_id=f"welcome-{TENANTS[0]}")
+    with pytest.raises(InvalidInput) as started:
+        await harness.service.start(taken)
+    with pytest.raises(InvalidInput) as cancelled:
+        await harness.service.cancel(f"welcome-{TENANTS[0]}")
+    assert (started.value.status, started.value.code) == (400, "reserved_notification_id")
+    assert cancelled.value.status == 404
+    assert harness.orchestrations.started == []
 
 
 async def test_urgent_and_normal_broadcasts_share_one_tenant_limiter(harness: Harness) -> None:

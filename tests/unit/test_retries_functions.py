@@ -1,6 +1,11 @@
 """The re-delivery triggers as the host runs them: function_app on the devhost with its queue and timer
 triggers (devhost ``TriggerService`` polling real Azurite queues with host.json's poison semantics), the
+re-drive runs on the devhost's Durable runtime (the real replay engine, the tenant's limiter entity), the
 ledger and dead letters on Azurite, sends to the Teams emulator over HTTP.
+
+One clock for all of it (:class:`ShiftedClock`: wall time plus an offset a test can move forward), read by
+the Durable runtime (orchestration time, timers), the sender and the triggers, so a test can let a quiet
+window end without waiting for it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
 from devhost.settings import HostSettings
 from proactive import composition
+from proactive import function_names as fn
 from proactive.broadcast_request import parse_broadcast_request
 from proactive.functions import retries
 from proactive.models import (
@@ -38,9 +44,13 @@ from proactive.models import (
     DeliveryStatus,
     Notification,
     NotificationStatus,
+    Preferences,
+    QuietHours,
     RecipientKind,
     StoredReference,
 )
+from proactive.orchestration import policies
+from proactive.orchestration.tenant_broadcast import redrive_instance_id
 from proactive.sender import Reason
 from proactive.sender_ports import RetryRequest
 from tests.support.function_app import load_function_app
@@ -55,6 +65,25 @@ HOST_JSON = {
         "queues": {"maxDequeueCount": 5, "visibilityTimeout": "00:00:00", "messageEncoding": "none"}
     }
 }
+
+
+class ShiftedClock:
+    """Wall time plus an offset that only moves forward; the runtime's timers wake on every move."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+        self._listeners: list[Callable[[], None]] = []
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta
+        for listener in list(self._listeners):
+            listener()
 
 
 def aad(n: int) -> str:
@@ -72,16 +101,20 @@ class World:
     emulator: Any
     names: dict[str, str]
     storage: str
+    clock: ShiftedClock
 
     @property
     def services(self) -> composition.Services:
         return composition.services()
 
-    async def notification(self, nid: str, users: range, status: NotificationStatus, **extra: Any) -> None:
+    async def notification(
+        self, nid: str, users: range, status: NotificationStatus, *, urgency: str = "normal", **extra: Any
+    ) -> None:
         body = {
             "notificationId": nid,
             "audience": {"users": [{"tenantId": TENANT, "aadObjectId": aad(n)} for n in users]},
             "message": {"text": "Maintenance tonight"},
+            "urgency": urgency,
         }
         request = parse_broadcast_request(json.dumps(body).encode(), now=datetime.now(UTC))
         now = datetime.now(UTC)
@@ -109,7 +142,7 @@ class World:
     async def row(
         self, nid: str, n: int, status: DeliveryStatus, *, age: timedelta = timedelta(0), **extra: Any
     ) -> None:
-        at = datetime.now(UTC) - age
+        at = self.clock.now() - age
         record = DeliveryRecord(
             notification_id=nid,
             tenant_id=TENANT,
@@ -126,11 +159,35 @@ class World:
         assert found is not None
         return found.value
 
-    async def put_retry(self, nid: str, n: int, *, reason: str = "ServiceUnavailable") -> None:
+    async def put_retry(
+        self, nid: str, n: int, *, reason: str = "ServiceUnavailable", attempt: int = 1
+    ) -> None:
         request = RetryRequest(
-            notification_id=nid, tenant_id=TENANT, recipient_key=user_key(n), reason=reason
+            notification_id=nid, tenant_id=TENANT, recipient_key=user_key(n), reason=reason, attempt=attempt
         )
         await self.services.queues.queue(self.names["retry"]).put(request.to_json())
+
+    async def faults(self, *rules: dict[str, Any]) -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(self.emulator_url + "_emulator/faults", json=list(rules)) as response,
+        ):
+            assert response.status < 300
+
+    async def redrive_runs(self, nid: str) -> list[Any]:
+        """The re-drive run instances of ``nid`` (one per tenant at most, whatever the messages)."""
+        instance = redrive_instance_id(nid, TENANT)
+        return [r for r in await self.host.runtime.list_instances() if r.instance_id == instance]
+
+    async def run_finished(self, nid: str) -> bool:
+        runs = await self.redrive_runs(nid)
+        return bool(runs) and all(r.is_terminal for r in runs)
+
+    async def limiter(self) -> dict[str, Any]:
+        exists, state = await self.host.runtime.read_entity_state(fn.TENANT_LIMITER, TENANT)
+        assert exists and state is not None
+        loaded: dict[str, Any] = json.loads(state)
+        return loaded
 
     async def until(self, check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
         deadline = time.monotonic() + within
@@ -153,8 +210,16 @@ class World:
 async def world(
     monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
 ) -> AsyncIterator[World]:
+    clock = ShiftedClock()
+    monkeypatch.setattr(composition, "utc_now", clock.now)
+    monkeypatch.setattr(retries, "utc_now", clock.now)
+    # Re-check a row whose run is under way after 0.2 s, not 15 s: these tests run one handful of rows.
+    monkeypatch.setattr(policies, "REDRIVE_RECHECK_FIRST", timedelta(seconds=0.2))
+    monkeypatch.setattr(policies, "REDRIVE_RECHECK_MAX", timedelta(seconds=1))
+    # The emulator enforces a tenant ceiling of 10 msg/s and the product paces at 8: a send past the
+    # limiter would show up as a 429 there.
     config = TeamsEmulatorConfig(
-        tenant_rate=1000, faults=({"match": {"user": aad(9)}, "operations": ["send"], "kind": "503"},)
+        tenant_rate=10, faults=({"match": {"user": aad(9)}, "operations": ["send"], "kind": "503"},)
     )
     emulator_app = build_app(config)
     runner = web.AppRunner(emulator_app, shutdown_timeout=0.5)
@@ -176,6 +241,7 @@ async def world(
         "SEND_RETRY_BASE_SECONDS": "0.01",
         "SEND_RETRY_MAX_SECONDS": "0.02",
         "RETRY_HANDOFF_SECONDS": "0",
+        "SEND_RATE_PER_TENANT": "8",
         **{
             f"TABLE_{t.upper()}": f"{unique_name}{t}"
             for t in ("references", "preferences", "notifications", "deliveries", "deadletters")
@@ -183,11 +249,13 @@ async def world(
     }
     module = load_function_app(monkeypatch, environ)
     settings = HostSettings({**environ, "DEVHOST_FUNCTION_KEY": KEY}, HOST_JSON)
-    host = DevHost(module.app, settings, port=free_port())
+    host = DevHost(module.app, settings, port=free_port(), clock=clock)
     host.triggers = TriggerService(host, settings, poll_interval=0.05)
     try:
         async with host:
-            yield World(host, emulator_url, emulator_app[emulator_key()], names, storage_connection_string)
+            yield World(
+                host, emulator_url, emulator_app[emulator_key()], names, storage_connection_string, clock
+            )
             await host.runtime.idle()
     finally:
         await composition.services().close()
@@ -221,12 +289,16 @@ async def test_the_retry_trigger_sends_a_handed_off_row_once_and_completes_the_m
     assert world.host.runtime.stats.queue_poisoned == 0
 
 
-async def test_a_row_that_keeps_failing_is_poisoned_after_max_dequeue_count_and_dead_lettered(
-    world: World,
+async def test_a_row_that_keeps_failing_is_dead_lettered_after_max_redrives_hand_offs(
+    world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Two re-drives instead of five: three bad batches in a row would open the tenant's breaker, whose
+    # cool-downs (10 s, doubling) are the limiter's business, not this test's.
+    monkeypatch.setattr(policies, "MAX_REDRIVES", 2)
     await world.notification("retry-poison", range(9, 10), NotificationStatus.COMPLETED)
-    await world.row("retry-poison", 9, DeliveryStatus.PENDING)
-    await world.put_retry("retry-poison", 9)
+    # As the sender leaves a row it handed off the first time.
+    await world.row("retry-poison", 9, DeliveryStatus.PENDING, redrives=1)
+    await world.put_retry("retry-poison", 9, attempt=1)
 
     async def dead() -> bool:
         return (await world.record("retry-poison", 9)).status is DeliveryStatus.DEAD_LETTERED
@@ -234,13 +306,15 @@ async def test_a_row_that_keeps_failing_is_poisoned_after_max_dequeue_count_and_
     await world.until(dead)
     record = await world.record("retry-poison", 9)
     [letter] = await world.dead_letters()
-    assert world.host.runtime.stats.queue_poisoned == 1
     assert letter.source_queue == world.names["retry"]
-    assert letter.payload["recipientKey"] == user_key(9)
+    assert letter.payload["recipientKey"] == user_key(9) and letter.payload["attempt"] == 3
     assert letter.reason.startswith("retries exhausted (ServiceUnavailable")
-    # Five deliveries of the message, each with the sender's two in-process attempts; nothing got through.
-    assert record.attempts == 10 and world.received("a:conv-9") == 0
-    assert await _empty(world, world.names["retry"] + retries.POISON_SUFFIX)
+    # Re-drives 1 and 2 each made the sender's two in-process attempts through a paced run and reported
+    # their 5xx to the tenant's limiter; the third hand-off was dead-lettered, not sent.
+    assert record.redrives == 3 and record.attempts == 4 and world.received("a:conv-9") == 0
+    assert (await world.limiter())["stats"]["serverErrors"] == 4
+    assert world.host.runtime.stats.queue_poisoned == 0
+    await world.until(lambda: _empty(world, world.names["retry"]))
 
 
 async def test_a_poison_message_for_a_row_sent_meanwhile_writes_no_dead_letter(world: World) -> None:
@@ -280,25 +354,133 @@ async def test_the_reconcile_timer_redrives_stuck_rows_and_leaves_the_orchestrat
     await world.row("done", 1, DeliveryStatus.SENDING)  # a live send: younger than the deadline
     # A hand-off whose message was lost: due long ago, never touched since.
     await world.row("done", 2, DeliveryStatus.PENDING, age=old, not_before=datetime.now(UTC) - old)
-    await world.notification("live", range(3, 5), NotificationStatus.RUNNING)
+    await world.notification("live", range(3, 4), NotificationStatus.RUNNING)
     await world.row("live", 3, DeliveryStatus.PENDING, age=old)  # waits for its turn at the limiter
-    await world.row("live", 4, DeliveryStatus.SENDING, age=old)
+    await world.notification("live-stuck", range(4, 5), NotificationStatus.RUNNING)
+    await world.row("live-stuck", 4, DeliveryStatus.SENDING, age=old)
     await world.notification("stopped", range(5, 6), NotificationStatus.CANCELLED)
     await world.row("stopped", 5, DeliveryStatus.SENDING, age=old)
+    # A quiet window that ended long ago, and the run that deferred the row is gone.
+    await world.notification("quiet", range(6, 8), NotificationStatus.COMPLETED)
+    await world.row("quiet", 6, DeliveryStatus.DEFERRED, age=old, not_before=datetime.now(UTC) - old)
+    # A window that ended a moment ago: a live lane wakes for it, reconciliation leaves it alone.
+    await world.row("quiet", 7, DeliveryStatus.DEFERRED, not_before=datetime.now(UTC))
 
     await run_timer(world, retries.RECONCILE)
 
     async def settled() -> bool:
-        rows = [await world.record("done", n) for n in range(3)] + [await world.record("live", 4)]
-        return all(r.status is DeliveryStatus.SENT for r in rows[:1] + rows[2:])
+        rows = [await world.record("done", n) for n in (0, 2)]
+        rows += [await world.record("live-stuck", 4)]
+        # Row 7 was due too, so the re-drive run of "quiet" takes it along with row 6 (paced: a slot apart).
+        rows += [await world.record("quiet", 6), await world.record("quiet", 7)]
+        return all(r.status is DeliveryStatus.SENT for r in rows)
 
     await world.until(settled)
     assert (await world.record("done", 1)).status is DeliveryStatus.SENDING
     assert (await world.record("live", 3)).status is DeliveryStatus.PENDING
+    assert await world.redrive_runs("live") == []  # the broadcast's own row: never queued
     stopped = await world.record("stopped", 5)
     assert stopped.status is DeliveryStatus.CANCELLED and stopped.last_error is not None
     assert stopped.last_error.code == Reason.RECONCILED
-    assert [world.received(f"a:conv-{n}") for n in range(6)] == [1, 0, 1, 0, 1, 0]
+    assert [world.received(f"a:conv-{n}") for n in range(8)] == [1, 0, 1, 0, 1, 0, 1, 1]
+
+
+async def test_a_redrive_takes_the_tenants_grants_reports_its_429s_and_honours_retry_after(
+    world: World,
+) -> None:
+    await world.notification("throttled", range(1, 2), NotificationStatus.COMPLETED, urgency="urgent")
+    await world.row("throttled", 1, DeliveryStatus.PENDING, redrives=1)
+    # Both in-process attempts of the first re-drive answer 429 with Retry-After 2 s.
+    await world.faults(
+        {"match": {"user": aad(1)}, "operations": ["send"], "kind": "429", "times": 2, "retry_after": 2}
+    )
+    started = world.clock.now()
+    await world.put_retry("throttled", 1, attempt=1)
+
+    async def sent() -> bool:
+        return (await world.record("throttled", 1)).status is DeliveryStatus.SENT
+
+    await world.until(sent)
+    record = await world.record("throttled", 1)
+    assert world.received("a:conv-1") == 1
+    # Handed off once more (a second re-drive), which waited for Retry-After before it was sent.
+    assert record.redrives == 2 and record.updated_at - started >= timedelta(seconds=2)
+    stats = (await world.limiter())["stats"]
+    assert stats["throttled"] == 2 and stats["sent"] == 1 and stats["grants"] >= 2
+    # The re-drive run kept the broadcast's urgency (the limiter's priority; quiet hours ignored).
+    [run] = await world.redrive_runs("throttled")
+    assert json.loads(run.input or "{}")["urgency"] == "urgent"
+    await world.until(lambda: _empty(world, world.names["retry"]))
+    assert world.emulator.stats.by_status["429"] == 2
+
+
+async def test_a_row_that_meets_quiet_hours_on_a_redrive_is_sent_when_the_window_ends(world: World) -> None:
+    await world.notification("night", range(2, 3), NotificationStatus.COMPLETED)
+    now = world.clock.now()
+    quiet = QuietHours(
+        start=(now - timedelta(hours=1)).strftime("%H:%M"), end=(now + timedelta(hours=1)).strftime("%H:%M")
+    )
+    await world.services.preferences.put(
+        Preferences(
+            tenant_id=TENANT, aad_object_id=aad(2), quiet_hours=quiet, time_zone="UTC", updated_at=now
+        )
+    )
+    await world.row("night", 2, DeliveryStatus.PENDING, redrives=1)
+    await world.put_retry("night", 2, attempt=1)
+
+    async def deferred() -> bool:
+        return (await world.record("night", 2)).status is DeliveryStatus.DEFERRED
+
+    await world.until(deferred)
+    held = await world.record("night", 2)
+    assert held.last_error is not None and held.last_error.code == Reason.QUIET_HOURS
+    assert held.not_before is not None and held.not_before > now
+    await world.host.runtime.idle()
+    [run] = await world.redrive_runs("night")
+    assert not run.is_terminal  # the run sleeps on a durable timer until the window ends
+    assert world.received("a:conv-2") == 0
+
+    world.clock.advance(held.not_before - now + timedelta(seconds=1))
+
+    async def sent() -> bool:
+        return (await world.record("night", 2)).status is DeliveryStatus.SENT
+
+    await world.until(sent)
+    await world.until(lambda: world.run_finished("night"))
+    assert world.received("a:conv-2") == 1
+
+
+async def test_a_retry_message_for_a_row_already_sent_does_nothing(world: World) -> None:
+    await world.notification("already", range(3, 4), NotificationStatus.COMPLETED)
+    await world.row("already", 3, DeliveryStatus.SENT)
+    await world.put_retry("already", 3)
+    await world.put_retry("already", 3)
+
+    await world.until(lambda: _empty(world, world.names["retry"]))
+    await world.host.runtime.idle()
+    assert await world.redrive_runs("already") == []
+    assert world.received("a:conv-3") == 0
+    assert (await world.record("already", 3)).status is DeliveryStatus.SENT
+
+
+async def test_many_retry_messages_of_one_tenant_collapse_into_one_paced_run(world: World) -> None:
+    users = range(20, 44)
+    await world.notification("many", users, NotificationStatus.COMPLETED)
+    for n in users:  # as hand-offs leave them: pending, due now
+        await world.row("many", n, DeliveryStatus.PENDING, redrives=1, not_before=world.clock.now())
+    await asyncio.gather(*(world.put_retry("many", n) for n in users))
+
+    async def all_sent() -> bool:
+        return all([(await world.record("many", n)).status is DeliveryStatus.SENT for n in users])
+
+    await world.until(all_sent, within=60)
+    await world.until(lambda: _empty(world, world.names["retry"]))
+    await world.host.runtime.idle()
+    assert [world.received(f"a:conv-{n}") for n in users] == [1] * len(users)
+    # One run sent them all, through the tenant's limiter, under the emulator's ceiling (no 429).
+    assert world.host.runtime.stats.orchestrations_started == 1
+    assert (await world.limiter())["stats"]["sent"] == len(users)
+    assert world.emulator.stats.by_status.get("429", 0) == 0
 
 
 async def test_only_running_and_recently_finished_notifications_are_reconciled(world: World) -> None:

@@ -53,7 +53,6 @@ from proactive.sender import (
     RowOutcome,
     SendBatchInput,
     SendBatchResult,
-    needs_redelivery,
     reconcile_stuck,
 )
 from proactive.sender_ports import BotConnector, RetryRequest
@@ -549,8 +548,11 @@ async def test_exhausted_retries_hand_the_row_to_the_retry_queue_and_leave_it_pe
             "operation": "send",
             "reason": "ServiceUnavailable",
             "uncertain": False,
+            "attempt": 1,
+            "waits": 0,
         }
     ]
+    assert record.redrives == 1
     # The row is the queue's now: the orchestration's next batch leaves it alone.
     assert again.attempted == 0 and again.remaining == 0
 
@@ -1040,39 +1042,38 @@ async def test_reconciliation_leaves_settled_and_recently_claimed_rows_alone(wor
     assert (await world.record(fresh)).status is DeliveryStatus.SENDING
 
 
-async def test_the_retry_queue_trigger_redrives_a_handed_off_row_once(world: World) -> None:
+async def test_a_handed_off_row_is_taken_by_a_later_batch_once_due_and_never_before(world: World) -> None:
+    # What the re-drive run does with the row the retry message names: a batch after notBefore takes it.
     key = await world.user(0)
     await world.emulator.faults(user_rule(0, kind="503", times=3))
     await world.send(world.sender(max_attempts=3))
-    nothing_yet = await world.retries.receive()
+    [message] = world.retries.bodies()
+    too_early = await world.send()
     world.clock.now = T0 + timedelta(seconds=60)
-    [message] = await world.retries.receive()
-    sender = world.sender()
 
-    outcome = await sender.redrive(RetryRequest.from_json(message.body))
-    repeat = await sender.redrive(RetryRequest.from_json(message.body))
+    due = await world.send()
+    again = await world.send()
 
-    assert nothing_yet == []
-    assert outcome is not None and outcome.status is DeliveryStatus.SENT and not needs_redelivery(outcome)
-    assert repeat is None
-    assert (await world.record(key)).status is DeliveryStatus.SENT
+    assert RetryRequest.from_json(message).attempt == 1
+    assert too_early.attempted == 0 and too_early.remaining == 0
+    assert due.sent == 1 and again.attempted == 0
+    record = await world.record(key)
+    assert record.status is DeliveryStatus.SENT and record.redrives == 1
     assert len(await world.emulator.received("a:conv-0")) == 1
 
 
-async def test_a_redrive_that_fails_again_asks_the_queue_to_redeliver_instead_of_requeueing(
-    world: World,
-) -> None:
+async def test_each_hand_off_counts_in_the_row_and_in_its_retry_message(world: World) -> None:
     key = await world.user(0)
     await world.emulator.faults(user_rule(0, kind="503"))
     await world.send(world.sender(max_attempts=2))
     world.clock.now = T0 + timedelta(seconds=60)
-    [message] = await world.retries.receive()
 
-    outcome = await world.sender(max_attempts=2).redrive(RetryRequest.from_json(message.body))
+    await world.send(world.sender(max_attempts=2))
 
-    assert needs_redelivery(outcome)
-    assert len(world.retries.bodies()) == 1  # only the original message: the queue counts the dequeues
-    assert (await world.record(key)).status is DeliveryStatus.PENDING
+    attempts = [RetryRequest.from_json(body).attempt for body in world.retries.bodies()]
+    record = await world.record(key)
+    assert attempts == [1, 2]
+    assert record.status is DeliveryStatus.PENDING and record.redrives == 2 and record.attempts == 4
 
 
 class AcceptedButUnanswered:
