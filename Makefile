@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install lint typecheck infra-check pytest clean
+.PHONY: run test install lint typecheck infra-check pytest package clean
 
 # Extra options for `devhost run`, e.g. `make run ARGS='--latency azure'` (Azure-like latencies).
 ARGS ?=
@@ -48,6 +48,11 @@ $(CHECKOV_VENV)/.installed: requirements-infra.txt
 # the run ends (the child dies with its parent, see devhost/azurite.py).
 pytest:
 	$(BIN)/python -m pytest
+
+# The Teams app package with the bot's app id filled in: BOT_APP_ID=<client id> make package
+# (optional TEAMS_APP_ID, APP_HOSTNAME); writes appPackage/build/appPackage.zip.
+package:
+	$(PYTHON) appPackage/make_package.py
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -48,8 +48,6 @@ resource bot 'Microsoft.BotService/botServices@2022-09-15' = {
     msaAppTenantId: appTenantId
     // New multi-tenant bot registrations were deprecated after 2025-07-31 (teams-platform-facts.md section 2).
     msaAppType: 'SingleTenant'
-    // Direct Line and Web Chat secrets are not used: Teams is the only channel.
-    disableLocalAuth: true
     publicNetworkAccess: 'Enabled'
   }
 }
