@@ -11,7 +11,16 @@ import pytest
 from proactive import composition
 
 # Settings a developer's shell may carry that would change what the app does in a test.
-_CLEARED = ("AzureWebJobsStorage", "MicrosoftAppId", "TENANT_ALLOW_LIST")
+_CLEARED = (
+    "AzureWebJobsStorage",
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__tableServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
+    "MicrosoftAppId",
+    "TENANT_ALLOW_LIST",
+)
 
 
 def load_function_app(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> ModuleType:

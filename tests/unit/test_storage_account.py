@@ -19,6 +19,7 @@ from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
 from proactive.errors import ConfigurationError
 from proactive.settings import Settings, StorageAccount
+from tests.support.function_app import load_function_app
 
 CLIENT_ID = "0f0e0d0c-0b0a-0908-0706-050403020100"
 FLEX = {
@@ -58,6 +59,16 @@ def test_explicit_service_uris_win_and_a_user_assigned_client_id_is_kept() -> No
 def test_a_connection_string_wins_over_identity_settings_as_in_the_functions_host() -> None:
     storage = Settings.from_env({**FLEX, "AzureWebJobsStorage": AZURITE}).storage
     assert not storage.identity_based and storage.table_service_uri == ""
+
+
+def test_a_flex_consumption_app_with_only_identity_based_storage_indexes_every_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with_connection = load_function_app(monkeypatch, {"AzureWebJobsStorage": AZURITE})
+    expected = {f.get_function_name() for f in with_connection.app.get_functions()}
+    flex = load_function_app(monkeypatch, FLEX)
+    assert {f.get_function_name() for f in flex.app.get_functions()} == expected
+    assert "broadcasts_start" in expected
 
 
 @pytest.mark.parametrize(
