@@ -73,7 +73,7 @@ param tags object = {}
 
 var suffix = uniqueString(subscription().id, resourceGroup().id, appName)
 var names = {
-  storage: take('st${appName}${suffix}', 24)
+  storage: take('st${replace(toLower(appName), '-', '')}${suffix}', 24)
   functionApp: 'func-${appName}-${suffix}'
   plan: 'plan-${appName}-${suffix}'
   workspace: 'log-${appName}-${suffix}'

@@ -93,7 +93,7 @@ resource breakerOpen 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview'
     criteria: {
       allOf: [
         {
-          query: 'AppMetrics | where Name == "${breakerOpenMetricName}" | extend tenant = tostring(Properties.tenant) | summarize open = max(Max) by tenant, bin(TimeGenerated, 10m) | summarize openBins = countif(open > 0) by tenant | where openBins >= 3'
+          query: 'AppMetrics | where Name == "${breakerOpenMetricName}" | extend tenant = tostring(Properties.tenant) | summarize isOpen = max(Max) by tenant, bin(TimeGenerated, 10m) | summarize openBins = countif(isOpen > 0) by tenant | where openBins >= 3'
           timeAggregation: 'Count'
           operator: 'GreaterThan'
           threshold: 0
