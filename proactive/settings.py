@@ -102,6 +102,7 @@ class StorageAccount:
 
     @property
     def managed_identity_only(self) -> bool:
+        """Whether ``__credential=managedidentity`` asks for the app's managed identity and nothing else."""
         return self.credential == "managedidentity"
 
 
