@@ -106,6 +106,55 @@ class StorageAccount:
         return self.credential == "managedidentity"
 
 
+def _storage_account(env: _Env) -> StorageAccount:
+    """``AzureWebJobsStorage`` as the Functions host reads it: a connection string wins, as in the host."""
+    connection_string = env.text("AzureWebJobsStorage", "")
+    if connection_string:
+        return StorageAccount(connection_string=Secret(connection_string))
+    account = env.text("AzureWebJobsStorage__accountName", "")
+    if account and not _STORAGE_ACCOUNT_NAME.match(account):
+        raise ConfigurationError(
+            "AzureWebJobsStorage__accountName",
+            "must be a storage account name (3-24 lowercase letters, digits)",
+        )
+    table_uri = env.text("AzureWebJobsStorage__tableServiceUri", "")
+    queue_uri = env.text("AzureWebJobsStorage__queueServiceUri", "")
+    if not (account or table_uri or queue_uri):
+        raise ConfigurationError(
+            "AzureWebJobsStorage",
+            "is required: a connection string, or AzureWebJobsStorage__accountName "
+            "for an identity-based connection",
+        )
+    # Explicit service URIs (sovereign clouds, private endpoints) win over the public-cloud defaults.
+    table_uri = table_uri or (f"https://{account}.table.core.windows.net" if account else "")
+    queue_uri = queue_uri or (f"https://{account}.queue.core.windows.net" if account else "")
+    if not table_uri:
+        raise ConfigurationError("AzureWebJobsStorage__tableServiceUri", "is required without __accountName")
+    if not queue_uri:
+        raise ConfigurationError("AzureWebJobsStorage__queueServiceUri", "is required without __accountName")
+    for name, uri in (
+        ("AzureWebJobsStorage__tableServiceUri", table_uri),
+        ("AzureWebJobsStorage__queueServiceUri", queue_uri),
+    ):
+        if urlsplit(uri).scheme != "https" or not urlsplit(uri).hostname:
+            # A bearer token is only ever sent over TLS (the SDK refuses otherwise, later and less clearly).
+            raise ConfigurationError(name, f"must be an https URL, got {uri!r}")
+    credential = env.text("AzureWebJobsStorage__credential", "").lower()
+    if credential not in {"", "managedidentity"}:
+        raise ConfigurationError("AzureWebJobsStorage__credential", "must be managedidentity or unset")
+    client_id = env.text("AzureWebJobsStorage__clientId", "")
+    if client_id and not _GUID.match(client_id):
+        raise ConfigurationError(
+            "AzureWebJobsStorage__clientId", "must be a user-assigned identity's client id, a GUID"
+        )
+    return StorageAccount(
+        table_service_uri=table_uri.rstrip("/"),
+        queue_service_uri=queue_uri.rstrip("/"),
+        credential=credential,
+        client_id=client_id,
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved configuration. Build with :meth:`from_env`; never mutate."""
@@ -209,55 +258,6 @@ class Settings:
                 value.strip() for key, value in environ.items() if key.upper() in _PROXY_VARIABLES
             ),
         )
-
-
-def _storage_account(env: _Env) -> StorageAccount:
-    """``AzureWebJobsStorage`` as the Functions host reads it: a connection string wins, as in the host."""
-    connection_string = env.text("AzureWebJobsStorage", "")
-    if connection_string:
-        return StorageAccount(connection_string=Secret(connection_string))
-    account = env.text("AzureWebJobsStorage__accountName", "")
-    if account and not _STORAGE_ACCOUNT_NAME.match(account):
-        raise ConfigurationError(
-            "AzureWebJobsStorage__accountName",
-            "must be a storage account name (3-24 lowercase letters, digits)",
-        )
-    table_uri = env.text("AzureWebJobsStorage__tableServiceUri", "")
-    queue_uri = env.text("AzureWebJobsStorage__queueServiceUri", "")
-    if not (account or table_uri or queue_uri):
-        raise ConfigurationError(
-            "AzureWebJobsStorage",
-            "is required: a connection string, or AzureWebJobsStorage__accountName "
-            "for an identity-based connection",
-        )
-    # Explicit service URIs (sovereign clouds, private endpoints) win over the public-cloud defaults.
-    table_uri = table_uri or (f"https://{account}.table.core.windows.net" if account else "")
-    queue_uri = queue_uri or (f"https://{account}.queue.core.windows.net" if account else "")
-    if not table_uri:
-        raise ConfigurationError("AzureWebJobsStorage__tableServiceUri", "is required without __accountName")
-    if not queue_uri:
-        raise ConfigurationError("AzureWebJobsStorage__queueServiceUri", "is required without __accountName")
-    for name, uri in (
-        ("AzureWebJobsStorage__tableServiceUri", table_uri),
-        ("AzureWebJobsStorage__queueServiceUri", queue_uri),
-    ):
-        if urlsplit(uri).scheme != "https" or not urlsplit(uri).hostname:
-            # A bearer token is only ever sent over TLS (the SDK refuses otherwise, later and less clearly).
-            raise ConfigurationError(name, f"must be an https URL, got {uri!r}")
-    credential = env.text("AzureWebJobsStorage__credential", "").lower()
-    if credential not in {"", "managedidentity"}:
-        raise ConfigurationError("AzureWebJobsStorage__credential", "must be managedidentity or unset")
-    client_id = env.text("AzureWebJobsStorage__clientId", "")
-    if client_id and not _GUID.match(client_id):
-        raise ConfigurationError(
-            "AzureWebJobsStorage__clientId", "must be a user-assigned identity's client id, a GUID"
-        )
-    return StorageAccount(
-        table_service_uri=table_uri.rstrip("/"),
-        queue_service_uri=queue_uri.rstrip("/"),
-        credential=credential,
-        client_id=client_id,
-    )
 
 
 def _bot_identity(env: _Env) -> BotIdentity:
