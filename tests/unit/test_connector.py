@@ -27,7 +27,10 @@ WORKFLOW = json.loads(
 
 @pytest.fixture
 def function_app(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    return load_function_app(monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    # BOT_AUTH=anonymous: the hardening branch's explicit local mode (not read before it lands).
+    return load_function_app(
+        monkeypatch, {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "BOT_AUTH": "anonymous"}
+    )
 
 
 def http_routes(function_app: ModuleType) -> set[tuple[str, str]]:

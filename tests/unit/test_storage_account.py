@@ -22,7 +22,15 @@ from proactive.settings import Settings, StorageAccount
 from tests.support.function_app import load_function_app
 
 CLIENT_ID = "0f0e0d0c-0b0a-0908-0706-050403020100"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+BOT = {
+    "MicrosoftAppId": "11111111-2222-3333-4444-555555555555",
+    "MicrosoftAppTenantId": TENANT,
+    "MicrosoftAppPassword": "s3cret",
+    "TENANT_ALLOW_LIST": TENANT,
+}
 FLEX = {
+    **BOT,
     "AzureWebJobsStorage__accountName": "proactivest01",
     "AzureWebJobsStorage__credential": "managedidentity",
 }
@@ -30,7 +38,7 @@ AZURITE = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey
 
 
 def test_a_connection_string_is_used_as_is_and_never_shown() -> None:
-    storage = Settings.from_env({"AzureWebJobsStorage": AZURITE}).storage
+    storage = Settings.from_env({**BOT, "AzureWebJobsStorage": AZURITE}).storage
     assert storage.connection_string == AZURITE and not storage.identity_based
     assert "AccountKey" not in repr(storage)
 
@@ -46,6 +54,7 @@ def test_the_flex_consumption_shape_derives_public_cloud_endpoints_from_the_acco
 def test_explicit_service_uris_win_and_a_user_assigned_client_id_is_kept() -> None:
     storage = Settings.from_env(
         {
+            **BOT,
             "AzureWebJobsStorage__tableServiceUri": "https://acct.table.core.usgovcloudapi.net/",
             "AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.usgovcloudapi.net",
             "AzureWebJobsStorage__clientId": CLIENT_ID,
@@ -64,7 +73,7 @@ def test_a_connection_string_wins_over_identity_settings_as_in_the_functions_hos
 def test_a_flex_consumption_app_with_only_identity_based_storage_indexes_every_function(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with_connection = load_function_app(monkeypatch, {"AzureWebJobsStorage": AZURITE})
+    with_connection = load_function_app(monkeypatch, {**BOT, "AzureWebJobsStorage": AZURITE})
     expected = {f.get_function_name() for f in with_connection.app.get_functions()}
     flex = load_function_app(monkeypatch, FLEX)
     assert {f.get_function_name() for f in flex.app.get_functions()} == expected
@@ -74,14 +83,14 @@ def test_a_flex_consumption_app_with_only_identity_based_storage_indexes_every_f
 @pytest.mark.parametrize(
     ("environ", "setting"),
     [
-        ({}, "AzureWebJobsStorage"),
-        ({"AzureWebJobsStorage__accountName": "Not_An_Account"}, "AzureWebJobsStorage__accountName"),
+        (BOT, "AzureWebJobsStorage"),
+        ({**BOT, "AzureWebJobsStorage__accountName": "Not_An_Account"}, "AzureWebJobsStorage__accountName"),
         (
-            {"AzureWebJobsStorage__tableServiceUri": "https://acct.table.core.windows.net"},
+            {**BOT, "AzureWebJobsStorage__tableServiceUri": "https://acct.table.core.windows.net"},
             "AzureWebJobsStorage__queueServiceUri",
         ),
         (
-            {"AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net"},
+            {**BOT, "AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net"},
             "AzureWebJobsStorage__tableServiceUri",
         ),
         (
@@ -125,7 +134,7 @@ async def test_without_credential_managedidentity_the_adapters_use_default_azure
 
 
 async def test_connection_string_adapters_carry_no_token_credential() -> None:
-    account = Settings.from_env({"AzureWebJobsStorage": AZURITE}).storage
+    account = Settings.from_env({**BOT, "AzureWebJobsStorage": AZURITE}).storage
     tables = AzureTables.for_account(account)
     queues = AzureQueues.for_account(account)
     try:
