@@ -226,9 +226,7 @@ def test_host_json_polls_the_durable_queues_at_least_every_second_or_two() -> No
 
 def test_rows_are_reconciled_only_after_the_longest_a_send_can_run() -> None:
     host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
-    reconcile_after = Settings.from_env(
-        {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
-    ).reconcile_after_seconds
+    reconcile_after = Settings.from_env(LOCAL).reconcile_after_seconds
     assert _timespan(host["functionTimeout"]).total_seconds() < reconcile_after
 
 
