@@ -110,9 +110,10 @@ var defaultTuning = {
   TABLE_DEADLETTERS: 'deadletters'
   QUEUE_DELIVERIES_RETRY: 'deliveries-retry'
   QUEUE_INSTALLS: 'installs'
-  GRAPH_BASE_URL: 'https://graph.microsoft.com/v1.0'
-  AUTHORITY_HOST: 'https://login.microsoftonline.com'
-  BOT_OPENID_METADATA_URL: 'https://login.botframework.com/v1/.well-known/openidconfiguration'
+  // Empty = the code's default for the cloud (the public cloud today); set a URL only to point elsewhere.
+  GRAPH_BASE_URL: ''
+  AUTHORITY_HOST: ''
+  BOT_OPENID_METADATA_URL: ''
 }
 var productTuning = union(defaultTuning, tuning)
 
