@@ -196,7 +196,8 @@ module scheduler 'modules/durable-task-scheduler.bicep' = if (useScheduler) {
   }
 }
 
-// Every app setting the code reads (proactive/settings.py), plus the host's own. Nothing else: the deployment test
+// Every app setting the code reads (proactive/settings.py) besides the tuning above; applied after it, so tuning cannot
+// replace one of these. Nothing else: the deployment test
 // fails on a setting here that nothing reads, and on a setting the code reads that is missing here.
 var appSettings = {
   // Identity-based AzureWebJobsStorage (Flex Consumption): the host, the Durable Azure Storage provider and the
@@ -227,7 +228,7 @@ module settings 'modules/appsettings.bicep' = {
   name: 'appSettings'
   params: {
     functionAppName: functionApp.outputs.name
-    settings: union(appSettings, productTuning, useScheduler ? durableTaskSchedulerSettings : {})
+    settings: union(productTuning, appSettings, useScheduler ? durableTaskSchedulerSettings : {})
   }
   // The host starts with these settings: its identity must already hold the storage roles and the secret.
   dependsOn: [
