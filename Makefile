@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install lint typecheck pytest clean
+.PHONY: run test install lint typecheck infra-check pytest package clean
 
 # Extra options for `devhost run`, e.g. `make run ARGS='--latency azure'` (Azure-like latencies).
 ARGS ?=
@@ -11,7 +11,7 @@ ARGS ?=
 run: install
 	$(BIN)/python -m devhost run $(ARGS)
 
-test: install lint typecheck pytest
+test: install lint typecheck infra-check pytest
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -32,10 +32,27 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
+# Checkov's Bicep framework over infra/ (the Bicep compiler is not needed). Its own venv: checkov pins many
+# packages the app's venv also uses. Every skipped check carries its reason in a `checkov:skip` comment.
+CHECKOV_VENV := .venv-checkov
+infra-check: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_VENV)/bin/checkov --directory infra --framework bicep --compact --quiet --skip-download
+
+$(CHECKOV_VENV)/.installed: requirements-infra.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-infra.txt
+	touch $@
+
 # The test session starts Azurite in memory on free ports (tests/conftest.py) and stops it however
 # the run ends (the child dies with its parent, see devhost/azurite.py).
 pytest:
 	$(BIN)/python -m pytest
 
+# The Teams app package with the bot's app id filled in: BOT_APP_ID=<client id> make package
+# (optional TEAMS_APP_ID, APP_HOSTNAME); writes appPackage/build/appPackage.zip.
+package:
+	$(PYTHON) appPackage/make_package.py
+
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

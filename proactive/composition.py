@@ -56,8 +56,8 @@ class Services:
     @property
     def tables(self) -> AzureTables:
         if self._tables is None:
-            self._tables = AzureTables.from_connection_string(
-                self.settings.storage_connection, proxy_from_environment=self.settings.proxy_from_environment
+            self._tables = AzureTables.for_account(
+                self.settings.storage, proxy_from_environment=self.settings.proxy_from_environment
             )
         return self._tables
 
@@ -187,8 +187,8 @@ class Services:
     @property
     def queues(self) -> AzureQueues:
         if self._queues is None:
-            self._queues = AzureQueues.from_connection_string(
-                self.settings.storage_connection, proxy_from_environment=self.settings.proxy_from_environment
+            self._queues = AzureQueues.for_account(
+                self.settings.storage, proxy_from_environment=self.settings.proxy_from_environment
             )
         return self._queues
 

@@ -149,13 +149,91 @@ class QueueNames:
 
 
 _PROXY_VARIABLES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"})
+_STORAGE_ACCOUNT_NAME = re.compile(r"^[a-z0-9]{3,24}$")
+
+
+@dataclass(frozen=True)
+class StorageAccount:
+    """The storage account of ``AzureWebJobsStorage``: the product's tables and queues live beside the host's.
+
+    Either shape the Functions host accepts: a connection string (Azurite, classic plans), or an
+    identity-based connection (``AzureWebJobsStorage__accountName`` and friends, as Flex Consumption
+    templates set it), where the adapters authenticate with a managed identity or ``DefaultAzureCredential``.
+    """
+
+    connection_string: Secret = field(default=Secret(""), repr=False)
+    table_service_uri: str = ""
+    queue_service_uri: str = ""
+    # "managedidentity" = ManagedIdentityCredential only (what the host does in Azure with that value);
+    # empty = DefaultAzureCredential (environment, workload and managed identity, then developer logins).
+    credential: str = ""
+    client_id: str = ""  # a user-assigned identity's client id; empty = the system-assigned identity
+
+    @property
+    def identity_based(self) -> bool:
+        """Whether the adapters authenticate with an Entra token rather than the connection string."""
+        return not self.connection_string
+
+    @property
+    def managed_identity_only(self) -> bool:
+        """Whether ``__credential=managedidentity`` asks for the app's managed identity and nothing else."""
+        return self.credential == "managedidentity"
+
+
+def _storage_account(env: _Env) -> StorageAccount:
+    """``AzureWebJobsStorage`` as the Functions host reads it: a connection string wins, as in the host."""
+    connection_string = env.text("AzureWebJobsStorage", "")
+    if connection_string:
+        return StorageAccount(connection_string=Secret(connection_string))
+    account = env.text("AzureWebJobsStorage__accountName", "")
+    if account and not _STORAGE_ACCOUNT_NAME.match(account):
+        raise ConfigurationError(
+            "AzureWebJobsStorage__accountName",
+            "must be a storage account name (3-24 lowercase letters, digits)",
+        )
+    table_uri = env.text("AzureWebJobsStorage__tableServiceUri", "")
+    queue_uri = env.text("AzureWebJobsStorage__queueServiceUri", "")
+    if not (account or table_uri or queue_uri):
+        raise ConfigurationError(
+            "AzureWebJobsStorage",
+            "is required: a connection string, or AzureWebJobsStorage__accountName "
+            "for an identity-based connection",
+        )
+    # Explicit service URIs (sovereign clouds, private endpoints) win over the public-cloud defaults.
+    table_uri = table_uri or (f"https://{account}.table.core.windows.net" if account else "")
+    queue_uri = queue_uri or (f"https://{account}.queue.core.windows.net" if account else "")
+    if not table_uri:
+        raise ConfigurationError("AzureWebJobsStorage__tableServiceUri", "is required without __accountName")
+    if not queue_uri:
+        raise ConfigurationError("AzureWebJobsStorage__queueServiceUri", "is required without __accountName")
+    for name, uri in (
+        ("AzureWebJobsStorage__tableServiceUri", table_uri),
+        ("AzureWebJobsStorage__queueServiceUri", queue_uri),
+    ):
+        if urlsplit(uri).scheme != "https" or not urlsplit(uri).hostname:
+            # A bearer token is only ever sent over TLS (the SDK refuses otherwise, later and less clearly).
+            raise ConfigurationError(name, f"must be an https URL, got {uri!r}")
+    credential = env.text("AzureWebJobsStorage__credential", "").lower()
+    if credential not in {"", "managedidentity"}:
+        raise ConfigurationError("AzureWebJobsStorage__credential", "must be managedidentity or unset")
+    client_id = env.text("AzureWebJobsStorage__clientId", "")
+    if client_id and not _GUID.match(client_id):
+        raise ConfigurationError(
+            "AzureWebJobsStorage__clientId", "must be a user-assigned identity's client id, a GUID"
+        )
+    return StorageAccount(
+        table_service_uri=table_uri.rstrip("/"),
+        queue_service_uri=queue_uri.rstrip("/"),
+        credential=credential,
+        client_id=client_id,
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
     """The resolved configuration. Build with :meth:`from_env`; never mutate."""
 
-    storage_connection: Secret = field(repr=False)
+    storage: StorageAccount
     bot: BotIdentity
     teams_app_id: str
     tenant_allow_list: frozenset[str] | None  # None = every tenant (explicit "*")
@@ -233,7 +311,7 @@ class Settings:
             installs=env.queue_name("QUEUE_INSTALLS", QueueNames.installs),
         )
         return cls(
-            storage_connection=Secret(env.required("AzureWebJobsStorage")),
+            storage=_storage_account(env),
             bot=bot,
             teams_app_id=env.text("TEAMS_APP_ID", ""),
             tenant_allow_list=env.tenant_list("TENANT_ALLOW_LIST", allow_default),

@@ -14,12 +14,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
 from proactive import json_input
+from proactive.adapters.storage_identity import storage_credential
 from proactive.errors import StorageError
 from proactive.sender_ports import QueueMessage
+from proactive.settings import StorageAccount
 
 __all__ = ["MAX_DELAY_SECONDS", "AzureQueues", "AzureWorkQueue", "whole_seconds"]
 
@@ -39,8 +42,27 @@ def _translate(exc: AzureError) -> StorageError:
 class AzureQueues:
     """Factory of :class:`AzureWorkQueue` sharing one service client."""
 
-    def __init__(self, service: QueueServiceClient) -> None:
+    def __init__(self, service: QueueServiceClient, credential: AsyncTokenCredential | None = None) -> None:
         self._service = service
+        self._credential = credential  # owned here when identity-based: closed with the client
+
+    @classmethod
+    def for_account(cls, account: StorageAccount, *, proxy_from_environment: bool = False) -> AzureQueues:
+        """Build the client for ``AzureWebJobsStorage`` in either shape (no I/O until the first operation).
+
+        Args:
+            account: A connection string, or the queue service URI of an identity-based connection.
+            proxy_from_environment: As in :meth:`from_connection_string`.
+        """
+        if not account.identity_based:
+            return cls.from_connection_string(
+                account.connection_string, proxy_from_environment=proxy_from_environment
+            )
+        credential = storage_credential(account)
+        service = QueueServiceClient(
+            account.queue_service_uri, credential=credential, use_env_settings=proxy_from_environment
+        )
+        return cls(service, credential)
 
     @classmethod
     def from_connection_string(
@@ -64,6 +86,8 @@ class AzureQueues:
 
     async def close(self) -> None:
         await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
 
 
 class AzureWorkQueue:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from azure.core import MatchConditions
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     AzureError,
     ResourceExistsError,
@@ -22,9 +23,11 @@ from azure.core.exceptions import (
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from proactive.adapters.storage_identity import storage_credential
 from proactive.errors import ConcurrencyConflict, ProactiveError, RecordNotFound, StorageError
 from proactive.paging import decode_continuation, encode_continuation
 from proactive.ports import ETAG_FIELD, Entity, Page, Where
+from proactive.settings import StorageAccount
 
 # SDK error -> product error, most specific first. TableTransactionError is checked by status code.
 ERROR_MAP: tuple[tuple[type[AzureError], type[ProactiveError]], ...] = (
@@ -54,8 +57,27 @@ def translate(exc: AzureError) -> ProactiveError:
 class AzureTables:
     """Factory of :class:`AzureEntityTable` sharing one service client."""
 
-    def __init__(self, service: TableServiceClient) -> None:
+    def __init__(self, service: TableServiceClient, credential: AsyncTokenCredential | None = None) -> None:
         self._service = service
+        self._credential = credential  # owned here when identity-based: closed with the client
+
+    @classmethod
+    def for_account(cls, account: StorageAccount, *, proxy_from_environment: bool = False) -> AzureTables:
+        """Build the client for ``AzureWebJobsStorage`` in either shape (no I/O until the first operation).
+
+        Args:
+            account: A connection string, or the table service URI of an identity-based connection.
+            proxy_from_environment: As in :meth:`from_connection_string`.
+        """
+        if not account.identity_based:
+            return cls.from_connection_string(
+                account.connection_string, proxy_from_environment=proxy_from_environment
+            )
+        credential = storage_credential(account)
+        service = TableServiceClient(
+            account.table_service_uri, credential=credential, use_env_settings=proxy_from_environment
+        )
+        return cls(service, credential)
 
     @classmethod
     def from_connection_string(
@@ -93,6 +115,8 @@ class AzureTables:
 
     async def close(self) -> None:
         await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
 
 
 class AzureEntityTable:

@@ -13,6 +13,11 @@ from proactive import composition
 # Settings a developer's shell may carry that would change what the app does in a test.
 _CLEARED = (
     "AzureWebJobsStorage",
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__tableServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
     "MicrosoftAppId",
     "TENANT_ALLOW_LIST",
     "BOT_AUTH",
