@@ -110,6 +110,10 @@ class Settings:
     # variable is set. aiohttp reads ~/.netrc on a worker thread for *every* request of a client that
     # trusts the environment, a quarter of the devhost's CPU per message over Azurite.
     proxy_from_environment: bool = False
+    # Graph proactive installs (issue 14): the Bot Connector URL of a tenant none of whose references is
+    # known yet, and whether users who uninstalled the app themselves may be reinstalled (mandatory apps).
+    teams_service_url: str = "https://smba.trafficmanager.net/teams"
+    graph_reinstall_after_uninstall: bool = False
 
     def tenant_allowed(self, tenant_id: str) -> bool:
         """Whether activities, references and broadcasts of ``tenant_id`` may be handled."""
@@ -176,6 +180,8 @@ class Settings:
             dev_outbound_hosts=env.host_list("DEV_OUTBOUND_HOSTS"),
             function_key_required=env.boolean("FUNCTION_KEY_REQUIRED", True),
             app_insights_connection=Secret(env.text("APPLICATIONINSIGHTS_CONNECTION_STRING", "")),
+            teams_service_url=env.url("TEAMS_SERVICE_URL", "https://smba.trafficmanager.net/teams"),
+            graph_reinstall_after_uninstall=env.boolean("GRAPH_REINSTALL_AFTER_UNINSTALL", False),
             proxy_from_environment=any(
                 value.strip() for key, value in environ.items() if key.upper() in _PROXY_VARIABLES
             ),
