@@ -1,0 +1,228 @@
+"""Issue 14 end to end: users who never talked to the bot get the broadcast they were in, exactly once.
+
+``POST /api/broadcasts`` on the devhost (function_app, the Durable replay engine, Azurite) to 30 users of one
+tenant: 5 with a stored reference, 22 with none who exist in the directory, 1 whom Graph does not know, 1 who
+blocked the bot, 1 whose Graph install is throttled twice. The sender records the unreferenced ones ``stale``
+and puts an ``InstallRequest`` naming the broadcast on ``installs``; the devhost's queue trigger asks the
+tenant's ``graph_limiter`` entity through a ``graph_admission`` orchestration, installs through the Graph
+emulator over HTTP (which posts Teams' ``installationUpdate`` / ``conversationUpdate`` to ``/api/messages``,
+as Teams does), stores the reference, returns the row to ``pending`` and queues its re-drive on
+``deliveries-retry``, whose trigger sends it to the Teams emulator.
+
+The proof: the Teams emulator holds exactly one message of this broadcast for each of the 5 + 22 + 1
+reachable users and no duplicate; the unknown user is ``failed`` with ``install_failed`` and Graph's code;
+the blocked user is ``unreachable`` and was never installed; Graph's 429s were put back and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from devhost.azurite import free_port
+from devhost.durable.triggers import TriggerService
+from devhost.emulators import graph as graph_emulator
+from devhost.emulators import teams as teams_emulator
+from devhost.emulators.graph_model import (
+    FaultRule,
+    GraphEmulatorConfig,
+    TeamsAppConfig,
+    TenantConfig,
+    UserConfig,
+)
+from devhost.emulators.teams_state import TeamsEmulatorConfig
+from devhost.host import DevHost
+from devhost.settings import HostSettings
+from proactive import composition
+from proactive.broadcasts import ledger_counts
+from proactive.installs import INSTALL_FAILED
+from proactive.models import (
+    ChannelAccount,
+    ConversationAccount,
+    ConversationReference,
+    DeliveryStatus,
+    RecipientKind,
+    StoredReference,
+)
+from tests.support.function_app import load_function_app
+
+pytestmark = [pytest.mark.azurite, pytest.mark.slow]
+
+KEY = "graph-e2e-key"
+TENANT = "9d9d9d9d-0000-4000-8000-000000000009"
+MANIFEST = "22222222-3333-4444-8555-666666666666"
+BOT = "b0b0b0b0-0000-4000-8000-000000000002"
+NID = "graph-bootstrap-1"
+REFERENCED, NEW, UNKNOWN, BLOCKED, THROTTLED = range(0, 5), range(5, 27), 27, 28, 29
+
+
+def aad(n: int) -> str:
+    return f"00000000-0000-4000-9000-{n:012d}"
+
+
+@dataclass
+class Run:
+    host: DevHost
+    http: aiohttp.ClientSession
+    teams: str
+    graph: str
+    graph_app: web.Application
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        response = await self.http.request(
+            method, f"{self.host.origin}/api/{path}", headers={"x-functions-key": KEY}, **kwargs
+        )
+        await response.read()
+        return response
+
+    async def teams_stats(self) -> dict[str, Any]:
+        async with self.http.get(f"{self.teams}_emulator/stats?activities=0") as response:
+            return dict(await response.json())
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return runner, f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+@pytest.fixture
+async def run(
+    monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
+) -> AsyncIterator[Run]:
+    port = free_port()
+    teams_runner, teams = await _serve(teams_emulator.build_app(TeamsEmulatorConfig(seed=3)))
+    users = [UserConfig(id=aad(n), display_name=f"User {n}") for n in range(30) if n != UNKNOWN]
+    app = TeamsAppConfig(id="catalog-notifier", external_id=MANIFEST, display_name="Notifier", bot_id=BOT)
+    graph_config = GraphEmulatorConfig(
+        tenants=[TenantConfig(id=TENANT, users=users, apps=[app])],
+        messaging_endpoint=f"http://127.0.0.1:{port}/api/messages",
+        teams_service_url=teams,
+        faults=[FaultRule(operation="installUser", statuses=[429, 429], retry_after=1.0)],
+    )
+    graph_app = graph_emulator.build_app(graph_config)
+    graph_runner, graph = await _serve(graph_app)
+    environ = {
+        "AzureWebJobsStorage": storage_connection_string,
+        "DEV_OUTBOUND_HOSTS": "127.0.0.1",
+        "TENANT_ALLOW_LIST": TENANT,
+        "TEAMS_APP_ID": MANIFEST,
+        "GRAPH_BASE_URL": f"{graph}v1.0",
+        "AUTHORITY_HOST": graph,
+        "TEAMS_SERVICE_URL": teams,
+        "QUEUE_INSTALLS": f"{unique_name}-installs",
+        "QUEUE_DELIVERIES_RETRY": f"{unique_name}-retry",
+        **{
+            f"TABLE_{t.upper()}": f"{unique_name}{t}"
+            for t in ("references", "preferences", "notifications", "deliveries", "deadletters")
+        },
+    }
+    module = load_function_app(monkeypatch, environ)
+    host_json = {
+        "extensions": {
+            "queues": {"maxDequeueCount": 5, "visibilityTimeout": "00:00:01", "messageEncoding": "none"}
+        }
+    }
+    settings = HostSettings({**environ, "DEVHOST_FUNCTION_KEY": KEY}, host_json)
+    host = DevHost(module.app, settings, port=port)
+    host.triggers = TriggerService(host, settings, poll_interval=0.1)
+    try:
+        async with aiohttp.ClientSession() as http, host:
+            yield Run(host, http, teams, graph, graph_app)
+            await host.runtime.idle()
+    finally:
+        await composition.services().close()
+        await graph_runner.cleanup()
+        await teams_runner.cleanup()
+    assert host.runtime.errors == []
+
+
+async def seed(run: Run) -> None:
+    references = composition.services().references
+    now = datetime.now(UTC)
+    for n in (*REFERENCED, BLOCKED):
+        await references.upsert(
+            StoredReference(
+                tenant_id=TENANT,
+                kind=RecipientKind.USER,
+                recipient_id=aad(n),
+                reference=ConversationReference(
+                    bot=ChannelAccount(id=f"28:{BOT}"),
+                    user=ChannelAccount(id=f"29:{n}", aad_object_id=aad(n)),
+                    conversation=ConversationAccount(id=f"a:known-{n}", tenant_id=TENANT),
+                    service_url=run.teams,
+                ),
+                active=n != BLOCKED,
+                stale_reason="MessageWritesBlocked" if n == BLOCKED else None,
+                updated_at=now,
+            )
+        )
+
+
+async def settled(run: Run, within: float = 120.0) -> dict[str, int]:
+    """Wait until no row is pending, sending or stale (installs and re-drives done)."""
+    services = composition.services()
+    deadline = time.monotonic() + within
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        counts = await ledger_counts(services.deliveries, NID, [TENANT])
+        if counts["total"] and not (counts["pending"] or counts["sending"] or counts["stale"]):
+            return counts
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"rows still open: {counts}")
+
+
+async def test_users_without_a_reference_are_installed_and_sent_the_broadcast_exactly_once(run: Run) -> None:
+    await seed(run)
+    body = {
+        "notificationId": NID,
+        "audience": {"users": [{"tenantId": TENANT, "aadObjectId": aad(n)} for n in range(30)]},
+        "message": {"text": "Incident 14: all hands."},
+    }
+    started = time.monotonic()
+    response = await run.call("POST", "broadcasts", json=body)
+    assert response.status == 202, await response.text()
+
+    counts = await settled(run)
+    elapsed = time.monotonic() - started
+    await run.host.runtime.idle()
+
+    stats = await run.teams_stats()
+    reached = stats["byNotification"][NID]
+    assert stats["duplicates"] == []
+    assert reached["conversations"] == reached["deliveries"] == len(REFERENCED) + len(NEW) + 1
+    assert counts["sent"] == len(REFERENCED) + len(NEW) + 1
+    assert counts["unreachable"] == 1 and counts["failed"] == 1 and counts["total"] == 30
+
+    deliveries = composition.services().deliveries
+    unknown = await deliveries.get(NID, TENANT, f"user:{aad(UNKNOWN)}")
+    assert unknown is not None and unknown.value.status is DeliveryStatus.FAILED
+    assert unknown.value.last_error is not None and unknown.value.last_error.code == INSTALL_FAILED
+    assert "Request_ResourceNotFound" in unknown.value.last_error.message
+    blocked = await deliveries.get(NID, TENANT, f"user:{aad(BLOCKED)}")
+    assert blocked is not None and blocked.value.status is DeliveryStatus.UNREACHABLE
+
+    # Graph: one install per new user (the blocked one never), the two injected 429s were retried.
+    graph_stats = run.graph_app[graph_emulator.SERVICE_KEY].stats.to_json()
+    assert graph_stats["installs"] == {TENANT: len(NEW) + 1}
+    # Every new user's reference is stored and active (the installer's, or Teams' captured one).
+    references = composition.services().references
+    for n in (*NEW, THROTTLED):
+        stored = await references.get(TENANT, f"user:{aad(n)}")
+        assert stored is not None and stored.active
+    assert graph_stats["throttled"] == 2  # both put back after their Retry-After, none lost
+    print(
+        f"\nGraph bootstrap: 23 installs and 28 deliveries in {elapsed:.1f}s; Graph {graph_stats['requests']}"
+    )
