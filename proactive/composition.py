@@ -159,6 +159,7 @@ class Services:
             self.deliveries,
             tenant_allowed=self.settings.tenant_allowed,
             clock=utc_now,
+            graph=self.graph,
         )
 
     def broadcasts(self, orchestrations: Orchestrations) -> BroadcastService:
