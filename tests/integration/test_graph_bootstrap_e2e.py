@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,8 +37,10 @@ from devhost.emulators import teams as teams_emulator
 from devhost.emulators.graph_model import (
     FaultRule,
     GraphEmulatorConfig,
+    GroupConfig,
     TeamsAppConfig,
     TenantConfig,
+    ThrottleConfig,
     UserConfig,
 )
 from devhost.emulators.teams_state import TeamsEmulatorConfig
@@ -98,34 +102,49 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{sock.getsockname()[1]}/"
 
 
-@pytest.fixture
-async def run(
-    monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
+@dataclass
+class Setup:
+    """What a scenario changes: the directory, Graph faults, Teams faults, the Graph rate on both sides."""
+
+    users: list[UserConfig]
+    groups: list[GroupConfig] = field(default_factory=list)
+    graph_faults: list[FaultRule] = field(default_factory=list)
+    teams_faults: tuple[dict[str, Any], ...] = ()
+    graph_rate: float = 30.0
+
+
+@asynccontextmanager
+async def running(
+    monkeypatch: pytest.MonkeyPatch, storage: str, name: str, setup: Setup
 ) -> AsyncIterator[Run]:
     port = free_port()
-    teams_runner, teams = await _serve(teams_emulator.build_app(TeamsEmulatorConfig(seed=3)))
-    users = [UserConfig(id=aad(n), display_name=f"User {n}") for n in range(30) if n != UNKNOWN]
+    teams_runner, teams = await _serve(
+        teams_emulator.build_app(TeamsEmulatorConfig(seed=3, faults=setup.teams_faults))
+    )
     app = TeamsAppConfig(id="catalog-notifier", external_id=MANIFEST, display_name="Notifier", bot_id=BOT)
+    rate = setup.graph_rate
     graph_config = GraphEmulatorConfig(
-        tenants=[TenantConfig(id=TENANT, users=users, apps=[app])],
+        tenants=[TenantConfig(id=TENANT, users=setup.users, groups=setup.groups, apps=[app])],
         messaging_endpoint=f"http://127.0.0.1:{port}/api/messages",
         teams_service_url=teams,
-        faults=[FaultRule(operation="installUser", statuses=[429, 429], retry_after=1.0)],
+        faults=setup.graph_faults,
+        throttle=ThrottleConfig(install_per_tenant=rate, read_per_tenant=rate),
     )
     graph_app = graph_emulator.build_app(graph_config)
     graph_runner, graph = await _serve(graph_app)
     environ = {
-        "AzureWebJobsStorage": storage_connection_string,
+        "AzureWebJobsStorage": storage,
         "DEV_OUTBOUND_HOSTS": "127.0.0.1",
         "TENANT_ALLOW_LIST": TENANT,
         "TEAMS_APP_ID": MANIFEST,
         "GRAPH_BASE_URL": f"{graph}v1.0",
         "AUTHORITY_HOST": graph,
         "TEAMS_SERVICE_URL": teams,
-        "QUEUE_INSTALLS": f"{unique_name}-installs",
-        "QUEUE_DELIVERIES_RETRY": f"{unique_name}-retry",
+        "GRAPH_RATE_PER_TENANT": str(rate),
+        "QUEUE_INSTALLS": f"{name}-installs",
+        "QUEUE_DELIVERIES_RETRY": f"{name}-retry",
         **{
-            f"TABLE_{t.upper()}": f"{unique_name}{t}"
+            f"TABLE_{t.upper()}": f"{name}{t}"
             for t in ("references", "preferences", "notifications", "deliveries", "deadletters")
         },
     }
@@ -147,6 +166,17 @@ async def run(
         await graph_runner.cleanup()
         await teams_runner.cleanup()
     assert host.runtime.errors == []
+
+
+@pytest.fixture
+async def run(
+    monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
+) -> AsyncIterator[Run]:
+    users = [UserConfig(id=aad(n), display_name=f"User {n}") for n in range(30) if n != UNKNOWN]
+    faults = [FaultRule(operation="installUser", statuses=[429, 429], retry_after=1.0)]
+    setup = Setup(users=users, graph_faults=faults)
+    async with running(monkeypatch, storage_connection_string, unique_name, setup) as started:
+        yield started
 
 
 async def seed(run: Run) -> None:
@@ -171,13 +201,13 @@ async def seed(run: Run) -> None:
         )
 
 
-async def settled(run: Run, within: float = 120.0) -> dict[str, int]:
+async def settled(run: Run, within: float = 120.0, nid: str = NID) -> dict[str, int]:
     """Wait until no row is pending, sending or stale (installs and re-drives done)."""
     services = composition.services()
     deadline = time.monotonic() + within
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
-        counts = await ledger_counts(services.deliveries, NID, [TENANT])
+        counts = await ledger_counts(services.deliveries, nid, [TENANT])
         if counts["total"] and not (counts["pending"] or counts["sending"] or counts["stale"]):
             return counts
         await asyncio.sleep(0.2)
@@ -225,4 +255,115 @@ async def test_users_without_a_reference_are_installed_and_sent_the_broadcast_ex
     assert graph_stats["throttled"] == 2  # both put back after their Retry-After, none lost
     print(
         f"\nGraph bootstrap: 23 installs and 28 deliveries in {elapsed:.1f}s; Graph {graph_stats['requests']}"
+    )
+
+
+async def broadcast(run: Run, nid: str, audience: dict[str, Any]) -> None:
+    body = {"notificationId": nid, "audience": audience, "message": {"text": f"{nid}: please read."}}
+    response = await run.call("POST", "broadcasts", json=body)
+    assert response.status == 202, await response.text()
+
+
+async def test_a_tenant_of_200_users_who_never_talked_to_the_bot_is_installed_and_reached_once(
+    monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
+) -> None:
+    users = [UserConfig(id=aad(n), display_name=f"User {n}") for n in range(200)]
+    users.append(UserConfig(id="guest-0", display_name="Guest", user_type="Guest"))
+    setup = Setup(users=users, graph_rate=60.0)
+    nid = "whole-tenant-200"
+    async with running(monkeypatch, storage_connection_string, unique_name, setup) as run:
+        started = time.monotonic()
+        await broadcast(run, nid, {"tenants": [TENANT], "includeUninstalled": True})
+        counts = await settled(run, within=240.0, nid=nid)
+        elapsed = time.monotonic() - started
+        await run.host.runtime.idle()
+
+        stats = await run.teams_stats()
+        reached = stats["byNotification"][nid]
+        assert stats["duplicates"] == []
+        assert reached["conversations"] == reached["deliveries"] == 200
+        assert counts["sent"] == counts["total"] == 200  # the guest is not in the audience
+        graph_stats = run.graph_app[graph_emulator.SERVICE_KEY].stats.to_json()
+        assert graph_stats["installs"] == {TENANT: 200}
+        calls = sum(sum(by.values()) for by in graph_stats["requests"].values())
+        throttled = graph_stats["throttled"]
+        assert throttled * 1000 <= 5 * calls, f"{throttled} Graph 429s in {calls} calls"
+        references = composition.services().references
+        stored = [await references.get(TENANT, f"user:{aad(n)}") for n in range(200)]
+        assert all(ref is not None and ref.active for ref in stored)
+        print(
+            f"\nWhole tenant: 200 installs and deliveries in {elapsed:.1f}s "
+            f"({200 / elapsed:.1f} installs/s end to end), {calls} Graph calls, {throttled} 429s"
+        )
+
+
+async def test_a_group_audience_reaches_transitive_members_once_and_leaves_guests_out(
+    monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
+) -> None:
+    users = [UserConfig(id=aad(n), display_name=f"User {n}") for n in range(12)]
+    users.append(UserConfig(id=aad(99), display_name="Guest", user_type="Guest"))
+    ops, nested = "0aaaaaaa-0000-4000-8000-00000000000a", "0bbbbbbb-0000-4000-8000-00000000000b"
+    groups = [
+        GroupConfig(id=ops, members=[aad(n) for n in range(0, 6)] + [nested, aad(99)]),
+        GroupConfig(id=nested, members=[aad(n) for n in range(4, 10)] + [ops]),  # overlap and a cycle
+    ]
+    setup = Setup(users=users, groups=groups)
+    nid = "group-ops"
+    async with running(monkeypatch, storage_connection_string, unique_name, setup) as run:
+        await seed_reference(run, 0)  # one member already has a reference
+        await broadcast(run, nid, {"groups": [{"tenantId": TENANT, "groupId": ops}]})
+        counts = await settled(run, nid=nid)
+        await run.host.runtime.idle()
+
+        stats = await run.teams_stats()
+        assert stats["duplicates"] == []
+        assert stats["byNotification"][nid]["deliveries"] == 10 == counts["sent"] == counts["total"]
+        graph_stats = run.graph_app[graph_emulator.SERVICE_KEY].stats.to_json()
+        assert graph_stats["installs"] == {TENANT: 9}  # everyone but the one with a reference
+        rows = await composition.services().deliveries.list(nid, TENANT)
+        assert f"user:{aad(99)}" not in {r.value.recipient_key for r in rows.items}
+
+
+async def test_a_stale_reference_is_healed_by_a_reinstall_and_retried_once(
+    monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
+) -> None:
+    users = [UserConfig(id=aad(n), display_name=f"User {n}") for n in range(3)]
+    lost = {"match": {"conversation": "a:known-1"}, "operations": ["send"], "kind": "not_in_roster"}
+    setup = Setup(users=users, teams_faults=(lost,))
+    nid = "healed"
+    async with running(monkeypatch, storage_connection_string, unique_name, setup) as run:
+        for n in range(3):
+            await seed_reference(run, n)
+        await broadcast(run, nid, {"users": [{"tenantId": TENANT, "aadObjectId": aad(n)} for n in range(3)]})
+        counts = await settled(run, nid=nid)
+        await run.host.runtime.idle()
+
+        stats = await run.teams_stats()
+        assert stats["duplicates"] == []
+        assert counts["sent"] == 3 == stats["byNotification"][nid]["conversations"]
+        by_conversation = Counter(
+            cid for cid, entry in stats["conversations"].items() for _ in range(entry["count"])
+        )
+        assert by_conversation["a:known-1"] == 0  # refused there, delivered in the reinstalled chat
+        healed = await composition.services().deliveries.get(nid, TENANT, f"user:{aad(1)}")
+        assert healed is not None and healed.value.last_operation == "reinstalled"
+        assert healed.value.conversation_id == f"19:{aad(1)}_{BOT}@unq.gbl.spaces"
+        graph_stats = run.graph_app[graph_emulator.SERVICE_KEY].stats.to_json()
+        assert graph_stats["installs"] == {TENANT: 1}
+
+
+async def seed_reference(run: Run, n: int) -> None:
+    await composition.services().references.upsert(
+        StoredReference(
+            tenant_id=TENANT,
+            kind=RecipientKind.USER,
+            recipient_id=aad(n),
+            reference=ConversationReference(
+                bot=ChannelAccount(id=f"28:{BOT}"),
+                user=ChannelAccount(id=f"29:{n}", aad_object_id=aad(n)),
+                conversation=ConversationAccount(id=f"a:known-{n}", tenant_id=TENANT),
+                service_url=run.teams,
+            ),
+            updated_at=datetime.now(UTC),
+        )
     )
