@@ -89,6 +89,7 @@ __all__ = [
     "InstallResult",
     "InstallRetryLater",
     "InstallWorker",
+    "ReportTiming",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,10 +118,15 @@ class InstallRetryLater(ProactiveError):
 
 @dataclass(frozen=True)
 class Admission:
-    """The limiter's answer: ``tokens`` (0 while its breaker is open) from ``not_before`` (epoch seconds)."""
+    """The limiter's answer: ``tokens`` (0 while its breaker is open) from ``not_before`` (epoch seconds).
+
+    ``granted_at`` is echoed in the report, so the limiter learns how long an install takes from its grant to
+    its first request (its *lead*) and punishes one overload once.
+    """
 
     tokens: int
     not_before: float
+    granted_at: float | None = None
 
 
 class GraphPacer(Protocol):
@@ -139,9 +145,19 @@ class GraphPacer(Protocol):
         server_errors: int = 0,
         failed: int = 0,
         retry_after: float | None = None,
+        timing: ReportTiming | None = None,
     ) -> None:
         """Tell the limiter how the install's Graph calls went."""
         ...
+
+
+@dataclass(frozen=True)
+class ReportTiming:
+    """When the install had its grant, was ready to call Graph and made its first call (epoch seconds)."""
+
+    granted_at: float | None
+    ready_at: float
+    sent_at: float
 
 
 class InstallHandled(StrEnum):
@@ -233,21 +249,23 @@ class InstallWorker:
         if admission.tokens < 1 or wait > MAX_ADMISSION_WAIT:
             await self._installs.put(request.to_json(), delay=max(wait, 1.0))
             return InstallResult(InstallHandled.REQUEUED, error_code="limiter_hold")
+        ready_at = self._clock().timestamp()
         if wait > 0:
             await self._sleep(wait)
+        timing = ReportTiming(admission.granted_at, ready_at, self._clock().timestamp())
         try:
             outcome = await self._installer.install_user(tenant, user)
         except Throttled as exc:
-            await self._pacer.report(tenant, throttled=1, retry_after=exc.retry_after)
+            await self._pacer.report(tenant, throttled=1, retry_after=exc.retry_after, timing=timing)
             return await self._throttled(request, exc)
         except PermanentDeliveryError as exc:
-            await self._pacer.report(tenant, failed=1)
+            await self._pacer.report(tenant, failed=1, timing=timing)
             await self._failed(request, exc)
             return InstallResult(InstallHandled.FAILED, error_code=_code(exc))
         except DeliveryError as exc:
-            await self._pacer.report(tenant, server_errors=1)
+            await self._pacer.report(tenant, server_errors=1, timing=timing)
             raise InstallRetryLater(f"install for {tenant}/{user}: {_code(exc)}") from exc
-        await self._pacer.report(tenant, sent=1)
+        await self._pacer.report(tenant, sent=1, timing=timing)
         if not outcome.reachable:
             logger.info("Not installing for a user who closed the bot (%s)", outcome.reason)
             return InstallResult(InstallHandled.USER_CLOSED, outcome)

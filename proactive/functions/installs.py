@@ -34,7 +34,7 @@ from proactive import function_names as fn
 from proactive import orchestration
 from proactive.composition import services
 from proactive.errors import TransportFailure
-from proactive.installs import READS_PER_INSTALL, Admission, InstallWorker
+from proactive.installs import READS_PER_INSTALL, Admission, InstallWorker, ReportTiming
 from proactive.limiter import AcquireDecision, Report, apply, tenant_defaults
 
 __all__ = ["INSTALLS", "INSTALLS_POISON", "POISON_SUFFIX", "DurableGraphPacer", "blueprint"]
@@ -80,7 +80,7 @@ class DurableGraphPacer:
         grant = AcquireDecision.from_json(output).grant
         if grant is None:
             raise TransportFailure(f"the Graph limiter refused: {output!r}"[:300], code="AdmissionRefused")
-        return Admission(tokens=grant.tokens, not_before=grant.not_before)
+        return Admission(tokens=grant.tokens, not_before=grant.not_before, granted_at=grant.granted_at)
 
     async def report(
         self,
@@ -91,6 +91,7 @@ class DurableGraphPacer:
         server_errors: int = 0,
         failed: int = 0,
         retry_after: float | None = None,
+        timing: ReportTiming | None = None,
     ) -> None:
         report = Report(
             now=time.time(),
@@ -99,6 +100,10 @@ class DurableGraphPacer:
             server_errors=server_errors,
             failed=failed,
             retry_after=retry_after,
+            granted_at=timing.granted_at if timing else None,
+            first_ready_at=timing.ready_at if timing else None,
+            first_send_at=timing.sent_at if timing else None,
+            last_send_at=timing.sent_at if timing else None,
         )
         await self._client.signal_entity(
             df.EntityId(fn.GRAPH_LIMITER, tenant_id), fn.LIMITER_REPORT, report.to_json()

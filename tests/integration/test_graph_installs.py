@@ -125,7 +125,7 @@ class RecordingPacer:
         return Admission(tokens=1, not_before=0.0)
 
     async def report(self, tenant_id: str, **outcome: Any) -> None:
-        self.reports.append({k: v for k, v in outcome.items() if v})
+        self.reports.append({k: v for k, v in outcome.items() if v and k != "timing"})
 
 
 @dataclass
