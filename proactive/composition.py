@@ -263,7 +263,12 @@ class Services:
             dead_letters=self.dead_letters,
             clock=utc_now,
             sleep=asyncio.sleep,
+            admin_consent_url=self._admin_consent_url,
         )
+
+    def _admin_consent_url(self, tenant_id: str) -> str:
+        client = self.settings.bot.app_id or self.settings.teams_app_id
+        return f"{self.settings.authority_host}/{tenant_id}/adminconsent?client_id={client}"
 
 
 _services: Services | None = None

@@ -200,6 +200,7 @@ class InstallWorker:
         dead_letters: where exhausted and unprocessable messages are kept.
         clock: current time, aware UTC.
         sleep: awaited while a grant is near.
+        admin_consent_url: the tenant's admin-consent URL, given a tenant id (put in the consent dead letter).
     """
 
     def __init__(
@@ -214,6 +215,7 @@ class InstallWorker:
         dead_letters: DeadLetterStore,
         clock: Callable[[], datetime],
         sleep: Callable[[float], Awaitable[None]],
+        admin_consent_url: Callable[[str], str] | None = None,
     ) -> None:
         self._installer = installer
         self._pacer = pacer
@@ -224,6 +226,7 @@ class InstallWorker:
         self._dead_letters = dead_letters
         self._clock = clock
         self._sleep = sleep
+        self._admin_consent_url = admin_consent_url
 
     # ---- installs ---------------------------------------------------------------------------------
 
@@ -285,13 +288,15 @@ class InstallWorker:
         code = _code(error)
         if isinstance(error, GraphAccessDenied):
             code = CONSENT_REQUIRED
+            url = self._admin_consent_url(request.tenant_id) if self._admin_consent_url else None
+            where = f" at {url}" if url else ""
             # One dead letter per tenant and day (an upsert under a fixed id), never one per user.
             entry = DeadLetter(
                 id=f"consent:{request.tenant_id}",
                 source_queue=self._installs.name,
-                payload={"tenantId": request.tenant_id, "graphCode": _code(error)},
+                payload={"tenantId": request.tenant_id, "graphCode": _code(error), "adminConsentUrl": url},
                 reason=f"{CONSENT_REQUIRED}: an admin of the tenant must consent to the app's Graph "
-                f"permissions ({_code(error)})",
+                f"permissions{where} ({_code(error)})",
                 created_at=self._clock(),
             )
             await self._dead_letters.add(entry)

@@ -251,7 +251,9 @@ async def test_users_without_a_reference_are_installed_and_sent_the_broadcast_ex
     references = composition.services().references
     for n in (*NEW, THROTTLED):
         stored = await references.get(TENANT, f"user:{aad(n)}")
-        assert stored is not None and stored.active
+        # Teams' installationUpdate / conversationUpdate (posted by the Graph emulator) confirmed it.
+        assert stored is not None and stored.active and stored.confirmed_at is not None
+        assert stored.reference.conversation.id == f"19:{aad(n)}_{BOT}@unq.gbl.spaces"
     assert graph_stats["throttled"] == 2  # both put back after their Retry-After, none lost
     print(
         f"\nGraph bootstrap: 23 installs and 28 deliveries in {elapsed:.1f}s; Graph {graph_stats['requests']}"

@@ -165,6 +165,9 @@ class World:
             dead_letters=self.dead_letters,
             clock=lambda: datetime.now(UTC),
             sleep=no_sleep,
+            admin_consent_url=lambda tenant: (
+                f"https://login.microsoftonline.com/{tenant}/adminconsent?client_id={BOT}"
+            ),
         )
 
     def fault(self, operation: str, *statuses: int, retry_after: float | None = None) -> None:
@@ -499,6 +502,8 @@ async def test_no_consent_fails_the_rows_and_records_the_tenant_once(world: Worl
     day = datetime.now(UTC).strftime("%Y%m%d")
     letters = (await world.dead_letters.list_day(day)).items
     assert [letter.id for letter in letters] == [f"consent:{TENANT}"]
+    url = f"https://login.microsoftonline.com/{TENANT}/adminconsent?client_id={BOT}"
+    assert letters[0].payload["adminConsentUrl"] == url and url in letters[0].reason
 
 
 async def test_an_unknown_user_fails_with_graph_s_code(world: World) -> None:
