@@ -259,6 +259,8 @@ class Services:
             ledger=self.deliveries,
             notifications=self.notifications,
             installs=self.queues.queue(self.settings.queues.installs),
+            # The name the Functions host gives the poison queue (proactive.functions.installs.POISON_SUFFIX).
+            poison=self.queues.queue(self.settings.queues.installs + "-poison"),
             retries=self.queues.queue(self.settings.queues.deliveries_retry),
             dead_letters=self.dead_letters,
             clock=utc_now,

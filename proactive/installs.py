@@ -21,11 +21,11 @@
                                       (**self-healing, once**: the row is marked ``lastOperation:
                                       reinstalled`` and never re-driven twice)
    429                                the message is put back with the ``Retry-After`` as its visibility
-                                      delay (``throttled`` + 1); after :data:`MAX_THROTTLED` the trigger
-                                      raises instead, so the queue's own count decides
+                                      delay (``throttled`` + 1); after :data:`MAX_THROTTLED` it counts as
+                                      a failure like a 5xx
    5xx, timeouts, no connection       the trigger raises: the host redelivers after host.json
-                                      ``visibilityTimeout`` and after ``maxDequeueCount`` (5) moves the
-                                      message to ``installs-poison``
+                                      ``visibilityTimeout``; the :data:`MAX_FAILURES`-th failure moves the
+                                      message to ``installs-poison`` itself
    403 / 401 (no consent,             the row is ``failed`` with ``install_failed`` and Graph's code
    permission missing)                (``consent_required`` for the tenant: one dead letter per tenant and
                                       day, id ``consent:{tenantId}``, not one per user)
@@ -33,6 +33,12 @@
    the catalog) and other 4xx
    user blocked / uninstalled         nothing is installed; the row stays as the sender recorded it
    =================================  =================================================================
+
+Why the worker counts failures instead of leaving it to ``maxDequeueCount`` alone: a message put back (429,
+or the limiter holding the tenant: its breaker opens after repeated 5xx) is a new message whose dequeue count
+starts again at 1, so a user whose install always fails would circle for ever behind the breaker's probes.
+Each copy carries the failures of the earlier ones (``failures``); the total is that plus this copy's
+dequeue count minus one (every earlier delivery of this copy failed: a success or a put-back deletes it).
 
 ``dead_letter`` (queue ``installs-poison``): a :class:`~proactive.models.DeadLetter` with the reason
 (id ``install:{tenantId}:{aadObjectId}``, so a repeat is an idempotent upsert), then the row, if the request
@@ -80,6 +86,7 @@ __all__ = [
     "CONSENT_REQUIRED",
     "INSTALL_FAILED",
     "MAX_ADMISSION_WAIT",
+    "MAX_FAILURES",
     "MAX_THROTTLED",
     "READS_PER_INSTALL",
     "REINSTALLED",
@@ -101,7 +108,10 @@ MAX_ADMISSION_WAIT = 20.0
 """Seconds a trigger may wait in process for its grant; later grants put the message back instead."""
 
 MAX_THROTTLED = 8
-"""429 re-enqueues of one message before the queue's own dequeue count takes over (then poison)."""
+"""429 re-enqueues of one message; the next 429 counts as a failure."""
+
+MAX_FAILURES = 5
+"""Transient failures before the message goes to ``installs-poison``: host.json ``maxDequeueCount``."""
 
 DEFAULT_RETRY_AFTER = 5.0
 """Delay of a 429 that carried no ``Retry-After``."""
@@ -168,6 +178,7 @@ class InstallHandled(StrEnum):
     FAILED = "failed"  # permanent: recorded with the reason
     USER_CLOSED = "user_closed"
     DEAD_LETTERED = "dead_lettered"  # malformed or unsupported: dead-lettered at once
+    POISONED = "poisoned"  # failed MAX_FAILURES times: moved to installs-poison
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,7 @@ class InstallWorker:
         ledger: the delivery ledger (rows waiting for an install).
         notifications: to skip re-driving rows of a cancelled broadcast.
         installs: queue ``installs`` (429s put the message back here).
+        poison: queue ``installs-poison`` (the :data:`MAX_FAILURES`-th failure goes there).
         retries: queue ``deliveries-retry`` (re-drives an installed recipient's row).
         dead_letters: where exhausted and unprocessable messages are kept.
         clock: current time, aware UTC.
@@ -211,6 +223,7 @@ class InstallWorker:
         ledger: DeliveryLedger,
         notifications: NotificationStore,
         installs: WorkQueue,
+        poison: WorkQueue,
         retries: WorkQueue,
         dead_letters: DeadLetterStore,
         clock: Callable[[], datetime],
@@ -222,6 +235,7 @@ class InstallWorker:
         self._ledger = ledger
         self._notifications = notifications
         self._installs = installs
+        self._poison = poison
         self._retries = retries
         self._dead_letters = dead_letters
         self._clock = clock
@@ -230,8 +244,12 @@ class InstallWorker:
 
     # ---- installs ---------------------------------------------------------------------------------
 
-    async def handle(self, raw: bytes) -> InstallResult:
+    async def handle(self, raw: bytes, dequeue_count: int = 1) -> InstallResult:
         """Install for the user one ``installs`` message names (see the module docstring).
+
+        Args:
+            raw: the message body.
+            dequeue_count: how often the queue has delivered this message, this time included.
 
         Raises:
             InstallRetryLater: a transient failure; the queue must deliver the message again.
@@ -247,6 +265,8 @@ class InstallWorker:
             )
             return InstallResult(InstallHandled.DEAD_LETTERED, error_code="team_install_not_supported")
         tenant, user = request.tenant_id, request.aad_object_id
+        failed_before = (request.failures or 0) + max(dequeue_count - 1, 0)
+        request = request.model_copy(update={"failures": failed_before or None})
         admission = await self._pacer.admit(tenant)
         wait = admission.not_before - self._clock().timestamp()
         if admission.tokens < 1 or wait > MAX_ADMISSION_WAIT:
@@ -267,7 +287,7 @@ class InstallWorker:
             return InstallResult(InstallHandled.FAILED, error_code=_code(exc))
         except DeliveryError as exc:
             await self._pacer.report(tenant, server_errors=1, timing=timing)
-            raise InstallRetryLater(f"install for {tenant}/{user}: {_code(exc)}") from exc
+            return await self._transient(request, _code(exc), exc)
         await self._pacer.report(tenant, sent=1, timing=timing)
         if not outcome.reachable:
             logger.info("Not installing for a user who closed the bot (%s)", outcome.reason)
@@ -275,10 +295,18 @@ class InstallWorker:
         redriven = await self._redrive(request)
         return InstallResult(InstallHandled.INSTALLED, outcome, redriven=redriven)
 
+    async def _transient(self, request: InstallRequest, code: str, error: Exception) -> InstallResult:
+        failures = (request.failures or 0) + 1
+        if failures >= MAX_FAILURES:
+            # Past the bound: to the poison queue, as the host does after maxDequeueCount.
+            await self._poison.put(request.model_copy(update={"failures": failures}).to_json())
+            return InstallResult(InstallHandled.POISONED, error_code=code)
+        raise InstallRetryLater(f"install for {request.tenant_id}: {code}") from error
+
     async def _throttled(self, request: InstallRequest, error: Throttled) -> InstallResult:
         count = (request.throttled or 0) + 1
         if count > MAX_THROTTLED:
-            raise InstallRetryLater(f"install for {request.tenant_id}: throttled {count} times")
+            return await self._transient(request, "Throttled", error)
         delay = error.retry_after if error.retry_after is not None else DEFAULT_RETRY_AFTER
         again = request.model_copy(update={"throttled": count})
         await self._installs.put(again.to_json(), delay=delay)
@@ -353,6 +381,7 @@ class InstallWorker:
         if request is None:
             return await self._malformed(raw)
         reason = f"install retries exhausted ({request.reason}"
+        reason += f", {request.failures} failures" if request.failures else ""
         reason += f", throttled {request.throttled} times)" if request.throttled else ")"
         entry = self._entry(request, reason)
         await self._dead_letters.add(entry)

@@ -4,8 +4,9 @@ Wiring only; the work is :class:`proactive.installs.InstallWorker`.
 
 ``installs`` (queue trigger on ``Settings.queues.installs``)
     :meth:`InstallWorker.handle`; an :class:`~proactive.installs.InstallRetryLater` propagates, so the host
-    redelivers after host.json ``visibilityTimeout`` and, after ``maxDequeueCount`` (5), moves the message
-    to ``installs-poison``.
+    redelivers after host.json ``visibilityTimeout``; the worker itself moves the message to
+    ``installs-poison`` at its fifth failure, counted across the copies it puts back (see
+    :mod:`proactive.installs`), and the host would after ``maxDequeueCount`` (5) of one copy anyway.
 ``installs_poison``
     :meth:`InstallWorker.dead_letter`.
 ``graph_admission`` (orchestrator) and ``graph_limiter`` (entity, key = tenant id)
@@ -123,7 +124,7 @@ def blueprint() -> df.Blueprint:
     @bp.queue_trigger(arg_name="msg", queue_name=queue, connection="AzureWebJobsStorage")
     @bp.durable_client_input(client_name="client")
     async def installs(msg: func.QueueMessage, client: df.DurableOrchestrationClient) -> None:
-        await (await _worker(client)).handle(msg.get_body())
+        await (await _worker(client)).handle(msg.get_body(), msg.dequeue_count or 1)
 
     @bp.function_name(INSTALLS_POISON)
     @bp.queue_trigger(arg_name="msg", queue_name=queue + POISON_SUFFIX, connection="AzureWebJobsStorage")

@@ -111,6 +111,7 @@ class Setup:
     graph_faults: list[FaultRule] = field(default_factory=list)
     teams_faults: tuple[dict[str, Any], ...] = ()
     graph_rate: float = 30.0
+    emulator_rate: float | None = None  # the emulator's per-tenant limits; graph_rate when None
 
 
 @asynccontextmanager
@@ -123,12 +124,13 @@ async def running(
     )
     app = TeamsAppConfig(id="catalog-notifier", external_id=MANIFEST, display_name="Notifier", bot_id=BOT)
     rate = setup.graph_rate
+    limit = setup.emulator_rate or rate
     graph_config = GraphEmulatorConfig(
         tenants=[TenantConfig(id=TENANT, users=setup.users, groups=setup.groups, apps=[app])],
         messaging_endpoint=f"http://127.0.0.1:{port}/api/messages",
         teams_service_url=teams,
         faults=setup.graph_faults,
-        throttle=ThrottleConfig(install_per_tenant=rate, read_per_tenant=rate),
+        throttle=ThrottleConfig(install_per_tenant=limit, read_per_tenant=limit),
     )
     graph_app = graph_emulator.build_app(graph_config)
     graph_runner, graph = await _serve(graph_app)
@@ -369,3 +371,52 @@ async def seed_reference(run: Run, n: int) -> None:
             updated_at=datetime.now(UTC),
         )
     )
+
+
+async def test_an_install_that_keeps_failing_is_dead_lettered_from_the_poison_queue(
+    monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
+) -> None:
+    users = [UserConfig(id=aad(n), display_name=f"User {n}") for n in range(2)]
+    # (A failing chat lookup after a successful install heals by itself: Teams' event brings the reference.)
+    broken = FaultRule(operation="installUser", status=503, rate=1.0)
+    setup = Setup(users=users, graph_faults=[broken])
+    nid = "poisoned"
+    async with running(monkeypatch, storage_connection_string, unique_name, setup) as run:
+        await seed_reference(run, 0)
+        await broadcast(run, nid, {"users": [{"tenantId": TENANT, "aadObjectId": aad(n)} for n in range(2)]})
+        # Three 503s open the Graph limiter's breaker; its probes (5 s, then 10 s later) are the 4th and 5th.
+        counts = await settled(run, within=90.0, nid=nid)
+        await run.host.runtime.idle()
+
+        assert counts["sent"] == 1 and counts["dead_lettered"] == 1 and counts["total"] == 2
+        row = await composition.services().deliveries.get(nid, TENANT, f"user:{aad(1)}")
+        assert row is not None and row.value.last_error is not None
+        assert row.value.last_error.code == INSTALL_FAILED
+        day = datetime.now(UTC).strftime("%Y%m%d")
+        letters = (await composition.services().dead_letters.list_day(day)).items
+        assert [(d.id, d.source_queue) for d in letters] == [
+            (f"install:{TENANT}:{aad(1)}", f"{unique_name}-installs")
+        ]
+        calls = run.graph_app[graph_emulator.SERVICE_KEY].stats.to_json()["requests"]
+        assert calls["POST /users/{user}/teamwork/installedApps"] == {"503": 5}  # maxDequeueCount
+
+
+async def test_graph_429s_from_a_lower_real_limit_lose_no_install(
+    monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
+) -> None:
+    users = [UserConfig(id=aad(n), display_name=f"User {n}") for n in range(60)]
+    # The app believes 60 requests/s; the tenant's real Graph limit is 10: the limiter must learn it.
+    setup = Setup(users=users, graph_rate=60.0, emulator_rate=10.0)
+    nid = "throttled-tenant"
+    async with running(monkeypatch, storage_connection_string, unique_name, setup) as run:
+        await broadcast(run, nid, {"users": [{"tenantId": TENANT, "aadObjectId": aad(n)} for n in range(60)]})
+        counts = await settled(run, within=240.0, nid=nid)
+        await run.host.runtime.idle()
+
+        stats = await run.teams_stats()
+        assert stats["duplicates"] == []
+        assert counts["sent"] == counts["total"] == 60 == stats["byNotification"][nid]["conversations"]
+        graph_stats = run.graph_app[graph_emulator.SERVICE_KEY].stats.to_json()
+        assert graph_stats["installs"] == {TENANT: 60}
+        assert graph_stats["throttled"] > 0  # the real limit was hit, and every install still happened
+        print(f"\nThrottled tenant: 60 installs, {graph_stats['throttled']} Graph 429s")

@@ -161,6 +161,7 @@ class World:
             ledger=self.ledger,
             notifications=self.notifications,
             installs=self.queues.queue(f"{self.name}-installs"),
+            poison=self.queues.queue(f"{self.name}-installs-poison"),
             retries=self.queues.queue(f"{self.name}-retry"),
             dead_letters=self.dead_letters,
             clock=lambda: datetime.now(UTC),
@@ -484,6 +485,23 @@ async def test_a_transient_graph_failure_raises_so_the_queue_redelivers(world: W
         await world.worker().handle(message(user(10)))
 
     assert world.pacer.reports == [{"server_errors": 1}]
+
+
+async def test_the_fifth_failure_across_put_back_copies_goes_to_the_poison_queue(world: World) -> None:
+    world.service.set_faults([FaultRule(operation="installUser", status=503, rate=1.0)])
+    worker = world.worker()
+
+    # A copy put back earlier (e.g. while the limiter held the tenant) after two failed deliveries,
+    # delivered for the third time now: 2 + 2 earlier failures, this one is the fifth.
+    result = await worker.handle(message(user(14), failures=2), dequeue_count=3)
+
+    assert result.handled is InstallHandled.POISONED
+    poisoned = await world.messages("installs-poison")
+    assert poisoned == [
+        InstallRequest(tenant_id=TENANT, aad_object_id=user(14), reason="no_reference", failures=5).to_json()
+    ]
+    with pytest.raises(InstallRetryLater):
+        await worker.handle(message(user(15)), dequeue_count=4)  # the fourth: the queue redelivers
 
 
 async def test_no_consent_fails_the_rows_and_records_the_tenant_once(world: World) -> None:
