@@ -39,6 +39,8 @@ from devhost.emulators.graph_service import GraphService
 from proactive.adapters.graph import GraphClient, graph_tokens
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
+from proactive.audience import AudienceMaterialiser
+from proactive.broadcast_request import parse_broadcast_request
 from proactive.errors import (
     DirectoryObjectNotFound,
     GraphAccessDenied,
@@ -559,3 +561,135 @@ async def test_malformed_and_team_requests_are_dead_lettered_at_once(world: Worl
     assert malformed.handled is InstallHandled.DEAD_LETTERED
     assert team.handled is InstallHandled.DEAD_LETTERED and team.error_code == "team_install_not_supported"
     assert world.pacer.admissions == 0
+
+
+# ---- audiences ---------------------------------------------------------------------------------------
+
+
+async def materialise_all(materialiser: AudienceMaterialiser, tenant: str) -> tuple[int, list[str | None]]:
+    """Run materialise calls as the orchestration does, until the cursor is None; (rows added, cursors)."""
+    cursor: str | None = None
+    added = 0
+    cursors: list[str | None] = []
+    while True:
+        page = await materialiser.materialise(NID, tenant, cursor)
+        added += page.added
+        cursor = page.cursor
+        cursors.append(cursor)
+        if cursor is None:
+            return added, cursors
+
+
+async def big_directory_world(world: World) -> None:
+    members = [UserConfig(id=f"10000000-0000-4000-8000-{n:012d}") for n in range(2500)]
+    guests = [UserConfig(id=f"20000000-0000-4000-8000-{n:012d}", user_type="Guest") for n in range(7)]
+    groups = [
+        GroupConfig(id=GROUP, members=[m.id for m in members[:1400]] + [NESTED] + [g.id for g in guests]),
+        GroupConfig(id=NESTED, members=[m.id for m in members[1300:]] + [GROUP]),  # overlap and a cycle
+        GroupConfig(id=EMPTY, members=[]),
+    ]
+    app = TeamsAppConfig(id=CATALOG, external_id=MANIFEST, display_name="Notifier", bot_id=BOT)
+    tenant = TenantConfig(id=TENANT, users=members + guests, groups=groups, apps=[app])
+    world.service.configure(GraphEmulatorConfig(tenants=[tenant], default_page_size=100))
+
+
+GROUP = "0aaaaaaa-0000-4000-8000-00000000000a"
+NESTED = "0bbbbbbb-0000-4000-8000-00000000000b"
+EMPTY = "0ccccccc-0000-4000-8000-00000000000c"
+MISSING = "0ddddddd-0000-4000-8000-00000000000d"
+
+
+async def store_request(world: World, audience: dict[str, Any]) -> None:
+    body = {"notificationId": NID, "audience": audience, "message": {"text": "hi"}}
+    parsed = parse_broadcast_request(json.dumps(body).encode(), now=datetime.now(UTC))
+    await world.notifications.create(
+        Notification(id=NID, request=parsed.to_json(), created_at=datetime.now(UTC))
+    )
+
+
+def materialiser(world: World, rows_per_call: int) -> AudienceMaterialiser:
+    async def graph() -> GraphClient:
+        return world.graph
+
+    return AudienceMaterialiser(
+        world.notifications,
+        world.references,
+        world.ledger,
+        tenant_allowed=lambda tenant: True,
+        clock=lambda: datetime.now(UTC),
+        rows_per_call=rows_per_call,
+        graph=graph,
+    )
+
+
+async def test_a_2500_member_group_is_materialised_over_pages_and_calls_once_each_without_guests(
+    world: World,
+) -> None:
+    await big_directory_world(world)
+    groups = [{"tenantId": TENANT, "groupId": g} for g in (GROUP, MISSING, EMPTY)]
+    await store_request(world, {"groups": groups})
+
+    added, cursors = await materialise_all(materialiser(world, rows_per_call=1000), TENANT)
+
+    assert added == 2500  # each member once, the guests and the unknown group left out
+    assert len(cursors) == 3 and all(c is not None and c.startswith("g:0:http") for c in cursors[:-1])
+    rows = []
+    continuation = None
+    while True:
+        page = await world.ledger.list(NID, TENANT, continuation=continuation)
+        rows += [r.value for r in page.items]
+        continuation = page.continuation
+        if continuation is None:
+            break
+    assert len(rows) == 2500 and all(r.status is DeliveryStatus.PENDING for r in rows)
+    assert not any(r.recipient_key.startswith("user:20000000") for r in rows)
+    calls = world.service.stats.to_json()["requests"]
+    assert calls["GET /groups/{group}/transitiveMembers"] == {"200": 27, "404": 1}
+
+
+async def test_guests_are_included_when_asked_and_a_repeated_call_adds_nothing(world: World) -> None:
+    await big_directory_world(world)
+    await store_request(world, {"groups": [{"tenantId": TENANT, "groupId": GROUP}], "includeGuests": True})
+
+    added, _ = await materialise_all(materialiser(world, rows_per_call=5000), TENANT)
+    again, _ = await materialise_all(materialiser(world, rows_per_call=5000), TENANT)
+
+    assert (added, again) == (2507, 0)
+
+
+async def test_include_uninstalled_adds_the_directory_after_the_references(world: World) -> None:
+    await store_request(world, {"tenants": [TENANT], "includeUninstalled": True})
+    await world.references.upsert(
+        StoredReference(
+            tenant_id=TENANT,
+            kind=RecipientKind.CHANNEL,
+            recipient_id="19:ops@thread.tacv2",
+            team_id="19:team@thread.tacv2",
+            reference=ConversationReference(
+                bot=ChannelAccount(id=f"28:{BOT}"),
+                conversation=ConversationAccount(id="19:ops@thread.tacv2"),
+                service_url=TEAMS_URL,
+            ),
+            updated_at=datetime.now(UTC),
+        )
+    )
+
+    added, cursors = await materialise_all(materialiser(world, rows_per_call=10), TENANT)
+
+    assert added == 1 + 30  # the channel's reference, then 30 members (the guest left out)
+    assert any(c is not None and c.startswith("d:http") for c in cursors)
+
+
+async def test_a_tenant_without_graph_consent_keeps_its_other_rows(world: World) -> None:
+    world.service.set_faults([FaultRule(operation="transitiveMembers", status=403, rate=1.0)])
+    await store_request(
+        world,
+        {
+            "users": [{"tenantId": TENANT, "aadObjectId": user(1)}],
+            "groups": [{"tenantId": TENANT, "groupId": GROUP}],
+        },
+    )
+
+    added, cursors = await materialise_all(materialiser(world, rows_per_call=10), TENANT)
+
+    assert (added, cursors) == (1, [None])
