@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from devhost.azurite import free_port
 from devhost.emulators.graph import SERVICE_KEY, build_app
 from devhost.emulators.graph_model import (
     FaultRule,
@@ -36,17 +37,21 @@ from devhost.emulators.graph_model import (
     UserConfig,
 )
 from devhost.emulators.graph_service import GraphService
+from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.graph import GraphClient, graph_tokens
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
 from proactive.audience import AudienceMaterialiser
 from proactive.broadcast_request import parse_broadcast_request
 from proactive.errors import (
+    BotMisconfigured,
     DirectoryObjectNotFound,
     GraphAccessDenied,
     MessageRejected,
+    OutboundHostRefused,
     ServiceBusy,
     Throttled,
+    TransportFailure,
 )
 from proactive.installer import Installer, InstallStatus
 from proactive.installs import (
@@ -140,6 +145,7 @@ class World:
     dead_letters: TableDeadLetterStore
     queues: AzureQueues
     name: str
+    http: aiohttp.ClientSession
     pacer: RecordingPacer = field(default_factory=RecordingPacer)
 
     def installer(self, **options: Any) -> Installer:
@@ -252,6 +258,7 @@ async def world(storage_connection_string: str, unique_name: str) -> AsyncIterat
                 dead_letters=TableDeadLetterStore(tables.table(f"{unique_name}deadletters")),
                 queues=queues,
                 name=unique_name,
+                http=http,
             )
     finally:
         await tables.close()
@@ -302,6 +309,29 @@ async def test_every_graph_error_answer_is_mapped_into_the_error_tree(
         assert raised.value.retry_after == pytest.approx(1.5)
     if code is not None:
         assert getattr(raised.value, "code", None) == code
+
+
+async def test_a_next_link_to_another_host_is_refused_before_the_token_leaves(world: World) -> None:
+    with pytest.raises(OutboundHostRefused):
+        await world.graph.group_users(TENANT, "ops", "https://evil.example/v1.0/groups/ops/transitiveMembers")
+    assert world.service.stats.to_json()["tokensIssued"] == 0
+
+
+async def test_no_answer_is_a_transport_failure(world: World) -> None:
+    graph = GraphClient(
+        world.http,
+        lambda tenant: AnonymousTokens(),
+        OutboundPolicy(["127.0.0.1"]),
+        base_url=f"http://127.0.0.1:{free_port()}/v1.0",  # nothing listens there
+    )
+    with pytest.raises(TransportFailure):
+        await graph.catalog_app_id(TENANT, MANIFEST)
+
+
+async def test_a_tenant_the_token_service_does_not_know_is_a_permanent_failure(world: World) -> None:
+    with pytest.raises(BotMisconfigured) as raised:
+        await world.graph.catalog_app_id("0e0e0e0e-0000-4000-8000-00000000000e", MANIFEST)
+    assert raised.value.code == "invalid_request"
 
 
 async def test_an_unknown_user_is_directory_object_not_found(world: World) -> None:
