@@ -10,13 +10,14 @@ Wiring only; the work is :class:`proactive.installs.InstallWorker`.
 ``installs_poison``
     :meth:`InstallWorker.dead_letter`.
 ``graph_admission`` (orchestrator) and ``graph_limiter`` (entity, key = tenant id)
-    A queue trigger cannot call an entity and read the answer, so :class:`DurableGraphPacer` starts one
-    short ``graph_admission`` orchestration per install, which calls the tenant's ``graph_limiter`` and ends
-    with the grant; the trigger reads it from the instance's status and purges the instance. One per
-    install rather than one long-lived per tenant: a per-tenant instance would need a request/answer
-    channel (events in, custom status out) between many concurrent triggers and one generator, with a
-    start race on every idle tenant; a short orchestration per install has none, and its cost (three
-    episodes) is small beside the four Graph calls it paces. Reports go straight to the entity as signals.
+    A queue trigger cannot call an entity and read the answer, so :class:`DurableGraphPacer` starts a
+    short ``graph_admission`` orchestration, which calls the tenant's ``graph_limiter`` and ends with the
+    grant; the trigger reads it from the instance's status and purges the instance. The installs a worker
+    runs at once share one such grant (:class:`~proactive.graph_pacing.CoalescingAdmissions`: one
+    orchestration and one entity operation for up to 32 installs). Short-lived instances rather than one
+    long-lived per tenant: a per-tenant instance would need a request/answer channel (events in, custom
+    status out) between many concurrent triggers and one generator, with a start race on every idle tenant.
+    Reports go straight to the entity as signals.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from proactive import function_names as fn
 from proactive import orchestration
 from proactive.composition import services
 from proactive.errors import TransportFailure
+from proactive.graph_pacing import MAX_WANT, CoalescingAdmissions
 from proactive.installs import READS_PER_INSTALL, Admission, InstallWorker, ReportTiming
-from proactive.limiter import AcquireDecision, Report, apply, tenant_defaults
+from proactive.limiter import AcquireDecision, Grant, Report, apply, tenant_defaults
 
 __all__ = ["INSTALLS", "INSTALLS_POISON", "POISON_SUFFIX", "DurableGraphPacer", "blueprint"]
 
@@ -53,6 +55,10 @@ _FAILED = (
 )
 
 
+# One per worker process: the installs running at once in this worker share their tenant's grants.
+_ADMISSIONS = CoalescingAdmissions()
+
+
 class DurableGraphPacer:
     """The :class:`~proactive.installs.GraphPacer` port over the Durable client binding."""
 
@@ -61,8 +67,11 @@ class DurableGraphPacer:
         self._timeout = timeout
 
     async def admit(self, tenant_id: str) -> Admission:
+        return await _ADMISSIONS.admit(tenant_id, self._acquire)
+
+    async def _acquire(self, tenant_id: str, want: int) -> Grant:
         instance = f"graph-admission-{uuid.uuid4().hex}"
-        await self._client.start_new(fn.GRAPH_ADMISSION, instance, {"tenantId": tenant_id})
+        await self._client.start_new(fn.GRAPH_ADMISSION, instance, {"tenantId": tenant_id, "want": want})
         deadline = time.monotonic() + self._timeout
         delay = _POLL_FIRST
         while True:
@@ -81,7 +90,7 @@ class DurableGraphPacer:
         grant = AcquireDecision.from_json(output).grant
         if grant is None:
             raise TransportFailure(f"the Graph limiter refused: {output!r}"[:300], code="AdmissionRefused")
-        return Admission(tokens=grant.tokens, not_before=grant.not_before, granted_at=grant.granted_at)
+        return grant
 
     async def report(
         self,
@@ -146,7 +155,7 @@ def blueprint() -> df.Blueprint:
             context.get_state(lambda: None),
             context.operation_name,
             context.get_input(),
-            defaults=tenant_defaults(rate, 1),
+            defaults=tenant_defaults(rate, MAX_WANT),
         )
         if state is not None:
             context.set_state(state)
