@@ -266,6 +266,7 @@ class Services:
             clock=utc_now,
             sleep=asyncio.sleep,
             admin_consent_url=self._admin_consent_url,
+            tenant_allowed=self.settings.tenant_allowed,
         )
 
     def _admin_consent_url(self, tenant_id: str) -> str:

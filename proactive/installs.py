@@ -46,7 +46,8 @@ names one and it still waits (``stale``), becomes ``dead_lettered``. The same or
 :mod:`proactive.functions.retries`: a crash between the two leaves a dead letter, never a silent row.
 
 Team installs (``teamId``) are not built yet: such a request is dead-lettered at once with
-``team_install_not_supported`` so an operator sees it.
+``team_install_not_supported`` so an operator sees it. So is a request for a tenant that is not a GUID or not
+on ``TENANT_ALLOW_LIST`` (``tenant_not_allowed``): the tenant id becomes part of the token endpoint's path.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,6 +122,9 @@ INSTALL_FAILED = "install_failed"
 CONSENT_REQUIRED = "consent_required"
 REINSTALLED = "reinstalled"
 """``DeliveryRecord.last_operation`` of a row re-driven after an install (it is re-driven once only)."""
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 class InstallRetryLater(ProactiveError):
@@ -213,6 +218,7 @@ class InstallWorker:
         clock: current time, aware UTC.
         sleep: awaited while a grant is near.
         admin_consent_url: the tenant's admin-consent URL, given a tenant id (put in the consent dead letter).
+        tenant_allowed: ``Settings.tenant_allowed``.
     """
 
     def __init__(
@@ -229,6 +235,7 @@ class InstallWorker:
         clock: Callable[[], datetime],
         sleep: Callable[[float], Awaitable[None]],
         admin_consent_url: Callable[[str], str] | None = None,
+        tenant_allowed: Callable[[str], bool] = lambda tenant_id: True,
     ) -> None:
         self._installer = installer
         self._pacer = pacer
@@ -241,6 +248,7 @@ class InstallWorker:
         self._clock = clock
         self._sleep = sleep
         self._admin_consent_url = admin_consent_url
+        self._tenant_allowed = tenant_allowed
 
     # ---- installs ---------------------------------------------------------------------------------
 
@@ -259,6 +267,11 @@ class InstallWorker:
         if request is None:
             await self._malformed(raw)
             return InstallResult(InstallHandled.DEAD_LETTERED, error_code="malformed_message")
+        if not _GUID.match(request.tenant_id) or not self._tenant_allowed(request.tenant_id):
+            await self._dead_letters.add(
+                self._entry(request, "tenant_not_allowed: not a tenant this app serves")
+            )
+            return InstallResult(InstallHandled.DEAD_LETTERED, error_code="tenant_not_allowed")
         if request.aad_object_id is None:
             await self._dead_letters.add(
                 self._entry(request, "team_install_not_supported: team installs are not built yet")

@@ -159,11 +159,12 @@ class World:
             **options,
         )
 
-    def worker(self, **options: Any) -> InstallWorker:
+    def worker(self, tenant_allowed: Any = None, **options: Any) -> InstallWorker:
         async def no_sleep(seconds: float) -> None:
             return None
 
         return InstallWorker(
+            tenant_allowed=tenant_allowed or (lambda tenant: True),
             installer=self.installer(**options),
             pacer=self.pacer,
             ledger=self.ledger,
@@ -581,16 +582,24 @@ async def test_a_poisoned_install_becomes_a_dead_letter_and_its_row_dead_lettere
     assert row.last_error.code == INSTALL_FAILED
 
 
-async def test_malformed_and_team_requests_are_dead_lettered_at_once(world: World) -> None:
-    worker = world.worker()
+async def test_malformed_team_and_foreign_tenant_requests_are_dead_lettered_at_once(world: World) -> None:
+    worker = world.worker(tenant_allowed=lambda tenant: tenant == TENANT)
     malformed = await worker.handle(b'{"tenantId": ""}')
     team = await worker.handle(
         json.dumps(InstallRequest(tenant_id=TENANT, team_id="team-1", reason="x").to_json()).encode()
     )
+    other = "0f0f0f0f-0000-4000-8000-00000000000f"
+    foreign = [
+        await worker.handle(
+            json.dumps(InstallRequest(tenant_id=t, aad_object_id=user(1), reason="x").to_json()).encode()
+        )
+        for t in (other, "../common")
+    ]
 
     assert malformed.handled is InstallHandled.DEAD_LETTERED
     assert team.handled is InstallHandled.DEAD_LETTERED and team.error_code == "team_install_not_supported"
-    assert world.pacer.admissions == 0
+    assert [r.error_code for r in foreign] == ["tenant_not_allowed"] * 2
+    assert world.pacer.admissions == 0 and world.service.stats.to_json()["tokensIssued"] == 0
 
 
 # ---- audiences ---------------------------------------------------------------------------------------
