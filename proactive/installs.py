@@ -6,9 +6,10 @@
 
 1. **admission** by the tenant's Graph limiter (:class:`GraphPacer`; entity ``graph_limiter@{tenantId}``, a
    key apart from the send limiter, at ``GRAPH_RATE_PER_TENANT`` Graph requests per second; one install costs
-   :data:`READS_PER_INSTALL` reads, the scarcer budget, so installs run at half that rate). A grant a little
-   ahead is waited for in process; one further ahead than :data:`MAX_ADMISSION_WAIT` (or none, while the
-   limiter's breaker is open) puts the message back, invisible until then;
+   :data:`READS_PER_INSTALL` reads, the scarcer budget, so installs run at half that rate; the installs a
+   worker runs at once share one grant, :mod:`proactive.graph_pacing`). A slot a little ahead is waited for
+   in process; one further ahead than :data:`MAX_ADMISSION_WAIT` (or none, while the limiter's breaker is
+   open) puts the message back, invisible until then;
 2. **install** (:class:`~proactive.installer.Installer`);
 3. **outcome**, reported to the limiter (its AIMD and breaker learn from Graph's 429s and 5xx):
 
