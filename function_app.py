@@ -14,6 +14,7 @@ from proactive.functions import (
     broadcasts_blueprint,
     durable_blueprint,
     health_blueprint,
+    installs_blueprint,
     messages_blueprint,
     retries_blueprint,
 )
@@ -26,3 +27,4 @@ app.register_functions(messages_blueprint)
 app.register_functions(broadcasts_blueprint)
 app.register_functions(durable_blueprint)
 app.register_functions(retries_blueprint())
+app.register_functions(installs_blueprint())

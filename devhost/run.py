@@ -82,6 +82,13 @@ def main(argv: list[str]) -> int:
         children.append((name, child))
         env[f"DEVHOST_{name.upper().replace('-', '_')}_URL"] = f"http://127.0.0.1:{emulator_port}"
         print(f"{name}: http://127.0.0.1:{emulator_port}/", flush=True)
+    # Graph installs go to the Graph emulator (its directory comes from POST /_emulator/config), and a
+    # proactively installed user's messages to the Teams emulator. Anonymous bots only: with an app id the
+    # authority host would also serve the bot's own token.
+    env.setdefault("GRAPH_BASE_URL", env["DEVHOST_EMULATE_GRAPH_URL"] + "/v1.0")
+    env.setdefault("TEAMS_SERVICE_URL", env["DEVHOST_EMULATE_TEAMS_URL"])
+    if not env.get("MicrosoftAppId"):
+        env.setdefault("AUTHORITY_HOST", env["DEVHOST_EMULATE_GRAPH_URL"])
     # Durable state goes to this Azurite (in memory: it lasts as long as `devhost run`, and survives a
     # restart of the host alone).
     host = subprocess.Popen(

@@ -118,6 +118,10 @@ var defaultTuning = {
   BOT_CLOUD: 'public'
   // Retry-After of the 202 answers: how often Logic Apps and Power Automate poll the status URL.
   STATUS_RETRY_AFTER_SECONDS: '5'
+  // Where proactively installed users' messages go until Teams' own event brings their service URL.
+  TEAMS_SERVICE_URL: 'https://smba.trafficmanager.net/teams'
+  // Reinstall the app for users who uninstalled it themselves (never for users who blocked the bot).
+  GRAPH_REINSTALL_AFTER_UNINSTALL: 'false'
 }
 var productTuning = union(defaultTuning, tuning)
 

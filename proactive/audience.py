@@ -5,13 +5,23 @@ cursor, never recipients, so no recipient list passes through Durable. Idempoten
 when missing (:meth:`~proactive.ports.DeliveryLedger.add_pending`), so a retried or replayed call never
 resets a row that already moved on.
 
-Per tenant, two phases:
+Per tenant, up to four phases:
 
 * explicit ``users`` and ``channels`` of that tenant, in request order (cursor ``e:{offset}``), with each
   user's personalisation ``data`` copied onto the row;
+* the tenant's ``groups``, one after the other: their transitive members that are users, paged through
+  Graph's ``@odata.nextLink`` (cursor ``g:{group index}:{nextLink}``); guests only with ``includeGuests``,
+  disabled accounts never. A group Graph does not know (404) is skipped with a warning;
 * with the tenant listed in ``audience.tenants``: every *active* reference of the tenant, paged through
-  :meth:`~proactive.ports.ReferenceStore.list_tenant` (cursor ``t:{continuation}``). A user listed
-  explicitly too keeps the row (and data) of the explicit phase.
+  :meth:`~proactive.ports.ReferenceStore.list_tenant` (cursor ``t:{continuation}``);
+* with ``includeUninstalled`` too: every user Graph lists in the tenant (cursor ``d:{nextLink}``), same
+  guest and disabled rules.
+
+A recipient listed twice keeps the row (and data) of its first phase. Users found through Graph who have no
+reference get a plain ``pending`` row: the sender records them ``stale`` and asks the ``installs`` queue to
+install the app, which re-drives the row in the same broadcast once installed (:mod:`proactive.installs`).
+A tenant whose admin has not consented to the Graph permissions (401/403) gets no Graph rows; the warning
+names it (the explicit and reference phases still run).
 
 A tenant outside ``Settings.tenant_allowed`` gets no rows (the API refuses such requests; this is the
 second line of defence).
@@ -19,18 +29,24 @@ second line of defence).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Final
 
 from proactive.broadcast_request import BroadcastRequest
-from proactive.errors import RecordNotFound
-from proactive.models import DeliveryRecord, Notification, Recipient
+from proactive.errors import DirectoryObjectNotFound, GraphAccessDenied, RecordNotFound
+from proactive.graph_ports import DirectoryPage, Graph
+from proactive.models import DeliveryRecord, Notification, Recipient, RecipientKind
 from proactive.orchestration.runs import MaterialisePage
 from proactive.ports import DeliveryLedger, NotificationStore, ReferenceStore
 
 EXPLICIT: Final = "e:"
+GROUPS: Final = "g:"
 TENANT: Final = "t:"
+DIRECTORY: Final = "d:"
+
+logger = logging.getLogger(__name__)
 
 
 def stored_request(notification: Notification) -> BroadcastRequest:
@@ -41,6 +57,7 @@ def stored_request(notification: Notification) -> BroadcastRequest:
 def audience_tenants(request: BroadcastRequest) -> tuple[str, ...]:
     """Every tenant a request addresses, sorted (GUIDs are already lower-case)."""
     tenants = {r.tenant_id for r in request.recipients()} | set(request.audience.tenants)
+    tenants |= {g.tenant_id for g in request.audience.groups}
     return tuple(sorted(tenants))
 
 
@@ -55,6 +72,7 @@ class AudienceMaterialiser:
         clock: the current time, for the rows' timestamps.
         rows_per_call: how many recipients one call handles at most (a few table pages).
         page_size: reference page size.
+        graph: the Graph client, built on first use (``groups`` and ``includeUninstalled`` audiences).
     """
 
     def __init__(
@@ -67,6 +85,7 @@ class AudienceMaterialiser:
         clock: Callable[[], datetime],
         rows_per_call: int = 2000,
         page_size: int = 1000,
+        graph: Callable[[], Awaitable[Graph]] | None = None,
     ) -> None:
         self._notifications = notifications
         self._references = references
@@ -75,6 +94,7 @@ class AudienceMaterialiser:
         self._clock = clock
         self._rows_per_call = rows_per_call
         self._page_size = page_size
+        self._graph = graph
 
     async def materialise(self, notification_id: str, tenant_id: str, cursor: str | None) -> MaterialisePage:
         """Create the next slice of ``tenant_id``'s rows, starting at ``cursor`` (``None``: the beginning).
@@ -103,9 +123,18 @@ class AudienceMaterialiser:
             offset += len(chunk)
             if offset < len(explicit):
                 return MaterialisePage(added=added, seen=seen, cursor=f"{EXPLICIT}{offset}")
+            cursor = f"{GROUPS}0:"
+        if cursor.startswith(GROUPS):
+            new, count, cursor = await self._groups(notification_id, tenant_id, request, cursor)
+            added, seen = added + new, seen + count
+            if cursor is not None:
+                return MaterialisePage(added=added, seen=seen, cursor=cursor)
             if tenant_id not in request.audience.tenants:
                 return MaterialisePage(added=added, seen=seen, cursor=None)
             cursor = TENANT
+        if cursor.startswith(DIRECTORY):
+            new, count, cursor = await self._directory(notification_id, tenant_id, request, cursor)
+            return MaterialisePage(added=added + new, seen=seen + count, cursor=cursor)
         continuation: str | None = cursor.removeprefix(TENANT) or None
         while seen < self._rows_per_call:
             page = await self._references.list_tenant(
@@ -124,8 +153,78 @@ class AudienceMaterialiser:
             seen += len(rows)
             continuation = page.continuation
             if continuation is None:
-                return MaterialisePage(added=added, seen=seen, cursor=None)
+                after = DIRECTORY if request.audience.include_uninstalled else None
+                return MaterialisePage(added=added, seen=seen, cursor=after)
         return MaterialisePage(added=added, seen=seen, cursor=f"{TENANT}{continuation}")
+
+    async def _groups(
+        self, notification_id: str, tenant_id: str, request: BroadcastRequest, cursor: str
+    ) -> tuple[int, int, str | None]:
+        """Rows of the tenant's groups from ``cursor`` (``g:{index}:{nextLink}``); ``(added, seen, cursor)``."""
+        groups = [g for g in request.audience.groups if g.tenant_id == tenant_id]
+        index_text, _, link = cursor.removeprefix(GROUPS).partition(":")
+        index = int(index_text)
+        added = seen = 0
+        while index < len(groups) and seen < self._rows_per_call:
+            group_id = groups[index].group_id
+            try:
+                page = await (await self._graph_client()).group_users(tenant_id, group_id, link or None)
+            except DirectoryObjectNotFound:
+                logger.warning("Group %s of tenant %s not found in Graph: skipped", group_id, tenant_id)
+                index, link = index + 1, ""
+                continue
+            except GraphAccessDenied as exc:
+                logger.warning(
+                    "No Graph consent in tenant %s (%s): its groups are skipped", tenant_id, exc.code
+                )
+                return added, seen, None
+            new, count = await self._add_users(notification_id, tenant_id, request, page)
+            added, seen = added + new, seen + count
+            if page.next is None:
+                index, link = index + 1, ""
+            else:
+                link = page.next
+        return added, seen, (f"{GROUPS}{index}:{link}" if index < len(groups) else None)
+
+    async def _directory(
+        self, notification_id: str, tenant_id: str, request: BroadcastRequest, cursor: str
+    ) -> tuple[int, int, str | None]:
+        """Rows of every user Graph lists in the tenant from ``cursor`` (``d:{nextLink}``)."""
+        link: str | None = cursor.removeprefix(DIRECTORY) or None
+        added = seen = 0
+        while seen < self._rows_per_call:
+            try:
+                page = await (await self._graph_client()).tenant_users(tenant_id, link)
+            except GraphAccessDenied as exc:
+                logger.warning(
+                    "No Graph consent in tenant %s (%s): uninstalled users skipped", tenant_id, exc.code
+                )
+                return added, seen, None
+            new, count = await self._add_users(notification_id, tenant_id, request, page)
+            added, seen = added + new, seen + count
+            link = page.next
+            if link is None:
+                return added, seen, None
+        return added, seen, f"{DIRECTORY}{link}"
+
+    async def _add_users(
+        self, notification_id: str, tenant_id: str, request: BroadcastRequest, page: DirectoryPage
+    ) -> tuple[int, int]:
+        include_guests = request.audience.include_guests
+        rows = [
+            self._row(
+                notification_id,
+                Recipient(tenant_id=tenant_id, kind=RecipientKind.USER, recipient_id=user.id.lower()),
+            )
+            for user in page.users
+            if user.enabled and (include_guests or not user.guest)
+        ]
+        return await self._ledger.add_pending(rows), len(page.users)
+
+    async def _graph_client(self) -> Graph:
+        if self._graph is None:
+            raise RecordNotFound("this materialiser has no Graph client for groups or includeUninstalled")
+        return await self._graph()
 
     def _row(self, notification_id: str, recipient: Recipient) -> DeliveryRecord:
         at = self._clock()

@@ -30,8 +30,10 @@ Decisions the contract leaves open:
   means "send now" and is returned as ``None``; one more than ``max_schedule_ahead`` ahead is a 400.
 * Placeholders are only allowed when every target is an explicit user (``users``): channels and tenants
   have no per-recipient data. Every user must have a value for every placeholder the message uses.
-* ``groups`` are refused (``groups_not_supported``) until Graph audience resolution lands, and
-  ``includeUninstalled`` (only meaningful with ``tenants``) is refused as ``not_supported_yet``.
+* ``groups`` are Entra groups whose transitive *user* members are resolved through Graph when the audience
+  is materialised; ``includeUninstalled`` (only meaningful with ``tenants``) adds every user Graph lists in
+  those tenants. Recipients found this way without a reference are installed first (``installs`` queue).
+  Guests are left out of both unless ``includeGuests`` is true.
 """
 
 from __future__ import annotations
@@ -176,17 +178,10 @@ class ChannelTarget(WireModel):
 
 
 class GroupTarget(WireModel):
-    """An Entra group, resolved to its members through Graph (not supported yet)."""
+    """An Entra group, resolved to its transitive user members through Graph when materialised."""
 
     tenant_id: Guid
     group_id: Guid
-
-
-def _no_groups_yet(value: Any) -> Any:
-    if isinstance(value, list) and value:
-        raise PydanticCustomError("groups_not_supported", "groups not supported yet")
-    # A before-validator hands on a Python list, which strict tuple validation would refuse.
-    return () if value == [] else value
 
 
 class Audience(WireModel):
@@ -194,9 +189,10 @@ class Audience(WireModel):
 
     users: tuple[UserTarget, ...] = ()
     channels: tuple[ChannelTarget, ...] = ()
-    groups: Annotated[tuple[GroupTarget, ...], BeforeValidator(_no_groups_yet)] = ()
+    groups: tuple[GroupTarget, ...] = ()
     tenants: tuple[Guid, ...] = ()
     include_uninstalled: bool = False
+    include_guests: bool = False
 
 
 def _notification_id(value: str | None) -> str | None:
@@ -498,17 +494,11 @@ def _rules(request: BroadcastRequest, now: datetime, limits: BroadcastLimits) ->
                 "audience.includeUninstalled", "invalid_field", "only applies together with audience.tenants"
             )
         )
-    elif audience.include_uninstalled:
+    if not (audience.users or audience.channels or audience.groups or audience.tenants):
         problems.append(
             Problem(
-                "audience.includeUninstalled",
-                "not_supported_yet",
-                "includeUninstalled is not supported yet (it needs the Graph installer)",
+                "audience", "empty_audience", "the audience is empty: give users, channels, groups or tenants"
             )
-        )
-    if not (audience.users or audience.channels or audience.tenants):
-        problems.append(
-            Problem("audience", "empty_audience", "the audience is empty: give users, channels or tenants")
         )
     if request.send_at is not None and request.send_at - now > limits.max_schedule_ahead:
         problems.append(
@@ -547,13 +537,13 @@ def _placeholder_problems(request: BroadcastRequest) -> list[Problem]:
         return []
     audience = request.audience
     listed = ", ".join(sorted(names)[:10])
-    if audience.channels or audience.tenants:
+    if audience.channels or audience.groups or audience.tenants:
         return [
             Problem(
                 "message",
                 "placeholders_need_user_data",
                 f"the message uses placeholders ({listed}), which only audience.users[].data can fill; "
-                "channels and tenants have no per-recipient data",
+                "channels, groups and tenants have no per-recipient data",
             )
         ]
     problems: list[Problem] = []
@@ -629,10 +619,14 @@ def _normalised(request: BroadcastRequest, now: datetime) -> BroadcastRequest:
     channels: dict[tuple[str, str], ChannelTarget] = {}
     for channel in audience.channels:
         channels.setdefault((channel.tenant_id, channel.channel_id), channel)
+    groups: dict[tuple[str, str], GroupTarget] = {}
+    for group in audience.groups:
+        groups.setdefault((group.tenant_id, group.group_id), group)
     deduplicated = audience.model_copy(
         update={
             "users": tuple(users.values()),
             "channels": tuple(channels.values()),
+            "groups": tuple(groups.values()),
             "tenants": tuple(dict.fromkeys(audience.tenants)),
         }
     )

@@ -21,12 +21,15 @@ from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
 from proactive.adapters.bot_token import TokenProvider, token_provider
 from proactive.adapters.connector import BotConnectorClient
+from proactive.adapters.graph import GraphClient, graph_tokens
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
 from proactive.audience import AudienceMaterialiser
 from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
 from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
 from proactive.errors import ConfigurationError, StorageError
+from proactive.installer import Installer
+from proactive.installs import GraphPacer, InstallWorker
 from proactive.models import utc_now
 from proactive.outbound import OutboundPolicy
 from proactive.retry import RetryPolicy
@@ -134,6 +137,8 @@ class Services:
             self._http = None
         self._connector = None
         self._bot_endpoint = None
+        self._graph = None
+        self._installer = None
         if self._tables is not None:
             await self._tables.close()
             self._tables = None
@@ -162,6 +167,7 @@ class Services:
             self.deliveries,
             tenant_allowed=self.settings.tenant_allowed,
             clock=utc_now,
+            graph=self.graph,
         )
 
     def broadcasts(self, orchestrations: Orchestrations) -> BroadcastService:
@@ -221,6 +227,59 @@ class Services:
             return (await sender.send_batch(SendBatchInput.from_json(payload))).to_json()
 
         return send
+
+    # ---- Graph bootstrap (issue 14): installs through Graph, audiences from the directory ----
+    _graph: GraphClient | None = field(default=None, init=False)
+    _installer: Installer | None = field(default=None, init=False)
+
+    async def graph(self) -> GraphClient:
+        """The Graph client (per-tenant tokens, the Graph outbound allow-list, ``GRAPH_BASE_URL``)."""
+        if self._graph is None:
+            session = await self.http()
+            self._graph = GraphClient(
+                session,
+                graph_tokens(self.settings, session),
+                OutboundPolicy.for_graph(self.settings),
+                base_url=self.settings.graph_base_url,
+                timeout=self.settings.send_timeout_seconds,
+            )
+        return self._graph
+
+    async def installer(self) -> Installer:
+        """The installer; one per worker, so its catalog id and service URL caches live as long."""
+        if self._installer is None:
+            self._installer = Installer(
+                await self.graph(),
+                self.references,
+                teams_app_id=self.settings.teams_app_id,
+                bot_app_id=self.settings.bot.app_id or self.settings.teams_app_id,
+                default_service_url=self.settings.teams_service_url,
+                clock=utc_now,
+                reinstall_after_uninstall=self.settings.graph_reinstall_after_uninstall,
+            )
+        return self._installer
+
+    async def install_worker(self, pacer: GraphPacer) -> InstallWorker:
+        """The ``installs`` queue's service over this invocation's pacer."""
+        return InstallWorker(
+            installer=await self.installer(),
+            pacer=pacer,
+            ledger=self.deliveries,
+            notifications=self.notifications,
+            installs=self.queues.queue(self.settings.queues.installs),
+            # The name the Functions host gives the poison queue (proactive.functions.installs.POISON_SUFFIX).
+            poison=self.queues.queue(self.settings.queues.installs + "-poison"),
+            retries=self.queues.queue(self.settings.queues.deliveries_retry),
+            dead_letters=self.dead_letters,
+            clock=utc_now,
+            sleep=asyncio.sleep,
+            admin_consent_url=self._admin_consent_url,
+            tenant_allowed=self.settings.tenant_allowed,
+        )
+
+    def _admin_consent_url(self, tenant_id: str) -> str:
+        client = self.settings.bot.app_id or self.settings.teams_app_id
+        return f"{self.settings.authority_host}/{tenant_id}/adminconsent?client_id={client}"
 
 
 def bot_tokens(settings: Settings, session: aiohttp.ClientSession) -> TokenProvider:

@@ -24,7 +24,9 @@ these at the boundary (``raise ... from exc``)::
             ├── MessageRejected       400 BadArgument, 413 MessageSizeTooBig
             ├── ActivityNotFound      404 ActivityNotFoundInConversation (update / delete)
             ├── ServiceFailed         500 (the docs say do not retry)
-            └── BotMisconfigured      401, 403 NotEnoughPermissions / InvalidBotApiHost
+            ├── BotMisconfigured      401, 403 NotEnoughPermissions / InvalidBotApiHost
+            ├── GraphAccessDenied     Graph 401 / 403: admin consent or an application permission missing
+            └── DirectoryObjectNotFound  Graph 404: no such user, group, team or app in the tenant
 """
 
 from __future__ import annotations
@@ -184,3 +186,14 @@ class ServiceFailed(PermanentDeliveryError):
 
 class BotMisconfigured(PermanentDeliveryError):
     """The bot's registration or permissions are wrong: an operator must act."""
+
+
+class GraphAccessDenied(PermanentDeliveryError):
+    """Graph answered 401 or 403: the tenant's admin has not consented, or a permission is missing.
+
+    The whole tenant is affected, not one recipient: callers record it once per tenant.
+    """
+
+
+class DirectoryObjectNotFound(PermanentDeliveryError):
+    """Graph answered 404: the user, group, team or catalog app does not exist in the tenant."""

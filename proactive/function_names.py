@@ -12,6 +12,7 @@ from typing import Final
 BROADCAST: Final = "broadcast"
 TENANT_BROADCAST: Final = "tenant_broadcast"
 TENANT_LANE: Final = "tenant_lane"
+GRAPH_ADMISSION: Final = "graph_admission"
 
 # Activities
 MATERIALISE_AUDIENCE: Final = "materialise_audience"
@@ -22,6 +23,7 @@ RECORD_BROADCAST: Final = "record_broadcast"
 
 # Entities (key = tenant id)
 TENANT_LIMITER: Final = "tenant_limiter"
+GRAPH_LIMITER: Final = "graph_limiter"  # Graph installs, a budget apart from the sends
 
 # External events
 CANCEL_EVENT: Final = "cancel"

@@ -824,7 +824,12 @@ class BatchSender:
                 attempts=attempts,
             )
         await self._installs.put(
-            InstallRequest(tenant_id=batch.tenant_id, aad_object_id=recipient_id, reason=reason).to_json()
+            InstallRequest(
+                tenant_id=batch.tenant_id,
+                aad_object_id=recipient_id,
+                reason=reason,
+                notification_id=batch.notification_id,  # the row is re-driven once installed
+            ).to_json()
         )
         return await self._settle(
             claimed, DeliveryStatus.STALE, reason, "no usable reference; install requested", attempts=attempts
@@ -898,7 +903,7 @@ class BatchSender:
             await self._references.deactivate(
                 batch.tenant_id, key, code, self._clock(), conversation_id=failed_in
             )
-            install = _install_request(batch.tenant_id, reference, code)
+            install = _install_request(batch.tenant_id, reference, code, batch.notification_id)
             if install is not None:
                 await self._installs.put(install.to_json())
         elif isinstance(error, TenantDisabled | BotMisconfigured):
@@ -1330,9 +1335,16 @@ def _outgoing(activity: dict[str, Any], stored: StoredReference, notification_id
     return outgoing
 
 
-def _install_request(tenant_id: str, reference: StoredReference, reason: str) -> InstallRequest | None:
+def _install_request(
+    tenant_id: str, reference: StoredReference, reason: str, notification_id: str
+) -> InstallRequest | None:
     if reference.kind is RecipientKind.USER:
-        return InstallRequest(tenant_id=tenant_id, aad_object_id=reference.recipient_id, reason=reason)
+        return InstallRequest(
+            tenant_id=tenant_id,
+            aad_object_id=reference.recipient_id,
+            reason=reason,
+            notification_id=notification_id,
+        )
     if reference.team_id:
         return InstallRequest(tenant_id=tenant_id, team_id=reference.team_id, reason=reason)
     return None  # a group chat: only its members can add the bot back

@@ -87,12 +87,19 @@ class InstallRequest(WireModel):
 
     Wire form ``{"tenantId", "aadObjectId" | "teamId", "reason"}``; ``reason`` is the Teams error code or
     sender reason that made the reference useless (``ConversationNotFound``, ``no_reference``, ...).
+    ``notificationId`` (optional) names the broadcast whose ledger row waits for this install: once
+    installed, that row is re-driven in the same broadcast (:mod:`proactive.installs`). ``throttled``
+    counts how often Graph's 429 put the message back (each time visible after ``Retry-After``);
+    ``failures`` the transient failures of earlier copies (a copy put back starts a new dequeue count).
     """
 
     tenant_id: str = Field(min_length=1)
     aad_object_id: str | None = None
     team_id: str | None = None
     reason: str = Field(min_length=1)
+    notification_id: str | None = None
+    throttled: int | None = Field(default=None, ge=1)
+    failures: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _one_target(self) -> InstallRequest:

@@ -263,6 +263,10 @@ class Settings:
     # variable is set. aiohttp reads ~/.netrc on a worker thread for *every* request of a client that
     # trusts the environment, a quarter of the devhost's CPU per message over Azurite.
     proxy_from_environment: bool = False
+    # Graph proactive installs (issue 14): the Bot Connector URL of a tenant none of whose references is
+    # known yet, and whether users who uninstalled the app themselves may be reinstalled (mandatory apps).
+    teams_service_url: str = "https://smba.trafficmanager.net/teams"
+    graph_reinstall_after_uninstall: bool = False
 
     def tenant_allowed(self, tenant_id: str) -> bool:
         """Whether activities, references and broadcasts of ``tenant_id`` may be handled."""
@@ -342,8 +346,12 @@ class Settings:
             # GRAPH_BASE_URL, AUTHORITY_HOST and BOT_OPENID_METADATA_URL default to BOT_CLOUD's; set them only
             # to point at an emulator or a test server.
             graph_base_url=env.url("GRAPH_BASE_URL", cloud.graph_base_url),
-            # The client secret or certificate assertion goes there: never over plain http.
-            authority_host=env.url("AUTHORITY_HOST", cloud.authority_host, https_only=True),
+            # The client secret or certificate assertion goes there: never over plain http. An anonymous bot
+            # (local development only, refused in Azure) has no secret to lose: it may use a loopback
+            # emulator (devhost run points Graph's token requests at its Graph emulator).
+            authority_host=env.url(
+                "AUTHORITY_HOST", cloud.authority_host, https_only=True, loopback_http=bot.anonymous
+            ),
             # The signing keys come from there: https, or http to loopback only (a local test server), the
             # rule BotAuthSettings enforces, checked here so a bad value fails at start, not on a request.
             bot_openid_metadata_url=env.url(
@@ -356,6 +364,8 @@ class Settings:
             # Retry-After of the 202 answers: how often Logic Apps and Power Automate poll the status URL.
             status_retry_after_seconds=env.integer("STATUS_RETRY_AFTER_SECONDS", 5, low=1, high=600),
             app_insights_connection=Secret(env.text("APPLICATIONINSIGHTS_CONNECTION_STRING", "")),
+            teams_service_url=env.url("TEAMS_SERVICE_URL", "https://smba.trafficmanager.net/teams"),
+            graph_reinstall_after_uninstall=env.boolean("GRAPH_REINSTALL_AFTER_UNINSTALL", False),
             proxy_from_environment=any(
                 value.strip() for key, value in environ.items() if key.upper() in _PROXY_VARIABLES
             ),

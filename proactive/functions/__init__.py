@@ -3,6 +3,7 @@
 from proactive.functions.broadcasts import bp as broadcasts_blueprint
 from proactive.functions.durable import bp as durable_blueprint
 from proactive.functions.health import bp as health_blueprint
+from proactive.functions.installs import blueprint as installs_blueprint
 from proactive.functions.messages import bp as messages_blueprint
 from proactive.functions.retries import blueprint as retries_blueprint
 
@@ -10,6 +11,7 @@ __all__ = [
     "broadcasts_blueprint",
     "durable_blueprint",
     "health_blueprint",
+    "installs_blueprint",
     "messages_blueprint",
     "retries_blueprint",
 ]

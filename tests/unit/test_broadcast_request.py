@@ -370,11 +370,38 @@ def test_empty_audience_is_rejected(audience: dict[str, Any]) -> None:
     assert problems(error) == {"audience": "empty_audience"}
 
 
-def test_groups_are_refused_until_graph_resolution_exists() -> None:
-    error = rejection(request(audience={"groups": [{"tenantId": TENANT, "groupId": OTHER_TENANT}]}))
+def test_groups_are_accepted_deduplicated_and_lower_cased() -> None:
+    group = OTHER_TENANT.upper()
+    parsed = parse(
+        request(
+            audience={
+                "groups": [
+                    {"tenantId": TENANT, "groupId": group},
+                    {"tenantId": TENANT, "groupId": OTHER_TENANT},
+                ],
+                "includeGuests": True,
+            }
+        )
+    )
 
-    assert (error.status, error.code) == (400, "groups_not_supported")
-    assert "groups not supported yet" in str(error)
+    assert [(g.tenant_id, g.group_id) for g in parsed.audience.groups] == [(TENANT, OTHER_TENANT)]
+    assert parsed.audience.include_guests is True
+
+
+def test_a_group_id_that_is_not_a_guid_names_the_field() -> None:
+    error = rejection(request(audience={"groups": [{"tenantId": TENANT, "groupId": "ops team"}]}))
+
+    assert error.status == 400
+    assert set(problems(error)) == {"audience.groups[0].groupId"}
+
+
+def test_placeholders_are_refused_for_groups() -> None:
+    body = request(audience={"groups": [{"tenantId": TENANT, "groupId": OTHER_TENANT}]})
+    body["message"] = {"text": "Hello {{name}}"}
+
+    error = rejection(body)
+
+    assert problems(error) == {"message": "placeholders_need_user_data"}
 
 
 def test_an_empty_groups_list_is_fine() -> None:
@@ -388,10 +415,10 @@ def test_include_uninstalled_without_tenants_is_rejected() -> None:
     assert "tenants" in str(error)
 
 
-def test_include_uninstalled_with_tenants_is_not_supported_yet() -> None:
-    error = rejection(request(audience={"tenants": [TENANT], "includeUninstalled": True}))
+def test_include_uninstalled_with_tenants_is_accepted() -> None:
+    parsed = parse(request(audience={"tenants": [TENANT], "includeUninstalled": True}))
 
-    assert (error.status, error.code) == (400, "not_supported_yet")
+    assert parsed.audience.include_uninstalled is True and parsed.audience.include_guests is False
 
 
 def test_exact_duplicates_are_removed_keeping_the_first_occurrence_and_order() -> None:

@@ -396,7 +396,9 @@ async def test_a_user_without_a_reference_is_stale_and_handed_to_installs_withou
     assert result.stale == 1 and result.requests == 0
     assert record.status is DeliveryStatus.STALE and record.last_error is not None
     assert record.last_error.code == Reason.NO_REFERENCE and record.attempts == 0
-    assert world.installs.bodies() == [{"tenantId": TENANT, "aadObjectId": aad(7), "reason": "no_reference"}]
+    assert world.installs.bodies() == [
+        {"tenantId": TENANT, "aadObjectId": aad(7), "reason": "no_reference", "notificationId": NOTIFICATION}
+    ]
 
 
 async def test_a_channel_without_a_reference_is_skipped_and_not_installed(world: World) -> None:
@@ -656,7 +658,9 @@ async def test_a_stale_conversation_deactivates_the_reference_and_asks_for_a_rei
     assert result.stale == 1 and record.status is DeliveryStatus.STALE
     assert record.last_error is not None and record.last_error.code == code
     assert reference is not None and not reference.active and reference.stale_reason == code
-    assert world.installs.bodies() == [{"tenantId": TENANT, "aadObjectId": aad(0), "reason": code}]
+    assert world.installs.bodies() == [
+        {"tenantId": TENANT, "aadObjectId": aad(0), "reason": code, "notificationId": NOTIFICATION}
+    ]
     assert again.attempted == 0
 
 

@@ -186,6 +186,20 @@ def test_malformed_setting_fails_naming_it(name: str, value: str) -> None:
     assert name in str(caught.value)
 
 
+def test_an_anonymous_local_bot_may_take_tokens_from_a_loopback_emulator_and_nobody_else_over_http() -> None:
+    local = {**MINIMAL, "BOT_AUTH": "anonymous"}
+    assert Settings.from_env({**local, "AUTHORITY_HOST": "http://127.0.0.1:7072"}).authority_host == (
+        "http://127.0.0.1:7072"
+    )
+    for environ in (
+        {**local, "AUTHORITY_HOST": "http://login.microsoftonline.com"},  # not loopback
+        {**PRODUCTION, "AUTHORITY_HOST": "http://127.0.0.1:7072"},  # a real secret would travel in clear
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.from_env(environ)
+        assert caught.value.setting == "AUTHORITY_HOST"
+
+
 def test_malformed_dev_hosts_fail_naming_the_setting() -> None:
     with pytest.raises(ConfigurationError) as caught:
         Settings.from_env({**MINIMAL, "DEV_OUTBOUND_HOSTS": "http://127.0.0.1:3978/"})
