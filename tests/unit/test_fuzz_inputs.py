@@ -25,6 +25,7 @@ from proactive.adapters.memory_tables import MemoryEntityTable
 from proactive.adapters.storage_queues import _object as queue_body
 from proactive.bot import ActivityHandler, BotEndpoint
 from proactive.bot.activity import parse_activity
+from proactive.bot.welcome import Welcomes
 from proactive.broadcast_request import parse_broadcast_request
 from proactive.broadcasts import BroadcastService, OrchestrationState
 from proactive.errors import InvalidInput
@@ -146,6 +147,12 @@ def _bot() -> BotEndpoint:
         TableReferenceStore(MemoryEntityTable("references")),
         TablePreferenceStore(MemoryEntityTable("preferences")),
         _Sender(),
+        welcomes=Welcomes(
+            TableNotificationStore(MemoryEntityTable("notifications")),
+            TableDeliveryLedger(MemoryEntityTable("deliveries")),
+            MemoryWorkQueue("deliveries-retry"),
+            clock=lambda: NOW,
+        ),
         tenant_allowed=lambda tenant: True,
         service_url_allowed=lambda url: True,
         clock=lambda: NOW,
@@ -200,6 +207,13 @@ def test_the_activity_parser_accepts_or_names_the_field(data: Any) -> None:
 # ---- queue messages -------------------------------------------------------------------------------------
 
 
+class NoRuns:
+    """Stands in for :class:`~proactive.redrive.PacedRuns` where no run may start: nothing here is due."""
+
+    async def ensure(self, notification: object, tenant_id: str) -> bool:
+        raise AssertionError("nothing here is a pending row to send")
+
+
 def retry_like() -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(
         {},
@@ -217,19 +231,16 @@ def retry_like() -> st.SearchStrategy[dict[str, Any]]:
 @FUZZ
 @given(raw_bodies | retry_like().map(lambda m: json.dumps(m).encode()))
 def test_any_retry_queue_message_is_redriven_or_dead_lettered_never_a_crash(raw: bytes) -> None:
-    async def no_redrive() -> Any:
-        raise AssertionError("nothing here is a pending row to send")
-
     redelivery = Redelivery(
         ledger=TableDeliveryLedger(MemoryEntityTable("deliveries")),
+        notifications=TableNotificationStore(MemoryEntityTable("notifications")),
         dead_letters=TableDeadLetterStore(MemoryEntityTable("deadletters")),
         retries=MemoryWorkQueue("deliveries-retry"),
-        redrive=no_redrive,
         clock=lambda: NOW,
     )
 
     async def both() -> None:
-        await redelivery.redrive(raw)
+        await redelivery.redrive(raw, NoRuns())
         await redelivery.dead_letter(raw, source_queue="deliveries-retry")
 
     asyncio.run(both())

@@ -13,7 +13,8 @@ from proactive.adapters.memory_tables import MemoryEntityTable
 from proactive.errors import InvalidInput
 from proactive.functions.retries import Redelivery
 from proactive.paging import decode_continuation, encode_continuation
-from proactive.stores import TableDeadLetterStore, TableDeliveryLedger
+from proactive.redrive import Action
+from proactive.stores import TableDeadLetterStore, TableDeliveryLedger, TableNotificationStore
 
 DEEP = [b"[" * 200_000, b'{"a":' * 100_000, "[" * 200_000]
 
@@ -42,16 +43,18 @@ def test_a_continuation_token_holding_deep_json_is_invalid_input() -> None:
 async def test_a_deep_retry_queue_message_is_dead_lettered_as_malformed(raw: bytes) -> None:
     dead_letters = TableDeadLetterStore(MemoryEntityTable("deadletters"))
 
-    async def no_redrive() -> object:
-        raise AssertionError("a malformed message must not be sent")
+    class NoRuns:
+        async def ensure(self, notification: object, tenant_id: str) -> bool:
+            raise AssertionError("a malformed message must not start a run")
 
     redelivery = Redelivery(
         ledger=TableDeliveryLedger(MemoryEntityTable("deliveries")),
+        notifications=TableNotificationStore(MemoryEntityTable("notifications")),
         dead_letters=dead_letters,
         retries=MemoryWorkQueue("deliveries-retry"),
-        redrive=no_redrive,  # type: ignore[arg-type]
         clock=lambda: datetime(2026, 12, 3, tzinfo=UTC),
     )
-    assert await redelivery.redrive(raw) is None
+    decision = await redelivery.redrive(raw, NoRuns())  # type: ignore[arg-type]
+    assert decision.action is Action.DONE and decision.why == "malformed message"
     letter = await redelivery.dead_letter(raw, source_queue="deliveries-retry")
     assert letter is not None and letter.reason.startswith("malformed_message")
