@@ -206,7 +206,8 @@ class Services:
             preferences=self.preferences,
             notifications=self.notifications,
             connector=await self.connector(),
-            installs=self.queues.queue(self.settings.queues.installs),
+            # The Graph bootstrap is on only with an app to install (TEAMS_APP_ID).
+            installs=self.queues.queue(self.settings.queues.installs) if self.settings.teams_app_id else None,
             retries=self.queues.queue(self.settings.queues.deliveries_retry),
             policy=RetryPolicy.for_sends(self.settings),
             clock=utc_now,

@@ -451,7 +451,9 @@ class BatchSender:
         preferences: users' opt-outs and quiet hours.
         notifications: where the notification (its stored request: message, category) is read.
         connector: the Bot Connector.
-        installs: queue ``installs`` (the Graph bootstrap reads it).
+        installs: queue ``installs`` (the Graph bootstrap reads it); ``None`` when the bootstrap is off
+            (no ``TEAMS_APP_ID``: there is no app to install), and rows without a usable reference stay
+            ``stale`` with their reason.
         retries: queue ``deliveries-retry``.
         policy: in-process retry policy (:meth:`RetryPolicy.for_sends`).
         clock: current time (timestamps on rows, elapsed time).
@@ -471,7 +473,7 @@ class BatchSender:
         preferences: PreferenceStore,
         notifications: NotificationStore,
         connector: BotConnector,
-        installs: WorkQueue,
+        installs: WorkQueue | None,
         retries: WorkQueue,
         policy: RetryPolicy,
         clock: Callable[[], datetime],
@@ -823,6 +825,10 @@ class BatchSender:
                 "the user closed the conversation",
                 attempts=attempts,
             )
+        if self._installs is None:
+            return await self._settle(
+                claimed, DeliveryStatus.STALE, reason, "no usable reference", attempts=attempts
+            )
         await self._installs.put(
             InstallRequest(
                 tenant_id=batch.tenant_id,
@@ -904,7 +910,7 @@ class BatchSender:
                 batch.tenant_id, key, code, self._clock(), conversation_id=failed_in
             )
             install = _install_request(batch.tenant_id, reference, code, batch.notification_id)
-            if install is not None:
+            if install is not None and self._installs is not None:
                 await self._installs.put(install.to_json())
         elif isinstance(error, TenantDisabled | BotMisconfigured):
             batch.halted = batch.halted or code
