@@ -12,6 +12,7 @@ import azure.functions as func
 from proactive import composition
 from proactive.functions import (
     broadcasts_blueprint,
+    deadletters_blueprint,
     durable_blueprint,
     health_blueprint,
     messages_blueprint,
@@ -24,5 +25,6 @@ app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_blueprint)
 app.register_functions(messages_blueprint)
 app.register_functions(broadcasts_blueprint)
+app.register_functions(deadletters_blueprint)
 app.register_functions(durable_blueprint)
 app.register_functions(retries_blueprint())

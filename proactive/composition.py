@@ -26,6 +26,7 @@ from proactive.adapters.table_storage import AzureTables
 from proactive.audience import AudienceMaterialiser
 from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
 from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
+from proactive.dead_letters import DeadLetterService, DeliveryRedriver
 from proactive.errors import ConfigurationError, StorageError
 from proactive.models import utc_now
 from proactive.outbound import OutboundPolicy
@@ -80,6 +81,15 @@ class Services:
     @property
     def dead_letters(self) -> TableDeadLetterStore:
         return TableDeadLetterStore(self.tables.table(self.settings.tables.deadletters))
+
+    @property
+    def dead_letter_service(self) -> DeadLetterService:
+        """``/api/deadletters``: every dead letter listed; deliveries re-driven through ``deliveries-retry``."""
+        retries = self.queues.queue(self.settings.queues.deliveries_retry)
+        delivery_redriver = DeliveryRedriver(
+            ledger=self.deliveries, notifications=self.notifications, retries=retries, clock=utc_now
+        )
+        return DeadLetterService(self.dead_letters, {retries.name: delivery_redriver}, clock=utc_now)
 
     async def http(self) -> aiohttp.ClientSession:
         """The worker's shared aiohttp session, created on first use inside the running event loop."""

@@ -335,24 +335,55 @@ class TableDeliveryLedger:
 
 
 class TableDeadLetterStore:
-    """Dead letters: PartitionKey = UTC day ``yyyymmdd``, RowKey = id."""
+    """Dead letters: PartitionKey = UTC day ``yyyymmdd``, RowKey = id.
+
+    Plain columns ``notificationId``, ``tenantId`` and ``reasonCode`` (when known) are what
+    ``GET /api/deadletters`` filters on, as equality queries inside a day's partition.
+    """
 
     def __init__(self, table: EntityTable) -> None:
         self._table = table
 
     async def add(self, entry: DeadLetter) -> None:
-        await self._table.upsert(
-            to_entity(
-                entry.day,
-                encode_key(entry.id),
-                entry,
-                sourceQueue=entry.source_queue,
-                reason=entry.reason[:1000],
-            )
-        )
+        await self._table.upsert(self._entity(entry))
+
+    async def get(self, day: str, entry_id: str) -> Versioned[DeadLetter] | None:
+        found = await self._table.get(day, encode_key(entry_id))
+        return Versioned(from_entity(found[0], DeadLetter), found[1]) if found else None
+
+    async def replace(self, entry: DeadLetter, etag: str) -> Versioned[DeadLetter]:
+        new_etag = await self._table.replace(self._entity(entry), etag)
+        return Versioned(entry, new_etag)
 
     async def list_day(
-        self, day: str, *, page_size: int = 1000, continuation: str | None = None
+        self,
+        day: str,
+        *,
+        notification_id: str | None = None,
+        tenant_id: str | None = None,
+        reason_code: str | None = None,
+        page_size: int = 1000,
+        continuation: str | None = None,
     ) -> Page[DeadLetter]:
-        page = await self._table.query({"PartitionKey": day}, page_size=page_size, continuation=continuation)
+        where: dict[str, object] = {"PartitionKey": day}
+        for column, value in (
+            ("notificationId", notification_id),
+            ("tenantId", tenant_id),
+            ("reasonCode", reason_code),
+        ):
+            if value is not None:
+                where[column] = value
+        page = await self._table.query(where, page_size=page_size, continuation=continuation)
         return Page([from_entity(e, DeadLetter) for e in page.items], page.continuation)
+
+    @staticmethod
+    def _entity(entry: DeadLetter) -> Entity:
+        columns: dict[str, object] = {"sourceQueue": entry.source_queue, "reason": entry.reason[:1000]}
+        for column, value in (
+            ("notificationId", entry.notification_id),
+            ("tenantId", entry.tenant_id),
+            ("reasonCode", entry.reason_code),
+        ):
+            if value is not None:
+                columns[column] = value
+        return to_entity(entry.day, encode_key(entry.id), entry, **columns)

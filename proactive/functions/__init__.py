@@ -1,6 +1,7 @@
 """Functions blueprints: triggers are wiring (parse, call one service, map the result)."""
 
 from proactive.functions.broadcasts import bp as broadcasts_blueprint
+from proactive.functions.deadletters import bp as deadletters_blueprint
 from proactive.functions.durable import bp as durable_blueprint
 from proactive.functions.health import bp as health_blueprint
 from proactive.functions.messages import bp as messages_blueprint
@@ -8,6 +9,7 @@ from proactive.functions.retries import blueprint as retries_blueprint
 
 __all__ = [
     "broadcasts_blueprint",
+    "deadletters_blueprint",
     "durable_blueprint",
     "health_blueprint",
     "messages_blueprint",

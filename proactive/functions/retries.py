@@ -20,6 +20,11 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     dead letter and a pending row, and the repeated poison message finishes the job; the other order could
     leave a ``dead_lettered`` row with no dead letter saying why. A row that meanwhile settled (another
     path sent it) is left alone and no dead letter is written.
+    When this trigger itself fails on the message's last delivery, the failure is logged and recorded as
+    a dead letter with reason code ``poison_handler_failed``
+    (:func:`~proactive.dead_letters.record_poison_failure`) instead of going to ``-poison-poison``, which
+    nothing watches. Dead letters are listed and re-driven through ``/api/deadletters``
+    (:mod:`proactive.dead_letters`).
 
 ``reconcile`` (timer, :data:`RECONCILE_SCHEDULE`, every 5 minutes)
     Which notifications: every ``running`` one, and ``completed`` / ``failed`` / ``cancelled`` ones updated
@@ -64,6 +69,7 @@ from pydantic import ValidationError
 from proactive import json_input
 from proactive.audience import audience_tenants, stored_request
 from proactive.composition import services
+from proactive.dead_letters import record_poison_failure
 from proactive.errors import ConcurrencyConflict
 from proactive.functions.broadcasts import DurableOrchestrations
 from proactive.models import DeadLetter, DeliveryStatus, ErrorInfo, Notification, NotificationStatus, utc_now
@@ -216,18 +222,18 @@ class Redelivery:
         for _ in range(5):
             found = await self._ledger.get(request.notification_id, request.tenant_id, request.recipient_key)
             if found is None:
-                entry = self._entry(request, source_queue, "ledger row not found")
+                entry = self._entry(request, source_queue, "ledger row not found", "ledger_row_not_found")
                 await self._dead_letters.add(entry)
                 return entry
             row = found.value
             if row.status is DeliveryStatus.DEAD_LETTERED:
-                entry = self._entry(request, source_queue, _reason(row.last_error, request))
+                entry = self._entry(request, source_queue, *_reason(row.last_error, request))
                 await self._dead_letters.add(entry)  # a repeat after a crash: same id, same row
                 return entry
             if row.status is not DeliveryStatus.PENDING:
                 logger.info("Poison message for a row that is now %s: nothing to dead-letter", row.status)
                 return None
-            entry = self._entry(request, source_queue, _reason(row.last_error, request))
+            entry = self._entry(request, source_queue, *_reason(row.last_error, request))
             await self._dead_letters.add(entry)
             marked = row.model_copy(
                 update={
@@ -244,13 +250,16 @@ class Redelivery:
             return entry
         raise ConcurrencyConflict("the ledger row kept changing while it was dead-lettered")
 
-    def _entry(self, request: RetryRequest, source_queue: str, reason: str) -> DeadLetter:
+    def _entry(self, request: RetryRequest, source_queue: str, reason: str, reason_code: str) -> DeadLetter:
         return DeadLetter(
             id=f"{request.notification_id}:{request.tenant_id}:{request.recipient_key}",
             source_queue=source_queue,
             payload=request.to_json(),
             reason=reason,
             created_at=self._clock(),
+            notification_id=request.notification_id,
+            tenant_id=request.tenant_id,
+            reason_code=reason_code[:64],
         )
 
     async def _malformed(self, raw: bytes, *, source_queue: str | None = None) -> DeadLetter:
@@ -261,6 +270,7 @@ class Redelivery:
             payload={"raw": text[:2000]},
             reason="malformed_message: not a RetryRequest",
             created_at=self._clock(),
+            reason_code="malformed_message",
         )
         await self._dead_letters.add(entry)
         logger.warning("Dead-lettered a malformed %s message", entry.source_queue)
@@ -368,11 +378,12 @@ def _parse(raw: bytes) -> RetryRequest | None:
         return None
 
 
-def _reason(error: ErrorInfo | None, request: RetryRequest) -> str:
+def _reason(error: ErrorInfo | None, request: RetryRequest) -> tuple[str, str]:
+    """The reason for people and its low-cardinality code."""
     if error is None:
-        return f"retries exhausted ({request.reason})"
+        return f"retries exhausted ({request.reason})", request.reason
     detail = f": {error.message}" if error.message else ""
-    return f"retries exhausted ({error.code}{detail})"[:1000]
+    return f"retries exhausted ({error.code}{detail})"[:1000], error.code
 
 
 def _digest(text: str) -> str:
@@ -422,7 +433,15 @@ def blueprint() -> df.Blueprint:
     @bp.function_name(DELIVERIES_RETRY_POISON)
     @bp.queue_trigger(arg_name="msg", queue_name=poison, connection="AzureWebJobsStorage")
     async def deliveries_retry_poison(msg: func.QueueMessage) -> None:
-        await _redelivery().dead_letter(msg.get_body(), source_queue=queue)
+        body = msg.get_body()
+        await record_poison_failure(
+            lambda: _redelivery().dead_letter(body, source_queue=queue),
+            body,
+            source_queue=queue,
+            dequeue_count=msg.dequeue_count or 1,
+            store=services().dead_letters,
+            clock=utc_now,
+        )
 
     @bp.function_name(RECONCILE)
     @bp.timer_trigger(arg_name="timer", schedule=RECONCILE_SCHEDULE, run_on_startup=False)

@@ -327,6 +327,37 @@ async def test_dead_letters_are_kept_by_day(new_table: TableFactory) -> None:
     assert page.items == [entry]
 
 
+async def test_dead_letters_filter_by_notification_tenant_and_reason_and_replace_under_their_etag(
+    new_table: TableFactory,
+) -> None:
+    store = TableDeadLetterStore(new_table())
+    base = DeadLetter(
+        id="n1:t/1:user:a",
+        source_queue="deliveries-retry",
+        payload={"a": 1},
+        reason="retries exhausted (Throttled)",
+        created_at=NOW,
+        notification_id="n1",
+        tenant_id="t/1",
+        reason_code="Throttled",
+    )
+    other = base.model_copy(update={"id": "n2:t/1:user:b", "notification_id": "n2", "reason_code": "x#?"})
+    legacy = DeadLetter(id="old", source_queue="q", payload={}, reason="r", created_at=NOW)
+    for entry in (base, other, legacy):
+        await store.add(entry)
+    assert (await store.list_day("20261121", notification_id="n1")).items == [base]
+    assert (await store.list_day("20261121", tenant_id="t/1", reason_code="x#?")).items == [other]
+    assert len((await store.list_day("20261121")).items) == 3
+    found = await store.get("20261121", base.id)
+    assert found is not None and found.value == base
+    marked = base.model_copy(update={"redriven_at": NOW})
+    await store.replace(marked, found.etag)
+    with pytest.raises(ConcurrencyConflict):
+        await store.replace(marked, found.etag)
+    assert (await store.get("20261121", base.id)) is not None
+    assert await store.get("20261122", base.id) is None
+
+
 async def test_deactivate_for_a_failed_conversation_leaves_a_reinstalled_reference_active(
     new_table: TableFactory,
 ) -> None:
