@@ -16,13 +16,14 @@ from typing import Any
 
 import aiohttp
 
-from proactive import __version__
+from proactive import __version__, telemetry
 from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
 from proactive.adapters.bot_token import TokenProvider, token_provider
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
+from proactive.adapters.telemetry_export import OTLP_ENDPOINT, configure_exporters
 from proactive.audience import AudienceMaterialiser
 from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
 from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
@@ -32,6 +33,7 @@ from proactive.models import utc_now
 from proactive.outbound import OutboundPolicy
 from proactive.retry import RetryPolicy
 from proactive.sender import BatchSender, SendBatchInput
+from proactive.sender_ports import BotConnector
 from proactive.settings import Settings
 from proactive.stores import (
     TableDeadLetterStore,
@@ -40,6 +42,7 @@ from proactive.stores import (
     TablePreferenceStore,
     TableReferenceStore,
 )
+from proactive.telemetry import TimedConnector
 
 HEALTH_TIMEOUT_SECONDS = 3.0
 
@@ -202,14 +205,22 @@ class Services:
             )
         return self._queues
 
-    async def batch_sender(self) -> BatchSender:
-        """The sender of ``send_batch`` (stateless between calls: built per use over shared clients)."""
+    async def batch_sender(self, *, tenant: str | None = None, operation: str = "send") -> BatchSender:
+        """The sender of ``send_batch`` (stateless between calls: built per use over shared clients).
+
+        With ``tenant``, its outcomes and Bot Connector calls are measured (:mod:`proactive.telemetry`).
+        """
+        connector: BotConnector = await self.connector()
+        on_outcome = None
+        if tenant is not None:
+            connector = TimedConnector(connector, telemetry.current())
+            on_outcome = telemetry.current().outcome_recorder(tenant=tenant, operation=operation)
         return BatchSender(
             ledger=self.deliveries,
             references=self.references,
             preferences=self.preferences,
             notifications=self.notifications,
-            connector=await self.connector(),
+            connector=connector,
             installs=self.queues.queue(self.settings.queues.installs),
             retries=self.queues.queue(self.settings.queues.deliveries_retry),
             policy=RetryPolicy.for_sends(self.settings),
@@ -219,16 +230,24 @@ class Services:
             service_url_allowed=OutboundPolicy.for_bot_connector(self.settings).allows,
             concurrency=self.settings.send_concurrency,
             handoff_delay=self.settings.retry_handoff_seconds,
+            on_outcome=on_outcome,
         )
 
     async def send_batch_json(self) -> JsonSender:
         """``send_batch`` on the wire (``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out)."""
         if self._send_batch_json is not None:  # tests put a stand-in here
             return self._send_batch_json
-        sender = await self.batch_sender()
 
         async def send(payload: dict[str, Any]) -> dict[str, Any]:
-            return (await sender.send_batch(SendBatchInput.from_json(payload))).to_json()
+            request = SendBatchInput.from_json(payload)
+            instruments = telemetry.current()
+            with instruments.batch_span(
+                request.notification_id, request.tenant_id, request.operation, request.limit
+            ) as span:
+                sender = await self.batch_sender(tenant=request.tenant_id, operation=request.operation)
+                result = (await sender.send_batch(request)).to_json()
+                instruments.batch_result(span, result)
+            return result
 
         return send
 
@@ -259,7 +278,7 @@ _services: Services | None = None
 
 
 def configure(environ: Mapping[str, str]) -> Services:
-    """Resolve settings and prepare the services; call once, from ``function_app.py``.
+    """Resolve settings, prepare the services and telemetry export; call once, from ``function_app.py``.
 
     Raises:
         ConfigurationError: a setting is missing or malformed (the message names it).
@@ -267,6 +286,11 @@ def configure(environ: Mapping[str, str]) -> Services:
     global _services
     quiet_sdk_loggers()
     _services = Services(Settings.from_env(environ))
+    # Once per process: Azure Monitor, OTLP or nothing (proactive.adapters.telemetry_export).
+    configure_exporters(
+        connection_string=_services.settings.app_insights_connection,
+        otlp_endpoint=environ.get(OTLP_ENDPOINT, ""),
+    )
     return _services
 
 

@@ -42,7 +42,7 @@ from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
-from proactive import json_input
+from proactive import json_input, telemetry
 from proactive.errors import ConcurrencyConflict, InvalidInput
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
 from proactive.paging import decode_continuation, encode_continuation
@@ -477,6 +477,7 @@ async def record_poison_failure(
             tenant_id=tenant_id,
             reason_code=POISON_HANDLER_FAILED,
         )
+        telemetry.current().dead_lettered(source_queue, POISON_HANDLER_FAILED)
         try:
             await store.add(entry)
         except Exception:

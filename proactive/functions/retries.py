@@ -66,7 +66,7 @@ import azure.durable_functions as df
 import azure.functions as func
 from pydantic import ValidationError
 
-from proactive import json_input
+from proactive import json_input, telemetry
 from proactive.audience import audience_tenants, stored_request
 from proactive.composition import services
 from proactive.dead_letters import record_poison_failure
@@ -247,6 +247,7 @@ class Redelivery:
             except ConcurrencyConflict:
                 continue  # claimed or changed meanwhile: look again
             logger.warning("Dead-lettered a delivery after its retries ran out: %s", entry.reason)
+            telemetry.current().dead_lettered(source_queue, entry.reason_code)
             return entry
         raise ConcurrencyConflict("the ledger row kept changing while it was dead-lettered")
 
@@ -274,6 +275,7 @@ class Redelivery:
         )
         await self._dead_letters.add(entry)
         logger.warning("Dead-lettered a malformed %s message", entry.source_queue)
+        telemetry.current().dead_lettered(entry.source_queue, entry.reason_code)
         return entry
 
     # ---- reconcile --------------------------------------------------------------------------------
@@ -287,6 +289,9 @@ class Redelivery:
             for tenant in audience_tenants(stored_request(notification)):
                 report += await self._reconcile_tenant(notification, tenant, older_than)
             report += ReconcileReport(notifications=1)
+        telemetry.current().reconciled(
+            reconciled=report.reconciled, requeued=report.requeued, cancelled=report.cancelled
+        )
         if report.reconciled or report.requeued:
             logger.warning(
                 "Reconciliation: %d rows back from 'sending' (may duplicate), %d re-queued, %d cancelled",
