@@ -28,8 +28,8 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
 
 ``reconcile`` (timer, :data:`RECONCILE_SCHEDULE`, every 5 minutes)
     Which notifications: every ``running`` one, and ``completed`` / ``failed`` / ``cancelled`` ones updated
-    within :data:`FINISHED_LOOKBACK` (read with an equality query on the notifications table's ``status``
-    column). The finished ones matter: a ``send_batch`` killed mid-flight leaves its claimed rows
+    within :data:`FINISHED_LOOKBACK` (read from the notifications' reconciliation index, see "Scan cost"
+    below). The finished ones matter: a ``send_batch`` killed mid-flight leaves its claimed rows
     ``sending``, Durable re-runs the activity (which claims *other* rows), and the orchestration can complete
     with those rows still ``sending``. For each notification and tenant:
 
@@ -49,9 +49,11 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     ``RECONCILE_AFTER_SECONDS`` (default 15 min) must exceed the longest a sender can hold a claimed row, which is
     bounded by host.json ``functionTimeout`` (10 min): a shorter deadline could re-drive a live send.
 
-Limits: the notification scan reads every finished notification's ``status`` row (an equality query; the
-lookback filter runs here), which grows with the table; a table of many thousand notifications would want
-a ``status``/``updatedAt`` index row instead.
+Scan cost: the notifications come from the reconciliation index of
+:class:`~proactive.stores.TableNotificationStore` (one partition with a row per running or recently
+finished notification; rows of notifications finished before the lookback are dropped as they are read),
+so a run reads what is running or just finished, however many notifications the table holds. A table
+written before the index existed is indexed once by the first run.
 """
 
 from __future__ import annotations
@@ -73,11 +75,11 @@ from proactive.dead_letters import record_poison_failure
 from proactive.errors import ConcurrencyConflict
 from proactive.functions.broadcasts import DurableOrchestrations
 from proactive.models import DeadLetter, DeliveryStatus, ErrorInfo, Notification, NotificationStatus, utc_now
-from proactive.ports import DeadLetterStore, DeliveryLedger, EntityTable, NotificationStore
+from proactive.ports import DeadLetterStore, DeliveryLedger, NotificationStore
 from proactive.redrive import Action, Decision, PacedRuns, decide, recheck_delay
 from proactive.sender import Reason, reconcile_stuck
 from proactive.sender_ports import RetryRequest, WorkQueue
-from proactive.stores import from_entity
+from proactive.stores import TableNotificationStore
 
 __all__ = [
     "DELIVERIES_RETRY",
@@ -107,12 +109,6 @@ RECONCILE_SCHEDULE = "0 */5 * * * *"
 FINISHED_LOOKBACK = timedelta(days=1)
 # A RetryRequest written by reconciliation is visible at once.
 _REQUEUE_DELAY = 0.0
-_SCANNED = (
-    NotificationStatus.RUNNING,
-    NotificationStatus.COMPLETED,
-    NotificationStatus.FAILED,
-    NotificationStatus.CANCELLED,
-)
 
 
 @dataclass(frozen=True)
@@ -356,23 +352,14 @@ class Redelivery:
 
 
 async def notifications_to_reconcile(
-    table: EntityTable, *, now: datetime, lookback: timedelta = FINISHED_LOOKBACK
+    store: TableNotificationStore, *, now: datetime, lookback: timedelta = FINISHED_LOOKBACK
 ) -> list[Notification]:
-    """Running notifications, and finished ones updated within ``lookback`` (module docstring)."""
-    found: list[Notification] = []
-    for status in _SCANNED:
-        continuation: str | None = None
-        while True:
-            page = await table.query({"status": status.value}, continuation=continuation)
-            for entity in page.items:
-                notification = from_entity(entity, Notification)
-                updated = notification.updated_at or notification.created_at
-                if status is NotificationStatus.RUNNING or updated >= now - lookback:
-                    found.append(notification)
-            continuation = page.continuation
-            if continuation is None:
-                break
-    return found
+    """Running notifications, and finished ones updated within ``lookback`` (module docstring).
+
+    Read from the store's reconciliation index, so the cost follows the running and recently finished
+    notifications, not every notification ever stored.
+    """
+    return await store.reconcile_candidates(now=now, lookback=lookback)
 
 
 def _parse(raw: bytes) -> RetryRequest | None:
@@ -453,8 +440,7 @@ def blueprint() -> df.Blueprint:
     async def reconcile(timer: func.TimerRequest) -> None:
         s = services()
         now = utc_now()
-        table = s.tables.table(s.settings.tables.notifications)
-        candidates = await notifications_to_reconcile(table, now=now)
+        candidates = await notifications_to_reconcile(s.notifications, now=now)
         older_than = timedelta(seconds=s.settings.reconcile_after_seconds)
         await _redelivery().reconcile(candidates, older_than=older_than)
 
