@@ -16,6 +16,7 @@ from proactive.functions import (
     durable_blueprint,
     health_blueprint,
     messages_blueprint,
+    reports_blueprint,
     retries_blueprint,
 )
 
@@ -26,5 +27,6 @@ app.register_functions(health_blueprint)
 app.register_functions(messages_blueprint)
 app.register_functions(broadcasts_blueprint)
 app.register_functions(deadletters_blueprint)
+app.register_functions(reports_blueprint)
 app.register_functions(durable_blueprint)
 app.register_functions(retries_blueprint())

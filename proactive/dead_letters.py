@@ -61,6 +61,7 @@ __all__ = [
     "DeliveryRedriver",
     "RedriveResult",
     "Redriver",
+    "csv_cell",
     "parse_public_id",
     "public_id",
     "record_poison_failure",
@@ -234,11 +235,12 @@ class DeadLetterPage:
             recipient = payload.get("recipientKey", "") if isinstance(payload, dict) else ""
             row = [item.get(column, "") for column in CSV_COLUMNS]
             row[CSV_COLUMNS.index("recipientKey")] = recipient
-            writer.writerow([_csv_cell(value) for value in row])
+            writer.writerow([csv_cell(value) for value in row])
         return out.getvalue()
 
 
-def _csv_cell(value: object) -> str:
+def csv_cell(value: object) -> str:
+    """A CSV cell that a spreadsheet never runs as a formula (a leading ``= + - @ TAB CR`` gets a ``'``)."""
     text = "" if value is None else str(value)
     # Reasons quote remote services' error text: never let it become a spreadsheet formula.
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -5,6 +5,7 @@ from proactive.functions.deadletters import bp as deadletters_blueprint
 from proactive.functions.durable import bp as durable_blueprint
 from proactive.functions.health import bp as health_blueprint
 from proactive.functions.messages import bp as messages_blueprint
+from proactive.functions.reports import bp as reports_blueprint
 from proactive.functions.retries import blueprint as retries_blueprint
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "durable_blueprint",
     "health_blueprint",
     "messages_blueprint",
+    "reports_blueprint",
     "retries_blueprint",
 ]

@@ -21,6 +21,7 @@ EXPECTED_HTTP = {
     "broadcasts_cancel": ("httpTrigger", "broadcasts/{id}/cancel", ["POST"], "function"),
     "broadcasts_update": ("httpTrigger", "broadcasts/{id}", ["PATCH"], "function"),
     "broadcasts_recall": ("httpTrigger", "broadcasts/{id}/messages", ["DELETE"], "function"),
+    "broadcasts_report": ("httpTrigger", "broadcasts/{id}/report", ["GET"], "function"),
     "deadletters_list": ("httpTrigger", "deadletters", ["GET"], "function"),
     "deadletters_redrive": ("httpTrigger", "deadletters/{id}/redrive", ["POST"], "function"),
 }
