@@ -13,24 +13,43 @@ duration in minutes and by the number of distinct error codes):
 
 The CSV form is one table of ``section,key,count`` rows (``count`` / ``minute`` / ``reason``), so a
 spreadsheet reads it without knowing the JSON.
+
+:class:`TenantAudienceReport` is ``GET /api/tenants/{tenantId}/audience``: who in a tenant the bot can no
+longer reach and why (``kind=inactive``: references marked inactive, with the reason they were, such as an
+uninstall, a removed member or a user who blocked the bot, and since when) and who opted out
+(``kind=optedOut``: all messages or some categories, and since when). Ids only, paged, JSON or CSV.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Final
 
 from proactive.audience import audience_tenants, stored_request
 from proactive.broadcasts import not_found
 from proactive.dead_letters import csv_cell
-from proactive.models import DeliveryStatus
-from proactive.ports import DeliveryLedger, NotificationStore
+from proactive.errors import InvalidInput
+from proactive.keys import encode_key
+from proactive.models import DeliveryStatus, Preferences, StoredReference
+from proactive.paging import decode_continuation, encode_continuation
+from proactive.ports import DeliveryLedger, EntityTable, NotificationStore
+from proactive.stores import from_entity
 
-__all__ = ["NOT_DELIVERED", "BroadcastReports", "broadcast_report", "report_csv"]
+__all__ = [
+    "AUDIENCE_KINDS",
+    "NOT_DELIVERED",
+    "AudiencePage",
+    "BroadcastReports",
+    "TenantAudienceReport",
+    "broadcast_report",
+    "report_csv",
+]
 
 NOT_DELIVERED: Final = (
     DeliveryStatus.FAILED,
@@ -120,3 +139,118 @@ class BroadcastReports:
             raise not_found(notification_id)
         tenants = audience_tenants(stored_request(found.value))
         return await broadcast_report(self._ledger, notification_id, tenants, body)
+
+
+AUDIENCE_KINDS: Final = ("inactive", "optedOut")
+AUDIENCE_CSV_COLUMNS: Final = ("kind", "recipientKey", "reason", "categories", "since")
+_MAX_PAGE: Final = 1000
+
+
+@dataclass(frozen=True)
+class AudiencePage:
+    """One page of a tenant's audience report."""
+
+    items: list[dict[str, Any]]
+    continuation: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": self.items, "continuation": self.continuation}
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(AUDIENCE_CSV_COLUMNS)
+        for item in self.items:
+            row = [
+                item["kind"],
+                item["recipientKey"],
+                item.get("reason", ""),
+                ";".join(item.get("categories", ())),
+                item["since"],
+            ]
+            writer.writerow([csv_cell(cell) for cell in row])
+        return out.getvalue()
+
+
+class TenantAudienceReport:
+    """Who in a tenant is unreachable or opted out (module docstring).
+
+    Args:
+        references: the references table.
+        preferences: the preferences table.
+        tenant_allowed: ``Settings.tenant_allowed`` (another tenant is refused with 403).
+    """
+
+    def __init__(
+        self, references: EntityTable, preferences: EntityTable, *, tenant_allowed: Callable[[str], bool]
+    ) -> None:
+        self._references = references
+        self._preferences = preferences
+        self._tenant_allowed = tenant_allowed
+
+    async def page(
+        self, tenant_id: str, kind: str | None, page_size: str | None, continuation: str | None
+    ) -> AudiencePage:
+        """One page of ``kind`` (``inactive`` or ``optedOut``).
+
+        Raises:
+            InvalidInput: 400 naming the field (kind, pageSize, continuation), 403 for a tenant not served.
+        """
+        if not self._tenant_allowed(tenant_id):
+            raise InvalidInput(
+                "this deployment does not serve that tenant",
+                code="tenant_not_allowed",
+                field="tenantId",
+                status=403,
+            )
+        if kind not in AUDIENCE_KINDS:
+            raise InvalidInput(
+                f"kind must be one of {', '.join(AUDIENCE_KINDS)}", code="invalid_kind", field="kind"
+            )
+        size = _page_size(page_size)
+        token = decode_continuation(continuation).get("c") if continuation else None
+        if kind == "inactive":
+            where: dict[str, object] = {"PartitionKey": encode_key(tenant_id), "active": False}
+            page = await self._references.query(where, page_size=size, continuation=token)
+            items = [_inactive(from_entity(e, StoredReference)) for e in page.items]
+        else:
+            # Opt-outs have no column of their own: a page of the tenant's preferences, filtered here.
+            where = {"PartitionKey": encode_key(tenant_id)}
+            page = await self._preferences.query(where, page_size=size, continuation=token)
+            found = (from_entity(e, Preferences) for e in page.items)
+            items = [_opted_out(p) for p in found if p.opted_out_all or p.opted_out_categories]
+        next_token = encode_continuation({"c": page.continuation}) if page.continuation else None
+        return AudiencePage(items, next_token)
+
+
+def _inactive(reference: StoredReference) -> dict[str, Any]:
+    return {
+        "kind": "inactive",
+        "recipientKey": reference.key,
+        "reason": reference.stale_reason or "unknown",
+        "since": reference.updated_at.isoformat(),
+    }
+
+
+def _opted_out(preferences: Preferences) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "kind": "optedOut",
+        "recipientKey": f"user:{preferences.aad_object_id}",
+        "reason": "all" if preferences.opted_out_all else "categories",
+        "since": preferences.updated_at.isoformat(),
+    }
+    if preferences.opted_out_categories:
+        item["categories"] = list(preferences.opted_out_categories)
+    return item
+
+
+def _page_size(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 100
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= _MAX_PAGE:
+        raise InvalidInput(
+            f"pageSize must be a whole number from 1 to {_MAX_PAGE}",
+            code="invalid_page_size",
+            field="pageSize",
+        )
+    return int(raw)

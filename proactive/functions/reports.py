@@ -1,6 +1,7 @@
-"""``GET /api/broadcasts/{id}/report``: the per-broadcast report as JSON or CSV (function key; wiring only).
+"""Reports (function key; wiring only): ``GET /api/broadcasts/{id}/report`` (JSON or CSV) and
+``GET /api/tenants/{tenantId}/audience?kind=inactive|optedOut`` (paged, JSON or CSV).
 
-The service is :class:`~proactive.reports.BroadcastReports`.
+The services are :class:`~proactive.reports.BroadcastReports` and :class:`~proactive.reports.TenantAudienceReport`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import azure.functions as func
 
 from proactive.composition import services
 from proactive.errors import InvalidInput
-from proactive.functions.broadcasts import DurableOrchestrations
+from proactive.functions.broadcasts import CONTINUATION_HEADER, DurableOrchestrations
 from proactive.functions.http import json_response
-from proactive.reports import BroadcastReports, report_csv
+from proactive.reports import BroadcastReports, TenantAudienceReport, report_csv
 
 bp = df.Blueprint()
 
@@ -40,3 +41,30 @@ async def broadcasts_report(
             report_csv(report), status_code=200, mimetype="text/csv", headers={"Cache-Control": "no-store"}
         )
     return json_response(report)
+
+
+@bp.function_name("tenants_audience")
+@bp.route(route="tenants/{tenantId}/audience", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def tenants_audience(req: func.HttpRequest) -> func.HttpResponse:
+    s = services()
+    report = TenantAudienceReport(
+        s.tables.table(s.settings.tables.references),
+        s.tables.table(s.settings.tables.preferences),
+        tenant_allowed=s.settings.tenant_allowed,
+    )
+    try:
+        page = await report.page(
+            req.route_params["tenantId"],
+            req.params.get("kind"),
+            req.params.get("pageSize"),
+            req.params.get("continuation"),
+        )
+    except InvalidInput as exc:
+        return json_response(exc.to_body(), status=exc.status)
+    if req.params.get("format") == "csv":
+        headers = {
+            "Cache-Control": "no-store",
+            **({CONTINUATION_HEADER: page.continuation} if page.continuation else {}),
+        }
+        return func.HttpResponse(page.to_csv(), status_code=200, mimetype="text/csv", headers=headers)
+    return json_response(page.to_json())
