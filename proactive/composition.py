@@ -24,7 +24,7 @@ from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
 from proactive.adapters.telemetry_export import OTLP_ENDPOINT, configure_exporters
-from proactive.audience import AudienceMaterialiser
+from proactive.audience import AudienceMaterialiser, stored_request
 from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
 from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
 from proactive.dead_letters import DeadLetterService, DeliveryRedriver
@@ -165,6 +165,9 @@ class Services:
 
     # ---- broadcasts (issue 6): the HTTP service, the activities' steps, the sender on the wire ----
     _send_batch_json: JsonSender | None = field(default=None, init=False)
+    # Notification id -> its category, for the metrics' ``category`` attribute (a notification's category
+    # never changes, so one read per notification per worker; bounded by clearing).
+    _categories: dict[str, str] = field(default_factory=dict, init=False)
 
     @property
     def audience(self) -> AudienceMaterialiser:
@@ -205,7 +208,9 @@ class Services:
             )
         return self._queues
 
-    async def batch_sender(self, *, tenant: str | None = None, operation: str = "send") -> BatchSender:
+    async def batch_sender(
+        self, *, tenant: str | None = None, operation: str = "send", category: str = "none"
+    ) -> BatchSender:
         """The sender of ``send_batch`` (stateless between calls: built per use over shared clients).
 
         With ``tenant``, its outcomes and Bot Connector calls are measured (:mod:`proactive.telemetry`).
@@ -214,7 +219,9 @@ class Services:
         on_outcome = None
         if tenant is not None:
             connector = TimedConnector(connector, telemetry.current())
-            on_outcome = telemetry.current().outcome_recorder(tenant=tenant, operation=operation)
+            on_outcome = telemetry.current().outcome_recorder(
+                tenant=tenant, operation=operation, category=category
+            )
         return BatchSender(
             ledger=self.deliveries,
             references=self.references,
@@ -233,6 +240,16 @@ class Services:
             on_outcome=on_outcome,
         )
 
+    async def category(self, notification_id: str) -> str:
+        """The notification's category for metrics (``none`` without one, or when it cannot be read)."""
+        if notification_id not in self._categories:
+            if len(self._categories) >= 1024:
+                self._categories.clear()
+            found = await self.notifications.get(notification_id)
+            category = stored_request(found.value).category if found is not None else None
+            self._categories[notification_id] = category or "none"
+        return self._categories[notification_id]
+
     async def send_batch_json(self) -> JsonSender:
         """``send_batch`` on the wire (``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out)."""
         if self._send_batch_json is not None:  # tests put a stand-in here
@@ -244,7 +261,10 @@ class Services:
             with instruments.batch_span(
                 request.notification_id, request.tenant_id, request.operation, request.limit
             ) as span:
-                sender = await self.batch_sender(tenant=request.tenant_id, operation=request.operation)
+                category = await self.category(request.notification_id)
+                sender = await self.batch_sender(
+                    tenant=request.tenant_id, operation=request.operation, category=category
+                )
                 result = (await sender.send_batch(request)).to_json()
                 instruments.batch_result(span, result)
             return result

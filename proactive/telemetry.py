@@ -17,7 +17,7 @@ Instruments (names are the contract with dashboards and alerts, e.g. ``infra/mod
 name                                kind       what
 ==================================  =========  ==========================================================
 ``proactive.sends``                 counter    rows a ``send_batch`` settled, by tenant, outcome (the row's
-                                               status), reason and operation
+                                               status), reason, operation and category
 ``proactive.throttled``             counter    429 answers from the Bot Connector, by tenant
 ``proactive.send.retries``          counter    in-process retries (attempts after the first), by tenant
 ``proactive.handoffs``              counter    rows handed to ``deliveries-retry``, by tenant and reason
@@ -105,7 +105,9 @@ class Telemetry:
 
     # ---- sends --------------------------------------------------------------------------------------
 
-    def outcome_recorder(self, *, tenant: str, operation: str) -> Callable[[RowOutcome], None]:
+    def outcome_recorder(
+        self, *, tenant: str, operation: str, category: str = _NONE
+    ) -> Callable[[RowOutcome], None]:
         """The sender's ``on_outcome`` hook for one batch (a :class:`~proactive.sender.RowOutcome` each)."""
 
         def record(outcome: RowOutcome) -> None:
@@ -116,6 +118,7 @@ class Telemetry:
                     "outcome": outcome.status.value,
                     "reason": outcome.reason or _NONE,
                     "operation": operation,
+                    "category": category,
                 },
             )
             throttles = sum(1 for failure in outcome.failures if isinstance(failure, Throttled))

@@ -35,12 +35,15 @@ async def test_a_broadcast_reports_sends_connector_latency_limiter_grants_and_a_
 ) -> None:
     users = range(12)
     await api.seed(TENANT_A, users)
-    response = await api.call("POST", "broadcasts", json=broadcast("otel-1", users))
+    response = await api.call("POST", "broadcasts", json=broadcast("otel-1", users, category="deployments"))
     assert response.status == 202
     done = await api.wait_done(response.headers["Location"])
     assert done["counts"]["sent"] == 12
 
-    assert recorded.total("proactive.sends", tenant=TENANT_A, outcome="sent", operation="send") == 12
+    sends = recorded.total(
+        "proactive.sends", tenant=TENANT_A, outcome="sent", operation="send", category="deployments"
+    )
+    assert sends == 12
     latency = recorded.points("proactive.connector.duration")
     assert sum(p.value for p in latency if p.attributes["outcome"] == "ok") == 12
     assert recorded.total("proactive.limiter.granted", tenant=TENANT_A) >= 12
