@@ -13,11 +13,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proactive.broadcasts import ledger_counts
 from proactive.dead_letters import POISON_HANDLER_FAILED, public_id
 from proactive.errors import StorageError
 from proactive.functions import retries
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
 from proactive.sender_ports import RetryRequest
+from tests.support.invariants import assert_settled
 from tests.unit import test_retries_functions as redelivery
 from tests.unit.test_retries_functions import (
     KEY,
@@ -183,6 +185,9 @@ async def test_a_redrive_sends_the_row_once_through_a_paced_run_and_refuses_it_o
     status, body, _ = await call(world, "POST", f"deadletters/{letter_id}/redrive")
     assert status == 409 and body["error"]["code"] == "already_sent"
     assert world.received("a:conv-0") == 1
+    counts = await ledger_counts(world.services.deliveries, "dl-redrive", [TENANT])
+    assert_settled({"counts": counts, "status": "completed"})
+    assert counts["sent"] == counts["total"] == 1
 
 
 async def test_a_malformed_dead_letter_cannot_be_redriven(world: World) -> None:

@@ -13,6 +13,7 @@ from devhost.durable.store import InstanceRecord
 from devhost.progress import ProgressReporter, ProgressState, interval_from, progress_lines
 from tests.integration import test_broadcast_api as broadcasts
 from tests.integration.test_broadcast_api import TENANT_A, TENANT_B, Api, broadcast
+from tests.support.invariants import assert_settled
 
 api = broadcasts.api  # the broadcast API tests' fixture (devhost, emulator, Azurite)
 emulator = broadcasts.emulator
@@ -101,7 +102,7 @@ async def test_a_broadcast_on_the_devhost_logs_progress_and_a_summary(api: Api) 
     try:
         response = await api.call("POST", "broadcasts", json=broadcast("progress-1", users))
         assert response.status == 202
-        await api.wait_done(response.headers["Location"])
+        assert_settled(await api.wait_done(response.headers["Location"]))
         for _ in range(100):
             if any("completed" in line for line in lines):
                 break

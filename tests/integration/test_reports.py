@@ -16,6 +16,7 @@ from proactive import composition
 from proactive.models import Preferences
 from tests.integration import test_broadcast_api as broadcasts
 from tests.integration.test_broadcast_api import TENANT_A, Api, aad, broadcast
+from tests.support.invariants import assert_settled
 
 pytestmark = pytest.mark.azurite
 
@@ -42,6 +43,7 @@ async def test_the_report_gives_counts_sends_per_minute_failures_by_reason_as_js
     assert response.status == 200
     report = await response.json()
     assert report["id"] == "report-1" and report["status"] == "completed"
+    assert_settled(report)
     assert report["counts"]["sent"] == 9 and report["counts"]["total"] == 10
     assert sum(minute["sent"] for minute in report["perMinute"]) == 9
     assert report["failuresByReason"] == {"unreachable:MessageWritesBlocked": 1}

@@ -11,6 +11,7 @@ import pytest
 from proactive import telemetry
 from tests.integration import test_broadcast_api as broadcasts
 from tests.integration.test_broadcast_api import TENANT_A, Api, aad, broadcast
+from tests.support.invariants import assert_settled
 from tests.support.otel import Recorded
 
 pytestmark = pytest.mark.azurite
@@ -39,6 +40,7 @@ async def test_a_broadcast_reports_sends_connector_latency_limiter_grants_and_a_
     assert response.status == 202
     done = await api.wait_done(response.headers["Location"])
     assert done["counts"]["sent"] == 12
+    assert_settled(done)
 
     sends = recorded.total(
         "proactive.sends", tenant=TENANT_A, outcome="sent", operation="send", category="deployments"
