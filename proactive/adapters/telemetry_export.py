@@ -4,7 +4,8 @@ Order (issue 15):
 
 1. ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set: ``configure_azure_monitor()`` (package
    ``azure-monitor-opentelemetry``, in ``requirements.txt``) with the product's logger only, so the SDKs'
-   request logs (URLs with tenant and user ids) stay out. host.json keeps ``telemetryMode: OpenTelemetry``
+   request logs (URLs with tenant and user ids) stay out, and without the Azure SDK's span per storage
+   call (cost: several per recipient). host.json keeps ``telemetryMode: OpenTelemetry``
    so the host's own traces use the same format and correlate with ours. For the Python worker to hand the
    host's trace context to the function (so our spans join the host's request span) set the app setting
    ``PYTHON_ENABLE_OPENTELEMETRY=true`` next to the connection string (Azure Functions' OpenTelemetry
@@ -65,7 +66,13 @@ def configure_exporters(*, connection_string: str, otlp_endpoint: str) -> Export
     if connection_string.strip():
         from azure.monitor.opentelemetry import configure_azure_monitor
 
-        configure_azure_monitor(connection_string=connection_string.strip(), logger_name=PRODUCT_LOGGER)
+        configure_azure_monitor(
+            connection_string=connection_string.strip(),
+            logger_name=PRODUCT_LOGGER,
+            # A span per Table/Queue call (several per recipient) would multiply the ingestion bill of a
+            # large broadcast; the product's own metrics and send_batch spans say what matters.
+            instrumentation_options={"azure_sdk": {"enabled": False}},
+        )
         _configured = Exporter.AZURE_MONITOR
     elif otlp_endpoint.strip():
         _configured = _configure_otlp()

@@ -78,4 +78,6 @@ def tenant_limiter(context: df.DurableEntityContext) -> None:
     if state is not None:
         context.set_state(state)
     context.set_result(decision)
+    # Metrics of the operation (grants, rate, breaker). A batch the host runs again after a failed commit
+    # would count twice: rare, and only the counters' totals are affected.
     telemetry.current().limiter(context.entity_key, str(context.operation_name), before, state, decision)
