@@ -458,8 +458,9 @@ async def record_poison_failure(
         digest = hashlib.sha256(text.encode()).hexdigest()[:32]
         payload = _payload(text)
         notification_id, tenant_id = _id_of(payload, "notificationId"), _id_of(payload, "tenantId")
+        # "Dead-lettered" first: infra/modules/alerts.bicep alerts on log lines that start so.
         logger.error(
-            "The %s-poison handler failed %d times (%s); recording the message instead "
+            "Dead-lettered a %s-poison message whose handler failed %d times (%s) "
             "(notification %s, tenant %s, digest %s)",
             source_queue,
             dequeue_count,

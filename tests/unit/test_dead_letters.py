@@ -128,7 +128,9 @@ def test_the_default_query_reads_the_last_seven_days_newest_first() -> None:
     assert query.days() == [f"202611{d}" for d in range(21, 14, -1)]
 
 
-async def test_a_poison_handler_failing_on_its_last_delivery_is_recorded_not_raised() -> None:
+async def test_a_poison_handler_failing_on_its_last_delivery_is_recorded_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     letters = TableDeadLetterStore(MemoryEntityTable("deadletters"))
     raw = RetryRequest(notification_id="n1", tenant_id=TENANT, recipient_key=KEY, reason="x").to_json_text()
 
@@ -146,6 +148,8 @@ async def test_a_poison_handler_failing_on_its_last_delivery_is_recorded_not_rai
     [entry] = (await letters.list_day("20261121")).items
     assert entry.reason_code == "poison_handler_failed" and entry.notification_id == "n1"
     assert entry.payload["recipientKey"] == KEY
+    # The dead-letter alert (infra/modules/alerts.bicep) matches log lines starting "Dead-lettered".
+    assert any(r.getMessage().startswith("Dead-lettered") for r in caplog.records if r.levelname == "ERROR")
 
 
 def test_the_last_delivery_count_mirrors_host_json() -> None:
