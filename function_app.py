@@ -12,10 +12,12 @@ import azure.functions as func
 from proactive import composition
 from proactive.functions import (
     broadcasts_blueprint,
+    deadletters_blueprint,
     durable_blueprint,
     health_blueprint,
     installs_blueprint,
     messages_blueprint,
+    reports_blueprint,
     retries_blueprint,
 )
 
@@ -25,6 +27,8 @@ app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_blueprint)
 app.register_functions(messages_blueprint)
 app.register_functions(broadcasts_blueprint)
+app.register_functions(deadletters_blueprint)
+app.register_functions(reports_blueprint)
 app.register_functions(durable_blueprint)
 app.register_functions(retries_blueprint())
 app.register_functions(installs_blueprint())

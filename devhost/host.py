@@ -332,6 +332,7 @@ async def _serve(
     profile: LatencyProfile,
     stop: asyncio.Event | None,
 ) -> None:
+    from devhost import progress
     from devhost.durable.triggers import TriggerService
 
     host.triggers = TriggerService(host, settings)
@@ -363,9 +364,15 @@ async def _serve(
         )
     if not settings.function_key:
         print(f"  function key (set DEVHOST_FUNCTION_KEY to fix it): {host.function_key}", flush=True)
+    interval = progress.interval_from({**settings.values, **os.environ})
+    reporter = progress.ProgressReporter(host.runtime, interval) if interval > 0 else None
+    if reporter is not None:
+        reporter.start()
     try:
         await stop.wait()
     finally:
+        if reporter is not None:
+            await reporter.stop()
         await host.stop()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from proactive import __version__
+from proactive import __version__, telemetry
 from proactive.adapters.agents_activity import build_reply
 from proactive.adapters.bot_auth import BotAuthenticator, BotAuthSettings
 from proactive.adapters.bot_token import TokenProvider, token_provider
@@ -24,9 +24,11 @@ from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.graph import GraphClient, graph_tokens
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
-from proactive.audience import AudienceMaterialiser
+from proactive.adapters.telemetry_export import OTLP_ENDPOINT, configure_exporters
+from proactive.audience import AudienceMaterialiser, stored_request
 from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
 from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
+from proactive.dead_letters import DeadLetterService, DeliveryRedriver
 from proactive.errors import ConfigurationError, StorageError
 from proactive.installer import Installer
 from proactive.installs import GraphPacer, InstallWorker
@@ -34,6 +36,7 @@ from proactive.models import utc_now
 from proactive.outbound import OutboundPolicy
 from proactive.retry import RetryPolicy
 from proactive.sender import BatchSender, SendBatchInput
+from proactive.sender_ports import BotConnector
 from proactive.settings import Settings
 from proactive.stores import (
     TableDeadLetterStore,
@@ -42,6 +45,7 @@ from proactive.stores import (
     TablePreferenceStore,
     TableReferenceStore,
 )
+from proactive.telemetry import TimedConnector
 
 HEALTH_TIMEOUT_SECONDS = 3.0
 
@@ -83,6 +87,15 @@ class Services:
     @property
     def dead_letters(self) -> TableDeadLetterStore:
         return TableDeadLetterStore(self.tables.table(self.settings.tables.deadletters))
+
+    @property
+    def dead_letter_service(self) -> DeadLetterService:
+        """``/api/deadletters``: every dead letter listed; deliveries re-driven through ``deliveries-retry``."""
+        retries = self.queues.queue(self.settings.queues.deliveries_retry)
+        delivery_redriver = DeliveryRedriver(
+            ledger=self.deliveries, notifications=self.notifications, retries=retries, clock=utc_now
+        )
+        return DeadLetterService(self.dead_letters, {retries.name: delivery_redriver}, clock=utc_now)
 
     async def http(self) -> aiohttp.ClientSession:
         """The worker's shared aiohttp session, created on first use inside the running event loop."""
@@ -157,6 +170,9 @@ class Services:
 
     # ---- broadcasts (issue 6): the HTTP service, the activities' steps, the sender on the wire ----
     _send_batch_json: JsonSender | None = field(default=None, init=False)
+    # Notification id -> its category, for the metrics' ``category`` attribute (a notification's category
+    # never changes, so one read per notification per worker; bounded by clearing).
+    _categories: dict[str, str] = field(default_factory=dict, init=False)
 
     @property
     def audience(self) -> AudienceMaterialiser:
@@ -198,14 +214,26 @@ class Services:
             )
         return self._queues
 
-    async def batch_sender(self) -> BatchSender:
-        """The sender of ``send_batch`` (stateless between calls: built per use over shared clients)."""
+    async def batch_sender(
+        self, *, tenant: str | None = None, operation: str = "send", category: str = "none"
+    ) -> BatchSender:
+        """The sender of ``send_batch`` (stateless between calls: built per use over shared clients).
+
+        With ``tenant``, its outcomes and Bot Connector calls are measured (:mod:`proactive.telemetry`).
+        """
+        connector: BotConnector = await self.connector()
+        on_outcome = None
+        if tenant is not None:
+            connector = TimedConnector(connector, telemetry.current())
+            on_outcome = telemetry.current().outcome_recorder(
+                tenant=tenant, operation=operation, category=category
+            )
         return BatchSender(
             ledger=self.deliveries,
             references=self.references,
             preferences=self.preferences,
             notifications=self.notifications,
-            connector=await self.connector(),
+            connector=connector,
             # The Graph bootstrap is on only with an app to install (TEAMS_APP_ID).
             installs=self.queues.queue(self.settings.queues.installs) if self.settings.teams_app_id else None,
             retries=self.queues.queue(self.settings.queues.deliveries_retry),
@@ -216,16 +244,37 @@ class Services:
             service_url_allowed=OutboundPolicy.for_bot_connector(self.settings).allows,
             concurrency=self.settings.send_concurrency,
             handoff_delay=self.settings.retry_handoff_seconds,
+            on_outcome=on_outcome,
         )
+
+    async def category(self, notification_id: str) -> str:
+        """The notification's category for metrics (``none`` without one, or when it cannot be read)."""
+        if notification_id not in self._categories:
+            if len(self._categories) >= 1024:
+                self._categories.clear()
+            found = await self.notifications.get(notification_id)
+            category = stored_request(found.value).category if found is not None else None
+            self._categories[notification_id] = category or "none"
+        return self._categories[notification_id]
 
     async def send_batch_json(self) -> JsonSender:
         """``send_batch`` on the wire (``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out)."""
         if self._send_batch_json is not None:  # tests put a stand-in here
             return self._send_batch_json
-        sender = await self.batch_sender()
 
         async def send(payload: dict[str, Any]) -> dict[str, Any]:
-            return (await sender.send_batch(SendBatchInput.from_json(payload))).to_json()
+            request = SendBatchInput.from_json(payload)
+            instruments = telemetry.current()
+            with instruments.batch_span(
+                request.notification_id, request.tenant_id, request.operation, request.limit
+            ) as span:
+                category = await self.category(request.notification_id)
+                sender = await self.batch_sender(
+                    tenant=request.tenant_id, operation=request.operation, category=category
+                )
+                result = (await sender.send_batch(request)).to_json()
+                instruments.batch_result(span, result)
+            return result
 
         return send
 
@@ -309,7 +358,7 @@ _services: Services | None = None
 
 
 def configure(environ: Mapping[str, str]) -> Services:
-    """Resolve settings and prepare the services; call once, from ``function_app.py``.
+    """Resolve settings, prepare the services and telemetry export; call once, from ``function_app.py``.
 
     Raises:
         ConfigurationError: a setting is missing or malformed (the message names it).
@@ -317,6 +366,11 @@ def configure(environ: Mapping[str, str]) -> Services:
     global _services
     quiet_sdk_loggers()
     _services = Services(Settings.from_env(environ))
+    # Once per process: Azure Monitor, OTLP or nothing (proactive.adapters.telemetry_export).
+    configure_exporters(
+        connection_string=_services.settings.app_insights_connection,
+        otlp_endpoint=environ.get(OTLP_ENDPOINT, ""),
+    )
     return _services
 
 

@@ -282,13 +282,31 @@ class SendOutcome(WireModel):
 
 
 class DeadLetter(WireModel):
-    """A message that exhausted its retries, kept with the reason for an operator."""
+    """A message that exhausted its retries, kept with the reason for an operator.
+
+    Attributes:
+        id: stable per work item (``{notificationId}:{tenantId}:{recipientKey}`` for deliveries), so a
+            repeat is an idempotent upsert.
+        source_queue: the queue whose messages ran out (names the re-driver, :mod:`proactive.dead_letters`).
+        payload: the message (ids only, never message text).
+        reason: why, for people (the row's last error).
+        created_at: when it was dead-lettered (its UTC day is the table partition).
+        notification_id: the notification, when the message names one (a filter of ``GET /api/deadletters``).
+        tenant_id: the tenant, when the message names one (a filter too).
+        reason_code: a low-cardinality code (``ServiceUnavailable``, ``malformed_message``, ...): filter and
+            metric attribute.
+        redriven_at: when an operator last re-drove it (``POST /api/deadletters/{id}/redrive``).
+    """
 
     id: str = Field(min_length=1)
     source_queue: str
     payload: dict[str, Any]
     reason: str
     created_at: AwareDatetime
+    notification_id: str | None = None
+    tenant_id: str | None = None
+    reason_code: str | None = None
+    redriven_at: AwareDatetime | None = None
 
     @property
     def day(self) -> str:

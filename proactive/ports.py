@@ -193,8 +193,22 @@ class DeliveryLedger(Protocol):
 class DeadLetterStore(Protocol):
     """Messages that exhausted their retries, by UTC day."""
 
-    async def add(self, entry: DeadLetter) -> None: ...
+    async def add(self, entry: DeadLetter) -> None:
+        """Create or replace (same id and day: the same dead letter)."""
+
+    async def get(self, day: str, entry_id: str) -> Versioned[DeadLetter] | None: ...
+
+    async def replace(self, entry: DeadLetter, etag: str) -> Versioned[DeadLetter]:
+        """Conditional write; ConcurrencyConflict when it changed meanwhile."""
 
     async def list_day(
-        self, day: str, *, page_size: int = 1000, continuation: str | None = None
-    ) -> Page[DeadLetter]: ...
+        self,
+        day: str,
+        *,
+        notification_id: str | None = None,
+        tenant_id: str | None = None,
+        reason_code: str | None = None,
+        page_size: int = 1000,
+        continuation: str | None = None,
+    ) -> Page[DeadLetter]:
+        """One day's dead letters (``yyyymmdd``), filtered by equality on the given fields."""

@@ -9,10 +9,11 @@ are very long, see :mod:`proactive.keys`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from proactive.errors import ConcurrencyConflict, RecordNotFound
@@ -22,6 +23,7 @@ from proactive.models import (
     DeliveryRecord,
     DeliveryStatus,
     Notification,
+    NotificationStatus,
     Preferences,
     StoredReference,
     WireModel,
@@ -224,14 +226,38 @@ class TablePreferenceStore:
 
 
 class TableNotificationStore:
-    """Notifications: PartitionKey = notification id, RowKey = ``meta``."""
+    """Notifications: PartitionKey = notification id, RowKey = ``meta``; plus the reconciliation index.
+
+    The index (:meth:`reconcile_candidates`) is one partition, :data:`INDEX_PARTITION`, with a row per
+    notification whose status reconciliation looks at (``running``, ``completed``, ``failed``,
+    ``cancelled``), so the reconcile timer reads running and recently finished notifications instead of
+    every notification ever stored. Each status write upserts the index row **before** the notification
+    row, so the index is always a superset (a crash between the two leaves an index row whose
+    notification says otherwise, which the reader checks). The reader deletes the rows of notifications
+    finished longer ago than its lookback (ETag-guarded, so a notification re-indexed meanwhile keeps its
+    row). A table written before the index existed is indexed once, by one scan of the ``status`` column,
+    marked by the :data:`INDEX_BACKFILLED` row.
+    """
 
     ROW = "meta"
+    # Notification ids match [A-Za-z0-9_-]{1,64} (models.Notification), so no notification's partition
+    # starts with "~".
+    INDEX_PARTITION = "~reconcile"
+    INDEX_BACKFILLED = "~backfilled"
+    INDEXED = frozenset(
+        {
+            NotificationStatus.RUNNING,
+            NotificationStatus.COMPLETED,
+            NotificationStatus.FAILED,
+            NotificationStatus.CANCELLED,
+        }
+    )
 
     def __init__(self, table: EntityTable) -> None:
         self._table = table
 
     async def create(self, notification: Notification) -> Versioned[Notification]:
+        await self._index(notification)
         etag = await self._table.insert(self._entity(notification))
         return Versioned(notification, etag)
 
@@ -240,13 +266,72 @@ class TableNotificationStore:
         return Versioned(from_entity(found[0], Notification), found[1]) if found else None
 
     async def replace(self, notification: Notification, etag: str) -> Versioned[Notification]:
+        await self._index(notification)
         new_etag = await self._table.replace(self._entity(notification), etag)
         return Versioned(notification, new_etag)
+
+    async def reconcile_candidates(self, *, now: datetime, lookback: timedelta) -> list[Notification]:
+        """Running notifications, and finished ones updated within ``lookback``, read from the index.
+
+        Cost: one read of the index partition (running and recently finished notifications, plus those
+        finished since the last call) and a point read per row; none of the other notifications is read.
+        """
+        if await self._table.get(self.INDEX_PARTITION, self.INDEX_BACKFILLED) is None:
+            await self._backfill()
+        found: list[Notification] = []
+        continuation: str | None = None
+        while True:
+            page = await self._table.query({"PartitionKey": self.INDEX_PARTITION}, continuation=continuation)
+            for row in page.items:
+                if row["RowKey"] == self.INDEX_BACKFILLED:
+                    continue
+                current = await self.get(str(row["notificationId"]))
+                notification = current.value if current is not None else None
+                if notification is not None and _reconcile_due(notification, now, lookback):
+                    found.append(notification)
+                elif notification is None or notification.status in self.INDEXED:
+                    # Gone, or finished before the lookback: drop the row unless it was written meanwhile.
+                    with contextlib.suppress(ConcurrencyConflict):
+                        await self._table.delete(self.INDEX_PARTITION, row["RowKey"], row[ETAG_FIELD])
+            continuation = page.continuation
+            if continuation is None:
+                return found
+
+    async def _index(self, notification: Notification) -> None:
+        if notification.status in self.INDEXED:
+            await self._table.upsert(
+                {
+                    "PartitionKey": self.INDEX_PARTITION,
+                    "RowKey": encode_key(notification.id),
+                    "notificationId": notification.id,
+                    "indexedStatus": notification.status.value,
+                }
+            )
+
+    async def _backfill(self) -> None:
+        for status in sorted(self.INDEXED):
+            continuation: str | None = None
+            while True:
+                page = await self._table.query({"status": status.value}, continuation=continuation)
+                for entity in page.items:
+                    await self._index(from_entity(entity, Notification))
+                continuation = page.continuation
+                if continuation is None:
+                    break
+        await self._table.upsert({"PartitionKey": self.INDEX_PARTITION, "RowKey": self.INDEX_BACKFILLED})
+        logger.info("Indexed the notifications table for reconciliation (once)")
 
     def _entity(self, notification: Notification) -> Entity:
         return to_entity(
             encode_key(notification.id), self.ROW, notification, status=notification.status.value
         )
+
+
+def _reconcile_due(notification: Notification, now: datetime, lookback: timedelta) -> bool:
+    if notification.status is NotificationStatus.RUNNING:
+        return True
+    updated = notification.updated_at or notification.created_at
+    return notification.status in TableNotificationStore.INDEXED and updated >= now - lookback
 
 
 class TableDeliveryLedger:
@@ -335,24 +420,55 @@ class TableDeliveryLedger:
 
 
 class TableDeadLetterStore:
-    """Dead letters: PartitionKey = UTC day ``yyyymmdd``, RowKey = id."""
+    """Dead letters: PartitionKey = UTC day ``yyyymmdd``, RowKey = id.
+
+    Plain columns ``notificationId``, ``tenantId`` and ``reasonCode`` (when known) are what
+    ``GET /api/deadletters`` filters on, as equality queries inside a day's partition.
+    """
 
     def __init__(self, table: EntityTable) -> None:
         self._table = table
 
     async def add(self, entry: DeadLetter) -> None:
-        await self._table.upsert(
-            to_entity(
-                entry.day,
-                encode_key(entry.id),
-                entry,
-                sourceQueue=entry.source_queue,
-                reason=entry.reason[:1000],
-            )
-        )
+        await self._table.upsert(self._entity(entry))
+
+    async def get(self, day: str, entry_id: str) -> Versioned[DeadLetter] | None:
+        found = await self._table.get(day, encode_key(entry_id))
+        return Versioned(from_entity(found[0], DeadLetter), found[1]) if found else None
+
+    async def replace(self, entry: DeadLetter, etag: str) -> Versioned[DeadLetter]:
+        new_etag = await self._table.replace(self._entity(entry), etag)
+        return Versioned(entry, new_etag)
 
     async def list_day(
-        self, day: str, *, page_size: int = 1000, continuation: str | None = None
+        self,
+        day: str,
+        *,
+        notification_id: str | None = None,
+        tenant_id: str | None = None,
+        reason_code: str | None = None,
+        page_size: int = 1000,
+        continuation: str | None = None,
     ) -> Page[DeadLetter]:
-        page = await self._table.query({"PartitionKey": day}, page_size=page_size, continuation=continuation)
+        where: dict[str, object] = {"PartitionKey": day}
+        for column, value in (
+            ("notificationId", notification_id),
+            ("tenantId", tenant_id),
+            ("reasonCode", reason_code),
+        ):
+            if value is not None:
+                where[column] = value
+        page = await self._table.query(where, page_size=page_size, continuation=continuation)
         return Page([from_entity(e, DeadLetter) for e in page.items], page.continuation)
+
+    @staticmethod
+    def _entity(entry: DeadLetter) -> Entity:
+        columns: dict[str, object] = {"sourceQueue": entry.source_queue, "reason": entry.reason[:1000]}
+        for column, value in (
+            ("notificationId", entry.notification_id),
+            ("tenantId", entry.tenant_id),
+            ("reasonCode", entry.reason_code),
+        ):
+            if value is not None:
+                columns[column] = value
+        return to_entity(entry.day, encode_key(entry.id), entry, **columns)

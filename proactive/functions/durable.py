@@ -12,7 +12,7 @@ from typing import Any
 import azure.durable_functions as df
 
 from proactive import function_names as fn
-from proactive import orchestration
+from proactive import orchestration, telemetry
 from proactive.composition import services
 from proactive.limiter import apply, tenant_defaults
 
@@ -73,9 +73,11 @@ def tenant_limiter(context: df.DurableEntityContext) -> None:
     # apply() never raises (errors come back as decisions): entity code must not raise (STYLE.md rule 3).
     settings = services().settings
     defaults = tenant_defaults(settings.send_rate_for(context.entity_key), settings.batch_size)
-    state, decision = apply(
-        context.get_state(lambda: None), context.operation_name, context.get_input(), defaults=defaults
-    )
+    before = context.get_state(lambda: None)
+    state, decision = apply(before, context.operation_name, context.get_input(), defaults=defaults)
     if state is not None:
         context.set_state(state)
     context.set_result(decision)
+    # Metrics of the operation (grants, rate, breaker). A batch the host runs again after a failed commit
+    # would count twice: rare, and only the counters' totals are affected.
+    telemetry.current().limiter(context.entity_key, str(context.operation_name), before, state, decision)

@@ -20,11 +20,16 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     dead letter and a pending row, and the repeated poison message finishes the job; the other order could
     leave a ``dead_lettered`` row with no dead letter saying why. A row that meanwhile settled (another
     path sent it) is left alone and no dead letter is written.
+    When this trigger itself fails on the message's last delivery, the failure is logged and recorded as
+    a dead letter with reason code ``poison_handler_failed``
+    (:func:`~proactive.dead_letters.record_poison_failure`) instead of going to ``-poison-poison``, which
+    nothing watches. Dead letters are listed and re-driven through ``/api/deadletters``
+    (:mod:`proactive.dead_letters`).
 
 ``reconcile`` (timer, :data:`RECONCILE_SCHEDULE`, every 5 minutes)
     Which notifications: every ``running`` one, and ``completed`` / ``failed`` / ``cancelled`` ones updated
-    within :data:`FINISHED_LOOKBACK` (read with an equality query on the notifications table's ``status``
-    column). The finished ones matter: a ``send_batch`` killed mid-flight leaves its claimed rows
+    within :data:`FINISHED_LOOKBACK` (read from the notifications' reconciliation index, see "Scan cost"
+    below). The finished ones matter: a ``send_batch`` killed mid-flight leaves its claimed rows
     ``sending``, Durable re-runs the activity (which claims *other* rows), and the orchestration can complete
     with those rows still ``sending``. For each notification and tenant:
 
@@ -44,9 +49,11 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     ``RECONCILE_AFTER_SECONDS`` (default 15 min) must exceed the longest a sender can hold a claimed row, which is
     bounded by host.json ``functionTimeout`` (10 min): a shorter deadline could re-drive a live send.
 
-Limits: the notification scan reads every finished notification's ``status`` row (an equality query; the
-lookback filter runs here), which grows with the table; a table of many thousand notifications would want
-a ``status``/``updatedAt`` index row instead.
+Scan cost: the notifications come from the reconciliation index of
+:class:`~proactive.stores.TableNotificationStore` (one partition with a row per running or recently
+finished notification; rows of notifications finished before the lookback are dropped as they are read),
+so a run reads what is running or just finished, however many notifications the table holds. A table
+written before the index existed is indexed once by the first run.
 """
 
 from __future__ import annotations
@@ -61,17 +68,18 @@ import azure.durable_functions as df
 import azure.functions as func
 from pydantic import ValidationError
 
-from proactive import json_input
+from proactive import json_input, telemetry
 from proactive.audience import audience_tenants, stored_request
 from proactive.composition import services
+from proactive.dead_letters import record_poison_failure
 from proactive.errors import ConcurrencyConflict
 from proactive.functions.broadcasts import DurableOrchestrations
 from proactive.models import DeadLetter, DeliveryStatus, ErrorInfo, Notification, NotificationStatus, utc_now
-from proactive.ports import DeadLetterStore, DeliveryLedger, EntityTable, NotificationStore
+from proactive.ports import DeadLetterStore, DeliveryLedger, NotificationStore
 from proactive.redrive import Action, Decision, PacedRuns, decide, recheck_delay
 from proactive.sender import Reason, reconcile_stuck
 from proactive.sender_ports import RetryRequest, WorkQueue
-from proactive.stores import from_entity
+from proactive.stores import TableNotificationStore
 
 __all__ = [
     "DELIVERIES_RETRY",
@@ -101,12 +109,6 @@ RECONCILE_SCHEDULE = "0 */5 * * * *"
 FINISHED_LOOKBACK = timedelta(days=1)
 # A RetryRequest written by reconciliation is visible at once.
 _REQUEUE_DELAY = 0.0
-_SCANNED = (
-    NotificationStatus.RUNNING,
-    NotificationStatus.COMPLETED,
-    NotificationStatus.FAILED,
-    NotificationStatus.CANCELLED,
-)
 
 
 @dataclass(frozen=True)
@@ -216,18 +218,18 @@ class Redelivery:
         for _ in range(5):
             found = await self._ledger.get(request.notification_id, request.tenant_id, request.recipient_key)
             if found is None:
-                entry = self._entry(request, source_queue, "ledger row not found")
+                entry = self._entry(request, source_queue, "ledger row not found", "ledger_row_not_found")
                 await self._dead_letters.add(entry)
                 return entry
             row = found.value
             if row.status is DeliveryStatus.DEAD_LETTERED:
-                entry = self._entry(request, source_queue, _reason(row.last_error, request))
+                entry = self._entry(request, source_queue, *_reason(row.last_error, request))
                 await self._dead_letters.add(entry)  # a repeat after a crash: same id, same row
                 return entry
             if row.status is not DeliveryStatus.PENDING:
                 logger.info("Poison message for a row that is now %s: nothing to dead-letter", row.status)
                 return None
-            entry = self._entry(request, source_queue, _reason(row.last_error, request))
+            entry = self._entry(request, source_queue, *_reason(row.last_error, request))
             await self._dead_letters.add(entry)
             marked = row.model_copy(
                 update={
@@ -241,16 +243,20 @@ class Redelivery:
             except ConcurrencyConflict:
                 continue  # claimed or changed meanwhile: look again
             logger.warning("Dead-lettered a delivery after its retries ran out: %s", entry.reason)
+            telemetry.current().dead_lettered(source_queue, entry.reason_code)
             return entry
         raise ConcurrencyConflict("the ledger row kept changing while it was dead-lettered")
 
-    def _entry(self, request: RetryRequest, source_queue: str, reason: str) -> DeadLetter:
+    def _entry(self, request: RetryRequest, source_queue: str, reason: str, reason_code: str) -> DeadLetter:
         return DeadLetter(
             id=f"{request.notification_id}:{request.tenant_id}:{request.recipient_key}",
             source_queue=source_queue,
             payload=request.to_json(),
             reason=reason,
             created_at=self._clock(),
+            notification_id=request.notification_id,
+            tenant_id=request.tenant_id,
+            reason_code=reason_code[:64],
         )
 
     async def _malformed(self, raw: bytes, *, source_queue: str | None = None) -> DeadLetter:
@@ -261,9 +267,11 @@ class Redelivery:
             payload={"raw": text[:2000]},
             reason="malformed_message: not a RetryRequest",
             created_at=self._clock(),
+            reason_code="malformed_message",
         )
         await self._dead_letters.add(entry)
         logger.warning("Dead-lettered a malformed %s message", entry.source_queue)
+        telemetry.current().dead_lettered(entry.source_queue, entry.reason_code)
         return entry
 
     # ---- reconcile --------------------------------------------------------------------------------
@@ -277,6 +285,9 @@ class Redelivery:
             for tenant in audience_tenants(stored_request(notification)):
                 report += await self._reconcile_tenant(notification, tenant, older_than)
             report += ReconcileReport(notifications=1)
+        telemetry.current().reconciled(
+            reconciled=report.reconciled, requeued=report.requeued, cancelled=report.cancelled
+        )
         if report.reconciled or report.requeued:
             logger.warning(
                 "Reconciliation: %d rows back from 'sending' (may duplicate), %d re-queued, %d cancelled",
@@ -341,23 +352,14 @@ class Redelivery:
 
 
 async def notifications_to_reconcile(
-    table: EntityTable, *, now: datetime, lookback: timedelta = FINISHED_LOOKBACK
+    store: TableNotificationStore, *, now: datetime, lookback: timedelta = FINISHED_LOOKBACK
 ) -> list[Notification]:
-    """Running notifications, and finished ones updated within ``lookback`` (module docstring)."""
-    found: list[Notification] = []
-    for status in _SCANNED:
-        continuation: str | None = None
-        while True:
-            page = await table.query({"status": status.value}, continuation=continuation)
-            for entity in page.items:
-                notification = from_entity(entity, Notification)
-                updated = notification.updated_at or notification.created_at
-                if status is NotificationStatus.RUNNING or updated >= now - lookback:
-                    found.append(notification)
-            continuation = page.continuation
-            if continuation is None:
-                break
-    return found
+    """Running notifications, and finished ones updated within ``lookback`` (module docstring).
+
+    Read from the store's reconciliation index, so the cost follows the running and recently finished
+    notifications, not every notification ever stored.
+    """
+    return await store.reconcile_candidates(now=now, lookback=lookback)
 
 
 def _parse(raw: bytes) -> RetryRequest | None:
@@ -368,11 +370,12 @@ def _parse(raw: bytes) -> RetryRequest | None:
         return None
 
 
-def _reason(error: ErrorInfo | None, request: RetryRequest) -> str:
+def _reason(error: ErrorInfo | None, request: RetryRequest) -> tuple[str, str]:
+    """The reason for people and its low-cardinality code."""
     if error is None:
-        return f"retries exhausted ({request.reason})"
+        return f"retries exhausted ({request.reason})", request.reason
     detail = f": {error.message}" if error.message else ""
-    return f"retries exhausted ({error.code}{detail})"[:1000]
+    return f"retries exhausted ({error.code}{detail})"[:1000], error.code
 
 
 def _digest(text: str) -> str:
@@ -422,15 +425,22 @@ def blueprint() -> df.Blueprint:
     @bp.function_name(DELIVERIES_RETRY_POISON)
     @bp.queue_trigger(arg_name="msg", queue_name=poison, connection="AzureWebJobsStorage")
     async def deliveries_retry_poison(msg: func.QueueMessage) -> None:
-        await _redelivery().dead_letter(msg.get_body(), source_queue=queue)
+        body = msg.get_body()
+        await record_poison_failure(
+            lambda: _redelivery().dead_letter(body, source_queue=queue),
+            body,
+            source_queue=queue,
+            dequeue_count=msg.dequeue_count or 1,
+            store=services().dead_letters,
+            clock=utc_now,
+        )
 
     @bp.function_name(RECONCILE)
     @bp.timer_trigger(arg_name="timer", schedule=RECONCILE_SCHEDULE, run_on_startup=False)
     async def reconcile(timer: func.TimerRequest) -> None:
         s = services()
         now = utc_now()
-        table = s.tables.table(s.settings.tables.notifications)
-        candidates = await notifications_to_reconcile(table, now=now)
+        candidates = await notifications_to_reconcile(s.notifications, now=now)
         older_than = timedelta(seconds=s.settings.reconcile_after_seconds)
         await _redelivery().reconcile(candidates, older_than=older_than)
 

@@ -16,6 +16,7 @@ from proactive.models import (
     DeliveryRecord,
     DeliveryStatus,
     Notification,
+    NotificationStatus,
     Preferences,
     QuietHours,
     RecipientKind,
@@ -27,6 +28,7 @@ from proactive.stores import (
     TableNotificationStore,
     TablePreferenceStore,
     TableReferenceStore,
+    to_entity,
 )
 from tests.contract.conftest import TableFactory
 
@@ -325,6 +327,82 @@ async def test_dead_letters_are_kept_by_day(new_table: TableFactory) -> None:
     await store.add(entry.model_copy(update={"id": "m2", "created_at": NOW + timedelta(days=1)}))
     page = await store.list_day("20261121")
     assert page.items == [entry]
+
+
+async def test_dead_letters_filter_by_notification_tenant_and_reason_and_replace_under_their_etag(
+    new_table: TableFactory,
+) -> None:
+    store = TableDeadLetterStore(new_table())
+    base = DeadLetter(
+        id="n1:t/1:user:a",
+        source_queue="deliveries-retry",
+        payload={"a": 1},
+        reason="retries exhausted (Throttled)",
+        created_at=NOW,
+        notification_id="n1",
+        tenant_id="t/1",
+        reason_code="Throttled",
+    )
+    other = base.model_copy(update={"id": "n2:t/1:user:b", "notification_id": "n2", "reason_code": "x#?"})
+    legacy = DeadLetter(id="old", source_queue="q", payload={}, reason="r", created_at=NOW)
+    for entry in (base, other, legacy):
+        await store.add(entry)
+    assert (await store.list_day("20261121", notification_id="n1")).items == [base]
+    assert (await store.list_day("20261121", tenant_id="t/1", reason_code="x#?")).items == [other]
+    assert len((await store.list_day("20261121")).items) == 3
+    found = await store.get("20261121", base.id)
+    assert found is not None and found.value == base
+    marked = base.model_copy(update={"redriven_at": NOW})
+    await store.replace(marked, found.etag)
+    with pytest.raises(ConcurrencyConflict):
+        await store.replace(marked, found.etag)
+    assert (await store.get("20261121", base.id)) is not None
+    assert await store.get("20261122", base.id) is None
+
+
+def _notification(nid: str, status: NotificationStatus, at: datetime) -> Notification:
+    return Notification(id=nid, request={}, status=status, created_at=at, updated_at=at)
+
+
+async def test_the_reconcile_index_reads_running_and_recently_finished_notifications_only(
+    new_table: TableFactory,
+) -> None:
+    table = new_table()
+    store = TableNotificationStore(table)
+    now, old = NOW, NOW - timedelta(days=3)
+    await store.create(_notification("running", NotificationStatus.ACCEPTED, old))
+    found = await store.get("running")
+    assert found is not None
+    await store.replace(found.value.model_copy(update={"status": NotificationStatus.RUNNING}), found.etag)
+    await store.create(_notification("finished-new", NotificationStatus.FAILED, now - timedelta(hours=1)))
+    await store.create(_notification("finished-old", NotificationStatus.COMPLETED, old))
+    await store.create(_notification("accepted", NotificationStatus.ACCEPTED, now))
+
+    candidates = await store.reconcile_candidates(now=now, lookback=timedelta(days=1))
+
+    assert sorted(n.id for n in candidates) == ["finished-new", "running"]
+    index = await table.query({"PartitionKey": TableNotificationStore.INDEX_PARTITION})
+    # The row of the notification finished before the lookback is gone; accepted ones were never indexed.
+    assert sorted(e["RowKey"] for e in index.items) == ["finished-new", "running", "~backfilled"]
+
+
+async def test_a_table_written_before_the_index_is_indexed_once_then_only_the_index_is_read(
+    new_table: TableFactory,
+) -> None:
+    table = new_table()
+    store = TableNotificationStore(table)
+    legacy = _notification("legacy-running", NotificationStatus.RUNNING, NOW - timedelta(days=9))
+    await table.insert(to_entity("legacy-running", "meta", legacy, status="running"))
+
+    assert [n.id for n in await store.reconcile_candidates(now=NOW, lookback=timedelta(days=1))] == [
+        "legacy-running"
+    ]
+    # A row that bypassed the store (no index row) is not found by a scan any more: only the index is read.
+    stray = _notification("stray", NotificationStatus.RUNNING, NOW)
+    await table.insert(to_entity("stray", "meta", stray, status="running"))
+    assert [n.id for n in await store.reconcile_candidates(now=NOW, lookback=timedelta(days=1))] == [
+        "legacy-running"
+    ]
 
 
 async def test_deactivate_for_a_failed_conversation_leaves_a_reinstalled_reference_active(

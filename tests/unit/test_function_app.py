@@ -21,6 +21,10 @@ EXPECTED_HTTP = {
     "broadcasts_cancel": ("httpTrigger", "broadcasts/{id}/cancel", ["POST"], "function"),
     "broadcasts_update": ("httpTrigger", "broadcasts/{id}", ["PATCH"], "function"),
     "broadcasts_recall": ("httpTrigger", "broadcasts/{id}/messages", ["DELETE"], "function"),
+    "broadcasts_report": ("httpTrigger", "broadcasts/{id}/report", ["GET"], "function"),
+    "tenants_audience": ("httpTrigger", "tenants/{tenantId}/audience", ["GET"], "function"),
+    "deadletters_list": ("httpTrigger", "deadletters", ["GET"], "function"),
+    "deadletters_redrive": ("httpTrigger", "deadletters/{id}/redrive", ["POST"], "function"),
 }
 
 # Durable functions: registered name -> trigger type (names from proactive.function_names).

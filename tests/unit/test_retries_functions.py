@@ -503,9 +503,7 @@ async def test_only_running_and_recently_finished_notifications_are_reconciled(w
             updated_at=long_ago,
         )
     )
-    table = world.services.tables.table(world.services.settings.tables.notifications)
-
-    found = await retries.notifications_to_reconcile(table, now=datetime.now(UTC))
+    found = await retries.notifications_to_reconcile(world.services.notifications, now=datetime.now(UTC))
 
     assert sorted(n.id for n in found) == ["finished-new", "running-old"]
 
