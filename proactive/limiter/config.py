@@ -25,12 +25,14 @@ __all__ = [
 
 # The first lead and start lag of the product's tenants (tenant_defaults), before reports teach each tenant
 # its own: the entity's answer, an orchestrator turn, an activity dispatch and a batch's first storage round
-# trips take 0.2-0.5 s on Azure (devhost --latency azure: 0.4-0.7 s on a busy machine). The lead is generous
-# on purpose: a grant may start at once and only its sendBy lies a lead ahead, so a long lead delays no batch
-# (it holds an idle tenant's time a little longer), while a short one makes a first batch miss its grant
-# and costs a whole round trip. The start lag is not (every booking holds it until its report, and it only
+# trips take 0.2-0.5 s on Azure (devhost --latency azure: 0.4-0.7 s on a busy machine): the first lead is the
+# slow end with the learning's safety factor (1.25 x 0.5). A grant may start at once and only its sendBy lies
+# a lead ahead, so the lead delays no batch of its own; but until the report, the tenant's *other* requesters
+# (another broadcast, the welcome and re-drive runs) are placed after that sendBy, so a lead longer than
+# needed delays them. Too short, a first batch misses part of its grant and costs a round trip; reports
+# correct it either way. The start lag is small (every booking holds it until its report, and it only
 # measures lateness after a batch was ready).
-PRODUCT_FIRST_LEAD_SECONDS: Final = 1.0
+PRODUCT_FIRST_LEAD_SECONDS: Final = 0.625
 PRODUCT_FIRST_START_LAG_SECONDS: Final = 0.05
 # The learned lead never grows past this (tenant_lane starts its activity up to BATCH_START_LEAD, 30 s,
 # ahead, so the lead measures dispatch and preparation, never a timer of ours).
