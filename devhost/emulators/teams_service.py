@@ -173,7 +173,7 @@ class TeamsEmulator:
     def check_limits(self, call: _Call) -> float | None:
         """Admit the call against every documented window at once, or return the Retry-After."""
         family = _FAMILY.get(call.operation, call.operation)
-        rate = self.config.tenant_rate
+        rate = self.config.tenant_rates.get(call.tenant_id, self.config.tenant_rate)
         tenant_limit = [Limit(int(rate), 1.0)] if rate >= 1 else [Limit(1, 1.0 / rate)]
         checks = [
             (("bot-thread", family, call.bot_id, call.thread), PER_BOT_PER_THREAD[family]),
