@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -67,11 +68,19 @@ def function_key(environ: Mapping[str, str], app_dir: Path) -> str:
     return HostSettings.load(app_dir, environ).function_key or DEV_FUNCTION_KEY
 
 
+def _python() -> str:
+    """This interpreter as the user can type it (``.venv/bin/python`` under ``make run``)."""
+    try:
+        return str(Path(sys.executable).relative_to(Path.cwd()))
+    except ValueError:
+        return sys.executable
+
+
 def next_steps(host_url: str, teams_url: str, key: str) -> str:
     """What to type next: capture a test user, broadcast to them, see it arrive (printed by ``run``)."""
     return f"""
 Try it (in another terminal):
-  python -m devhost seed --users 5 --host {host_url} --teams-url {teams_url}
+  {_python()} -m devhost seed --users 5 --host {host_url} --teams-url {teams_url}
   curl -si -X POST "{host_url}/api/broadcasts?code={key}" -H 'content-type: application/json' \\
     -d '{{"audience": {{"tenants": ["{SEED_TENANT}"]}}, "message": {{"text": "Hello from make run"}}}}'
   open {teams_url}/_emulator/ to see what each conversation received
