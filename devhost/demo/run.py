@@ -276,7 +276,7 @@ class Demo:
             client, notification_id, [(plan.tenant_id, plan.name, plan.recipients) for plan in self.plans]
         )
         final: dict[str, Any] = {}
-        headline = "accepted"
+        headline = f"202 accepted; first poll after Retry-After {accepted.retry_after:g} s"
         stop = asyncio.Event()
 
         async def follow() -> None:
