@@ -150,11 +150,11 @@ class ProgressReader:
 
 
 def limiter_text(progress: TenantProgress) -> str:
-    """``50/50 closed`` (effective rate / ceiling, breaker), with ``hold 1.2s`` while a Retry-After holds."""
+    """``50/50 closed`` (effective rate / ceiling in msg/s, breaker), ``hold 1.2s`` while a Retry-After holds."""
     if progress.ceiling is None:
-        return "limiter: not yet asked"
+        return "not asked yet"
     effective = progress.limiter_rate if progress.limiter_rate is not None else progress.ceiling
-    text = f"limiter {effective:.0f}/{progress.ceiling:.0f} msg/s, breaker {progress.breaker}"
+    text = f"{effective:.0f}/{progress.ceiling:.0f} {progress.breaker}"
     if progress.holding > 0.05:
         text += f", hold {progress.holding:.1f}s"
     return text
@@ -163,7 +163,17 @@ def limiter_text(progress: TenantProgress) -> str:
 def render(tenants: dict[str, TenantProgress], headline: str) -> Group:
     """The live view: one row per tenant (bar, counts, rate vs ceiling, limiter), then the headline."""
     table = Table(expand=False, box=None, padding=(0, 1))
-    for column in ("tenant", "progress", "sent", "429", "failed", "deferred", "opted out", "rate", "limiter"):
+    for column in (
+        "tenant",
+        "progress",
+        "sent",
+        "429",
+        "failed",
+        "deferred",
+        "opted out",
+        "msg/s",
+        "limiter",
+    ):
         table.add_column(
             column, justify="right" if column not in ("tenant", "progress", "limiter") else "left"
         )
@@ -171,7 +181,7 @@ def render(tenants: dict[str, TenantProgress], headline: str) -> Group:
         ceiling = f"{progress.ceiling:.0f}" if progress.ceiling is not None else "?"
         table.add_row(
             progress.name,
-            ProgressBar(total=max(1, progress.total), completed=progress.done, width=28),
+            ProgressBar(total=max(1, progress.total), completed=progress.done, width=16),
             f"{progress.count('sent')}/{progress.total}",
             Text(str(progress.count("throttled")), style="yellow" if progress.count("throttled") else ""),
             Text(str(progress.failed), style="red" if progress.failed else ""),
@@ -180,7 +190,8 @@ def render(tenants: dict[str, TenantProgress], headline: str) -> Group:
             f"{progress.rate:5.1f}/{ceiling}",
             limiter_text(progress),
         )
-    return Group(table, Text(headline, style="dim"))
+    legend = "msg/s: now / ceiling; limiter: effective rate / ceiling, breaker state"
+    return Group(table, Text(legend, style="dim"), Text(headline))
 
 
 def plain_line(progress: TenantProgress) -> str:
@@ -190,5 +201,5 @@ def plain_line(progress: TenantProgress) -> str:
         f"{progress.name}: {progress.done}/{progress.total} done, sent {progress.count('sent')}, "
         f"429 {progress.count('throttled')}, failed {progress.failed}, deferred {progress.waiting}, "
         f"opted out {progress.count('suppressed')}, rate {progress.rate:.1f}/{ceiling} msg/s, "
-        f"{limiter_text(progress)}"
+        f"limiter {limiter_text(progress)}"
     )

@@ -285,9 +285,9 @@ class Demo:
                 final = body
                 counts = body.get("counts") or {}
                 headline = (
-                    f"GET {accepted.location.split('?')[0].split('/api/')[-1]} -> {code} {body.get('status')}: "
+                    f"poll {client.polls} ({time.monotonic() - began:.0f} s): {code} {body.get('status')}; "
                     + ", ".join(f"{k} {v}" for k, v in counts.items() if v and k != "total")
-                    + f" of {counts.get('total', '?')} ({time.monotonic() - began:.0f} s, {client.polls} polls)"
+                    + f" of {counts.get('total', '?')}"
                 )
             stop.set()
 
