@@ -47,6 +47,7 @@ async def seed(options: argparse.Namespace) -> int:
             blocked=0,
             opted_out=0,
             quiet=0,
+            installs=1.0,  # they install the bot now: each gets the welcome
         ),
         first_tenant=options.tenant,
     )

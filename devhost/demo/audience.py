@@ -1,9 +1,12 @@
 """A realistic audience, captured the way Teams would hand it to the bot: real ``/api/messages`` activities.
 
 :func:`plan_audience` decides who is who (pure and deterministic: the same options give the same ids);
-:class:`Seeder` posts the activities. Per tenant: personal installs (the bot welcomes each new user through
-its paced path), team installs and ``channelCreated`` events for channels, group-chat installs; then, later
-and in the users' own 1:1 chats, ``unsubscribe <category>`` and ``quiet HH:MM-HH:MM`` commands. Blocked users
+:class:`Seeder` posts the activities. Per tenant: team installs and ``channelCreated`` events for channels,
+group-chat installs, and the users. Most users have had the bot for a while: the bot (re)captures them from
+a message in their 1:1 chat, an Adaptive Card ``Action.Submit`` (what Teams sends when a user answers a card:
+``value``, no text, so the bot answers nothing). A fraction (``installs``) install it now: the bot welcomes
+each of them through its paced path, as in a roll-out. Then, in their own 1:1 chats, some users type
+``unsubscribe <category>`` or ``quiet HH:MM-HH:MM``. Blocked users
 are not the bot's doing: :func:`blocked_faults` gives the Teams emulator rules that answer their sends with
 403 ``MessageWritesBlocked``, as Teams does once a user blocks a bot.
 
@@ -61,6 +64,7 @@ class SeedUser:
     aad_object_id: str
     name: str
     time_zone: str
+    installs_now: bool = False
 
     @property
     def teams_id(self) -> str:
@@ -117,6 +121,7 @@ class AudienceOptions:
     blocked: float = 0.02
     opted_out: float = 0.05
     quiet: float = 0.04
+    installs: float = 0.1
     uninstalled: int = 0
 
 
@@ -139,12 +144,14 @@ def plan_audience(options: AudienceOptions, *, first_tenant: str | None = None) 
         name, zone = _TENANTS[index % len(_TENANTS)]
         if index >= len(_TENANTS):
             name = f"{name} {index // len(_TENANTS) + 1}"
+        every = max(1, round(1 / options.installs)) if options.installs > 0 else 0
         people = tuple(
             SeedUser(
                 tenant,
                 str(uuid.uuid5(_NAMESPACE, f"{tenant}:user:{n}")),
                 f"{_FIRST[n % len(_FIRST)]} {_LAST[(n // len(_FIRST)) % len(_LAST)]} {n}",
                 zone,
+                installs_now=bool(every) and n % every == every - 1,
             )
             for n in range(users)
         )
@@ -225,6 +232,15 @@ def personal_install(user: SeedUser, service_url: str) -> dict[str, Any]:
             "localTimezone": user.time_zone,
         }
     )
+    return activity
+
+
+def card_submit(user: SeedUser, service_url: str) -> dict[str, Any]:
+    """An Adaptive Card ``Action.Submit`` from the user's 1:1 chat: a message with ``value`` and no text."""
+    activity = personal_install(user, service_url)
+    activity["type"] = "message"
+    del activity["action"]
+    activity["value"] = {"action": "ack", "choice": "seen"}
     return activity
 
 
@@ -368,14 +384,19 @@ class Seeder:
             await asyncio.sleep(0.5 * (attempt + 1))
 
     def installs(self, plans: Iterable[TenantAudience]) -> list[dict[str, Any]]:
-        """Every install and channel event of the audience."""
+        """Every activity that captures the audience (installs, channel events, card submits)."""
         activities: list[dict[str, Any]] = []
         for plan in plans:
             activities += [channel_activity(channel, self.service_url) for channel in plan.channels]
             activities += [
                 group_chat_install(plan.tenant_id, chat, self.service_url) for chat in plan.group_chats
             ]
-            activities += [personal_install(user, self.service_url) for user in plan.users]
+            activities += [
+                personal_install(user, self.service_url)
+                if user.installs_now
+                else card_submit(user, self.service_url)
+                for user in plan.users
+            ]
         return activities
 
     def commands(

@@ -1,20 +1,26 @@
 """A caller that behaves like a Logic App's HTTP action with the asynchronous pattern.
 
 It sends the function key, and on ``202`` it polls the ``Location`` URL, waiting ``Retry-After`` seconds
-between polls, until an answer other than ``202`` (Logic Apps: "Asynchronous pattern", on by default).
-Polling is a generator of status bodies, so a live view can show each one.
+between polls, until an answer other than ``202`` (Logic Apps: "Asynchronous pattern", on by default). Like
+the action's default retry policy, a poll answered 408, 429 or 5xx, or lost to a connection error, is tried
+again (4 times, exponential back-off, or the answer's ``Retry-After``). Polling is a generator of status
+bodies, so a live view can show each one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
+
+# The Logic Apps HTTP action's default retry policy: 4 retries of 408, 429 and 5xx answers.
+RETRIES = 4
+TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class BroadcastApiError(RuntimeError):
@@ -68,6 +74,7 @@ class LogicAppClient:
         self._sleep = sleep
         self._max_poll = max_poll_interval
         self.polls = 0
+        self.retries = 0
         self.waited: list[float] = []
 
     def url(self, path: str) -> str:
@@ -108,17 +115,32 @@ class LogicAppClient:
             wait = min(wait, self._max_poll)
             self.waited.append(wait)
             await self._sleep(wait)
-            async with self._session.get(location, headers=self._headers) as answer:
-                self.polls += 1
-                text = await answer.text()
-                if answer.status not in (200, 202):
-                    raise BroadcastApiError(answer.status, text)
-                body = await answer.json()
-                yield answer.status, body
-                if answer.status == 200:
-                    return
-                location = urljoin(location, answer.headers.get("Location", location))
-                wait = retry_after_seconds(answer.headers.get("Retry-After"), wait)
+            status, headers, body = await self._poll(location)
+            yield status, body
+            if status == 200:
+                return
+            location = urljoin(location, headers.get("Location", location))
+            wait = retry_after_seconds(headers.get("Retry-After"), wait)
+
+    async def _poll(self, location: str) -> tuple[int, Mapping[str, str], dict[str, Any]]:
+        """One poll, with the Logic Apps default retry policy for transient answers."""
+        for attempt in range(RETRIES + 1):
+            try:
+                async with self._session.get(location, headers=self._headers) as answer:
+                    self.polls += 1
+                    text = await answer.text()
+                    if answer.status in (200, 202):
+                        return answer.status, answer.headers, await answer.json()
+                    if answer.status not in TRANSIENT or attempt == RETRIES:
+                        raise BroadcastApiError(answer.status, text)
+                    pause = retry_after_seconds(answer.headers.get("Retry-After"), 2.0**attempt)
+            except aiohttp.ClientError:
+                if attempt == RETRIES:
+                    raise
+                pause = 2.0**attempt
+            self.retries += 1
+            await self._sleep(min(pause, self._max_poll))
+        raise AssertionError("unreachable")
 
     async def run(self, accepted: Accepted, limit_seconds: float = 600.0) -> dict[str, Any]:
         """Follow to the end and return the final body.

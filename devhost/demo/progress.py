@@ -8,6 +8,7 @@ hold. :class:`ProgressReader` sums the lanes per tenant and keeps a short histor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import deque
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from rich.console import Group
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -89,7 +91,7 @@ class ProgressReader:
         tenants: Sequence[tuple[str, str, int]],
         *,
         clock: Callable[[], float] = time.monotonic,
-        window: float = 3.0,
+        window: float = 5.0,
     ) -> None:
         self._client = client
         self._id = notification_id
@@ -100,7 +102,13 @@ class ProgressReader:
         self.status: dict[str, Any] = {}
 
     async def poll(self) -> dict[str, TenantProgress]:
-        """Read every lane and limiter once; returns the tenants' progress."""
+        """Read every lane and limiter once; returns the tenants' progress (unchanged when a read fails:
+        the view is cosmetic, the broadcast's own status is what the caller follows)."""
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            await self._read()
+        return self.tenants
+
+    async def _read(self) -> None:
         status, instances = await self._client.get_json(
             f"{WEBHOOKS}/instances?instanceIdPrefix={self._id}.&showInput=false"
         )
@@ -127,7 +135,6 @@ class ProgressReader:
             code, raw = await self._client.get_json(f"{WEBHOOKS}/entities/tenant_limiter/{tid}")
             if code == 200:
                 self._limiter(progress, _state(raw))
-        return self.tenants
 
     @staticmethod
     def _limiter(progress: TenantProgress, state: dict[str, Any]) -> None:

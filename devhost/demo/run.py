@@ -71,6 +71,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     size.add_argument("--quiet", type=float, default=0.04, help="fraction inside their quiet hours")
     size.add_argument(
+        "--installs",
+        type=float,
+        default=0.1,
+        help="fraction of users who install the bot now and are welcomed (the rest had it: default 0.1)",
+    )
+    size.add_argument(
         "--uninstalled",
         type=int,
         default=0,
@@ -153,6 +159,7 @@ class Demo:
                 blocked=options.blocked,
                 opted_out=options.opted_out,
                 quiet=options.quiet,
+                installs=options.installs,
                 uninstalled=options.uninstalled,
             )
         )
@@ -211,8 +218,10 @@ class Demo:
         seeder = Seeder(session, self.stack.host_url, self.stack.teams_url + "/")
         began = time.monotonic()
         await seeder.post_all(seeder.installs(self.plans))
+        fresh = sum(user.installs_now for plan in self.plans for user in plan.users)
         self.say(
-            f"  {seeder.posted} install activities in {time.monotonic() - began:.1f} s; waiting for the welcomes"
+            f"  {seeder.posted} activities in {time.monotonic() - began:.1f} s ({fresh} users installed the bot "
+            f"just now, the others answered a card); waiting for the {fresh} welcomes"
         )
         await self._wait_for_welcomes(client)
         now = datetime.now(UTC)
@@ -239,9 +248,13 @@ class Demo:
             f"answers {options.throttle_rate:.1%} of sends 429 and {options.error_rate:.1%} 503"
         )
 
-    async def _wait_for_welcomes(self, client: LogicAppClient, limit: float = 180.0) -> None:
+    async def _wait_for_welcomes(self, client: LogicAppClient, limit: float = 60.0) -> None:
         deadline = time.monotonic() + limit
-        waiting = {welcome_notification_id(plan.tenant_id) for plan in self.plans if plan.users}
+        waiting = {
+            welcome_notification_id(plan.tenant_id)
+            for plan in self.plans
+            if any(u.installs_now for u in plan.users)
+        }
         while waiting and time.monotonic() < deadline:
             for welcome in list(waiting):
                 code, body = await client.get_json(f"api/broadcasts/{welcome}")
@@ -297,7 +310,7 @@ class Demo:
                 with Live(
                     render(reader.tenants, headline), console=self.console, refresh_per_second=4
                 ) as live:
-                    while not stop.is_set():
+                    while not stop.is_set() and not follower.done():
                         await reader.poll()
                         live.update(render(reader.tenants, headline))
                         with contextlib.suppress(TimeoutError):
@@ -307,7 +320,7 @@ class Demo:
             else:
                 # Not a terminal (a pipe, CI): plain lines every few seconds, only when something moved.
                 last, shown = 0.0, ""
-                while not stop.is_set():
+                while not stop.is_set() and not follower.done():
                     await reader.poll()
                     lines = "\n".join(plain_line(p) for p in reader.tenants.values())
                     if lines != shown and time.monotonic() - last >= 3.0:

@@ -73,7 +73,7 @@ def test_make_run_key_is_the_fixed_development_key_unless_one_is_set(tmp_path: P
 
 @pytest.fixture
 async def scripted_api() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A broadcast API that answers 202 twice (Retry-After 3, then 0.5) and then 200; records each request."""
+    """A broadcast API: POST 202 (Retry-After 3); polls 202 (0.5), 503 (0.25), 202 (0.5), 200; records each."""
     seen: list[dict[str, Any]] = []
     polls = {"n": 0}
 
@@ -89,7 +89,9 @@ async def scripted_api() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
             {"method": request.method, "path": request.path, "key": request.headers.get("x-functions-key")}
         )
         polls["n"] += 1
-        if polls["n"] < 3:
+        if polls["n"] == 2:  # a transient failure: the Logic Apps retry policy tries again
+            return web.json_response({}, status=503, headers={"Retry-After": "0.25"})
+        if polls["n"] < 4:
             headers = {"Location": "/api/broadcasts/b1", "Retry-After": "0.5"}
             return web.json_response({"status": "running"}, status=202, headers=headers)
         return web.json_response({"status": "completed"})
@@ -110,7 +112,7 @@ async def scripted_api() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     await runner.cleanup()
 
 
-async def test_client_follows_location_waiting_retry_after_with_the_function_key(
+async def test_client_follows_location_waiting_retry_after_with_the_function_key_and_retries_a_503(
     scripted_api: tuple[str, list[dict[str, Any]]],
 ) -> None:
     base, seen = scripted_api
@@ -128,10 +130,11 @@ async def test_client_follows_location_waiting_retry_after_with_the_function_key
 
     assert accepted.location == f"{base}/api/broadcasts/b1"
     assert final == {"status": "completed"}
-    assert waits == [3.0, 0.5, 0.5]  # the 202's Retry-After, then each poll's
+    assert waits == [3.0, 0.5, 0.25, 0.5]  # the 202's Retry-After, each poll's, the 503's
+    assert client.retries == 1
     assert [(r["method"], r["path"]) for r in seen] == [("POST", "/api/broadcasts")] + [
         ("GET", "/api/broadcasts/b1")
-    ] * 3
+    ] * 4
     assert {r["key"] for r in seen} == {"k3y"}
     assert refused.value.status == 400
 
