@@ -81,15 +81,30 @@ class LogicAppClient:
         return urljoin(self._base, path.lstrip("/"))
 
     async def _start(self, method: str, path: str, body: dict[str, Any] | None) -> Accepted:
-        async with self._session.request(method, self.url(path), json=body, headers=self._headers) as answer:
-            text = await answer.text()
-            if answer.status != 202 or "Location" not in answer.headers:
-                raise BroadcastApiError(answer.status, text)
-            return Accepted(
-                await answer.json(),
-                urljoin(str(answer.url), answer.headers["Location"]),
-                retry_after_seconds(answer.headers.get("Retry-After")),
-            )
+        """The request that starts work, retried like a poll (every start is idempotent: the broadcast by
+        its ``notificationId``, update and recall by their instance ids)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                async with self._session.request(
+                    method, self.url(path), json=body, headers=self._headers
+                ) as answer:
+                    text = await answer.text()
+                    if answer.status == 202 and "Location" in answer.headers:
+                        return Accepted(
+                            await answer.json(),
+                            urljoin(str(answer.url), answer.headers["Location"]),
+                            retry_after_seconds(answer.headers.get("Retry-After")),
+                        )
+                    if answer.status not in TRANSIENT or attempt == RETRIES:
+                        raise BroadcastApiError(answer.status, text)
+                    pause = retry_after_seconds(answer.headers.get("Retry-After"), 2.0**attempt)
+            except aiohttp.ClientError:
+                if attempt == RETRIES:
+                    raise
+                pause = 2.0**attempt
+            self.retries += 1
+            await self._sleep(min(pause, self._max_poll))
+        raise AssertionError("unreachable")
 
     async def start(self, request: dict[str, Any]) -> Accepted:
         """``POST /api/broadcasts``."""

@@ -3,6 +3,7 @@ small scripted server, the report, the chart. The whole demo against the real st
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from devhost.demo.client import BroadcastApiError, LogicAppClient
 from devhost.demo.progress import TenantProgress, plain_line
 from devhost.demo.report import PNG_SIGNATURE, delivery_report, parse_csv, rate_series, write_chart
 from devhost.demo.run import _quiet_until
-from devhost.run import DEV_FUNCTION_KEY, function_key
+from devhost.run import DEV_FUNCTION_KEY, function_key, next_steps
 
 
 def test_plan_spreads_users_and_channels_over_tenants_and_picks_disjoint_behaviours() -> None:
@@ -73,7 +74,7 @@ def test_make_run_key_is_the_fixed_development_key_unless_one_is_set(tmp_path: P
 
 @pytest.fixture
 async def scripted_api() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A broadcast API: POST 202 (Retry-After 3); polls 202 (0.5), 503 (0.25), 202 (0.5), 200; records each."""
+    """A broadcast API: POST 500 then 202 (Retry-After 3); polls 202 (0.5), 503 (0.25), 202 (0.5), 200."""
     seen: list[dict[str, Any]] = []
     polls = {"n": 0}
 
@@ -81,6 +82,8 @@ async def scripted_api() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         seen.append(
             {"method": request.method, "path": request.path, "key": request.headers.get("x-functions-key")}
         )
+        if len(seen) == 1:  # the first POST fails like a storage hiccup; the retry policy posts again
+            return web.Response(status=500)
         headers = {"Location": "/api/broadcasts/b1", "Retry-After": "3"}
         return web.json_response({"id": "b1", "status": "accepted"}, status=202, headers=headers)
 
@@ -130,9 +133,10 @@ async def test_client_follows_location_waiting_retry_after_with_the_function_key
 
     assert accepted.location == f"{base}/api/broadcasts/b1"
     assert final == {"status": "completed"}
-    assert waits == [3.0, 0.5, 0.25, 0.5]  # the 202's Retry-After, each poll's, the 503's
-    assert client.retries == 1
-    assert [(r["method"], r["path"]) for r in seen] == [("POST", "/api/broadcasts")] + [
+    # the 500's back-off, the 202's Retry-After, each poll's, the 503's
+    assert waits == [1.0, 3.0, 0.5, 0.25, 0.5]
+    assert client.retries == 2
+    assert [(r["method"], r["path"]) for r in seen] == [("POST", "/api/broadcasts")] * 2 + [
         ("GET", "/api/broadcasts/b1")
     ] * 4
     assert {r["key"] for r in seen} == {"k3y"}
@@ -193,3 +197,16 @@ def test_plain_progress_line_names_every_number() -> None:
 
     assert line.startswith("Contoso: 65/100 done, sent 60, 429 3, failed 0, deferred 4, opted out 5")
     assert "rate 49.5/50 msg/s" in line and "\x1b" not in line
+
+
+def test_make_run_prints_the_seed_command_and_the_readmes_first_broadcast() -> None:
+    from tests.devhost.test_demo import _readme_first_broadcast
+
+    path, body = _readme_first_broadcast()
+    text = next_steps("http://127.0.0.1:7071", "http://127.0.0.1:7072", DEV_FUNCTION_KEY)
+
+    assert "-m devhost seed --users 5 --host http://127.0.0.1:7071 --teams-url http://127.0.0.1:7072" in text
+    assert f'"http://127.0.0.1:7071{path}"' in text
+    printed = json.loads(text.split("-d '", 1)[1].split("'", 1)[0])
+    assert printed == body
+    assert "http://127.0.0.1:7072/_emulator/" in text
