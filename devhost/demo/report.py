@@ -85,11 +85,15 @@ def rate_series(
     """
     times: dict[str, list[float]] = {tenant: [] for tenant in tenants}
     for conversation in (stats.get("conversations") or {}).values():
-        tenant = conversation.get("tenantId")
-        if tenant not in times:
-            continue
         for activity in conversation.get("activities") or []:
-            if activity.get("notificationId") == notification_id and activity.get("receivedAt"):
+            if activity.get("notificationId") != notification_id or not activity.get("receivedAt"):
+                continue
+            # The message's own tenant: the emulator files a conversation it first saw through a reply
+            # that named no tenant (a command's confirmation) under its default tenant.
+            tenant = ((activity.get("channelData") or {}).get("tenant") or {}).get("id") or conversation.get(
+                "tenantId"
+            )
+            if tenant in times:
                 times[tenant].append(float(activity["receivedAt"]))
     everything = [at for values in times.values() for at in values]
     start = min(everything) if everything else 0.0

@@ -53,6 +53,8 @@ from devhost.stack import Stack, start_stack
 from proactive.bot.welcome import welcome_notification_id
 
 CATEGORY = "deployments"
+# How often the live view reads the lanes and limiters: each read is work for the host it watches.
+POLL_SECONDS = 2.0
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -314,7 +316,7 @@ class Demo:
                         await reader.poll()
                         live.update(render(reader.tenants, headline))
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), 1.0)
+                            await asyncio.wait_for(stop.wait(), POLL_SECONDS)
                     await reader.poll()
                     live.update(render(reader.tenants, headline))
             else:
@@ -327,7 +329,7 @@ class Demo:
                         last, shown = time.monotonic(), lines
                         self.say(f"{lines}\n{headline}")
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
+                        await asyncio.wait_for(stop.wait(), POLL_SECONDS)
                 await reader.poll()
                 self.say("\n".join(plain_line(p) for p in reader.tenants.values()) + f"\n{headline}")
             await follower

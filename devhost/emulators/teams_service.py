@@ -280,7 +280,13 @@ class TeamsEmulator:
             return response
         except _Answer as answer:
             conversation = self._conversation_stats(call) if call is not None else None
-            self.stats.answered(operation, conversation, answer.answer.status, answer.answer.code)
+            self.stats.answered(
+                operation,
+                conversation,
+                answer.answer.status,
+                answer.answer.code,
+                tenant_id=call.tenant_id if call is not None else None,
+            )
             return json_response(answer.answer.body, answer.answer.status, answer.headers)
 
     def _resolve(

@@ -297,14 +297,23 @@ class Stats:
         return stats
 
     def answered(
-        self, operation: str, conversation: ConversationStats | None, status: int | str, code: str | None
+        self,
+        operation: str,
+        conversation: ConversationStats | None,
+        status: int | str,
+        code: str | None,
+        *,
+        tenant_id: str | None = None,
     ) -> None:
-        """Count one answer (``status`` is ``"reset"`` or ``"timeout"`` for requests never answered)."""
+        """Count one answer (``status`` is ``"reset"`` or ``"timeout"`` for requests never answered).
+
+        ``tenant_id`` is the request's own tenant for the throttle log (a conversation first seen through a
+        reply that named no tenant is filed under the default tenant)."""
         outcome = "accepted" if isinstance(status, int) and status < 300 else "failed"
         if status == 429:
             outcome = "throttled"
             if len(self.throttle_log) < MAX_THROTTLE_LOG:
-                tenant = conversation.tenant_id if conversation is not None else None
+                tenant = tenant_id or (conversation.tenant_id if conversation is not None else None)
                 self.throttle_log.append({"at": self.wall(), "tenantId": tenant, "operation": operation})
         self.totals["requests"] += 1
         self.totals[outcome] += 1

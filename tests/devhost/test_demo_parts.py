@@ -168,6 +168,13 @@ def test_rate_series_buckets_one_notifications_messages_per_second_and_marks_its
             "a": conversation("t1", 100.0, 100.5, 101.2),
             "b": conversation("t2", 100.9),
             "c": conversation("t1", 100.1, nid="welcome-t1"),  # another notification: not counted
+            # first seen through a reply without a tenant: filed under the default one; the message names t2
+            "d": {
+                "tenantId": "default",
+                "activities": [
+                    {"notificationId": "n1", "receivedAt": 102.0, "channelData": {"tenant": {"id": "t2"}}}
+                ],
+            },
         },
         "throttleLog": [
             {"at": 100.7, "tenantId": "t2", "operation": "send"},
@@ -178,7 +185,7 @@ def test_rate_series_buckets_one_notifications_messages_per_second_and_marks_its
     series = rate_series(stats, "n1", ["t1", "t2"])
 
     assert series.start == 100.0 and series.seconds == 3
-    assert series.accepted == {"t1": [2, 1, 0], "t2": [1, 0, 0]}
+    assert series.accepted == {"t1": [2, 1, 0], "t2": [1, 0, 1]}
     assert series.throttled == {"t1": [], "t2": [pytest.approx(0.7)]}
     path = write_chart(series, {"t1": "Contoso"}, {"t1": 50, "t2": 35}, tmp_path / "chart.png")
     assert path.read_bytes().startswith(PNG_SIGNATURE)
