@@ -221,7 +221,15 @@ class TeamsEmulator:
     def _conversation_stats(self, call: _Call) -> ConversationStats | None:
         if call.conversation_id is None:
             return None
-        return self.stats.conversation(call.conversation_id, call.tenant_id)
+        return self._stats_of(call.conversation_id, call.tenant_id)
+
+    def _stats_of(self, conversation_id: str, tenant_id: str) -> ConversationStats:
+        """The conversation's stats; one first seen through a request that named no tenant (a reply) was
+        filed under the default tenant and takes the first real tenant a later request names."""
+        stats = self.stats.conversation(conversation_id, tenant_id)
+        if stats.tenant_id == self.config.default_tenant and tenant_id != self.config.default_tenant:
+            stats.tenant_id = tenant_id
+        return stats
 
     # ---- the pipeline -------------------------------------------------------------------------------
 
@@ -341,7 +349,7 @@ class TeamsEmulator:
 
     def _store(self, conversation_id: str, tenant_id: str, activity: Mapping[str, Any]) -> str:
         activity_id = str(next(self._activity_ids))
-        stats = self.stats.conversation(conversation_id, tenant_id)
+        stats = self._stats_of(conversation_id, tenant_id)
         self.stats.received(stats, activity_id, activity)
         return activity_id
 

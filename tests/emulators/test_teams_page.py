@@ -82,6 +82,8 @@ async def test_page_lists_each_conversation_with_what_it_received_and_escapes_te
             f"{base}v3/conversations/a:one/activities", json=activity("<script>alert(1)</script>")
         )
         await http.put(f"{base}v3/conversations/a:one/activities/{first}", json=activity("first, edited"))
+        # a:two is first seen through a reply that names no tenant, then a message of tenant OTHER
+        await http.post(f"{base}v3/conversations/a:two/activities", json={"type": "message", "text": "reply"})
         await http.post(f"{base}v3/conversations/a:two/activities", json=activity("hello", tenant=OTHER))
         async with http.get(f"{base}_emulator/") as answer:
             assert answer.status == 200
