@@ -217,3 +217,25 @@ def test_make_run_prints_the_seed_command_and_the_readmes_first_broadcast() -> N
     printed = json.loads(text.split("-d '", 1)[1].split("'", 1)[0])
     assert printed == body
     assert "http://127.0.0.1:7072/_emulator/" in text
+
+
+def test_live_view_renders_a_row_per_tenant_with_bar_counts_rate_and_limiter() -> None:
+    from rich.console import Console
+
+    from devhost.demo.progress import render
+
+    tenants = {
+        "t1": TenantProgress(
+            "t1", "Contoso", 10, {"sent": 5, "throttled": 2}, rate=12.0, ceiling=50, limiter_rate=40
+        ),
+        "t2": TenantProgress(
+            "t2", "Fabrikam", 10, {}, breaker="open", ceiling=50, limiter_rate=25, holding=1.5
+        ),
+    }
+    console = Console(record=True, width=160, force_terminal=True)
+    console.print(render(tenants, "poll 3 (12 s): 202 running"))
+    text = console.export_text()
+
+    assert "Contoso" in text and "5/10" in text and "12.0/50" in text and "40/50 closed" in text
+    assert "25/50 open, hold 1.5s" in text
+    assert "poll 3 (12 s): 202 running" in text
