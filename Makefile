@@ -3,13 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install lint typecheck infra-check pytest package clean
+.PHONY: run demo test install lint typecheck infra-check pytest package clean
 
 # Extra options for `devhost run`, e.g. `make run ARGS='--latency azure'` (Azure-like latencies).
 ARGS ?=
 
 run: install
 	$(BIN)/python -m devhost run $(ARGS)
+
+# The product shown end to end (see `python -m devhost demo --help`), e.g.
+# `make demo DEMO_ARGS='--tenants 1 --users 50'`; the CSV and the chart go to demo-output/.
+DEMO_ARGS ?=
+
+demo: install
+	$(BIN)/python -m devhost demo $(DEMO_ARGS)
 
 test: install lint typecheck infra-check pytest
 

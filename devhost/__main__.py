@@ -6,6 +6,8 @@ Commands:
     emulate-teams    the Bot Connector v3 emulator
     emulate-graph    the Microsoft Graph emulator
     azurite          Azurite alone, in memory, printing its connection string
+    seed             capture test users through /api/messages (for ``run``: ``seed --users 5``)
+    demo             the whole product shown: stack, audience, broadcast with a live view, report (``make demo``)
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ COMMANDS = {
     "emulate-teams": "devhost.emulators.teams:main",
     "emulate-graph": "devhost.emulators.graph:main",
     "azurite": "devhost.run:azurite_main",
+    "seed": "devhost.seed:main",
+    "demo": "devhost.demo.run:main",
 }
 
 

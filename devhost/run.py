@@ -8,17 +8,25 @@ delays every Bot Connector answer); see :mod:`devhost.latency`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
 
 from devhost import azurite
-from devhost.azurite import die_with_parent, free_port
 from devhost.latency import add_arguments as add_latency_arguments
 from devhost.latency import from_args as latency_from_args
+from devhost.seed import SEED_TENANT
+from devhost.settings import HostSettings
+from devhost.stack import start_stack
+
+# Fixed for local runs so the README's commands work as written; never used outside devhost.
+DEV_FUNCTION_KEY: Final = "local-dev-key"
+TEAMS_PORT: Final = 7072
+GRAPH_PORT: Final = 7073
 
 
 def azurite_main(argv: list[str]) -> int:
@@ -43,70 +51,65 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options of ``run``."""
     parser = argparse.ArgumentParser(prog="python -m devhost run", description=__doc__)
     parser.add_argument("--port", type=int, default=7071, help="the host's port (default 7071)")
+    parser.add_argument(
+        "--teams-port", type=int, default=TEAMS_PORT, help=f"the Teams emulator's port (default {TEAMS_PORT})"
+    )
+    parser.add_argument(
+        "--graph-port", type=int, default=GRAPH_PORT, help=f"the Graph emulator's port (default {GRAPH_PORT})"
+    )
     add_latency_arguments(parser)
     return parser.parse_args(argv)
+
+
+def function_key(environ: Mapping[str, str], app_dir: Path) -> str:
+    """The key for local runs: ``DEVHOST_FUNCTION_KEY`` (environment or ``local.settings.json``), else the fixed
+    development key :data:`DEV_FUNCTION_KEY`, so the README's examples work as written. Development only: a
+    deployed app's keys are Azure's."""
+    return HostSettings.load(app_dir, environ).function_key or DEV_FUNCTION_KEY
+
+
+def _python() -> str:
+    """This interpreter as the user can type it (``.venv/bin/python`` under ``make run``)."""
+    try:
+        return str(Path(sys.executable).relative_to(Path.cwd()))
+    except ValueError:
+        return sys.executable
+
+
+def next_steps(host_url: str, teams_url: str, key: str) -> str:
+    """What to type next: capture a test user, broadcast to them, see it arrive (printed by ``run``)."""
+    return f"""
+Try it (in another terminal):
+  {_python()} -m devhost seed --users 5 --host {host_url} --teams-url {teams_url}
+  curl -si -X POST "{host_url}/api/broadcasts?code={key}" -H 'content-type: application/json' \\
+    -d '{{"audience": {{"tenants": ["{SEED_TENANT}"]}}, "message": {{"text": "Hello from make run"}}}}'
+  open {teams_url}/_emulator/ to see what each conversation received
+"""
 
 
 def main(argv: list[str]) -> int:
     """Start Azurite (default ports), the Teams and Graph emulators and the host; stop all on a signal."""
     options = parse_args(argv)
-    port = options.port
     profile = latency_from_args(options, os.environ)
-    # One profile and seed for every child, so a run can be repeated with --latency-seed.
-    latency = ["--latency", profile.name, "--latency-seed", str(profile.seed)]
-    instance = azurite.start(ports=(10000, 10001, 10002))
-    env = {**os.environ, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    print(f"Azurite: {instance.connection_string}", flush=True)
-    # The emulators live on loopback and sign no tokens: the bot runs anonymous (the explicit opt-in the
-    # product requires, refused in Azure) and may call loopback (allowed only with anonymous).
-    env.setdefault("BOT_AUTH", "anonymous")
-    env.setdefault("DEV_OUTBOUND_HOSTS", "127.0.0.1")
-    teams_port, graph_port = free_port(), free_port()
-    emulators = {
-        "emulate-teams": (teams_port, ["--latency", profile.name, "--seed", str(profile.seed)]),
-        # Installing the app through Graph posts installationUpdate / conversationUpdate to the bot,
-        # with the Teams emulator as serviceUrl, as Teams does.
-        "emulate-graph": (
-            graph_port,
-            ["--messaging-endpoint", f"http://127.0.0.1:{port}/api/messages",
-             "--teams-service-url", f"http://127.0.0.1:{teams_port}/"],
-        ),
-    }  # fmt: skip
-    for name, (emulator_port, extra) in emulators.items():
-        child = subprocess.Popen(
-            [sys.executable, "-m", "devhost", name, "--port", str(emulator_port), *extra],
-            env=env,
-            preexec_fn=die_with_parent,  # children never outlive `devhost run`, even on SIGKILL
-        )
-        children.append((name, child))
-        env[f"DEVHOST_{name.upper().replace('-', '_')}_URL"] = f"http://127.0.0.1:{emulator_port}"
-        print(f"{name}: http://127.0.0.1:{emulator_port}/", flush=True)
-    # Graph installs go to the Graph emulator (its directory comes from POST /_emulator/config), and a
-    # proactively installed user's messages to the Teams emulator. Anonymous bots only: with an app id the
-    # authority host would also serve the bot's own token.
-    env.setdefault("GRAPH_BASE_URL", env["DEVHOST_EMULATE_GRAPH_URL"] + "/v1.0")
-    env.setdefault("TEAMS_SERVICE_URL", env["DEVHOST_EMULATE_TEAMS_URL"])
-    if not env.get("MicrosoftAppId"):
-        env.setdefault("AUTHORITY_HOST", env["DEVHOST_EMULATE_GRAPH_URL"])
-    # Durable state goes to this Azurite (in memory: it lasts as long as `devhost run`, and survives a
-    # restart of the host alone).
-    host = subprocess.Popen(
-        [sys.executable, "-m", "devhost", "serve", "--port", str(port), *latency],
-        env=env,
-        preexec_fn=die_with_parent,
+    key = function_key(os.environ, Path.cwd())
+    stack = start_stack(
+        profile,
+        host_port=options.port,
+        teams_port=options.teams_port,
+        graph_port=options.graph_port,
+        azurite_ports=(10000, 10001, 10002),
+        function_key=key,
     )
-    children.append(("host", host))
-    seed = f", seed {profile.seed}" if profile.enabled else ""
-    print(f"host: http://127.0.0.1:{port}/api/ (latency profile {profile.name}{seed})", flush=True)
     try:
+        print(f"Azurite: {stack.storage}", flush=True)
+        print(f"emulate-teams: {stack.teams_url}/  (conversations: {stack.teams_url}/_emulator/)", flush=True)
+        print(f"emulate-graph: {stack.graph_url}/", flush=True)
+        seed = f", seed {profile.seed}" if profile.enabled else ""
+        print(f"host: {stack.host_url}/api/ (latency profile {profile.name}{seed})", flush=True)
+        stack.wait_ready()
+        print(f"function key (development only; set DEVHOST_FUNCTION_KEY to change it): {key}", flush=True)
+        print(next_steps(stack.host_url, stack.teams_url, key), flush=True)
         _wait_for_signal()
     finally:
-        for _, child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-        for _, child in children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=10)
-        instance.stop()
+        stack.stop()
     return 0

@@ -14,7 +14,10 @@ Routes (``//`` and a trailing ``/`` are tolerated):
 - ``GET /v3/conversations/{id}/members``, ``GET .../pagedmembers?pageSize=&continuationToken=``
   (page size 50..500, default 200).
 - ``POST /botframework.com/oauth2/v2.0/token`` and ``POST /{tenant}/oauth2/v2.0/token``: client credentials.
-- ``GET /_emulator/stats``, ``POST /_emulator/config`` (``?mode=replace``, default merge),
+- ``GET /_emulator/`` and ``GET /_emulator/conversations/{id}``: a read-only HTML view of conversations and
+  what each received (:mod:`devhost.emulators.teams_page`).
+- ``GET /_emulator/stats`` (``?timeline=1`` adds ``throttleLog``, every 429 with its time and tenant; each
+  activity carries ``receivedAt``), ``POST /_emulator/config`` (``?mode=replace``, default merge),
   ``POST /_emulator/faults`` (a rule, a list of rules, or ``{"rules": [...], "rates": {...}, "seed": N}``),
   ``DELETE /_emulator/faults``, ``POST /_emulator/reset`` (``{"keep_faults": true}`` keeps rules and rates).
 
@@ -24,7 +27,8 @@ Rate limits (429 ``Throttled`` with a ``Retry-After`` a client can wait for and 
   14/1 s, 16/2 s, 120/30 s, 3600/3600 s. Update and delete count as sends (Teams does not document them;
   they are writes to the thread). A channel reply chain is its channel's thread.
 - per thread, all bots together: send / create 14/1 s, 16/2 s; members / conversations 28/1 s, 32/2 s.
-- per app per tenant: ``tenant_rate`` requests per second (default 50), all operations together.
+- per app per tenant: ``tenant_rate`` requests per second (default 50; ``tenant_rates`` per tenant), all
+  operations together.
 
 The bot is the token's client id, else the activity's ``from.id`` (``28:`` stripped), else the create body's
 ``bot.id``, else ``default_bot_id``. The tenant is ``conversation.tenantId``, ``channelData.tenant.id`` or the
@@ -66,6 +70,7 @@ from aiohttp import web
 
 from devhost.emulators.serving import run_until_signal
 from devhost.emulators.teams_faults import RandomFaults, parse_rules
+from devhost.emulators.teams_page import conversation_page, conversations_page
 from devhost.emulators.teams_service import (
     PER_BOT_PER_THREAD,
     PER_THREAD_ALL_BOTS,
@@ -131,6 +136,9 @@ def build_app(
 
     app.on_shutdown.append(release)
     app.router.add_get("/_emulator/stats", _stats)
+    app.router.add_get("/_emulator", _list_page)
+    app.router.add_get("/_emulator/", _list_page)
+    app.router.add_get("/_emulator/conversations/{cid}", _conversation_page)
     app.router.add_post("/_emulator/config", _config)
     app.router.add_post("/_emulator/faults", _add_faults)
     app.router.add_delete("/_emulator/faults", _clear_faults)
@@ -203,10 +211,29 @@ async def _token(request: web.Request, emulator: TeamsEmulator, tenant: str) -> 
 async def _stats(request: web.Request) -> web.StreamResponse:
     emulator = request.app[_APP_KEY]
     activities = request.query.get("activities", "1") not in ("0", "false")
-    document = emulator.stats.to_json(activities=activities, only=request.query.get("conversation"))
+    timeline = request.query.get("timeline", "0") not in ("0", "false")
+    document = emulator.stats.to_json(
+        activities=activities, only=request.query.get("conversation"), timeline=timeline
+    )
     document["faults"] = [rule.describe() for rule in emulator.rules]
     document["rates"] = emulator.random.rates
     return json_response(document, 200)
+
+
+async def _list_page(request: web.Request) -> web.StreamResponse:
+    try:
+        limit = max(1, int(request.query.get("limit", "500")))
+    except ValueError:
+        limit = 500
+    page = conversations_page(request.app[_APP_KEY].stats, tenant=request.query.get("tenant"), limit=limit)
+    return web.Response(text=page, content_type="text/html")
+
+
+async def _conversation_page(request: web.Request) -> web.StreamResponse:
+    page = conversation_page(request.app[_APP_KEY].stats, request.match_info["cid"])
+    if page is None:
+        return web.Response(status=404, text="Unknown conversation.", content_type="text/plain")
+    return web.Response(text=page, content_type="text/html")
 
 
 async def _config(request: web.Request) -> web.StreamResponse:

@@ -173,7 +173,7 @@ class TeamsEmulator:
     def check_limits(self, call: _Call) -> float | None:
         """Admit the call against every documented window at once, or return the Retry-After."""
         family = _FAMILY.get(call.operation, call.operation)
-        rate = self.config.tenant_rate
+        rate = self.config.tenant_rates.get(call.tenant_id, self.config.tenant_rate)
         tenant_limit = [Limit(int(rate), 1.0)] if rate >= 1 else [Limit(1, 1.0 / rate)]
         checks = [
             (("bot-thread", family, call.bot_id, call.thread), PER_BOT_PER_THREAD[family]),
@@ -221,7 +221,15 @@ class TeamsEmulator:
     def _conversation_stats(self, call: _Call) -> ConversationStats | None:
         if call.conversation_id is None:
             return None
-        return self.stats.conversation(call.conversation_id, call.tenant_id)
+        return self._stats_of(call.conversation_id, call.tenant_id)
+
+    def _stats_of(self, conversation_id: str, tenant_id: str) -> ConversationStats:
+        """The conversation's stats; one first seen through a request that named no tenant (a reply) was
+        filed under the default tenant and takes the first real tenant a later request names."""
+        stats = self.stats.conversation(conversation_id, tenant_id)
+        if stats.tenant_id == self.config.default_tenant and tenant_id != self.config.default_tenant:
+            stats.tenant_id = tenant_id
+        return stats
 
     # ---- the pipeline -------------------------------------------------------------------------------
 
@@ -280,7 +288,13 @@ class TeamsEmulator:
             return response
         except _Answer as answer:
             conversation = self._conversation_stats(call) if call is not None else None
-            self.stats.answered(operation, conversation, answer.answer.status, answer.answer.code)
+            self.stats.answered(
+                operation,
+                conversation,
+                answer.answer.status,
+                answer.answer.code,
+                tenant_id=call.tenant_id if call is not None else None,
+            )
             return json_response(answer.answer.body, answer.answer.status, answer.headers)
 
     def _resolve(
@@ -335,7 +349,7 @@ class TeamsEmulator:
 
     def _store(self, conversation_id: str, tenant_id: str, activity: Mapping[str, Any]) -> str:
         activity_id = str(next(self._activity_ids))
-        stats = self.stats.conversation(conversation_id, tenant_id)
+        stats = self._stats_of(conversation_id, tenant_id)
         self.stats.received(stats, activity_id, activity)
         return activity_id
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ class TeamsEmulatorConfig:
 
     Attributes:
         tenant_rate: requests per second per app per tenant (facts sheet: 50, older revision 30).
+        tenant_rates: ``tenantId -> rate`` for tenants whose limit differs from ``tenant_rate``.
         require_auth: every ``/v3`` call needs a bearer token this emulator issued and that has not expired.
         seed: seed for random fault rates (``rates``) when the rates do not carry their own, and for the
             call latency draws.
@@ -52,6 +54,7 @@ class TeamsEmulatorConfig:
     """
 
     tenant_rate: float = 50.0
+    tenant_rates: Mapping[str, float] = field(default_factory=dict)
     require_auth: bool = False
     seed: int | None = None
     default_tenant: str = DEFAULT_TENANT
@@ -100,6 +103,8 @@ class TeamsEmulatorConfig:
         for name in ("users", "faults", "rate_operations"):
             if name in changes:
                 changes[name] = tuple(changes[name])
+        if "tenant_rates" in changes:
+            changes["tenant_rates"] = {str(k): float(v) for k, v in changes["tenant_rates"].items()}
         if "credentials" in changes:
             changes["credentials"] = dict(changes["credentials"])
         config = replace(self, **changes)
@@ -219,7 +224,7 @@ class Directory:
         return conversation
 
 
-def _activity_view(activity_id: str, activity: Mapping[str, Any]) -> dict[str, Any]:
+def _activity_view(activity_id: str, activity: Mapping[str, Any], received_at: float) -> dict[str, Any]:
     channel_data = activity.get("channelData") or {}
     attachments = activity.get("attachments") or []
     return {
@@ -231,6 +236,7 @@ def _activity_view(activity_id: str, activity: Mapping[str, Any]) -> dict[str, A
         "attachmentTypes": [a.get("contentType") for a in attachments if isinstance(a, Mapping)],
         "notificationId": notification_id(activity),
         "replyToId": activity.get("replyToId"),
+        "receivedAt": received_at,
         "updates": 0,
         "deleted": False,
         "channelData": channel_data or None,
@@ -262,10 +268,20 @@ class ConversationStats:
     by_code: Counter[str] = field(default_factory=Counter)
 
 
-class Stats:
-    """Counters behind ``GET /_emulator/stats``."""
+# Throttled answers kept for ``?timeline=1`` (a demo's chart); older ones are dropped past this.
+MAX_THROTTLE_LOG = 100_000
 
-    def __init__(self) -> None:
+
+class Stats:
+    """Counters behind ``GET /_emulator/stats``.
+
+    Args:
+        wall: Unix time for ``receivedAt`` and the throttle log (the rate windows use the monotonic clock).
+    """
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
+        self.throttle_log: list[dict[str, Any]] = []
         self.totals: Counter[str] = Counter()
         self.by_status: Counter[str] = Counter()
         self.by_code: Counter[str] = Counter()
@@ -281,12 +297,24 @@ class Stats:
         return stats
 
     def answered(
-        self, operation: str, conversation: ConversationStats | None, status: int | str, code: str | None
+        self,
+        operation: str,
+        conversation: ConversationStats | None,
+        status: int | str,
+        code: str | None,
+        *,
+        tenant_id: str | None = None,
     ) -> None:
-        """Count one answer (``status`` is ``"reset"`` or ``"timeout"`` for requests never answered)."""
+        """Count one answer (``status`` is ``"reset"`` or ``"timeout"`` for requests never answered).
+
+        ``tenant_id`` is the request's own tenant for the throttle log (a conversation first seen through a
+        reply that named no tenant is filed under the default tenant)."""
         outcome = "accepted" if isinstance(status, int) and status < 300 else "failed"
         if status == 429:
             outcome = "throttled"
+            if len(self.throttle_log) < MAX_THROTTLE_LOG:
+                tenant = tenant_id or (conversation.tenant_id if conversation is not None else None)
+                self.throttle_log.append({"at": self.wall(), "tenantId": tenant, "operation": operation})
         self.totals["requests"] += 1
         self.totals[outcome] += 1
         self.by_status[str(status)] += 1
@@ -302,7 +330,7 @@ class Stats:
         self, conversation: ConversationStats, activity_id: str, activity: Mapping[str, Any]
     ) -> None:
         """Record an accepted activity."""
-        conversation.activities[activity_id] = _activity_view(activity_id, activity)
+        conversation.activities[activity_id] = _activity_view(activity_id, activity, self.wall())
         self.totals["activities"] += 1
 
     def duplicates(self) -> list[dict[str, Any]]:
@@ -338,8 +366,11 @@ class Stats:
                 entry["deliveries"] += count
         return result
 
-    def to_json(self, *, activities: bool = True, only: str | None = None) -> dict[str, Any]:
-        """The stats document; ``activities=False`` leaves out the per-activity lists."""
+    def to_json(
+        self, *, activities: bool = True, only: str | None = None, timeline: bool = False
+    ) -> dict[str, Any]:
+        """The stats document; ``activities=False`` leaves out the per-activity lists, ``timeline=True`` adds
+        ``throttleLog`` (every 429 answered: ``at`` Unix time, ``tenantId``, ``operation``)."""
         conversations = {}
         for conversation_id, stats in self.conversations.items():
             if only is not None and conversation_id != only:
@@ -359,7 +390,7 @@ class Stats:
             conversations[conversation_id] = entry
         totals = {"requests": 0, "accepted": 0, "throttled": 0, "failed": 0, "activities": 0}
         totals.update(self.totals)
-        return {
+        document = {
             "totals": totals,
             "byStatus": dict(self.by_status),
             "byCode": dict(self.by_code),
@@ -369,3 +400,6 @@ class Stats:
             "duplicates": self.duplicates(),
             "byNotification": self.by_notification(),
         }
+        if timeline:
+            document["throttleLog"] = list(self.throttle_log)
+        return document
