@@ -13,8 +13,8 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from proactive.composition import services
-from proactive.errors import InvalidInput
-from proactive.functions.http import json_response
+from proactive.errors import InvalidInput, StorageError
+from proactive.functions.http import json_response, storage_unavailable
 
 bp = df.Blueprint()
 
@@ -29,6 +29,8 @@ async def deadletters_list(req: func.HttpRequest) -> func.HttpResponse:
         page = await service.list(service.parse_query(dict(req.params)))
     except InvalidInput as exc:
         return json_response(exc.to_body(), status=exc.status)
+    except StorageError:
+        return storage_unavailable()
     if req.params.get("format") == "csv" or "text/csv" in req.headers.get("Accept", ""):
         headers = {
             "Cache-Control": "no-store",
@@ -45,4 +47,6 @@ async def deadletters_redrive(req: func.HttpRequest) -> func.HttpResponse:
         body = await services().dead_letter_service.redrive(req.route_params["id"])
     except InvalidInput as exc:
         return json_response(exc.to_body(), status=exc.status)
+    except StorageError:
+        return storage_unavailable()
     return json_response(body, status=202)

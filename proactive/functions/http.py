@@ -16,3 +16,14 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
         mimetype="application/json",
         headers={"Cache-Control": "no-store", **(headers or {})},
     )
+
+
+# How long a caller waits before trying again after a storage failure (the platform's own blips last seconds).
+STORAGE_RETRY_AFTER_SECONDS = 5
+
+
+def storage_unavailable() -> func.HttpResponse:
+    """``503`` with ``Retry-After`` for a storage failure: the request can succeed later, it is not a bug (a
+    ``500`` would make Logic Apps and Power Automate stop instead of retrying)."""
+    body = {"error": {"code": "storage_unavailable", "message": "storage is unavailable; retry later"}}
+    return json_response(body, status=503, headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)})

@@ -10,9 +10,9 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from proactive.composition import services
-from proactive.errors import InvalidInput
+from proactive.errors import InvalidInput, StorageError
 from proactive.functions.broadcasts import CONTINUATION_HEADER, DurableOrchestrations
-from proactive.functions.http import json_response
+from proactive.functions.http import json_response, storage_unavailable
 from proactive.reports import BroadcastReports, TenantAudienceReport, report_csv
 
 bp = df.Blueprint()
@@ -36,6 +36,8 @@ async def broadcasts_report(
         report = await reports.report(req.route_params["id"])
     except InvalidInput as exc:
         return json_response(exc.to_body(), status=exc.status)
+    except StorageError:
+        return storage_unavailable()
     if wanted == "csv":
         return func.HttpResponse(
             report_csv(report), status_code=200, mimetype="text/csv", headers={"Cache-Control": "no-store"}
@@ -61,6 +63,8 @@ async def tenants_audience(req: func.HttpRequest) -> func.HttpResponse:
         )
     except InvalidInput as exc:
         return json_response(exc.to_body(), status=exc.status)
+    except StorageError:
+        return storage_unavailable()
     if req.params.get("format") == "csv":
         headers = {
             "Cache-Control": "no-store",
