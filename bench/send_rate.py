@@ -25,6 +25,19 @@ per-thread limits never bite; only the per-tenant ceiling does):
     every request through the latency proxy under ``--latency azure``. The line closest to Azure.
 ``ours x N tenants``
     ``ours`` for N tenants at once, each with its own limiter and its own ceiling at the emulator.
+``fixed pause`` (``--lines pause``)
+    the best-known peer's strategy (Company Communicator's send function): no limiter; on a 429 one
+    jittered retry, then a global pause of a fixed length (660 s there, ``--pause-seconds`` here) during
+    which every message taken is re-queued with that delay; then full speed again. See
+    :func:`run_fixed_pause`.
+``ours, 30/s real`` and ``durable, 30/s real`` (``ceiling``, ``ceiling-durable``)
+    the product configured for 50 msg/s against an emulator that enforces ``--real-ceiling`` (30).
+``ours, 10 % random 429`` and ``durable, 10 % random 429`` (``faults``, ``faults-durable``)
+    the emulator's own random fault injection (``rates``) answers ``--random-429`` of the sends 429
+    after admitting them (they use quota), ceiling 50.
+``small: N users (Azurite)`` (``small``)
+    the Azurite line for 1, 3 and 10 users: seconds from the broadcast's start to the first and to the
+    last accepted send.
 ``ours, limiter overrides`` (only with ``--lines tuned``)
     ``ours`` with other :class:`~proactive.rate_limiter.LimiterConfig` fields (``--limiter '{"burst": 5}'``),
     to try a tuning before proposing it.
@@ -45,6 +58,11 @@ Measured per line (nothing is asserted; the numbers go to a table and to
 * ``lost``: messages that never reached their conversation in the run (``expected`` minus the emulator's
   ``byNotification`` count); ``ours`` lists rows handed to ``deliveries-retry`` separately.
 * client and emulator CPU seconds, to tell a pacing problem from a starved process.
+* a second table: ``reach`` / ``settle`` (seconds until the accepted rate over 2 s first reaches 0.9 of
+  the ceiling, and after which it stays there; :func:`ramp`), 429s split into the rate windows' and the
+  injected ones, client CPU (plus Azurite's) per delivered message, table and queue requests through the
+  Azurite proxy per delivered message, and the durable history rows per orchestration execution
+  (:class:`CountingStore`).
 
 ``--latency azure`` (default ``none``; :mod:`devhost.latency`) runs the lines with Azure's latencies: the
 emulator answers each call after a log-normal delay around 150 ms, the durable line's work items and timers
@@ -1156,6 +1174,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     attempts = settings.max_send_attempts
     latency = latency_from_args(args, os.environ)
     print(f"latency profile {latency.name} (seed {latency.seed})", flush=True)
+    load_before, started = os.getloadavg(), time.monotonic()
     emulator = EmulatorProcess(CEILING, latency)
     emulator.start()
     lines: list[Line] = []
@@ -1298,6 +1317,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "send_rate",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        # 1/5/15-minute load averages when the run started and ended: other work on the machine shows here.
+        "loadAverage": {
+            "start": [round(v, 2) for v in load_before],
+            "end": [round(v, 2) for v in os.getloadavg()],
+        },
+        "wallSeconds": round(time.monotonic() - started, 1),
+        "command": "python -m bench.send_rate " + " ".join(sys.argv[1:]),
         "perTenant": args.per_tenant,
         "batchSize": args.batch_size,
         "ceilingPerTenant": CEILING,
