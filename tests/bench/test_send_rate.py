@@ -18,6 +18,7 @@ from bench.send_rate import (
     FixedPauseStats,
     Recipient,
     World,
+    quiet_seconds,
     ramp,
     run_fixed_pause,
 )
@@ -63,6 +64,11 @@ def test_ramp_without_sends_is_empty() -> None:
     assert ramp([], None, 50.0)["reachSeconds"] is None
 
 
+def test_quiet_seconds_add_only_the_gaps_longer_than_the_bound() -> None:
+    assert quiet_seconds([5.0, 0.0, 1.0, 1.5, 9.0], 2.0) == pytest.approx(3.5 + 4.0)
+    assert quiet_seconds([], 2.0) == 0.0
+
+
 def test_world_config_names_the_emulators_settings() -> None:
     assert World(tenant_rate=30).config() == {"tenant_rate": 30, "rates": {}, "rate_operations": ["send"]}
     assert World(random_429=0.1).config()["rates"] == {"429": 0.1}
@@ -99,6 +105,8 @@ async def test_fixed_pause_delivers_everyone_once_and_sends_nothing_while_paused
     assert stats.pauses >= 1
     assert stats.retries >= 1
     assert stats.requeued >= stats.pauses
+    assert stats.pause_episodes >= 1
+    assert len(stats.starts) == document["totals"]["requests"]
     assert clock.throttled == document["byStatus"]["429"]
     starts = sorted(t for times in clock.starts.values() for t in times)
     # After the first pause no send starts for about the pause, less the scaled 15 s of 660.
