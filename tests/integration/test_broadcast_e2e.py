@@ -148,7 +148,7 @@ class Run:
 def install_test_sender(monkeypatch: pytest.MonkeyPatch, outcomes: list[RowOutcome]) -> None:
     """The composition root's sender with test timings, and its outcome hook recording every row."""
 
-    async def batch_sender(self: composition.Services) -> BatchSender:
+    async def batch_sender(self: composition.Services, **telemetry_labels: str | None) -> BatchSender:
         policy = OutboundPolicy.for_bot_connector(self.settings)
         connector = BotConnectorClient(await self.http(), AnonymousTokens(), policy, timeout=CLIENT_TIMEOUT)
         return BatchSender(
