@@ -173,6 +173,7 @@ class PacedRuns:
             operation="send",
             batch_size=self._batch_size,
             batches_per_execution=self._batches_per_execution,
+            redrive=True,
         )
         try:
             await self._orchestrations.start(fn.TENANT_LANE, instance_id, run.to_json())

@@ -26,7 +26,7 @@ MAX_REDRIVES = 5
 # While a re-drive run of the tenant is under way the trigger wakes it and checks the row again later (the
 # run may have read the ledger just before the row became due): first after this long, doubling per check
 # up to REDRIVE_RECHECK_MAX. A check of a row that was sent meanwhile completes the message.
-REDRIVE_RECHECK_FIRST = timedelta(seconds=15)
+REDRIVE_RECHECK_FIRST = timedelta(seconds=5)
 REDRIVE_RECHECK_MAX = timedelta(minutes=5)
 
 # Pacing of tenant_broadcast (not retries, but timing policy all the same).

@@ -108,6 +108,8 @@ class TenantRun(WireModel):
         remaining: the last batch's ``remaining`` (``None`` before one).
         part: the lane's part of the tenant's rows (of ``parts``; see ``SendBatchInput.part``).
         parts: how many parts the tenant's rows are split into (1: every row).
+        redrive: a re-drive run (started by the ``deliveries-retry`` trigger, :mod:`proactive.redrive`): when
+            nothing is left it first looks for a wake that came during its last batch, and goes on if one did.
     """
 
     notification_id: str = Field(min_length=1)
@@ -122,6 +124,7 @@ class TenantRun(WireModel):
     remaining: int | None = Field(default=None, ge=0)
     part: int = Field(default=0, ge=0)
     parts: int = Field(default=1, ge=1)
+    redrive: bool = False
 
 
 class TenantSummary(WireModel):

@@ -70,6 +70,18 @@ def tenant_broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
     return lanes.merge(summaries).to_json()
 
 
+def _woken_meanwhile(context: df.DurableOrchestrationContext) -> Orchestration:
+    """Whether a wake event came while the run was busy: the SDK keeps an event raised while nobody waited, so
+    the waiter resolves at once; otherwise a timer due now answers first. Closes the window in which a trigger
+    saw the run under way (and only woke it) while the run's last batch had already read the ledger."""
+    timer = context.create_timer(now(context))
+    wake = context.wait_for_external_event(fn.WAKE_EVENT)
+    winner = yield context.task_any([timer, wake])
+    if winner != timer:
+        timer.cancel()
+    return winner == wake
+
+
 def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
     """Orchestrator body of one lane; input :class:`TenantRun` JSON, output :class:`TenantSummary` JSON."""
     lane = LaneProgress.start(TenantRun.from_json(context.get_input()))
@@ -112,6 +124,12 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
         if after.next == "halted":
             return lane.summary("failed", error=f"halted: {result.halted}").to_json()
         if after.next == "completed":
+            if lane.run.redrive and (yield from _woken_meanwhile(context)):
+                # A row became due while the batch ran, after the batch had read the ledger: look again, in a
+                # fresh execution (the SDK resolves every later waiter of an event that came while nobody
+                # waited, so in this execution each further check would answer "woken" again).
+                context.continue_as_new(lane.continuation().to_json())
+                return None
             return lane.summary("completed").to_json()
         # Quiet hours: a wake event (a re-drive of a row that became due meanwhile) ends the wait early; the
         # next batch then takes what is due and the lane sleeps again until the next deferred row.

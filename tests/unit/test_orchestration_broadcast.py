@@ -17,7 +17,8 @@ from proactive import function_names as fn
 from proactive.errors import InvalidInput
 from proactive.models import DeliveryRecord, DeliveryStatus, NotificationStatus
 from proactive.orchestration import policies
-from proactive.orchestration.tenant_broadcast import lane_instance_id
+from proactive.orchestration.runs import TenantRun
+from proactive.orchestration.tenant_broadcast import lane_instance_id, redrive_instance_id
 from tests.unit.test_orchestration_harness import (
     FORBIDDEN_TENANT,
     START,
@@ -268,6 +269,30 @@ async def test_a_wake_event_ends_a_lanes_quiet_hours_wait_so_a_row_due_meanwhile
     assert record.status == "Completed" and harness.clock.now() >= quiet_end
     counts = await harness.services.deliveries.count_by_status("woken", TENANTS[0])
     assert counts == {DeliveryStatus.SENT: 5}
+
+
+@pytest.mark.parametrize("woken", [False, True])
+async def test_a_redrive_run_woken_during_its_last_batch_looks_again_before_it_ends(
+    harness: Harness, woken: bool
+) -> None:
+    # The trigger saw the run under way and only woke it: the run's last batch may have read the ledger
+    # before the trigger's row became due, so the run takes one more look instead of ending.
+    accepted = await harness.service.start(
+        body(users=[(TENANTS[0], user_id(0, n)) for n in range(2)], notification_id="looks-again")
+    )
+    assert (await harness.run(accepted.instance_id)).status == "Completed"
+    instance = redrive_instance_id("looks-again", TENANTS[0])
+    calls = len(harness.sender.calls)
+
+    async def wake() -> None:
+        assert await harness.orchestrations.raise_event(instance, fn.WAKE_EVENT, None)
+
+    if woken:
+        harness.sender.during[calls + 1] = wake
+    run = TenantRun(notification_id="looks-again", tenant_id=TENANTS[0], redrive=True)
+    await harness.orchestrations.start(fn.TENANT_LANE, instance, run.to_json())
+    assert (await harness.run(instance)).status == "Completed"
+    assert len(harness.sender.calls) - calls == (2 if woken else 1)
 
 
 async def test_cancel_keeps_sent_rows_and_marks_the_rest_cancelled(harness: Harness) -> None:

@@ -86,7 +86,7 @@ def test_a_row_handed_off_more_than_max_redrives_times_is_dead_lettered() -> Non
 
 def test_rechecks_of_a_run_under_way_back_off_to_the_cap() -> None:
     delays = [recheck_delay(n) for n in range(8)]
-    assert delays[:3] == [15.0, 30.0, 60.0] and delays[-1] == 300.0 and delays == sorted(delays)
+    assert delays[:3] == [5.0, 10.0, 20.0] and delays[-1] == 300.0 and delays == sorted(delays)
 
 
 # ---- PacedRuns ---------------------------------------------------------------------------------------
