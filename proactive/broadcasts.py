@@ -31,8 +31,6 @@ Durable's client is behind the :class:`Orchestrations` port so this module impor
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 import uuid
@@ -46,6 +44,7 @@ from proactive import json_input
 from proactive.audience import AudienceMaterialiser, audience_tenants, stored_request
 from proactive.bot.welcome import WELCOME_PREFIX
 from proactive.broadcast_request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
+from proactive.csv_export import csv_text
 from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
 from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
 from proactive.orchestration import policies
@@ -162,13 +161,11 @@ class DeliveriesPage:
         return {"items": self.items, "continuation": self.continuation}
 
     def to_csv(self) -> str:
-        """RFC 4180 CSV with a header; cells that a spreadsheet would run as a formula are quoted with '."""
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
-        for item in self.items:
+        """RFC 4180 CSV with a header (:func:`~proactive.csv_export.csv_text`)."""
+
+        def row(item: dict[str, Any]) -> list[object]:
             error = item.get("lastError") or {}
-            row = [
+            return [
                 item["tenantId"],
                 item["recipientKey"],
                 item["status"],
@@ -180,14 +177,8 @@ class DeliveriesPage:
                 item.get("notBefore", ""),
                 item.get("updatedAt", ""),
             ]
-            writer.writerow([_csv_safe(value) for value in row])
-        return out.getvalue()
 
-
-def _csv_safe(value: object) -> str:
-    text = "" if value is None else str(value)
-    # Error messages come from remote services: never let them become spreadsheet formulas.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+        return csv_text(CSV_COLUMNS, (row(item) for item in self.items))
 
 
 def not_found(notification_id: str) -> InvalidInput:

@@ -30,9 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import csv
 import hashlib
-import io
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,6 +41,7 @@ from typing import Any, Final, Protocol
 from pydantic import ValidationError
 
 from proactive import json_input, telemetry
+from proactive.csv_export import csv_text
 from proactive.errors import ConcurrencyConflict, InvalidInput
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
 from proactive.paging import decode_continuation, encode_continuation
@@ -61,7 +60,6 @@ __all__ = [
     "DeliveryRedriver",
     "RedriveResult",
     "Redriver",
-    "csv_cell",
     "parse_public_id",
     "public_id",
     "record_poison_failure",
@@ -226,24 +224,16 @@ class DeadLetterPage:
         return {"items": self.items, "continuation": self.continuation}
 
     def to_csv(self) -> str:
-        """RFC 4180 CSV with a header; cells a spreadsheet would run as a formula are quoted with '."""
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
-        for item in self.items:
+        """RFC 4180 CSV with a header (:func:`~proactive.csv_export.csv_text`)."""
+
+        def row(item: dict[str, Any]) -> list[object]:
             payload = item.get("payload") or {}
             recipient = payload.get("recipientKey", "") if isinstance(payload, dict) else ""
-            row = [item.get(column, "") for column in CSV_COLUMNS]
-            row[CSV_COLUMNS.index("recipientKey")] = recipient
-            writer.writerow([csv_cell(value) for value in row])
-        return out.getvalue()
+            cells: list[object] = [item.get(column, "") for column in CSV_COLUMNS]
+            cells[CSV_COLUMNS.index("recipientKey")] = recipient
+            return cells
 
-
-def csv_cell(value: object) -> str:
-    """A CSV cell that a spreadsheet never runs as a formula (a leading ``= + - @ TAB CR`` gets a ``'``)."""
-    text = "" if value is None else str(value)
-    # Reasons quote remote services' error text: never let it become a spreadsheet formula.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+        return csv_text(CSV_COLUMNS, (row(item) for item in self.items))
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,6 @@ uninstall, a removed member or a user who blocked the bot, and since when) and w
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,7 +31,7 @@ from typing import Any, Final
 
 from proactive.audience import audience_tenants, stored_request
 from proactive.broadcasts import not_found
-from proactive.dead_letters import csv_cell
+from proactive.csv_export import csv_text
 from proactive.errors import InvalidInput
 from proactive.keys import encode_key
 from proactive.models import DeliveryStatus, Preferences, StoredReference
@@ -94,18 +92,13 @@ async def broadcast_report(
 
 def report_csv(report: Mapping[str, Any]) -> str:
     """The report as ``section,key,count`` rows (RFC 4180, with a header)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(("section", "key", "count"))
     rows: list[tuple[str, object, object]] = [
         ("count", key, value) for key, value in (report.get("counts") or {}).items()
     ]
     rows.append(("count", "throttled", report.get("throttled", 0)))
     rows.extend(("minute", minute["minute"], minute["sent"]) for minute in report.get("perMinute", []))
     rows.extend(("reason", reason, n) for reason, n in (report.get("failuresByReason") or {}).items())
-    for row in rows:
-        writer.writerow([csv_cell(cell) for cell in row])  # error codes come from remote services
-    return out.getvalue()
+    return csv_text(("section", "key", "count"), rows)  # error codes come from remote services
 
 
 class BroadcastReports:
@@ -157,19 +150,17 @@ class AudiencePage:
         return {"items": self.items, "continuation": self.continuation}
 
     def to_csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(AUDIENCE_CSV_COLUMNS)
-        for item in self.items:
-            row = [
+        rows = (
+            [
                 item["kind"],
                 item["recipientKey"],
                 item.get("reason", ""),
                 ";".join(item.get("categories", ())),
                 item["since"],
             ]
-            writer.writerow([csv_cell(cell) for cell in row])
-        return out.getvalue()
+            for item in self.items
+        )
+        return csv_text(AUDIENCE_CSV_COLUMNS, rows)
 
 
 class TenantAudienceReport:
