@@ -30,7 +30,7 @@ import azure.durable_functions as df
 from proactive import function_names as fn
 from proactive.models import NotificationStatus
 from proactive.orchestration import policies
-from proactive.orchestration.clock import Orchestration, iso, now, parse_iso, wait_until
+from proactive.orchestration.clock import Orchestration, WaitEnd, iso, now, parse_iso, wait_until
 from proactive.orchestration.lanes import TenantLanes
 from proactive.orchestration.runs import (
     AudiencePageRequest,
@@ -105,7 +105,7 @@ def broadcast(context: df.DurableOrchestrationContext) -> Orchestration:
     if run.phase == "schedule":
         if sending and run.send_at is not None:
             context.set_custom_status({"phase": "scheduled", "sendAt": run.send_at})
-            if (yield from wait_until(context, parse_iso(run.send_at))):
+            if (yield from wait_until(context, parse_iso(run.send_at))) == WaitEnd.CANCELLED:
                 cancelled = RecordRequest(
                     notification_id=run.notification_id,
                     status=NotificationStatus.CANCELLED,

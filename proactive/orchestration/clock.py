@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from proactive import function_names as fn
@@ -34,13 +35,23 @@ def iso(value: datetime) -> str:
     return aware(value).isoformat().replace("+00:00", "Z")
 
 
+class WaitEnd(StrEnum):
+    """How :func:`wait_until` ended."""
+
+    TIME = "time"
+    CANCELLED = "cancelled"
+    WOKEN = "woken"
+
+
 def wait_until(context: Any, fire_at: datetime, *, wake_event: str | None = None) -> Orchestration:
     """Wait on durable timers until ``fire_at`` unless a cancel event arrives first.
 
-    Returns (through ``yield from``) ``True`` when cancelled. A cancel raised while the orchestration was
-    not waiting is kept by the SDK and resolves the next wait at once. With ``wake_event``, that event ends
-    the wait early too (returns ``False``, as if the time had come); like a cancel, one raised while the
-    orchestration was not waiting ends its next such wait at once.
+    Returns (through ``yield from``) a :class:`WaitEnd`. A cancel raised while the orchestration was not
+    waiting is kept by the SDK and resolves the next wait at once. With ``wake_event``, that event ends the
+    wait early too (``WOKEN``). The SDK never forgets an event raised while nobody waited: in the same
+    execution it resolves *every* later waiter of that name at once (``deferred_tasks`` is never cleared).
+    Harmless for a cancel; after ``WOKEN`` the caller must continue as new before it waits for the wake
+    event again.
 
     A long wait is a chain of timers of at most :data:`MAX_TIMER_SPAN`, each raced against a cancel waiter
     of its own. With Azure Storage the extension makes the SDK split a timer longer than 6 days into
@@ -58,5 +69,5 @@ def wait_until(context: Any, fire_at: datetime, *, wake_event: str | None = None
         winner = yield context.task_any(waits)
         if winner != timer:
             timer.cancel()
-            return winner == cancel
-    return False
+            return WaitEnd.CANCELLED if winner == cancel else WaitEnd.WOKEN
+    return WaitEnd.TIME

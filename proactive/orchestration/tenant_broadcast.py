@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from proactive import function_names as fn
 from proactive.limiter import AcquireDecision
 from proactive.orchestration import policies
-from proactive.orchestration.clock import Orchestration, now, wait_until
+from proactive.orchestration.clock import Orchestration, WaitEnd, now, wait_until
 from proactive.orchestration.lanes import LaneProgress, TenantLanes, lane_instance_id
 from proactive.orchestration.runs import CancelledRows, TenantRows, TenantRun, TenantSummary
 from proactive.sender import SendBatchResult
@@ -103,7 +103,7 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
             grant = None
         if grant is None:  # the limiter answers errors as decisions (it never raises): a bug
             return lane.summary("failed", error=f"limiter refused: {answer!r}").to_json()
-        if (yield from wait_until(context, lane.start_at(grant))):
+        if (yield from wait_until(context, lane.start_at(grant))) == WaitEnd.CANCELLED:
             return (yield from end_cancelled())
         if grant.tokens == 0:
             continue  # breaker open or a probe in flight: ask again at notBefore
@@ -132,11 +132,15 @@ def tenant_lane(context: df.DurableOrchestrationContext) -> Orchestration:
                 return None
             return lane.summary("completed").to_json()
         # Quiet hours: a wake event (a re-drive of a row that became due meanwhile) ends the wait early; the
-        # next batch then takes what is due and the lane sleeps again until the next deferred row.
-        if after.until is not None and (
-            yield from wait_until(context, after.until, wake_event=fn.WAKE_EVENT)
-        ):
-            return (yield from end_cancelled())
+        # next batch, in a fresh execution (see wait_until), takes what is due and the lane sleeps again until
+        # the next deferred row.
+        if after.until is not None:
+            ended = yield from wait_until(context, after.until, wake_event=fn.WAKE_EVENT)
+            if ended == WaitEnd.CANCELLED:
+                return (yield from end_cancelled())
+            if ended == WaitEnd.WOKEN:
+                context.continue_as_new(lane.continuation().to_json())
+                return None
 
     context.continue_as_new(lane.continuation().to_json())
     return None

@@ -271,6 +271,32 @@ async def test_a_wake_event_ends_a_lanes_quiet_hours_wait_so_a_row_due_meanwhile
     assert counts == {DeliveryStatus.SENT: 5}
 
 
+async def test_a_wake_raised_while_the_lane_was_busy_ends_one_quiet_hours_wait_not_every_later_one(
+    harness: Harness,
+) -> None:
+    # The SDK keeps an event raised while nobody waited and, in that execution, hands it to every later waiter
+    # of its name: a lane must not spin through its quiet-hours waits after one such wake.
+    quiet_end = START + timedelta(hours=7)
+    harness.sender.quiet_until = {f"user:{user_id(0, 2)}": quiet_end}
+    accepted = await harness.service.start(
+        body(users=[(TENANTS[0], user_id(0, n)) for n in range(4)], notification_id="spin")
+    )
+    lane = f"spin.{TENANTS[0]}"
+
+    async def wake() -> None:  # inside the first batch: nobody waits for the event yet
+        assert await harness.orchestrations.raise_event(lane, fn.WAKE_EVENT, None)
+
+    harness.sender.during[1] = wake
+    record = await harness.run(accepted.instance_id, until=START + timedelta(hours=1))
+    assert record.status == "Running"
+    # The first batch, then one look after the wake; then the lane sleeps until the window ends.
+    assert len(harness.sender.calls) == 2
+    record = await harness.run(accepted.instance_id)
+    assert record.status == "Completed" and harness.clock.now() >= quiet_end
+    counts = await harness.services.deliveries.count_by_status("spin", TENANTS[0])
+    assert counts == {DeliveryStatus.SENT: 4}
+
+
 @pytest.mark.parametrize("woken", [False, True])
 async def test_a_redrive_run_woken_during_its_last_batch_looks_again_before_it_ends(
     harness: Harness, woken: bool
