@@ -44,6 +44,7 @@ from proactive.stores import (
     TableNotificationStore,
     TablePreferenceStore,
     TableReferenceStore,
+    TableThreadWindows,
 )
 from proactive.telemetry import TimedConnector
 
@@ -87,6 +88,10 @@ class Services:
     @property
     def dead_letters(self) -> TableDeadLetterStore:
         return TableDeadLetterStore(self.tables.table(self.settings.tables.deadletters))
+
+    @property
+    def threads(self) -> TableThreadWindows:
+        return TableThreadWindows(self.tables.table(self.settings.tables.threads))
 
     @property
     def dead_letter_service(self) -> DeadLetterService:
@@ -245,6 +250,7 @@ class Services:
             concurrency=self.settings.send_concurrency,
             handoff_delay=self.settings.retry_handoff_seconds,
             on_outcome=on_outcome,
+            threads=self.threads,
         )
 
     async def category(self, notification_id: str) -> str:

@@ -24,10 +24,13 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
 4. **preferences** (users): opted out of everything or of the category -> ``suppressed``. Inside quiet hours
    in the recipient's time zone (preferences, else reference; unknown -> UTC, and the record says so) and not
    urgent -> ``deferred`` with ``not_before`` = the window's end (:mod:`proactive.quiet_hours`).
-5. **send** the rendered message (:func:`proactive.message_content.render` with the row's ``data``) with
+5. **thread windows** (channels and group chats, with ``threads``): the first request takes a place in
+   the thread's windows (:mod:`proactive.limiter.threads`) after its slot; full windows -> ``deferred``
+   with ``thread_busy`` and ``not_before`` = when they open (no request made).
+6. **send** the rendered message (:func:`proactive.message_content.render` with the row's ``data``) with
    in-process retries by type (:func:`proactive.retry.call_with_retries`): 429 after ``Retry-After``,
    412/502/503 (504 after update/delete) and connect failures with full-jitter backoff, bounded attempts.
-6. **record** with an ETag-guarded replace of the claimed row:
+7. **record** with an ETag-guarded replace of the claimed row:
 
    ================================  =============================================================
    answer                            row
@@ -155,7 +158,7 @@ from proactive.pacing import SlotPacer
 from proactive.ports import DeliveryLedger, NotificationStore, PreferenceStore, ReferenceStore, Versioned
 from proactive.quiet_hours import quiet_until
 from proactive.retry import Failed, RetryPolicy, Sleep, Succeeded, UniformSource, call_with_retries
-from proactive.sender_ports import BotConnector, InstallRequest, RetryRequest, WorkQueue
+from proactive.sender_ports import BotConnector, InstallRequest, RetryRequest, ThreadWindows, WorkQueue
 
 __all__ = [
     "BatchSender",
@@ -184,6 +187,9 @@ _USER_CLOSED = frozenset({"messagewritesblocked", "conversationblockedbyuser", "
 # Transport failures after which the request may have been processed (see the module docstring).
 _MAYBE_DELIVERED = frozenset({"Timeout", "ConnectionLost"})
 MAX_HANDOFF_DELAY = 3600.0
+# How long a row waits when other senders took the thread's places under each of its tries: the shortest
+# per-thread window (teams-platform-facts.md section 1), after which those senders' places are settled.
+THREAD_CONTENDED_DELAY = timedelta(seconds=1)
 
 
 class Reason:
@@ -198,6 +204,7 @@ class Reason:
     RECONCILED = "reconciled"
     TENANT_HALTED = "tenant_halted"
     NO_SLOT = "slot_expired"
+    THREAD_BUSY = "thread_busy"
 
 
 class Pacing(WireModel):
@@ -351,6 +358,14 @@ class _NoSlot(ProactiveError):
     """The grant has no slot left for this request: ends the in-process retries (not transient on purpose)."""
 
 
+class _ThreadBusy(ProactiveError):
+    """The thread's windows are full until ``until``: ends the in-process retries (not transient on purpose)."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"the conversation's per-thread windows are full until {until.isoformat()}")
+        self.until = until
+
+
 class _Release(Exception):
     """Internal: give the claimed row back untouched; no request was made for it."""
 
@@ -463,6 +478,8 @@ class BatchSender:
         concurrency: rows worked on at once inside a batch (claim, lookups, waiting for a slot, sending).
         handoff_delay: seconds before a handed-off row is retried (at least the ``Retry-After``).
         on_outcome: called with every :class:`RowOutcome` (the one place for metrics).
+        threads: per-thread request windows (:mod:`proactive.limiter.threads`) for channels and group chats,
+            the threads that receive many messages; ``None`` leaves them to Teams' 429s.
     """
 
     def __init__(
@@ -483,6 +500,7 @@ class BatchSender:
         concurrency: int = 16,
         handoff_delay: float = 60.0,
         on_outcome: Callable[[RowOutcome], None] | None = None,
+        threads: ThreadWindows | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -501,6 +519,7 @@ class BatchSender:
         self._concurrency = concurrency
         self._handoff_delay = handoff_delay
         self._on_outcome = on_outcome
+        self._threads = threads
 
     # ---- entry points -----------------------------------------------------------------------------
 
@@ -767,9 +786,16 @@ class BatchSender:
             raise _Halt
         conversation_id = reference.reference.conversation.id
         service_url = reference.reference.service_url
+        # Channels and group chats are the threads that receive many messages: their first request takes a
+        # place in the thread's windows (retries come after a Retry-After and need none).
+        reserve = self._threads is not None and kind is not RecipientKind.USER
 
         async def send_once() -> str | None:
+            nonlocal reserve
             await self._start_request(batch)
+            if reserve:
+                reserve = False
+                await self._reserve_thread(batch.tenant_id, conversation_id)
             try:
                 return await self._connector.send_activity(service_url, conversation_id, activity)
             except TransportFailure as exc:
@@ -778,6 +804,16 @@ class BatchSender:
                 raise
 
         result = await call_with_retries(send_once, policy=self._policy, sleep=self._sleep, rng=self._rng)
+        if isinstance(result, Failed) and isinstance(result.error, _ThreadBusy):
+            # Nothing was sent: the row waits, like one in quiet hours, until the thread has room.
+            return await self._settle(
+                claimed,
+                DeliveryStatus.DEFERRED,
+                Reason.THREAD_BUSY,
+                str(result.error),
+                attempts=previous_attempts,
+                not_before=result.error.until,
+            )
         if isinstance(result, Failed) and isinstance(result.error, _NoSlot):
             if result.attempts == 1:
                 raise _SlotsGone  # nothing was sent: give the row back as it was listed
@@ -991,6 +1027,26 @@ class BatchSender:
             failures=failures,
             not_before=claimed.value.not_before,
         )
+
+    async def _reserve_thread(self, tenant_id: str, conversation_id: str) -> None:
+        """Take a place in the thread's windows for a request starting now.
+
+        Raises:
+            _ThreadBusy: the windows are full; the first start they allow.
+        """
+        assert self._threads is not None
+        now = self._clock()
+        try:
+            until = await self._threads.reserve(tenant_id, conversation_id, now)
+        except ConcurrencyConflict:
+            # Other senders took places under every try: the thread is busy, look again a window later.
+            raise _ThreadBusy(now + THREAD_CONTENDED_DELAY) from None
+        except StorageError:
+            # Sending anyway loses nothing: Teams answers a request over its windows with a 429.
+            logger.warning("Could not reserve a place in a thread's windows; sending without it")
+            return
+        if until is not None:
+            raise _ThreadBusy(until)
 
     # ---- one row: update / delete -----------------------------------------------------------------
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
 from proactive.models import WireModel
 
-__all__ = ["BotConnector", "InstallRequest", "QueueMessage", "RetryRequest", "WorkQueue"]
+__all__ = ["BotConnector", "InstallRequest", "QueueMessage", "RetryRequest", "ThreadWindows", "WorkQueue"]
 
 
 class BotConnector(Protocol):
@@ -42,6 +43,17 @@ class BotConnector(Protocol):
 
     async def delete_activity(self, service_url: str, conversation_id: str, activity_id: str) -> None:
         """Delete a sent activity."""
+
+
+class ThreadWindows(Protocol):
+    """Per-thread request windows shared by every sender (:mod:`proactive.limiter.threads`).
+
+    Adapter: :class:`proactive.stores.TableThreadWindows` (one row per thread, ETag-guarded).
+    """
+
+    async def reserve(self, tenant_id: str, conversation_id: str, now: datetime) -> datetime | None:
+        """Take a place for a request starting at ``now``: ``None`` when taken, else the first start the
+        windows allow (nothing was taken)."""
 
 
 @dataclass(frozen=True)
