@@ -30,7 +30,7 @@ from proactive.sender_ports import MAX_INSTALL_USERS, InstallRequest, QueueMessa
 
 __all__ = ["WINDOW_SECONDS", "InstallRequests"]
 
-WINDOW_SECONDS = 0.05
+WINDOW_SECONDS = 0.5
 """How long the first request of a message waits for others (a send batch's rows arrive within ms)."""
 
 _Key = tuple[str, str | None, str]

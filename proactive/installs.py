@@ -2,7 +2,7 @@
 
 :class:`InstallWorker` is what the queue triggers of :mod:`proactive.functions.installs` call.
 
-``handle`` (queue ``installs``), for one :class:`~proactive.sender_ports.InstallRequest`: up to 20 users of
+``handle`` (queue ``installs``), for one :class:`~proactive.sender_ports.InstallRequest`: up to 32 users of
 one tenant (the sender's requests coalesced by :mod:`proactive.install_requests`), or one team. The users
 are installed concurrently, each by :class:`~proactive.installer.Installer`, and:
 
@@ -71,6 +71,7 @@ import hashlib
 import json
 import logging
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -163,12 +164,14 @@ class Admission:
     """The limiter's answer: ``tokens`` (0 while its breaker is open) from ``not_before`` (epoch seconds).
 
     ``granted_at`` is echoed in the report, so the limiter learns how long an install takes from its grant to
-    its first request (its *lead*) and punishes one overload once.
+    its first request (its *lead*) and punishes one overload once. ``pace_seconds`` is the grant's spacing:
+    a request that reaches its slot late still keeps that far from the tenant's previous one.
     """
 
     tokens: int
     not_before: float
     granted_at: float | None = None
+    pace_seconds: float = 0.0
 
 
 class GraphPacer(Protocol):
@@ -617,6 +620,7 @@ class _RequestPacer:
         ready_at = self._clock().timestamp()
         if wait > 0:
             await self._sleep(wait)
+        await _spacing(self._tenant).wait(admission.pace_seconds, self._clock, self._sleep)
         if self._timing is None:
             self._timing = ReportTiming(admission.granted_at, ready_at, self._clock().timestamp())
         self.requests += 1
@@ -639,6 +643,37 @@ class _RequestPacer:
             retry_after=max(waits) if waits else None,
             timing=self._timing,
         )
+
+
+class _Spacing:
+    """Keeps a tenant's requests ``pace`` apart in this worker even when some reach their slots late.
+
+    Slots are ``pace`` apart, so any 1 s holds at most the tenant's rate; requests whose worker woke late
+    would bunch with the next on-time ones and overrun Graph's sliding window (a 429 for each). As the
+    sender does, a late request shifts the schedule instead.
+    """
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    async def wait(
+        self, pace: float, clock: Callable[[], datetime], sleep: Callable[[float], Awaitable[None]]
+    ) -> None:
+        now = clock().timestamp()
+        go = max(now, self.last + pace)
+        self.last = go
+        if go > now:
+            await sleep(go - now)
+
+
+_SPACINGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Spacing]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _spacing(tenant_id: str) -> _Spacing:
+    by_tenant = _SPACINGS.setdefault(asyncio.get_running_loop(), {})
+    return by_tenant.setdefault(tenant_id.lower(), _Spacing())
 
 
 def _summary(by_user: dict[str, _UserResult]) -> InstallResult:

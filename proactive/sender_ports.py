@@ -94,7 +94,7 @@ class InstallRequest(WireModel):
 
     Wire form ``{"tenantId", "aadObjectId" | "aadObjectIds" | "teamId" / "channelId", "reason"}``; ``reason``
     is the Teams error code or sender reason that made the reference useless (``ConversationNotFound``,
-    ``no_reference``, ...). ``aadObjectIds`` carries up to :data:`MAX_INSTALL_USERS` users of one tenant in
+    ``no_reference``, ...). ``aadObjectIds`` carries up to :data:`MAX_INSTALL_USERS` (32) users of one tenant in
     one message (what :class:`~proactive.install_requests.InstallRequests` writes), so one queue message,
     one limiter grant and one report serve them all. ``channelId`` names a channel of the broadcast's
     audience whose team has no reference: the team to install comes from ``teamId`` or, when absent, from
@@ -107,7 +107,7 @@ class InstallRequest(WireModel):
 
     tenant_id: str = Field(min_length=1)
     aad_object_id: str | None = None
-    aad_object_ids: tuple[str, ...] | None = Field(default=None, min_length=1, max_length=20)
+    aad_object_ids: tuple[str, ...] | None = Field(default=None, min_length=1, max_length=32)
     team_id: str | None = None
     channel_id: str | None = None
     reason: str = Field(min_length=1)
@@ -146,8 +146,8 @@ class InstallRequest(WireModel):
         )
 
 
-MAX_INSTALL_USERS = 20
-"""Users per ``installs`` message: one Graph ``$batch`` holds 20 requests."""
+MAX_INSTALL_USERS = 32
+"""Users per ``installs`` message: their installs' first requests fit one Graph limiter grant (its most)."""
 
 
 class RetryRequest(WireModel):

@@ -285,12 +285,26 @@ async def test_a_tenant_of_200_users_who_never_talked_to_the_bot_is_installed_an
                 samples.append((time.monotonic(), service.stats.installs.get(TENANT, 0)))
                 await asyncio.sleep(0.1)
 
+        statuses: list[dict[str, int]] = []
+
+        async def sample_status() -> None:
+            while True:
+                response = await run.call("GET", f"broadcasts/{nid}")
+                if response.status in (200, 202):
+                    statuses.append((await response.json())["counts"])
+                await asyncio.sleep(0.3)
+
         sampler = asyncio.ensure_future(sample_installs())
         started = time.monotonic()
         await broadcast(run, nid, {"tenants": [TENANT], "includeUninstalled": True})
+        status_sampler = asyncio.ensure_future(sample_status())
         counts = await settled(run, within=240.0, nid=nid)
         elapsed = time.monotonic() - started
         sampler.cancel()
+        status_sampler.cancel()
+        # While users are installed, the status counts them as installing, and every count adds up.
+        assert max(c["installing"] for c in statuses) > 0
+        assert all(c["total"] == sum(v for k, v in c.items() if k != "total") for c in statuses)
         # The install phase's own rate: from the 20th to the 180th install (ramp-up and tail left out).
         t20 = next(t for t, n in samples if n >= 20)
         t180 = next(t for t, n in samples if n >= 180)
