@@ -8,6 +8,7 @@ first use, inside the worker's event loop, and never do I/O in a constructor.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
 from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
 from proactive.dead_letters import DeadLetterService, DeliveryRedriver
 from proactive.errors import ConfigurationError, StorageError
+from proactive.install_requests import InstallRequests
 from proactive.installer import Installer
 from proactive.installs import GraphPacer, InstallWorker
 from proactive.models import utc_now
@@ -240,7 +242,7 @@ class Services:
             notifications=self.notifications,
             connector=connector,
             # The Graph bootstrap is on only with an app to install (TEAMS_APP_ID).
-            installs=self.queues.queue(self.settings.queues.installs) if self.settings.teams_app_id else None,
+            installs=self.install_requests if self.settings.teams_app_id else None,
             retries=self.queues.queue(self.settings.queues.deliveries_retry),
             policy=RetryPolicy.for_sends(self.settings),
             clock=utc_now,
@@ -285,6 +287,12 @@ class Services:
         return send
 
     # ---- Graph bootstrap (issue 14): installs through Graph, audiences from the directory ----
+
+    @functools.cached_property
+    def install_requests(self) -> InstallRequests:
+        """Queue ``installs`` as senders write it: single-user requests coalesced into one message."""
+        return InstallRequests(self.queues.queue(self.settings.queues.installs))
+
     _graph: GraphClient | None = field(default=None, init=False)
     _installer: Installer | None = field(default=None, init=False)
 

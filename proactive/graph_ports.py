@@ -59,6 +59,14 @@ class Graph(Protocol):
         """The chat id of the installation's 1:1 chat with the bot."""
         ...
 
+    async def install_for_team(self, tenant_id: str, team_id: str, catalog_app_id: str) -> bool:
+        """Install in the team (its Entra group id); ``False`` when it was already installed (Graph's 409)."""
+        ...
+
+    async def primary_channel_id(self, tenant_id: str, team_id: str) -> str:
+        """The id of the team's General channel."""
+        ...
+
     async def group_users(self, tenant_id: str, group_id: str, cursor: str | None) -> DirectoryPage:
         """A page of the group's transitive members that are users."""
         ...

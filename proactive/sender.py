@@ -845,6 +845,23 @@ class BatchSender:
     ) -> RowOutcome:
         attempts = claimed.value.attempts - 1  # no send was made: the claim's count does not stand
         reason = (reference.stale_reason if reference is not None else None) or Reason.NO_REFERENCE
+        if kind is RecipientKind.CHANNEL and reference is None and self._installs is not None:
+            # A channel of a team the bot was never added to: the Graph bootstrap installs it in the team.
+            await self._installs.put(
+                InstallRequest(
+                    tenant_id=batch.tenant_id,
+                    channel_id=recipient_id,
+                    reason=reason,
+                    notification_id=batch.notification_id,  # the team comes from this audience
+                ).to_json()
+            )
+            return await self._settle(
+                claimed,
+                DeliveryStatus.INSTALLING,
+                reason,
+                "bot not in the team; install requested",
+                attempts=attempts,
+            )
         if kind is not RecipientKind.USER:
             return await self._settle(
                 claimed,
@@ -865,6 +882,7 @@ class BatchSender:
             return await self._settle(
                 claimed, DeliveryStatus.STALE, reason, "no usable reference", attempts=attempts
             )
+        # Put before the row is recorded: a crash between leaves the row sending, which is re-driven.
         await self._installs.put(
             InstallRequest(
                 tenant_id=batch.tenant_id,
@@ -874,7 +892,11 @@ class BatchSender:
             ).to_json()
         )
         return await self._settle(
-            claimed, DeliveryStatus.STALE, reason, "no usable reference; install requested", attempts=attempts
+            claimed,
+            DeliveryStatus.INSTALLING,
+            reason,
+            "no usable reference; install requested",
+            attempts=attempts,
         )
 
     async def _consent(
@@ -948,6 +970,8 @@ class BatchSender:
             install = _install_request(batch.tenant_id, reference, code, batch.notification_id)
             if install is not None and self._installs is not None:
                 await self._installs.put(install.to_json())
+                if install.notification_id is not None:
+                    status = DeliveryStatus.INSTALLING  # the install re-drives (or settles) this row
         elif isinstance(error, TenantDisabled | BotMisconfigured):
             batch.halted = batch.halted or code
             logger.warning("Sending halted for tenant %s: %s", batch.tenant_id, code)
@@ -1268,7 +1292,7 @@ class BatchSender:
             deferred=statuses[DeliveryStatus.DEFERRED],
             skipped=statuses[DeliveryStatus.SKIPPED],
             unreachable=statuses[DeliveryStatus.UNREACHABLE],
-            stale=statuses[DeliveryStatus.STALE],
+            stale=statuses[DeliveryStatus.STALE] + statuses[DeliveryStatus.INSTALLING],
             failed=statuses[DeliveryStatus.FAILED],
             retry_queued=handed_off,
             unrecorded=unrecorded,
