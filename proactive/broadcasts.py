@@ -357,9 +357,14 @@ class BroadcastService:
         state = await self._orchestrations.state(notification_id)
         custom = state.custom_status if state and isinstance(state.custom_status, dict) else {}
         started_at, completed_at = custom.get("startedAt"), custom.get("completedAt")
+        public = _public_status(notification, state, custom)
+        if public == "completed" and any(counts.get(s.value, 0) for s in DeliveryStatus if not s.terminal):
+            # The orchestration is done but rows are still on their way (installing, re-driven after a
+            # hand-off, reconciled after a crash): their runs settle them, and until then it is running.
+            public = "running"
         body: dict[str, Any] = {
             "id": notification_id,
-            "status": _public_status(notification, state, custom),
+            "status": public,
             "runtimeStatus": state.runtime_status if state else None,
             "counts": counts,
             "throttled": int(custom.get("throttled") or notification.counts.get("throttled", 0)),

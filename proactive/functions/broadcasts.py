@@ -99,8 +99,8 @@ async def broadcasts_start(req: func.HttpRequest, client: df.DurableOrchestratio
         accepted = await _service(client).start(req.get_body())
     except InvalidInput as exc:
         return _error(exc)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     return _accepted(req, accepted, "")
 
 
@@ -115,8 +115,8 @@ async def broadcasts_status(
         body = await _service(client).status(notification_id)
     except InvalidInput as exc:
         return _error(exc)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     if status_finished(body):
         return json_response(body)
     location = _status_url(req, notification_id, f"/{notification_id}")
@@ -138,8 +138,8 @@ async def broadcasts_deliveries(
         )
     except InvalidInput as exc:
         return _error(exc)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     if req.params.get("format") == "csv" or "text/csv" in req.headers.get("Accept", ""):
         headers = {
             "Cache-Control": "no-store",
@@ -160,8 +160,8 @@ async def broadcasts_cancel(
         body = await _service(client).cancel(notification_id)
     except InvalidInput as exc:
         return _error(exc)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     # Like the other 202s: the status URL, which answers 200 once the cancellation has finished.
     location = _status_url(req, notification_id, f"/{notification_id}/cancel")
     return json_response(body, status=202, headers=_polling_headers(location))
@@ -177,8 +177,8 @@ async def broadcasts_update(
         accepted = await _service(client).update(req.route_params["id"], req.get_body())
     except InvalidInput as exc:
         return _error(exc)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     return _accepted(req, accepted, f"/{accepted.notification_id}")
 
 
@@ -192,6 +192,6 @@ async def broadcasts_recall(
         accepted = await _service(client).recall(req.route_params["id"])
     except InvalidInput as exc:
         return _error(exc)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     return _accepted(req, accepted, f"/{accepted.notification_id}/messages")

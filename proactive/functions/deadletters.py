@@ -29,8 +29,8 @@ async def deadletters_list(req: func.HttpRequest) -> func.HttpResponse:
         page = await service.list(service.parse_query(dict(req.params)))
     except InvalidInput as exc:
         return json_response(exc.to_body(), status=exc.status)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     if req.params.get("format") == "csv" or "text/csv" in req.headers.get("Accept", ""):
         headers = {
             "Cache-Control": "no-store",
@@ -47,6 +47,6 @@ async def deadletters_redrive(req: func.HttpRequest) -> func.HttpResponse:
         body = await services().dead_letter_service.redrive(req.route_params["id"])
     except InvalidInput as exc:
         return json_response(exc.to_body(), status=exc.status)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     return json_response(body, status=202)

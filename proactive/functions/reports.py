@@ -36,8 +36,8 @@ async def broadcasts_report(
         report = await reports.report(req.route_params["id"])
     except InvalidInput as exc:
         return json_response(exc.to_body(), status=exc.status)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     if wanted == "csv":
         return func.HttpResponse(
             report_csv(report), status_code=200, mimetype="text/csv", headers={"Cache-Control": "no-store"}
@@ -63,8 +63,8 @@ async def tenants_audience(req: func.HttpRequest) -> func.HttpResponse:
         )
     except InvalidInput as exc:
         return json_response(exc.to_body(), status=exc.status)
-    except StorageError:
-        return storage_unavailable()
+    except StorageError as exc:
+        return storage_unavailable(exc)
     if req.params.get("format") == "csv":
         headers = {
             "Cache-Control": "no-store",

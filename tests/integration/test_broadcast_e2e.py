@@ -157,7 +157,8 @@ def install_test_sender(monkeypatch: pytest.MonkeyPatch, outcomes: list[RowOutco
             preferences=self.preferences,
             notifications=self.notifications,
             connector=connector,
-            installs=self.queues.queue(self.settings.queues.installs),
+            # As the composition root: the Graph bootstrap is on only with an app to install (TEAMS_APP_ID).
+            installs=self.queues.queue(self.settings.queues.installs) if self.settings.teams_app_id else None,
             retries=self.queues.queue(self.settings.queues.deliveries_retry),
             policy=RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05, max_retry_after=2.0),
             clock=lambda: datetime.now(UTC),
