@@ -1,5 +1,5 @@
 metadata name = 'Proactive Teams messaging'
-metadata description = 'Function App on Flex Consumption (Python 3.11, system-assigned identity, identity-based storage), storage, Application Insights on Log Analytics, Key Vault for the bot secret, Azure Bot with the Teams channel, least-privilege data roles, alerts, and an optional Durable Task Scheduler backend.'
+metadata description = 'Function App on Flex Consumption (Python 3.11, system-assigned identity, identity-based storage), storage, Application Insights on Log Analytics, Key Vault for the bot secret, Azure Bot with the Teams channel, least-privilege data roles, alerts, an operations workbook, and an optional Durable Task Scheduler backend.'
 
 targetScope = 'resourceGroup'
 
@@ -268,6 +268,16 @@ module alerts 'modules/alerts.bicep' = {
     namePrefix: '${appName}-${suffix}'
     workspaceId: monitoring.outputs.workspaceId
     alertEmail: alertEmail
+    tags: tags
+  }
+}
+
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  params: {
+    location: location
+    appInsightsId: monitoring.outputs.appInsightsId
+    displayName: 'Proactive messaging: deliveries (${appName})'
     tags: tags
   }
 }
