@@ -249,13 +249,14 @@ async def measure(environ: dict[str, str], page_size: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def run_size(connection_string: str, azurite_pid: int, rows: int, page_size: int) -> dict[str, Any]:
+def run_size(connection_string: str, azurite_pid: int | None, rows: int, page_size: int) -> dict[str, Any]:
+    """Fill ``rows`` ledger rows in fresh tables, then measure both exports in a fresh process."""
     prefix = "b" + uuid.uuid4().hex[:12]
     environ = environment(connection_string, prefix)
     print(f"{rows:>7,} rows: filling the ledger ...", flush=True)
     fill_seconds = asyncio.run(fill(environ, rows))
     print(f"{rows:>7,} rows: filled in {fill_seconds:.1f} s; measuring in a fresh process ...", flush=True)
-    azurite_cpu = process_cpu_seconds(azurite_pid)
+    azurite_cpu = process_cpu_seconds(azurite_pid) if azurite_pid else 0.0
     done = subprocess.run(
         [
             sys.executable,
@@ -273,10 +274,11 @@ def run_size(connection_string: str, azurite_pid: int, rows: int, page_size: int
     )
     if done.returncode:
         raise RuntimeError(f"measuring process failed:\n{done.stderr[-4000:]}")
-    azurite_cpu = process_cpu_seconds(azurite_pid) - azurite_cpu
+    azurite_cpu = (process_cpu_seconds(azurite_pid) if azurite_pid else 0.0) - azurite_cpu
     measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     # Both exports, each run twice (the second time under tracemalloc), and the warm-up.
-    measured["azuriteCpuSecondsAllPasses"] = round(azurite_cpu, 1)
+    if azurite_pid:
+        measured["azuriteCpuSecondsAllPasses"] = round(azurite_cpu, 1)
     deliveries = measured["deliveries"]
     assert deliveries["rows"] == rows, (deliveries["rows"], rows)
     return {"rows": rows, "pageSize": page_size, "fillSeconds": round(fill_seconds, 1), **measured}
