@@ -1,5 +1,5 @@
 metadata name = 'Proactive Teams messaging'
-metadata description = 'Function App on Flex Consumption (Python 3.11, system-assigned identity, identity-based storage), storage, Application Insights on Log Analytics, Key Vault for the bot secret, Azure Bot with the Teams channel, least-privilege data roles, alerts, and an optional Durable Task Scheduler backend.'
+metadata description = 'Function App on Flex Consumption (Python 3.11, system-assigned identity, identity-based storage), storage, Application Insights on Log Analytics, Key Vault for the bot secret, Azure Bot with the Teams channel, least-privilege data roles, alerts, an operations workbook, and an optional Durable Task Scheduler backend.'
 
 targetScope = 'resourceGroup'
 
@@ -207,7 +207,7 @@ module scheduler 'modules/durable-task-scheduler.bicep' = if (useScheduler) {
 }
 
 // Every app setting the code reads (proactive/settings.py) besides the tuning above; applied after it, so tuning cannot
-// replace one of these. Nothing else: the deployment test
+// replace one of these. Nothing else but the Python worker's PYTHON_ENABLE_OPENTELEMETRY: the deployment test
 // fails on a setting here that nothing reads, and on a setting the code reads that is missing here.
 var appSettings = {
   // Identity-based AzureWebJobsStorage (Flex Consumption): the host, the Durable Azure Storage provider and the
@@ -215,6 +215,10 @@ var appSettings = {
   AzureWebJobsStorage__accountName: storage.outputs.name
   AzureWebJobsStorage__credential: 'managedidentity'
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.appInsightsConnectionString
+  // Read by the Python worker, not the product: with host.json's telemetryMode OpenTelemetry the worker hands the
+  // host's trace context to each invocation, so the send_batch spans join the host's traces
+  // (proactive/adapters/telemetry_export.py).
+  PYTHON_ENABLE_OPENTELEMETRY: 'true'
   MicrosoftAppId: botAppId
   MicrosoftAppTenantId: botAppTenantId
   MicrosoftAppType: 'SingleTenant'
@@ -266,6 +270,16 @@ module alerts 'modules/alerts.bicep' = {
     namePrefix: '${appName}-${suffix}'
     workspaceId: monitoring.outputs.workspaceId
     alertEmail: alertEmail
+    tags: tags
+  }
+}
+
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  params: {
+    location: location
+    appInsightsId: monitoring.outputs.appInsightsId
+    displayName: 'Proactive messaging: deliveries (${appName})'
     tags: tags
   }
 }

@@ -10,10 +10,9 @@ Order (issue 15):
    host's trace context to the function (so our spans join the host's request span) set the app setting
    ``PYTHON_ENABLE_OPENTELEMETRY=true`` next to the connection string (Azure Functions' OpenTelemetry
    how-to); without it our spans still export, as their own traces.
-2. else ``OTEL_EXPORTER_OTLP_ENDPOINT`` set: the OTLP/HTTP exporters for traces and metrics, **when**
-   ``opentelemetry-exporter-otlp-proto-http`` is installed. It is not in ``requirements.txt`` (nothing
-   deployed needs it); a developer who wants a local collector installs it. Without it, a warning says so
-   and nothing is exported.
+2. else ``OTEL_EXPORTER_OTLP_ENDPOINT`` set: the OTLP/HTTP exporters for traces and metrics
+   (``opentelemetry-exporter-otlp-proto-http``, in ``requirements.txt``; protobuf to ``{endpoint}/v1/traces``
+   and ``/v1/metrics``). An install without the package gets a warning and no export, not a failed start.
 3. else nothing: the OpenTelemetry API stays a no-op.
 
 The exporter libraries read their other standard ``OTEL_*`` variables themselves (headers, service name).

@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 from types import ModuleType
 
+import jsonschema
 import pytest
 
 from proactive.bot.commands import CommandKind, parse_command
@@ -116,3 +117,58 @@ def test_icons_have_the_sizes_teams_requires_and_the_outline_is_white_on_transpa
     assert (width, height) == (32, 32)
     assert {pixel for pixel in pixels} <= {(255, 255, 255, 255), (0, 0, 0, 0)}
     assert (255, 255, 255, 255) in pixels
+
+
+# ---- the published Teams manifest schema ------------------------------------------------------------------
+
+SCHEMA_DIR = PACKAGE_DIR / "schema"
+
+
+def manifest_schema(manifest: dict[str, object]) -> dict[str, object]:
+    """The shipped copy of the schema the manifest's ``$schema`` names (appPackage/schema/README.md says where from)."""
+    url = str(manifest["$schema"])
+    version = manifest["manifestVersion"]
+    assert url == f"https://developer.microsoft.com/json-schemas/teams/v{version}/MicrosoftTeams.schema.json"
+    path = SCHEMA_DIR / f"v{version}" / "MicrosoftTeams.schema.json"
+    assert path.is_file(), f"ship the v{version} schema in {SCHEMA_DIR} (see its README.md)"
+    schema: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
+    return schema
+
+
+def manifest_errors(manifest: dict[str, object], schema: dict[str, object]) -> list[str]:
+    """Every violation of ``schema`` in ``manifest``, as ``path: message``.
+
+    The schema declares draft-04 but uses ``const`` (draft-06), as Teams' own validator (Ajv's draft-04 mode)
+    accepts; a plain draft-04 validator would skip it, so ``const`` is added to it here.
+    """
+    draft4 = jsonschema.validators.validator_for(schema)
+    assert draft4 is jsonschema.Draft4Validator
+    validator_class = jsonschema.validators.extend(
+        draft4, {"const": jsonschema.Draft6Validator.VALIDATORS["const"]}
+    )
+    draft4.check_schema(schema)
+    validator = validator_class(schema, format_checker=draft4.FORMAT_CHECKER)
+    return [
+        f"{'/'.join(str(part) for part in error.absolute_path)}: {error.message}"
+        for error in validator.iter_errors(manifest)
+    ]
+
+
+def test_the_packaged_manifest_is_valid_against_the_published_schema_of_its_version(
+    package: zipfile.ZipFile,
+) -> None:
+    manifest = json.loads(package.read("manifest.json"))
+    assert manifest_errors(manifest, manifest_schema(manifest)) == []
+
+
+def test_the_schema_check_catches_what_teams_would_refuse(package: zipfile.ZipFile) -> None:
+    manifest = json.loads(package.read("manifest.json"))
+    schema = manifest_schema(manifest)
+    broken = {**manifest, "accentColor": "blue", "unknownField": True}
+    del broken["developer"]
+    errors = "\n".join(manifest_errors(broken, schema))
+    assert "'developer' is a required property" in errors
+    assert "accentColor" in errors and "unknownField" in errors
+    # const (the schema's manifestVersion) is enforced too.
+    older = {**manifest, "manifestVersion": "1.18"}
+    assert any(error.startswith("manifestVersion:") for error in manifest_errors(older, schema))

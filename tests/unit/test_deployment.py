@@ -51,8 +51,10 @@ NOT_IN_LOCAL = {
     "WEBSITE_INSTANCE_ID": "set by the App Service platform; its absence is what says 'not in Azure'",
     "AzureFunctionsJobHost__functionTimeout": "host.json owns the timeout; this app setting would only override it",
 }
-# Set in main.bicep for the Functions host, not for the product code.
+# Set in main.bicep for the Functions host or the Python worker, not for the product code.
 HOST_SETTINGS_IN_AZURE = {
+    # The worker streams OpenTelemetry and passes the host's trace context (host.json telemetryMode: OpenTelemetry).
+    "PYTHON_ENABLE_OPENTELEMETRY",
     "DURABLE_TASK_SCHEDULER_CONNECTION_STRING",
     "AzureFunctionsJobHost__extensions__durableTask__storageProvider__type",
     "AzureFunctionsJobHost__extensions__durableTask__storageProvider__connectionStringName",
@@ -206,6 +208,14 @@ def test_azure_uses_identity_based_storage_with_the_managed_identity() -> None:
     assert "AzureWebJobsStorage" not in app
     assert app["AzureWebJobsStorage__credential"] == "'managedidentity'"
     assert app["MicrosoftAppPassword"].startswith("'@Microsoft.KeyVault(SecretUri=")
+
+
+def test_the_python_worker_exports_opentelemetry_beside_the_host() -> None:
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    app = bicep_object("appSettings")
+    assert host["telemetryMode"] == "OpenTelemetry"
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" in app
+    assert app["PYTHON_ENABLE_OPENTELEMETRY"] == "'true'"
 
 
 def _timespan(text: str) -> timedelta:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from proactive.adapters import telemetry_export
 from proactive.errors import ServiceBusy, Throttled
@@ -173,17 +178,12 @@ def test_without_a_connection_string_or_endpoint_nothing_is_exported(monkeypatch
 def test_an_otlp_endpoint_without_the_exporter_package_is_reported_not_fatal(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pytest.importorskip("opentelemetry.sdk")
-    try:
-        import opentelemetry.exporter.otlp.proto.http  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("the OTLP exporter is installed here")
+    # As on an install without the package: a None entry in sys.modules makes its import raise ImportError.
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     monkeypatch.setattr(telemetry_export, "_configured", None)
     found = telemetry_export.configure_exporters(connection_string="", otlp_endpoint="http://127.0.0.1:4318")
     assert found is telemetry_export.Exporter.OTLP_UNAVAILABLE
-    assert "not installed" in caplog.text
+    assert "is not installed: nothing is exported" in caplog.text
 
 
 def test_a_connection_string_configures_azure_monitor_once_at_start() -> None:
@@ -202,3 +202,95 @@ def test_a_connection_string_configures_azure_monitor_once_at_start() -> None:
     first, second = done.stdout.splitlines()[:2]
     assert first == "azure_monitor azure_monitor"
     assert second.split() == ["opentelemetry.sdk.metrics._internal", "opentelemetry.sdk.trace"]
+
+
+class _OtlpReceiver(ThreadingHTTPServer):
+    """The smallest OTLP/HTTP collector: keeps every request's path and protobuf body, answers 200."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, bytes]] = []
+        super().__init__(("127.0.0.1", 0), _OtlpHandler)
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+class _OtlpHandler(BaseHTTPRequestHandler):
+    server: _OtlpReceiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.received.append((self.path, self.headers.get("Content-Type", ""), body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[_OtlpReceiver]:
+    receiver = _OtlpReceiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.shutdown()
+    receiver.server_close()
+    thread.join()
+
+
+def test_an_otlp_endpoint_without_a_connection_string_exports_metrics_and_spans_over_http(
+    otlp_receiver: _OtlpReceiver,
+) -> None:
+    # A fresh interpreter (global providers), started the way function_app.py starts: composition.configure.
+    # Shutting the providers down flushes them, so the export has happened when the process ends.
+    script = (
+        "import os\n"
+        "from opentelemetry import metrics, trace\n"
+        "from proactive import composition, telemetry\n"
+        "from proactive.models import DeliveryStatus\n"
+        "from proactive.sender import RowOutcome\n"
+        "environ = {'AzureWebJobsStorage': 'UseDevelopmentStorage=true', 'BOT_AUTH': 'anonymous',\n"
+        "           'OTEL_EXPORTER_OTLP_ENDPOINT': os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']}\n"
+        "composition.configure(environ)\n"
+        "record = telemetry.current().outcome_recorder(tenant='tenant-1', operation='send')\n"
+        "with telemetry.current().batch_span('deploy-42', 'tenant-1', 'send', 20):\n"
+        "    record(RowOutcome(recipient_key='user:x', status=DeliveryStatus.SENT))\n"
+        "metrics.get_meter_provider().shutdown()\n"
+        "trace.get_tracer_provider().shutdown()\n"
+    )
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))
+    }
+    environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_receiver.endpoint
+    subprocess.run([sys.executable, "-c", script], env=environ, timeout=120, check=True)
+
+    by_path = {path: (kind, body) for path, kind, body in otlp_receiver.received}
+    assert set(by_path) == {"/v1/metrics", "/v1/traces"}
+    assert all(kind == "application/x-protobuf" for kind, _ in by_path.values())
+    exported = ExportMetricsServiceRequest.FromString(by_path["/v1/metrics"][1])
+    sends = [
+        metric
+        for resource in exported.resource_metrics
+        for scope in resource.scope_metrics
+        if scope.scope.name == "proactive"
+        for metric in scope.metrics
+        if metric.name == "proactive.sends"
+    ]
+    [point] = [point for metric in sends for point in metric.sum.data_points]
+    attributes = {item.key: item.value.string_value for item in point.attributes}
+    assert point.as_int == 1 and attributes["tenant"] == "tenant-1" and attributes["outcome"] == "sent"
+    spans = ExportTraceServiceRequest.FromString(by_path["/v1/traces"][1])
+    [span] = [
+        span for resource in spans.resource_spans for scope in resource.scope_spans for span in scope.spans
+    ]
+    assert span.name == "send_batch"
+    assert {item.key: item.value.string_value for item in span.attributes}[
+        "proactive.notification_id"
+    ] == "deploy-42"
