@@ -25,8 +25,8 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,7 @@ class DemoResult:
     updated: int
     deleted: int
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def _quiet_until(now: datetime, at_least: float) -> datetime:
@@ -144,6 +145,16 @@ class Demo:
         self.console = console
         self.live = console.is_terminal and not options.plain
         self.plans: tuple[TenantAudience, ...] = ()
+        self.phases: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time one step of the run (printed at the end, so a slow step is easy to find)."""
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - began
 
     def say(self, text: str) -> None:
         self.console.print(text, highlight=False, soft_wrap=True)
@@ -168,10 +179,12 @@ class Demo:
         ceilings = await self._configure_teams(session)
         await self._seed(session, client)
         notification_id = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-        final = await self._broadcast(client, notification_id)
-        report, csv_path = await self._report(client, notification_id)
-        stats = await self._emulator_stats(session, timeline=True)
-        chart_path = self._chart(stats, notification_id, ceilings)
+        with self.phase("broadcast"):
+            final = await self._broadcast(client, notification_id)
+        with self.phase("report"):
+            report, csv_path = await self._report(client, notification_id)
+            stats = await self._emulator_stats(session, timeline=True)
+            chart_path = self._chart(stats, notification_id, ceilings)
         updated, deleted = await self._update_and_recall(session, client, notification_id)
         totals = (await self._emulator_stats(session, timeline=False))["totals"]
         return DemoResult(
@@ -184,6 +197,7 @@ class Demo:
             updated,
             deleted,
             time.monotonic() - started,
+            self.phases,
         )
 
     # ---- set-up -------------------------------------------------------------------------------------
@@ -219,20 +233,23 @@ class Demo:
         )
         seeder = Seeder(session, self.stack.host_url, self.stack.teams_url + "/")
         began = time.monotonic()
-        await seeder.post_all(seeder.installs(self.plans))
+        with self.phase("capture"):
+            await seeder.post_all(seeder.installs(self.plans))
         fresh = sum(user.installs_now for plan in self.plans for user in plan.users)
         self.say(
             f"  {seeder.posted} activities in {time.monotonic() - began:.1f} s ({fresh} users installed the bot "
             f"just now, the others answered a card); waiting for the {fresh} welcomes"
         )
-        await self._wait_for_welcomes(client)
+        with self.phase("welcomes"):
+            await self._wait_for_welcomes(client)
         now = datetime.now(UTC)
         quiet_until = _quiet_until(now, options.quiet_for)
         commands = seeder.commands(self.plans, CATEGORY, quiet_until, now)
         # Commands answer with direct replies: a few at a time, as people type.
-        await Seeder(session, self.stack.host_url, self.stack.teams_url + "/", concurrency=4).post_all(
-            commands
-        )
+        with self.phase("commands"):
+            await Seeder(session, self.stack.host_url, self.stack.teams_url + "/", concurrency=4).post_all(
+                commands
+            )
         opted = sum(len(p.opted_out) for p in self.plans)
         quiet = sum(len(p.quiet) for p in self.plans)
         blocked = blocked_faults(self.plans)
@@ -388,7 +405,8 @@ class Demo:
         text = "Deploy 42 is live (updated: rollout finished at 100 %)."
         accepted = await client.update(notification_id, {"text": text, "summary": "Deploy 42 is live"})
         began = time.monotonic()
-        await client.run(accepted)
+        with self.phase("update"):
+            await client.run(accepted)
         totals = (await self._emulator_stats(session, timeline=False))["totals"]
         updated = int(totals.get("updates", 0))
         shown = await self._sample_text(session, sample, notification_id)
@@ -397,7 +415,8 @@ class Demo:
             f"Teams updated {updated} messages; {sample or 'a user'} now reads {shown!r}"
         )
         began = time.monotonic()
-        await client.run(await client.recall(notification_id))
+        with self.phase("recall"):
+            await client.run(await client.recall(notification_id))
         totals = (await self._emulator_stats(session, timeline=False))["totals"]
         deleted = int(totals.get("deletes", 0))
         self.say(
@@ -437,6 +456,10 @@ def _summary(console: Console, result: DemoResult) -> None:
         f"{result.deleted} recalled. Files: {result.csv_path}, {result.chart_path}",
         highlight=False,
     )
+    console.print(
+        "Phases: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.phases.items()),
+        highlight=False,
+    )
 
 
 async def run_demo(options: argparse.Namespace, console: Console | None = None) -> DemoResult:
@@ -457,6 +480,7 @@ async def run_demo(options: argparse.Namespace, console: Console | None = None) 
         )
         try:
             await asyncio.to_thread(stack.wait_ready)
+            up = time.monotonic() - began
             console.print(
                 f"  up in {time.monotonic() - began:.0f} s: host {stack.host_url}/api/, Teams emulator "
                 f"{stack.teams_url}/_emulator/ (conversations page), Graph emulator {stack.graph_url}/",
@@ -466,6 +490,7 @@ async def run_demo(options: argparse.Namespace, console: Console | None = None) 
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 result = await Demo(options, stack, console).run(session)
             result.seconds = time.monotonic() - began
+            result.phases = {"start": up, **result.phases}
             _summary(console, result)
             if options.keep_running:
                 console.print(
