@@ -41,12 +41,19 @@ from devhost.demo.audience import (
     Seeder,
     TenantAudience,
     blocked_faults,
+    graph_directory,
     plan_audience,
-    uninstalled_notice,
 )
 from devhost.demo.client import LogicAppClient
 from devhost.demo.progress import ProgressReader, plain_line, render
-from devhost.demo.report import delivery_report, parse_csv, rate_series, write_chart, write_csv
+from devhost.demo.report import (
+    delivery_report,
+    never_talked_outcome,
+    parse_csv,
+    rate_series,
+    write_chart,
+    write_csv,
+)
 from devhost.latency import LatencyProfile, from_args
 from devhost.latency import add_arguments as add_latency_arguments
 from devhost.stack import Stack, start_stack
@@ -80,9 +87,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     size.add_argument(
         "--uninstalled",
-        type=int,
-        default=0,
-        help="users who never talked to the bot (Graph install; see notice)",
+        type=float,
+        default=0.05,
+        help="fraction of users who never talked to the bot: only Graph knows them, the broadcast "
+        "(includeUninstalled) installs the app for them first (default 0.05)",
     )
     faults = parser.add_argument_group("Teams faults")
     faults.add_argument(
@@ -126,6 +134,9 @@ class DemoResult:
     deleted: int
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)
+    # Users who never talked to the bot: how many Graph installed, how many of their rows were sent.
+    graph_installs: int = 0
+    never_talked_sent: int = 0
 
 
 def _quiet_until(now: datetime, at_least: float) -> datetime:
@@ -146,6 +157,8 @@ class Demo:
         self.live = console.is_terminal and not options.plain
         self.plans: tuple[TenantAudience, ...] = ()
         self.phases: dict[str, float] = {}
+        self.graph_installs = 0
+        self.never_talked_sent = 0
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -155,6 +168,11 @@ class Demo:
             yield
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - began
+
+    @property
+    def never_talked(self) -> int:
+        """Users only Graph knows (the broadcast installs the app for them)."""
+        return sum(len(plan.never_talked) for plan in self.plans)
 
     def say(self, text: str) -> None:
         self.console.print(text, highlight=False, soft_wrap=True)
@@ -173,7 +191,7 @@ class Demo:
                 opted_out=options.opted_out,
                 quiet=options.quiet,
                 installs=options.installs,
-                uninstalled=options.uninstalled,
+                never_talked=options.uninstalled,
             )
         )
         ceilings = await self._configure_teams(session)
@@ -182,7 +200,7 @@ class Demo:
         with self.phase("broadcast"):
             final = await self._broadcast(client, notification_id)
         with self.phase("report"):
-            report, csv_path = await self._report(client, notification_id)
+            report, csv_path = await self._report(session, client, notification_id)
             stats = await self._emulator_stats(session, timeline=True)
             chart_path = self._chart(stats, notification_id, ceilings)
         updated, deleted = await self._update_and_recall(session, client, notification_id)
@@ -198,6 +216,8 @@ class Demo:
             deleted,
             time.monotonic() - started,
             self.phases,
+            self.graph_installs,
+            self.never_talked_sent,
         )
 
     # ---- set-up -------------------------------------------------------------------------------------
@@ -221,21 +241,25 @@ class Demo:
 
     async def _seed(self, session: aiohttp.ClientSession, client: LogicAppClient) -> None:
         options = self.options
-        notice = uninstalled_notice(options.uninstalled)
-        if notice:
-            self.say(f"[yellow]{notice}[/yellow]")
         users = sum(len(plan.users) for plan in self.plans)
         rows = sum(plan.recipients for plan in self.plans)
+        never = self.never_talked
+        # Who never talked to the bot exists only in the directory: the Graph emulator's, with the app in
+        # each tenant's catalog (a full config, so it names this host and the Teams emulator again).
+        config = self.stack.graph_config(graph_directory(self.plans))
+        async with session.post(f"{self.stack.graph_url}/_emulator/config", json=config) as answer:
+            answer.raise_for_status()
         self.say(
             f"Seeding {len(self.plans)} tenants: {users} users, {sum(len(p.channels) for p in self.plans)} "
-            f"channels, {sum(len(p.group_chats) for p in self.plans)} group chats ({rows} recipients) "
+            f"channels, {sum(len(p.group_chats) for p in self.plans)} group chats ({rows} recipients); "
+            f"{never} of the users never talked to the bot (only Graph knows them), the others are captured "
             "through POST /api/messages ..."
         )
         seeder = Seeder(session, self.stack.host_url, self.stack.teams_url + "/")
         began = time.monotonic()
         with self.phase("capture"):
             await seeder.post_all(seeder.installs(self.plans))
-        fresh = sum(user.installs_now for plan in self.plans for user in plan.users)
+        fresh = sum(user.installs_now for plan in self.plans for user in plan.captured)
         self.say(
             f"  {seeder.posted} activities in {time.monotonic() - began:.1f} s ({fresh} users installed the bot "
             f"just now, the others answered a card); waiting for the {fresh} welcomes"
@@ -272,7 +296,7 @@ class Demo:
         waiting = {
             welcome_notification_id(plan.tenant_id)
             for plan in self.plans
-            if any(u.installs_now for u in plan.users)
+            if any(u.installs_now for u in plan.captured)
         }
         while waiting and time.monotonic() < deadline:
             for welcome in list(waiting):
@@ -291,7 +315,11 @@ class Demo:
     async def _broadcast(self, client: LogicAppClient, notification_id: str) -> dict[str, Any]:
         request = {
             "notificationId": notification_id,
-            "audience": {"tenants": [plan.tenant_id for plan in self.plans]},
+            # includeUninstalled: every user Graph lists too; those without a reference get the app first.
+            "audience": {
+                "tenants": [plan.tenant_id for plan in self.plans],
+                "includeUninstalled": self.never_talked > 0,
+            },
             "message": {
                 "text": "Deploy 42 is live: the new billing pipeline is on. Reply 'unsubscribe deployments' to stop these.",
                 "summary": "Deploy 42 is live",
@@ -352,14 +380,36 @@ class Demo:
             await follower
         finally:
             follower.cancel()
+        waiting = _open_rows(final)
+        if waiting and final.get("status") == "completed":
+            # The lanes are done; users who never talked to the bot may still be on their way: installed
+            # through Graph (paced per tenant), then their row re-driven through the paced path.
+            self.say(f"  lanes done; {waiting} rows still on their way (Graph installs, re-drives): waiting")
+            final = await self._settled(client, notification_id, final)
         self.say(
             f"Broadcast {final.get('status')} in {time.monotonic() - began:.1f} s, {final.get('throttled', 0)} 429s"
         )
         return final
 
+    async def _settled(
+        self, client: LogicAppClient, notification_id: str, final: dict[str, Any], limit: float = 120.0
+    ) -> dict[str, Any]:
+        """Poll the status until no row is open (pending, sending, deferred, stale), or ``limit`` passed."""
+        deadline = time.monotonic() + limit
+        while _open_rows(final) and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            code, body = await client.get_json(f"api/broadcasts/{notification_id}")
+            if code == 200 and isinstance(body, dict):
+                final = body
+        if _open_rows(final):
+            self.say(f"[yellow]  {_open_rows(final)} rows still open after {limit:.0f} s[/yellow]")
+        return final
+
     # ---- afterwards ---------------------------------------------------------------------------------
 
-    async def _report(self, client: LogicAppClient, notification_id: str) -> tuple[Any, Path]:
+    async def _report(
+        self, session: aiohttp.ClientSession, client: LogicAppClient, notification_id: str
+    ) -> tuple[Any, Path]:
         text = await client.deliveries_csv(notification_id)
         path = write_csv(text, self.options.output, notification_id)
         report = delivery_report(parse_csv(text))
@@ -375,7 +425,23 @@ class Demo:
                 f"  {names.get(tenant, tenant)}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             )
         self.say(f"CSV export: {path} ({'adds up' if report.adds_up() else 'DOES NOT ADD UP'})")
+        if self.never_talked:
+            keys = {f"user:{aad}" for plan in self.plans for aad in plan.never_talked}
+            outcome = never_talked_outcome(parse_csv(text), keys)
+            self.graph_installs = await self._graph_installs(session)
+            self.never_talked_sent = outcome.get("sent", 0)
+            self.say(
+                f"Never talked to the bot: {self.never_talked} users, Graph installed the app for "
+                f"{self.graph_installs} (each then welcomed); their rows: "
+                + ", ".join(f"{status} {count}" for status, count in sorted(outcome.items()))
+            )
         return report, path
+
+    async def _graph_installs(self, session: aiohttp.ClientSession) -> int:
+        async with session.get(f"{self.stack.graph_url}/_emulator/stats") as answer:
+            answer.raise_for_status()
+            stats = await answer.json()
+        return sum(int(count) for count in (stats.get("installs") or {}).values())
 
     async def _emulator_stats(self, session: aiohttp.ClientSession, *, timeline: bool) -> dict[str, Any]:
         query = "timeline=1" if timeline else "activities=0"
@@ -429,7 +495,7 @@ class Demo:
     def _sample_conversation(self) -> str | None:
         for plan in self.plans:
             closed = plan.blocked | plan.opted_out | plan.quiet
-            for user in plan.users:
+            for user in plan.captured:
                 if user.aad_object_id not in closed:
                     return user.conversation_id
         return None
@@ -445,6 +511,12 @@ class Demo:
             if activity.get("notificationId") == nid:
                 return str(activity.get("text") or "")
         return ""
+
+
+def _open_rows(status: dict[str, Any]) -> int:
+    """Rows of a status body that may still change (a stale one waits for its Graph install)."""
+    counts = status.get("counts") or {}
+    return sum(int(counts.get(name) or 0) for name in ("pending", "sending", "deferred", "stale"))
 
 
 def _summary(console: Console, result: DemoResult) -> None:

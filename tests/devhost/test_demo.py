@@ -35,7 +35,7 @@ async def test_demo_at_a_tiny_size_completes_adds_up_writes_csv_and_png_and_prin
 ) -> None:
     options = parse_args(
         ["--tenants", "2", "--users", "40", "--channels", "3", "--group-chats", "1",
-         "--blocked", "0.1", "--opted-out", "0.1", "--quiet", "0",
+         "--blocked", "0.1", "--opted-out", "0.1", "--quiet", "0", "--uninstalled", "0.1",
          "--throttle-rate", "0.02", "--error-rate", "0",
          "--latency", "none", "--output", str(tmp_path)]
     )  # fmt: skip
@@ -49,10 +49,12 @@ async def test_demo_at_a_tiny_size_completes_adds_up_writes_csv_and_png_and_prin
     assert result.final["status"] == "completed"
     assert counts["total"] == 40 + 3 + 2 == result.report.total
     assert result.report.adds_up()
-    # 10 % of each tenant's 20 users blocked the bot, 10 % of the rest opted out of the category.
+    # 10 % of each tenant's 20 users blocked the bot, 10 % opted out of the category, and 10 % never talked
+    # to it: only Graph knew them; the broadcast (includeUninstalled) installed the app for them and sent.
     assert result.report.by_status["unreachable"] == 4
     assert result.report.by_status["suppressed"] == 4
     assert result.report.by_status["sent"] == counts["sent"] == 45 - 8
+    assert result.graph_installs == result.never_talked_sent == 4
     assert result.updated == result.deleted == counts["sent"]
     assert result.emulator_totals["deletes"] == counts["sent"]
     rows = parse_csv(result.csv_path.read_text(encoding="utf-8"))
