@@ -62,6 +62,8 @@ from proactive.bot.welcome import welcome_notification_id
 CATEGORY = "deployments"
 # How often the live view reads the lanes and limiters: each read is work for the host it watches.
 POLL_SECONDS = 2.0
+# Commands typed at once (each answered with a direct reply, which Teams counts against the tenant's rate).
+COMMANDS_AT_ONCE = 8
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -262,18 +264,19 @@ class Demo:
         fresh = sum(user.installs_now for plan in self.plans for user in plan.captured)
         self.say(
             f"  {seeder.posted} activities in {time.monotonic() - began:.1f} s ({fresh} users installed the bot "
-            f"just now, the others answered a card); waiting for the {fresh} welcomes"
+            f"just now, the others answered a card); while some users type commands, waiting for the {fresh} "
+            "welcomes (paced like any send) so the broadcast starts on a quiet tenant"
         )
-        with self.phase("welcomes"):
-            await self._wait_for_welcomes(client)
         now = datetime.now(UTC)
         quiet_until = _quiet_until(now, options.quiet_for)
         commands = seeder.commands(self.plans, CATEGORY, quiet_until, now)
-        # Commands answer with direct replies: a few at a time, as people type.
-        with self.phase("commands"):
-            await Seeder(session, self.stack.host_url, self.stack.teams_url + "/", concurrency=4).post_all(
-                commands
-            )
+        # Commands answer with direct replies: a few at a time, as people type. They go to the users' own
+        # chats, not the welcomes' rows, so both go on at once.
+        typing = Seeder(
+            session, self.stack.host_url, self.stack.teams_url + "/", concurrency=COMMANDS_AT_ONCE
+        )
+        with self.phase("welcomes and commands"):
+            await asyncio.gather(self._wait_for_welcomes(client), typing.post_all(commands))
         opted = sum(len(p.opted_out) for p in self.plans)
         quiet = sum(len(p.quiet) for p in self.plans)
         blocked = blocked_faults(self.plans)
