@@ -2,12 +2,15 @@
 
 1. Start Azurite, the Teams and Graph emulators and the host on free ports (``--latency azure`` by default),
    their logs in ``demo-output/devhost.log``.
-2. Seed the audience through ``/api/messages`` (:mod:`devhost.demo.audience`): installs, channels, group
-   chats; wait for the welcomes (paced like any send); then opt-outs and quiet hours typed as commands; then
-   some users block the bot (emulator rule: 403 MessageWritesBlocked) and Teams starts throwing a few random
-   429s and 503s.
-3. Broadcast to every tenant as a Logic App would (:mod:`devhost.demo.client`) and show per tenant the
-   progress, the current rate against the ceiling and the limiter's state (:mod:`devhost.demo.progress`).
+2. Seed the audience (:mod:`devhost.demo.audience`): users who never talked to the bot go into the Graph
+   emulator's directory only; everyone else is captured through ``/api/messages`` (installs, channels, group
+   chats); opt-outs and quiet hours are typed as commands while the demo waits for the welcomes (real sends,
+   paced like any send; the broadcast starts once they are out); then some users block the bot (emulator
+   rule: 403 MessageWritesBlocked) and Teams starts throwing a few random 429s and 503s.
+3. Broadcast to every tenant (``includeUninstalled``: the never-talked users are installed through Graph
+   first) as a Logic App would (:mod:`devhost.demo.client`) and show per tenant the progress, the current
+   rate against the ceiling and the limiter's state (:mod:`devhost.demo.progress`); after the lanes, wait
+   for the rows the installs re-drive.
 4. The delivery report, the CSV export and the rate chart (:mod:`devhost.demo.report`) in ``demo-output/``;
    then update (PATCH) and recall (DELETE) the message and show both on the emulator.
 5. Stop everything it started (``--keep-running`` waits for Ctrl-C first, to browse ``/_emulator/``).
