@@ -76,7 +76,9 @@ def _python() -> str:
         return sys.executable
 
 
-def next_steps(host_url: str, teams_url: str, key: str) -> str:
+def next_steps(
+    host_url: str, teams_url: str, key: str, graph_url: str = f"http://127.0.0.1:{GRAPH_PORT}"
+) -> str:
     """What to type next: capture a test user, broadcast to them, see it arrive (printed by ``run``)."""
     return f"""
 Try it (in another terminal):
@@ -84,6 +86,8 @@ Try it (in another terminal):
   curl -si -X POST "{host_url}/api/broadcasts?code={key}" -H 'content-type: application/json' \\
     -d '{{"audience": {{"tenants": ["{SEED_TENANT}"]}}, "message": {{"text": "Hello from make run"}}}}'
   open {teams_url}/_emulator/ to see what each conversation received
+Users who never talked to the bot (known only to Graph; add "includeUninstalled": true to the audience):
+  {_python()} -m devhost seed --users 0 --uninstalled 3 --graph-url {graph_url}
 """
 
 
@@ -99,6 +103,9 @@ def main(argv: list[str]) -> int:
         graph_port=options.graph_port,
         azurite_ports=(10000, 10001, 10002),
         function_key=key,
+        graph_tenants=(
+            SEED_TENANT,
+        ),  # so `seed --uninstalled` and includeUninstalled work as the README says
     )
     try:
         print(f"Azurite: {stack.storage}", flush=True)
@@ -108,7 +115,7 @@ def main(argv: list[str]) -> int:
         print(f"host: {stack.host_url}/api/ (latency profile {profile.name}{seed})", flush=True)
         stack.wait_ready()
         print(f"function key (development only; set DEVHOST_FUNCTION_KEY to change it): {key}", flush=True)
-        print(next_steps(stack.host_url, stack.teams_url, key), flush=True)
+        print(next_steps(stack.host_url, stack.teams_url, key, stack.graph_url), flush=True)
         _wait_for_signal()
     finally:
         stack.stop()

@@ -10,8 +10,9 @@ each of them through its paced path, as in a roll-out. Then, in their own 1:1 ch
 are not the bot's doing: :func:`blocked_faults` gives the Teams emulator rules that answer their sends with
 403 ``MessageWritesBlocked``, as Teams does once a user blocks a bot.
 
-Users who never talked to the bot are reached through Graph proactive installation
-(:data:`GRAPH_INSTALLER_READY`): until that installer exists, asking for them is a no-op with a message.
+Users who never talked to the bot (``never_talked``) send no activity at all: they exist only in the Graph
+emulator's directory (:func:`graph_directory`), so a broadcast with ``includeUninstalled`` finds them through
+Graph, installs the app for them (Teams then posts the install to the bot, which welcomes them) and delivers.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import aiohttp
 
 BOT_ID: Final = "28:00000000-0000-0000-0000-0000000000b0"
 BOT_NAME: Final = "Contoso Alerts"
-# The Graph bootstrap (issue 7 flow 2) is being built on its own branch; flip this when it lands.
-GRAPH_INSTALLER_READY: Final = False
 _NAMESPACE = uuid.UUID("8d3c4e1a-6b7f-4c2d-9e0a-1b2c3d4e5f60")
 # (name, IANA time zone) of the demo's tenants, in order; more tenants reuse them with a number.
 _TENANTS: Final = (
@@ -103,11 +102,17 @@ class TenantAudience:
     blocked: frozenset[str]
     opted_out: frozenset[str]
     quiet: frozenset[str]
+    never_talked: frozenset[str] = frozenset()
 
     @property
     def recipients(self) -> int:
-        """Rows a broadcast to the whole tenant materialises."""
+        """Rows a broadcast to the whole tenant with ``includeUninstalled`` materialises."""
         return len(self.users) + len(self.channels) + len(self.group_chats)
+
+    @property
+    def captured(self) -> tuple[SeedUser, ...]:
+        """The users the bot knows from their activities (everyone but ``never_talked``)."""
+        return tuple(user for user in self.users if user.aad_object_id not in self.never_talked)
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,12 @@ class AudienceOptions:
     opted_out: float = 0.05
     quiet: float = 0.04
     installs: float = 0.1
-    uninstalled: int = 0
+    never_talked: float = 0.05
+
+
+def _share(fraction: float, everyone: Sequence[str], rest: Sequence[str]) -> float:
+    """``fraction`` of ``everyone`` as a fraction of ``rest`` (the users still to pick from)."""
+    return min(1.0, fraction * len(everyone) / max(1, len(rest)))
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -172,9 +182,13 @@ def plan_audience(options: AudienceOptions, *, first_tenant: str | None = None) 
                 )
             )
         ids = [user.aad_object_id for user in people]
-        blocked = _fraction_pick(ids, options.blocked, "blocked")
-        rest = [value for value in ids if value not in blocked]
-        opted_out = _fraction_pick(rest, options.opted_out, "opted-out")
+        # Disjoint picks, each a fraction of all the tenant's users. Who never talked to the bot cannot have
+        # blocked it or typed a command, so they are picked first.
+        never_talked = _fraction_pick(ids, options.never_talked, "never-talked")
+        rest = [value for value in ids if value not in never_talked]
+        blocked = _fraction_pick(rest, _share(options.blocked, ids, rest), "blocked")
+        rest = [value for value in rest if value not in blocked]
+        opted_out = _fraction_pick(rest, _share(options.opted_out, ids, rest), "opted-out")
         rest = [value for value in rest if value not in opted_out]
         plans.append(
             TenantAudience(
@@ -188,7 +202,8 @@ def plan_audience(options: AudienceOptions, *, first_tenant: str | None = None) 
                 ),
                 blocked=blocked,
                 opted_out=opted_out,
-                quiet=_fraction_pick(rest, options.quiet * len(ids) / max(1, len(rest)), "quiet"),
+                quiet=_fraction_pick(rest, _share(options.quiet, ids, rest), "quiet"),
+                never_talked=never_talked,
             )
         )
     return tuple(plans)
@@ -395,7 +410,7 @@ class Seeder:
                 personal_install(user, self.service_url)
                 if user.installs_now
                 else card_submit(user, self.service_url)
-                for user in plan.users
+                for user in plan.captured
             ]
         return activities
 
@@ -415,14 +430,19 @@ class Seeder:
         return activities
 
 
-def uninstalled_notice(count: int) -> str | None:
-    """What seeding ``count`` never-installed users does today (``None`` when there is nothing to say)."""
-    if count <= 0:
-        return None
-    if not GRAPH_INSTALLER_READY:
-        return (
-            f"--uninstalled {count}: skipped. Reaching users who never talked to the bot needs the Graph "
-            "proactive installer (flow 2, being built on branch `graph`); until it is merged these users "
-            "are not seeded."
-        )
-    return None
+def graph_directory(plans: Iterable[TenantAudience]) -> dict[str, list[dict[str, str]]]:
+    """Per tenant, the Graph emulator's directory users (``UserConfig`` JSON): the users who never talked to
+    the bot. The captured ones are left out: their rows come from their references, and listing them in
+    Graph as well would only make ``includeUninstalled`` meet rows it already has."""
+    return {
+        plan.tenant_id: [
+            {
+                "id": user.aad_object_id,
+                "displayName": user.name,
+                "userPrincipalName": f"{user.name.split()[0].lower()}.{user.aad_object_id[:8]}@demo.test",
+            }
+            for user in plan.users
+            if user.aad_object_id in plan.never_talked
+        ]
+        for plan in plans
+    }

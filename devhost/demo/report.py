@@ -12,7 +12,7 @@ import csv
 import io
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,11 @@ def delivery_report(rows: Iterable[Mapping[str, str]]) -> DeliveryReport:
         by_reason[(status, row.get("errorCode") or "-")] += 1
         by_tenant.setdefault(row["tenantId"], Counter())[status] += 1
     return DeliveryReport(total, by_status, by_reason, by_tenant)
+
+
+def never_talked_outcome(rows: Iterable[Mapping[str, str]], keys: Collection[str]) -> Counter[str]:
+    """Statuses of the rows of ``keys`` (the users who never talked to the bot, reached through Graph)."""
+    return Counter(row["status"] for row in rows if row.get("recipientKey") in keys)
 
 
 def write_csv(text: str, directory: Path, notification_id: str) -> Path:

@@ -2,12 +2,15 @@
 
 1. Start Azurite, the Teams and Graph emulators and the host on free ports (``--latency azure`` by default),
    their logs in ``demo-output/devhost.log``.
-2. Seed the audience through ``/api/messages`` (:mod:`devhost.demo.audience`): installs, channels, group
-   chats; wait for the welcomes (paced like any send); then opt-outs and quiet hours typed as commands; then
-   some users block the bot (emulator rule: 403 MessageWritesBlocked) and Teams starts throwing a few random
-   429s and 503s.
-3. Broadcast to every tenant as a Logic App would (:mod:`devhost.demo.client`) and show per tenant the
-   progress, the current rate against the ceiling and the limiter's state (:mod:`devhost.demo.progress`).
+2. Seed the audience (:mod:`devhost.demo.audience`): users who never talked to the bot go into the Graph
+   emulator's directory only; everyone else is captured through ``/api/messages`` (installs, channels, group
+   chats); opt-outs and quiet hours are typed as commands while the demo waits for the welcomes (real sends,
+   paced like any send; the broadcast starts once they are out); then some users block the bot (emulator
+   rule: 403 MessageWritesBlocked) and Teams starts throwing a few random 429s and 503s.
+3. Broadcast to every tenant (``includeUninstalled``: the never-talked users are installed through Graph
+   first) as a Logic App would (:mod:`devhost.demo.client`) and show per tenant the progress, the current
+   rate against the ceiling and the limiter's state (:mod:`devhost.demo.progress`); after the lanes, wait
+   for the rows the installs re-drive.
 4. The delivery report, the CSV export and the rate chart (:mod:`devhost.demo.report`) in ``demo-output/``;
    then update (PATCH) and recall (DELETE) the message and show both on the emulator.
 5. Stop everything it started (``--keep-running`` waits for Ctrl-C first, to browse ``/_emulator/``).
@@ -25,8 +28,8 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,12 +44,19 @@ from devhost.demo.audience import (
     Seeder,
     TenantAudience,
     blocked_faults,
+    graph_directory,
     plan_audience,
-    uninstalled_notice,
 )
 from devhost.demo.client import LogicAppClient
 from devhost.demo.progress import ProgressReader, plain_line, render
-from devhost.demo.report import delivery_report, parse_csv, rate_series, write_chart, write_csv
+from devhost.demo.report import (
+    delivery_report,
+    never_talked_outcome,
+    parse_csv,
+    rate_series,
+    write_chart,
+    write_csv,
+)
 from devhost.latency import LatencyProfile, from_args
 from devhost.latency import add_arguments as add_latency_arguments
 from devhost.stack import Stack, start_stack
@@ -55,6 +65,8 @@ from proactive.bot.welcome import welcome_notification_id
 CATEGORY = "deployments"
 # How often the live view reads the lanes and limiters: each read is work for the host it watches.
 POLL_SECONDS = 2.0
+# Commands typed at once (each answered with a direct reply, which Teams counts against the tenant's rate).
+COMMANDS_AT_ONCE = 8
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -80,9 +92,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     size.add_argument(
         "--uninstalled",
-        type=int,
-        default=0,
-        help="users who never talked to the bot (Graph install; see notice)",
+        type=float,
+        default=0.05,
+        help="fraction of users who never talked to the bot: only Graph knows them, the broadcast "
+        "(includeUninstalled) installs the app for them first (default 0.05)",
     )
     faults = parser.add_argument_group("Teams faults")
     faults.add_argument(
@@ -125,6 +138,10 @@ class DemoResult:
     updated: int
     deleted: int
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+    # Users who never talked to the bot: how many Graph installed, how many of their rows were sent.
+    graph_installs: int = 0
+    never_talked_sent: int = 0
 
 
 def _quiet_until(now: datetime, at_least: float) -> datetime:
@@ -144,6 +161,23 @@ class Demo:
         self.console = console
         self.live = console.is_terminal and not options.plain
         self.plans: tuple[TenantAudience, ...] = ()
+        self.phases: dict[str, float] = {}
+        self.graph_installs = 0
+        self.never_talked_sent = 0
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time one step of the run (printed at the end, so a slow step is easy to find)."""
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - began
+
+    @property
+    def never_talked(self) -> int:
+        """Users only Graph knows (the broadcast installs the app for them)."""
+        return sum(len(plan.never_talked) for plan in self.plans)
 
     def say(self, text: str) -> None:
         self.console.print(text, highlight=False, soft_wrap=True)
@@ -162,16 +196,18 @@ class Demo:
                 opted_out=options.opted_out,
                 quiet=options.quiet,
                 installs=options.installs,
-                uninstalled=options.uninstalled,
+                never_talked=options.uninstalled,
             )
         )
         ceilings = await self._configure_teams(session)
         await self._seed(session, client)
         notification_id = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-        final = await self._broadcast(client, notification_id)
-        report, csv_path = await self._report(client, notification_id)
-        stats = await self._emulator_stats(session, timeline=True)
-        chart_path = self._chart(stats, notification_id, ceilings)
+        with self.phase("broadcast"):
+            final = await self._broadcast(client, notification_id)
+        with self.phase("report"):
+            report, csv_path = await self._report(session, client, notification_id)
+            stats = await self._emulator_stats(session, timeline=True)
+            chart_path = self._chart(stats, notification_id, ceilings)
         updated, deleted = await self._update_and_recall(session, client, notification_id)
         totals = (await self._emulator_stats(session, timeline=False))["totals"]
         return DemoResult(
@@ -184,6 +220,9 @@ class Demo:
             updated,
             deleted,
             time.monotonic() - started,
+            self.phases,
+            self.graph_installs,
+            self.never_talked_sent,
         )
 
     # ---- set-up -------------------------------------------------------------------------------------
@@ -207,32 +246,40 @@ class Demo:
 
     async def _seed(self, session: aiohttp.ClientSession, client: LogicAppClient) -> None:
         options = self.options
-        notice = uninstalled_notice(options.uninstalled)
-        if notice:
-            self.say(f"[yellow]{notice}[/yellow]")
         users = sum(len(plan.users) for plan in self.plans)
         rows = sum(plan.recipients for plan in self.plans)
+        never = self.never_talked
+        # Who never talked to the bot exists only in the directory: the Graph emulator's, with the app in
+        # each tenant's catalog (a full config, so it names this host and the Teams emulator again).
+        config = self.stack.graph_config(graph_directory(self.plans))
+        async with session.post(f"{self.stack.graph_url}/_emulator/config", json=config) as answer:
+            answer.raise_for_status()
         self.say(
             f"Seeding {len(self.plans)} tenants: {users} users, {sum(len(p.channels) for p in self.plans)} "
-            f"channels, {sum(len(p.group_chats) for p in self.plans)} group chats ({rows} recipients) "
+            f"channels, {sum(len(p.group_chats) for p in self.plans)} group chats ({rows} recipients); "
+            f"{never} of the users never talked to the bot (only Graph knows them), the others are captured "
             "through POST /api/messages ..."
         )
         seeder = Seeder(session, self.stack.host_url, self.stack.teams_url + "/")
         began = time.monotonic()
-        await seeder.post_all(seeder.installs(self.plans))
-        fresh = sum(user.installs_now for plan in self.plans for user in plan.users)
+        with self.phase("capture"):
+            await seeder.post_all(seeder.installs(self.plans))
+        fresh = sum(user.installs_now for plan in self.plans for user in plan.captured)
         self.say(
             f"  {seeder.posted} activities in {time.monotonic() - began:.1f} s ({fresh} users installed the bot "
-            f"just now, the others answered a card); waiting for the {fresh} welcomes"
+            f"just now, the others answered a card); while some users type commands, waiting for the {fresh} "
+            "welcomes (paced like any send) so the broadcast starts on a quiet tenant"
         )
-        await self._wait_for_welcomes(client)
         now = datetime.now(UTC)
         quiet_until = _quiet_until(now, options.quiet_for)
         commands = seeder.commands(self.plans, CATEGORY, quiet_until, now)
-        # Commands answer with direct replies: a few at a time, as people type.
-        await Seeder(session, self.stack.host_url, self.stack.teams_url + "/", concurrency=4).post_all(
-            commands
+        # Commands answer with direct replies: a few at a time, as people type. They go to the users' own
+        # chats, not the welcomes' rows, so both go on at once.
+        typing = Seeder(
+            session, self.stack.host_url, self.stack.teams_url + "/", concurrency=COMMANDS_AT_ONCE
         )
+        with self.phase("welcomes and commands"):
+            await asyncio.gather(self._wait_for_welcomes(client), typing.post_all(commands))
         opted = sum(len(p.opted_out) for p in self.plans)
         quiet = sum(len(p.quiet) for p in self.plans)
         blocked = blocked_faults(self.plans)
@@ -255,7 +302,7 @@ class Demo:
         waiting = {
             welcome_notification_id(plan.tenant_id)
             for plan in self.plans
-            if any(u.installs_now for u in plan.users)
+            if any(u.installs_now for u in plan.captured)
         }
         while waiting and time.monotonic() < deadline:
             for welcome in list(waiting):
@@ -274,7 +321,11 @@ class Demo:
     async def _broadcast(self, client: LogicAppClient, notification_id: str) -> dict[str, Any]:
         request = {
             "notificationId": notification_id,
-            "audience": {"tenants": [plan.tenant_id for plan in self.plans]},
+            # includeUninstalled: every user Graph lists too; those without a reference get the app first.
+            "audience": {
+                "tenants": [plan.tenant_id for plan in self.plans],
+                "includeUninstalled": self.never_talked > 0,
+            },
             "message": {
                 "text": "Deploy 42 is live: the new billing pipeline is on. Reply 'unsubscribe deployments' to stop these.",
                 "summary": "Deploy 42 is live",
@@ -335,14 +386,36 @@ class Demo:
             await follower
         finally:
             follower.cancel()
+        waiting = _open_rows(final)
+        if waiting and final.get("status") == "completed":
+            # The lanes are done; users who never talked to the bot may still be on their way: installed
+            # through Graph (paced per tenant), then their row re-driven through the paced path.
+            self.say(f"  lanes done; {waiting} rows still on their way (Graph installs, re-drives): waiting")
+            final = await self._settled(client, notification_id, final)
         self.say(
             f"Broadcast {final.get('status')} in {time.monotonic() - began:.1f} s, {final.get('throttled', 0)} 429s"
         )
         return final
 
+    async def _settled(
+        self, client: LogicAppClient, notification_id: str, final: dict[str, Any], limit: float = 120.0
+    ) -> dict[str, Any]:
+        """Poll the status until no row is open (pending, sending, deferred, stale), or ``limit`` passed."""
+        deadline = time.monotonic() + limit
+        while _open_rows(final) and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            code, body = await client.get_json(f"api/broadcasts/{notification_id}")
+            if code == 200 and isinstance(body, dict):
+                final = body
+        if _open_rows(final):
+            self.say(f"[yellow]  {_open_rows(final)} rows still open after {limit:.0f} s[/yellow]")
+        return final
+
     # ---- afterwards ---------------------------------------------------------------------------------
 
-    async def _report(self, client: LogicAppClient, notification_id: str) -> tuple[Any, Path]:
+    async def _report(
+        self, session: aiohttp.ClientSession, client: LogicAppClient, notification_id: str
+    ) -> tuple[Any, Path]:
         text = await client.deliveries_csv(notification_id)
         path = write_csv(text, self.options.output, notification_id)
         report = delivery_report(parse_csv(text))
@@ -358,7 +431,23 @@ class Demo:
                 f"  {names.get(tenant, tenant)}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             )
         self.say(f"CSV export: {path} ({'adds up' if report.adds_up() else 'DOES NOT ADD UP'})")
+        if self.never_talked:
+            keys = {f"user:{aad}" for plan in self.plans for aad in plan.never_talked}
+            outcome = never_talked_outcome(parse_csv(text), keys)
+            self.graph_installs = await self._graph_installs(session)
+            self.never_talked_sent = outcome.get("sent", 0)
+            self.say(
+                f"Never talked to the bot: {self.never_talked} users, Graph installed the app for "
+                f"{self.graph_installs} (each then welcomed); their rows: "
+                + ", ".join(f"{status} {count}" for status, count in sorted(outcome.items()))
+            )
         return report, path
+
+    async def _graph_installs(self, session: aiohttp.ClientSession) -> int:
+        async with session.get(f"{self.stack.graph_url}/_emulator/stats") as answer:
+            answer.raise_for_status()
+            stats = await answer.json()
+        return sum(int(count) for count in (stats.get("installs") or {}).values())
 
     async def _emulator_stats(self, session: aiohttp.ClientSession, *, timeline: bool) -> dict[str, Any]:
         query = "timeline=1" if timeline else "activities=0"
@@ -388,7 +477,8 @@ class Demo:
         text = "Deploy 42 is live (updated: rollout finished at 100 %)."
         accepted = await client.update(notification_id, {"text": text, "summary": "Deploy 42 is live"})
         began = time.monotonic()
-        await client.run(accepted)
+        with self.phase("update"):
+            await client.run(accepted)
         totals = (await self._emulator_stats(session, timeline=False))["totals"]
         updated = int(totals.get("updates", 0))
         shown = await self._sample_text(session, sample, notification_id)
@@ -397,7 +487,8 @@ class Demo:
             f"Teams updated {updated} messages; {sample or 'a user'} now reads {shown!r}"
         )
         began = time.monotonic()
-        await client.run(await client.recall(notification_id))
+        with self.phase("recall"):
+            await client.run(await client.recall(notification_id))
         totals = (await self._emulator_stats(session, timeline=False))["totals"]
         deleted = int(totals.get("deletes", 0))
         self.say(
@@ -410,7 +501,7 @@ class Demo:
     def _sample_conversation(self) -> str | None:
         for plan in self.plans:
             closed = plan.blocked | plan.opted_out | plan.quiet
-            for user in plan.users:
+            for user in plan.captured:
                 if user.aad_object_id not in closed:
                     return user.conversation_id
         return None
@@ -428,6 +519,12 @@ class Demo:
         return ""
 
 
+def _open_rows(status: dict[str, Any]) -> int:
+    """Rows of a status body that may still change (a stale one waits for its Graph install)."""
+    counts = status.get("counts") or {}
+    return sum(int(counts.get(name) or 0) for name in ("pending", "sending", "deferred", "stale"))
+
+
 def _summary(console: Console, result: DemoResult) -> None:
     final = result.final
     counts = final.get("counts") or {}
@@ -435,6 +532,10 @@ def _summary(console: Console, result: DemoResult) -> None:
         f"\nDone in {result.seconds:.0f} s: broadcast {result.notification_id} {final.get('status')}, "
         f"{counts.get('sent', 0)} of {counts.get('total', 0)} sent, then {result.updated} updated and "
         f"{result.deleted} recalled. Files: {result.csv_path}, {result.chart_path}",
+        highlight=False,
+    )
+    console.print(
+        "Phases: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.phases.items()),
         highlight=False,
     )
 
@@ -457,6 +558,7 @@ async def run_demo(options: argparse.Namespace, console: Console | None = None) 
         )
         try:
             await asyncio.to_thread(stack.wait_ready)
+            up = time.monotonic() - began
             console.print(
                 f"  up in {time.monotonic() - began:.0f} s: host {stack.host_url}/api/, Teams emulator "
                 f"{stack.teams_url}/_emulator/ (conversations page), Graph emulator {stack.graph_url}/",
@@ -466,6 +568,7 @@ async def run_demo(options: argparse.Namespace, console: Console | None = None) 
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 result = await Demo(options, stack, console).run(session)
             result.seconds = time.monotonic() - began
+            result.phases = {"start": up, **result.phases}
             _summary(console, result)
             if options.keep_running:
                 console.print(

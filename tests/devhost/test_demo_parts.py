@@ -16,16 +16,20 @@ from aiohttp import web
 
 from devhost.demo.audience import (
     AudienceOptions,
+    Seeder,
     blocked_faults,
+    graph_directory,
     plan_audience,
     quiet_command,
-    uninstalled_notice,
 )
 from devhost.demo.client import BroadcastApiError, LogicAppClient
 from devhost.demo.progress import TenantProgress, plain_line
 from devhost.demo.report import PNG_SIGNATURE, delivery_report, parse_csv, rate_series, write_chart
 from devhost.demo.run import _quiet_until
+from devhost.emulators.graph_model import GraphEmulatorConfig
 from devhost.run import DEV_FUNCTION_KEY, function_key, next_steps
+from devhost.seed import SEED_TENANT, uninstalled_users
+from devhost.stack import DEV_TEAMS_APP_ID, catalog_entry, with_directory_users
 
 
 def test_plan_spreads_users_and_channels_over_tenants_and_picks_disjoint_behaviours() -> None:
@@ -61,10 +65,39 @@ def test_quiet_window_covers_now_and_ends_on_a_whole_minute_in_the_users_zone() 
     assert quiet_command(user, until, now) == "quiet 16:20-18:22"
 
 
-def test_uninstalled_users_are_a_no_op_with_a_message_until_the_graph_installer_exists() -> None:
-    assert uninstalled_notice(0) is None
-    notice = uninstalled_notice(25)
-    assert notice is not None and "skipped" in notice and "graph" in notice.lower()
+def test_users_who_never_talked_are_picked_first_left_out_of_capture_and_listed_only_in_graph() -> None:
+    options = AudienceOptions(tenants=2, users=100, channels=0, group_chats=0, blocked=0.1, never_talked=0.2)
+    plans = plan_audience(options)
+    directory = graph_directory(plans)
+    seeder = Seeder(None, "http://host", "http://teams")  # type: ignore[arg-type]  # never posts here
+
+    for plan in plans:
+        assert len(plan.never_talked) == 10 and len(plan.blocked) == 5  # shares of all 50 users
+        assert not plan.never_talked & (plan.blocked | plan.opted_out | plan.quiet)
+        assert {u["id"] for u in directory[plan.tenant_id]} == set(plan.never_talked)
+        assert len(plan.captured) == 40 and plan.recipients == 50  # the broadcast still has every user
+    captured = {a["from"]["aadObjectId"] for a in seeder.installs(plans)}
+    assert captured.isdisjoint(set().union(*(plan.never_talked for plan in plans)))
+    assert len(captured) == 80
+
+
+def test_seed_adds_directory_users_to_the_running_graph_config_keeping_the_catalog_and_endpoints() -> None:
+    running = {
+        "tenants": [{"id": SEED_TENANT, "users": [{"id": "u0"}], "apps": [catalog_entry("my-app")]}],
+        "messagingEndpoint": "http://127.0.0.1:7071/api/messages",
+        "teamsServiceUrl": "http://127.0.0.1:7072/",
+    }
+    users = uninstalled_users(SEED_TENANT, 2)
+    updated = with_directory_users(running, SEED_TENANT, [*users, {"id": "u0"}], DEV_TEAMS_APP_ID)
+    other = with_directory_users(updated, "another-tenant", users, DEV_TEAMS_APP_ID)
+
+    (tenant,) = updated["tenants"]
+    assert [u["id"] for u in tenant["users"]] == ["u0", *(u["id"] for u in users)]  # no duplicates
+    assert uninstalled_users(SEED_TENANT, 2) == users  # stable ids
+    assert tenant["apps"] == [catalog_entry("my-app")]
+    assert other["tenants"][1]["apps"][0]["externalId"] == "my-app"  # the app the emulator already lists
+    assert other["messagingEndpoint"] == running["messagingEndpoint"]
+    assert GraphEmulatorConfig.model_validate(other).tenant("another-tenant") is not None
 
 
 def test_make_run_key_is_the_fixed_development_key_unless_one_is_set(tmp_path: Path) -> None:
