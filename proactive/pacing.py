@@ -1,27 +1,21 @@
 """Admitting one grant's requests at the tenant's pace, so a batch never bursts and a late one still sends.
 
 A grant of the ``tenant_limiter`` entity allows ``tokens`` requests, no earlier than ``notBefore``, no later
-than ``sendBy``, and at least ``paceSeconds`` apart. :class:`SlotPacer` admits requests like a generic cell
-rate algorithm (GCRA) with a tolerance of ``slack``: every request, retries included, first *reserves* the
-earliest free time ``at = max(next, now)`` (``next`` starts at ``notBefore`` and moves one pace past each
-reservation), waits until ``at``, and starts. A request that is not ready when its time comes is not lost:
-the next reservation is simply made later (``max(next, now)``), so lateness costs time, never a row. When no
-time is left (the ``tokens`` are used, or the next free time lies after ``sendBy``) :meth:`SlotPacer.acquire`
-answers ``None`` and the caller gives its row back for the next batch.
+than ``sendBy``, and at least ``paceSeconds`` apart. :class:`SlotPacer` is a gate the batch's requests pass
+one at a time (retries included): the request at the gate waits until ``at = max(next, now)`` (``next``
+starts at ``notBefore``) and starts when it wakes; ``next`` becomes *its start* plus one pace. A request
+that wakes late (a busy event loop) is not lost and costs nobody else a slot: it starts at once and the
+schedule shifts behind it. When no time is left (the ``tokens`` are used, or the start would lie after
+``sendBy``) :meth:`SlotPacer.acquire` answers ``None`` and the caller gives its row back for the next batch.
 
-Guarantee, for every request :meth:`SlotPacer.acquire` lets through:
+Guarantee, for the requests :meth:`SlotPacer.acquire` lets through: at most ``tokens``, none before
+``notBefore`` or after ``sendBy``, and consecutive starts at least ``pace`` apart, so any window of ``W``
+seconds holds at most ``floor(W / pace) + 1`` of them whatever the event loop's delays. The limiter places
+the next grant of the tenant one pace after ``sendBy``, so the bound holds across batches too.
 
-* it starts at or after its reserved time and at most ``slack`` after it: a worker that wakes later gives
-  its reservation up (the reservation is wasted time, counted in :attr:`SlotPacer.skipped`, not a token)
-  and reserves again, at ``now`` when nobody waits ahead of it;
-* reserved times are at least ``pace`` apart (reserved before their taker awaits anything, so concurrent
-  workers never share one) and all lie in ``[notBefore, sendBy]``; at most ``tokens`` requests start.
-
-Why that keeps Teams' sliding window: requests starting inside any window ``[a, a + W]`` have distinct
-reserved times in ``[a - slack, a + W]``, a span of ``W + slack`` holding at most
-``floor((W + slack) / pace) + 1`` of them. The limiter places the next grant of the tenant one pace after
-``sendBy``, so the bound holds across batches too, whatever the event loop's scheduling delays. The limiter
-chooses ``pace`` and ``slack`` so the bound stays under the tenant's limit.
+Why a gate and not reservations handed out ahead: with many workers each holding a future time, a loop
+that wakes them late makes every one of them miss its time; each gives it up and queues again at the end,
+so the schedule runs out while almost nothing is sent (a loaded host sent 0-10 rows of 50-token grants).
 
 Times are epoch seconds from an injected ``clock``, waits go through an injected ``sleep`` (STYLE.md rule
 12): tests drive the pacer with a fake clock and check every delay exactly.
@@ -29,6 +23,7 @@ Times are epoch seconds from an injected ``clock``, waits go through an injected
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable
 
@@ -47,12 +42,12 @@ class SlotPacer:
         pace_seconds: least spacing of reserved times (> 0).
         tokens: how many requests the grant allows (the batch's ``limit``).
         send_by: epoch seconds; no request starts after it.
-        slack_seconds: how late after its reserved time a request may still start (>= 0).
+        slack_seconds: lateness that is not counted as lost slots in :attr:`skipped` (>= 0).
         clock: current epoch seconds.
         sleep: awaited until a reserved time comes (``asyncio.sleep`` in production).
 
     Attributes:
-        skipped: reservations given up because their taker woke more than ``slack`` after them.
+        skipped: paces lost to lateness: a request that woke more than ``slack`` after its time.
         first_start: when the first request let through started (epoch seconds), ``None`` before.
         last_start: when the latest request let through started, ``None`` before.
         first_ready: when the first request asked to start (epoch seconds), ``None`` before: how long the
@@ -82,8 +77,9 @@ class SlotPacer:
         self._clock = clock
         self._sleep = sleep
         self._origin: float | None = None
-        self._next = not_before  # the earliest time the next reservation may take
-        self._taken = 0  # reservations held or used: at most ``tokens``
+        self._next = not_before  # the earliest time the next request may start
+        self._taken = 0  # requests let through: at most ``tokens``
+        self._gate = asyncio.Lock()  # FIFO: one request at a time waits for its time
         self._exhausted = False
         self.skipped = 0
         self.first_start: float | None = None
@@ -92,7 +88,7 @@ class SlotPacer:
 
     @property
     def origin(self) -> float | None:
-        """The first reserved time, fixed by the first :meth:`acquire`; ``None`` before."""
+        """The first request's time, fixed by the first :meth:`acquire`; ``None`` before."""
         return self._origin
 
     @property
@@ -101,45 +97,37 @@ class SlotPacer:
         return self._exhausted
 
     async def acquire(self) -> float | None:
-        """Wait for the next free time and return when the request may start.
+        """Wait at the gate for the next free time and return when the request may start.
 
         Returns:
-            The start time (epoch seconds, the clock read after waking: within ``[at, at + slack]`` of its
-            reservation), or ``None`` when no time is left (all ``tokens`` used, or the next free time lies
+            The start time (epoch seconds, the clock read after waking, at least one pace after the
+            previous start), or ``None`` when no time is left (all ``tokens`` used, or the start would lie
             after ``send_by``). Once ``None``, always ``None``.
         """
         if self.first_ready is None:
             self.first_ready = self._clock()
-        while not self._exhausted:
-            at = self._reserve()
-            if at is None:
+        async with self._gate:
+            if self._exhausted:
+                return None
+            at = max(self._next, self._clock())
+            if self._taken >= self._tokens or at > self._send_by + _EPSILON:
                 self._exhausted = True
                 return None
+            if self._origin is None:
+                self._origin = at
             started = await self._wait_until(at)
-            if started > min(at + self._slack, self._send_by) + _EPSILON:
-                # Woke too late: starting now could crowd a later reservation's request into one window.
-                # Give the reservation up (its time is lost, its token is not) and queue again.
-                self.skipped += 1
-                self._taken -= 1
-                if abs(self._next - (at + self._pace)) <= _EPSILON:
-                    self._next = at  # nobody reserved after it: the next reservation need not wait for it
-                continue
+            late = started - at - self._slack
+            lost = math.ceil(late / self._pace - _EPSILON) if late > _EPSILON else 0
+            if started > self._send_by + _EPSILON:
+                self.skipped += max(1, lost)
+                self._exhausted = True  # woke after the grant ended: this request must not start
+                return None
+            self.skipped += lost
+            self._taken += 1
+            self._next = started + self._pace
             self.first_start = started if self.first_start is None else min(self.first_start, started)
             self.last_start = started if self.last_start is None else max(self.last_start, started)
             return started
-        return None
-
-    def _reserve(self) -> float | None:
-        # No await in here: the reservation is made before its taker yields, so no two share a time.
-        now = self._clock()
-        at = max(self._next, now)
-        if self._taken >= self._tokens or at > self._send_by + _EPSILON:
-            return None
-        if self._origin is None:
-            self._origin = at
-        self._taken += 1
-        self._next = at + self._pace
-        return at
 
     async def _wait_until(self, moment: float) -> float:
         now = self._clock()
