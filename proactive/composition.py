@@ -25,20 +25,20 @@ from proactive.adapters.graph import GraphClient, graph_tokens
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
 from proactive.adapters.telemetry_export import OTLP_ENDPOINT, configure_exporters
-from proactive.audience import AudienceMaterialiser, stored_request
 from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
-from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
-from proactive.dead_letters import DeadLetterService, DeliveryRedriver
+from proactive.broadcast.audience import AudienceMaterialiser, stored_request
+from proactive.broadcast.service import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
+from proactive.delivery.dead_letters import DeadLetterService, DeliveryRedriver
+from proactive.delivery.ports import BotConnector
+from proactive.delivery.retry import RetryPolicy
+from proactive.delivery.sender import BatchSender, SendBatchInput
 from proactive.errors import ConfigurationError, StorageError
-from proactive.installer import Installer
-from proactive.installs import GraphPacer, InstallWorker
+from proactive.install.installer import Installer
+from proactive.install.installs import GraphPacer, InstallWorker
 from proactive.models import utc_now
 from proactive.outbound import OutboundPolicy
-from proactive.retry import RetryPolicy
-from proactive.sender import BatchSender, SendBatchInput
-from proactive.sender_ports import BotConnector
 from proactive.settings import Settings
-from proactive.stores import (
+from proactive.storage.stores import (
     TableDeadLetterStore,
     TableDeliveryLedger,
     TableNotificationStore,

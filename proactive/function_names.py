@@ -28,7 +28,7 @@ GRAPH_LIMITER: Final = "graph_limiter"  # Graph installs, a budget apart from th
 # External events
 CANCEL_EVENT: Final = "cancel"
 # Ends a lane's wait for a quiet-hours window early: the re-drive trigger raises it when a row of the
-# tenant became due while the lane sleeps (proactive.redrive).
+# tenant became due while the lane sleeps (proactive.delivery.redrive).
 WAKE_EVENT: Final = "wake"
 
 # Limiter operations (see proactive.limiter)

@@ -287,7 +287,7 @@ class DeadLetter(WireModel):
     Attributes:
         id: stable per work item (``{notificationId}:{tenantId}:{recipientKey}`` for deliveries), so a
             repeat is an idempotent upsert.
-        source_queue: the queue whose messages ran out (names the re-driver, :mod:`proactive.dead_letters`).
+        source_queue: the queue whose messages ran out (names the re-driver, :mod:`proactive.delivery.dead_letters`).
         payload: the message (ids only, never message text).
         reason: why, for people (the row's last error).
         created_at: when it was dead-lettered (its UTC day is the table partition).

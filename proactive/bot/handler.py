@@ -40,7 +40,7 @@ from proactive.bot.commands import apply_command, parse_command
 from proactive.bot.welcome import WelcomeQueue
 from proactive.errors import DeliveryError, InvalidInput, OutboundHostRefused
 from proactive.models import RecipientKind, recipient_key
-from proactive.ports import PreferenceStore, ReferenceStore
+from proactive.storage.ports import PreferenceStore, ReferenceStore
 
 ReplyBuilder = Callable[[Mapping[str, Any], str], dict[str, Any]]
 

@@ -6,8 +6,8 @@ from proactive.functions.durable import bp as durable_blueprint
 from proactive.functions.health import bp as health_blueprint
 from proactive.functions.installs import blueprint as installs_blueprint
 from proactive.functions.messages import bp as messages_blueprint
+from proactive.functions.redelivery import blueprint as retries_blueprint
 from proactive.functions.reports import bp as reports_blueprint
-from proactive.functions.retries import blueprint as retries_blueprint
 
 __all__ = [
     "broadcasts_blueprint",

@@ -1,6 +1,6 @@
 """``/api/broadcasts``: start, follow, cancel, update and recall broadcasts (function key; wiring only).
 
-Every route calls one :class:`~proactive.broadcasts.BroadcastService` method and maps its answer; a bad
+Every route calls one :class:`~proactive.broadcast.service.BroadcastService` method and maps its answer; a bad
 request comes back as the contract's ``{"error": {"code", "message", "details"}}`` with its status.
 
 Starting work (``POST``, ``PATCH``, ``DELETE .../messages``) answers ``202`` with a body of our own,
@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import azure.durable_functions as df
 import azure.functions as func
 
-from proactive.broadcasts import Accepted, BroadcastService, OrchestrationState, status_finished
+from proactive.broadcast.service import Accepted, BroadcastService, OrchestrationState, status_finished
 from proactive.composition import services
 from proactive.errors import InvalidInput, StorageError
 from proactive.functions.http import json_response, storage_unavailable
@@ -30,7 +30,7 @@ CONTINUATION_HEADER = "X-Continuation-Token"
 
 
 class DurableOrchestrations:
-    """The :class:`~proactive.broadcasts.Orchestrations` port over the Durable client binding."""
+    """The :class:`~proactive.broadcast.service.Orchestrations` port over the Durable client binding."""
 
     def __init__(self, client: df.DurableOrchestrationClient) -> None:
         self._client = client

@@ -1,19 +1,19 @@
 """Graph bootstrap (ARCHITECTURE.md flow 2): the ``installs`` queue, its poison queue, the Graph limiter.
 
-Wiring only; the work is :class:`proactive.installs.InstallWorker`.
+Wiring only; the work is :class:`proactive.install.installs.InstallWorker`.
 
 ``installs`` (queue trigger on ``Settings.queues.installs``)
-    :meth:`InstallWorker.handle`; an :class:`~proactive.installs.InstallRetryLater` propagates, so the host
+    :meth:`InstallWorker.handle`; an :class:`~proactive.install.installs.InstallRetryLater` propagates, so the host
     redelivers after host.json ``visibilityTimeout``; the worker itself moves the message to
     ``installs-poison`` at its fifth failure, counted across the copies it puts back (see
-    :mod:`proactive.installs`), and the host would after ``maxDequeueCount`` (5) of one copy anyway.
+    :mod:`proactive.install.installs`), and the host would after ``maxDequeueCount`` (5) of one copy anyway.
 ``installs_poison``
     :meth:`InstallWorker.dead_letter`.
 ``graph_admission`` (orchestrator) and ``graph_limiter`` (entity, key = tenant id)
     A queue trigger cannot call an entity and read the answer, so :class:`DurableGraphPacer` starts a
     short ``graph_admission`` orchestration, which calls the tenant's ``graph_limiter`` and ends with the
     grant; the trigger reads it from the instance's status and purges the instance. The installs a worker
-    runs at once share one such grant (:class:`~proactive.graph_pacing.CoalescingAdmissions`: one
+    runs at once share one such grant (:class:`~proactive.install.graph_pacing.CoalescingAdmissions`: one
     orchestration and one entity operation for up to 32 installs). Short-lived instances rather than one
     long-lived per tenant: a per-tenant instance would need a request/answer channel (events in, custom
     status out) between many concurrent triggers and one generator, with a start race on every idle tenant.
@@ -36,8 +36,8 @@ from proactive import function_names as fn
 from proactive import orchestration
 from proactive.composition import services
 from proactive.errors import TransportFailure
-from proactive.graph_pacing import MAX_WANT, CoalescingAdmissions
-from proactive.installs import READS_PER_INSTALL, Admission, InstallWorker, ReportTiming
+from proactive.install.graph_pacing import MAX_WANT, CoalescingAdmissions
+from proactive.install.installs import READS_PER_INSTALL, Admission, InstallWorker, ReportTiming
 from proactive.limiter import AcquireDecision, Grant, Report, apply, tenant_defaults
 
 __all__ = ["INSTALLS", "INSTALLS_POISON", "POISON_SUFFIX", "DurableGraphPacer", "blueprint"]
@@ -60,7 +60,7 @@ _ADMISSIONS = CoalescingAdmissions()
 
 
 class DurableGraphPacer:
-    """The :class:`~proactive.installs.GraphPacer` port over the Durable client binding."""
+    """The :class:`~proactive.install.installs.GraphPacer` port over the Durable client binding."""
 
     def __init__(self, client: df.DurableOrchestrationClient, *, timeout: float = ADMISSION_TIMEOUT) -> None:
         self._client = client

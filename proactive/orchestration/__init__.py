@@ -4,7 +4,7 @@
   and runs one :func:`~proactive.orchestration.tenant_broadcast.tenant_broadcast` per tenant in parallel,
   each of which runs one or ``SEND_LANES`` (3) sequential :func:`~proactive.orchestration.tenant_broadcast.tenant_lane`
   send loops. A ``tenant_lane`` started on its own under ``{notificationId}.{tenantId}.redrive`` is a
-  re-drive run (:mod:`proactive.redrive`): rows handed to ``deliveries-retry`` and welcomes, same limiter.
+  re-drive run (:mod:`proactive.delivery.redrive`): rows handed to ``deliveries-retry`` and welcomes, same limiter.
 * Inputs and outputs are the JSON of the models in :mod:`proactive.orchestration.runs`; recipient lists
   never pass through Durable (only notification id, tenant ids and cursors do).
 * Retry policies live in :mod:`proactive.orchestration.policies`, names in :mod:`proactive.function_names`.

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from proactive.broadcast_request import Urgency
+from proactive.broadcast.request import Urgency
+from proactive.delivery.sender import Pacing, SendBatchInput, SendBatchResult
 from proactive.limiter import Acquire, Grant, Report
 from proactive.orchestration import policies
 from proactive.orchestration.runs import BatchTotals, TenantOutcome, TenantRun, TenantSummary
-from proactive.sender import Pacing, SendBatchInput, SendBatchResult
 
 
 def lane_instance_id(tenant_instance_id: str, lane: int) -> str:

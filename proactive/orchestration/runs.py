@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from proactive.delivery.sender import SendBatchResult
 from proactive.models import NotificationStatus, WireModel
-from proactive.sender import SendBatchResult
 
 Operation = Literal["send", "update", "delete"]
 Urgency = Literal["normal", "urgent"]
@@ -20,7 +20,7 @@ TenantOutcome = Literal["completed", "cancelled", "failed"]
 
 
 class BatchTotals(WireModel):
-    """The counters of :class:`~proactive.sender.SendBatchResult` that add up across a tenant's batches."""
+    """The counters of :class:`~proactive.delivery.sender.SendBatchResult` that add up across a tenant's batches."""
 
     attempted: int = 0
     sent: int = 0
@@ -108,7 +108,7 @@ class TenantRun(WireModel):
         remaining: the last batch's ``remaining`` (``None`` before one).
         part: the lane's part of the tenant's rows (of ``parts``; see ``SendBatchInput.part``).
         parts: how many parts the tenant's rows are split into (1: every row).
-        redrive: a re-drive run (started by the ``deliveries-retry`` trigger, :mod:`proactive.redrive`): when
+        redrive: a re-drive run (started by the ``deliveries-retry`` trigger, :mod:`proactive.delivery.redrive`): when
             nothing is left it first looks for a wake that came during its last batch, and goes on if one did.
     """
 

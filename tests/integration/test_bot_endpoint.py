@@ -37,8 +37,8 @@ from devhost.host import DevHost
 from devhost.settings import HostSettings
 from proactive import composition
 from proactive.bot.welcome import welcome_notification_id
+from proactive.delivery.ports import RetryRequest
 from proactive.models import ConversationReference, DeliveryStatus, RecipientKind, StoredReference
-from proactive.sender_ports import RetryRequest
 from tests.support.jwt_keys import (
     LocalOpenIdServer,
     SigningKey,
@@ -237,7 +237,7 @@ async def test_install_events_arriving_together_queue_one_welcome_per_install(
     # Teams delivers installationUpdate add and conversationUpdate membersAdded for the same install at
     # the same instant. A generous tenant rate keeps the emulator's throttling from hiding a welcome.
     bot = await start_bot(TeamsEmulatorConfig(tenant_rate=10_000.0))
-    with caplog.at_level(logging.DEBUG, logger="proactive.stores"):
+    with caplog.at_level(logging.DEBUG, logger="proactive.storage.stores"):
         for index in range(RACE_ROUNDS):
             user, chat = f"00000000-0000-4000-8000-{index:012d}", f"a:race-{index}"
             for _install in ("first install", "re-install after an uninstall"):

@@ -34,7 +34,7 @@ from proactive.models import (
     RecipientKind,
     StoredReference,
 )
-from proactive.paging import encode_continuation
+from proactive.storage.paging import encode_continuation
 from tests.support.function_app import load_function_app
 
 pytestmark = pytest.mark.azurite

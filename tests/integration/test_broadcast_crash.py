@@ -44,7 +44,7 @@ from devhost.emulators.teams import build_app, emulator_key
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
-from proactive.broadcasts import ledger_counts
+from proactive.broadcast.service import ledger_counts
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,
@@ -53,7 +53,7 @@ from proactive.models import (
     RecipientKind,
     StoredReference,
 )
-from proactive.stores import TableDeliveryLedger, TableReferenceStore
+from proactive.storage.stores import TableDeliveryLedger, TableReferenceStore
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 

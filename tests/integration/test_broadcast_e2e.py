@@ -48,8 +48,10 @@ from devhost.settings import HostSettings
 from proactive import composition
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
-from proactive.broadcasts import ledger_counts
-from proactive.functions import retries
+from proactive.broadcast.service import ledger_counts
+from proactive.delivery.retry import RetryPolicy
+from proactive.delivery.sender import BatchSender, RowOutcome
+from proactive.functions import redelivery as retries
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,
@@ -59,8 +61,6 @@ from proactive.models import (
     StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.retry import RetryPolicy
-from proactive.sender import BatchSender, RowOutcome
 from tests.support.function_app import load_function_app
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]

@@ -13,12 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proactive.broadcasts import ledger_counts
-from proactive.dead_letters import POISON_HANDLER_FAILED, public_id
+from proactive.broadcast.service import ledger_counts
+from proactive.delivery.dead_letters import POISON_HANDLER_FAILED, public_id
+from proactive.delivery.ports import RetryRequest
 from proactive.errors import StorageError
-from proactive.functions import retries
+from proactive.functions import redelivery as retries
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
-from proactive.sender_ports import RetryRequest
 from tests.support.invariants import assert_settled
 from tests.unit import test_retries_functions as redelivery
 from tests.unit.test_retries_functions import (

@@ -5,9 +5,9 @@ Three layers, each through the real thing below it:
 * :class:`~proactive.adapters.graph.GraphClient`: every Graph answer the installer can see is mapped into
   the error tree (429 -> ``Throttled`` with the emulator's ``Retry-After``, 403 -> ``GraphAccessDenied``,
   404 -> ``DirectoryObjectNotFound``, 5xx -> ``ServiceBusy``, 409 -> "already installed");
-* :class:`~proactive.installer.Installer`: installs, finds the chat, stores a botbuilder-shaped reference,
+* :class:`~proactive.install.installer.Installer`: installs, finds the chat, stores a botbuilder-shaped reference,
   leaves users who blocked the bot alone;
-* :class:`~proactive.installs.InstallWorker`: a ``installs`` message from Azurite's queue to a stored
+* :class:`~proactive.install.installs.InstallWorker`: a ``installs`` message from Azurite's queue to a stored
   reference, a re-driven ledger row, a requeued 429, a dead letter. Its pacer here is a recording fake of
   the port; the Durable pacer runs in ``test_graph_bootstrap_e2e.py``.
 """
@@ -41,8 +41,9 @@ from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.graph import GraphClient, graph_tokens
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
-from proactive.audience import AudienceMaterialiser
-from proactive.broadcast_request import parse_broadcast_request
+from proactive.broadcast.audience import AudienceMaterialiser
+from proactive.broadcast.request import parse_broadcast_request
+from proactive.delivery.ports import InstallRequest, RetryRequest
 from proactive.errors import (
     BotMisconfigured,
     DirectoryObjectNotFound,
@@ -53,8 +54,8 @@ from proactive.errors import (
     Throttled,
     TransportFailure,
 )
-from proactive.installer import Installer, InstallStatus
-from proactive.installs import (
+from proactive.install.installer import Installer, InstallStatus
+from proactive.install.installs import (
     CONSENT_REQUIRED,
     INSTALL_FAILED,
     REINSTALLED,
@@ -75,9 +76,8 @@ from proactive.models import (
     StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.sender_ports import InstallRequest, RetryRequest
 from proactive.settings import Settings
-from proactive.stores import (
+from proactive.storage.stores import (
     TableDeadLetterStore,
     TableDeliveryLedger,
     TableNotificationStore,

@@ -33,6 +33,14 @@ from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
+from proactive.delivery.retry import RetryPolicy
+from proactive.delivery.sender import (
+    BatchSender,
+    Pacing,
+    SendBatchInput,
+    SendBatchResult,
+    reconcile_stuck,
+)
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,
@@ -45,15 +53,7 @@ from proactive.models import (
     StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.retry import RetryPolicy
-from proactive.sender import (
-    BatchSender,
-    Pacing,
-    SendBatchInput,
-    SendBatchResult,
-    reconcile_stuck,
-)
-from proactive.stores import (
+from proactive.storage.stores import (
     TableDeliveryLedger,
     TableNotificationStore,
     TablePreferenceStore,
@@ -394,7 +394,7 @@ async def seed(
 
 async def drain_retries(sender: BatchSender, retries: Any, ledger: TableDeliveryLedger) -> int:
     """What a ``deliveries-retry`` message leads to: a re-drive run's ``send_batch`` over the due rows
-    (the trigger itself never sends; :mod:`proactive.redrive`). Hand-offs come back as new messages."""
+    (the trigger itself never sends; :mod:`proactive.delivery.redrive`). Hand-offs come back as new messages."""
     sent = 0
     for _ in range(30):
         messages = await retries.receive(max_messages=32, visibility_timeout=1)

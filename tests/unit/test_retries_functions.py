@@ -34,8 +34,10 @@ from devhost.host import DevHost
 from devhost.settings import HostSettings
 from proactive import composition
 from proactive import function_names as fn
-from proactive.broadcast_request import parse_broadcast_request
-from proactive.functions import retries
+from proactive.broadcast.request import parse_broadcast_request
+from proactive.delivery.ports import RetryRequest
+from proactive.delivery.sender import Reason
+from proactive.functions import redelivery as retries
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,
@@ -51,8 +53,6 @@ from proactive.models import (
 )
 from proactive.orchestration import policies
 from proactive.orchestration.tenant_broadcast import redrive_instance_id
-from proactive.sender import Reason
-from proactive.sender_ports import RetryRequest
 from tests.support.function_app import load_function_app
 
 pytestmark = pytest.mark.azurite

@@ -27,8 +27,20 @@ from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable
+from proactive.delivery.ledger import claim
+from proactive.delivery.ports import BotConnector, RetryRequest
+from proactive.delivery.retry import RetryPolicy
+from proactive.delivery.sender import (
+    PREPARE_AHEAD_SECONDS,
+    BatchSender,
+    Pacing,
+    Reason,
+    RowOutcome,
+    SendBatchInput,
+    SendBatchResult,
+    reconcile_stuck,
+)
 from proactive.errors import StorageError, TransportFailure
-from proactive.ledger import claim
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,
@@ -43,20 +55,8 @@ from proactive.models import (
     StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.ports import DeliveryLedger, Versioned
-from proactive.retry import RetryPolicy
-from proactive.sender import (
-    PREPARE_AHEAD_SECONDS,
-    BatchSender,
-    Pacing,
-    Reason,
-    RowOutcome,
-    SendBatchInput,
-    SendBatchResult,
-    reconcile_stuck,
-)
-from proactive.sender_ports import BotConnector, RetryRequest
-from proactive.stores import (
+from proactive.storage.ports import DeliveryLedger, Versioned
+from proactive.storage.stores import (
     TableDeliveryLedger,
     TableNotificationStore,
     TablePreferenceStore,

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from proactive.adapters import telemetry_export
+from proactive.delivery.sender import RowOutcome
 from proactive.errors import ServiceBusy, Throttled
 from proactive.limiter import apply
 from proactive.models import DeliveryStatus, SendOutcome, SendStatus
-from proactive.sender import RowOutcome
 from proactive.telemetry import TimedConnector
 from tests.support.otel import Recorded
 

@@ -18,8 +18,8 @@ Public ids
 Re-driving a delivery (:class:`DeliveryRedriver`)
     The row goes back through the paced path, never straight to Teams: the ``dead_lettered`` ledger row is
     reset to ``pending`` (ETag-guarded, ``redrives`` back to 0 so it gets its full hand-offs again), then a
-    :class:`~proactive.sender_ports.RetryRequest` goes on ``deliveries-retry``, whose trigger starts or
-    wakes the tenant's paced ``tenant_lane`` run (:mod:`proactive.redrive`). Idempotent: a row already
+    :class:`~proactive.delivery.ports.RetryRequest` goes on ``deliveries-retry``, whose trigger starts or
+    wakes the tenant's paced ``tenant_lane`` run (:mod:`proactive.delivery.redrive`). Idempotent: a row already
     ``pending``/``deferred`` (an earlier re-drive) only gets the reminder again, which the trigger collapses
     into the one run and the ledger claim lets send once; a row ``sending`` is left alone. A row already
     ``sent`` is refused with 409 ``already_sent``, any other settled row with 409 ``not_redrivable``.
@@ -42,11 +42,11 @@ from pydantic import ValidationError
 
 from proactive import json_input, telemetry
 from proactive.csv_export import csv_text
+from proactive.delivery.ports import RetryRequest, WorkQueue
 from proactive.errors import ConcurrencyConflict, InvalidInput
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
-from proactive.paging import decode_continuation, encode_continuation
-from proactive.ports import DeadLetterStore, DeliveryLedger, NotificationStore
-from proactive.sender_ports import RetryRequest, WorkQueue
+from proactive.storage.paging import decode_continuation, encode_continuation
+from proactive.storage.ports import DeadLetterStore, DeliveryLedger, NotificationStore
 
 __all__ = [
     "CSV_COLUMNS",

@@ -2,15 +2,15 @@
 
 :class:`InstallWorker` is what the queue triggers of :mod:`proactive.functions.installs` call.
 
-``handle`` (queue ``installs``), for one :class:`~proactive.sender_ports.InstallRequest`:
+``handle`` (queue ``installs``), for one :class:`~proactive.delivery.ports.InstallRequest`:
 
 1. **admission** by the tenant's Graph limiter (:class:`GraphPacer`; entity ``graph_limiter@{tenantId}``, a
    key apart from the send limiter, at ``GRAPH_RATE_PER_TENANT`` Graph requests per second; one install costs
    :data:`READS_PER_INSTALL` reads, the scarcer budget, so installs run at half that rate; the installs a
-   worker runs at once share one grant, :mod:`proactive.graph_pacing`). A slot a little ahead is waited for
+   worker runs at once share one grant, :mod:`proactive.install.graph_pacing`). A slot a little ahead is waited for
    in process; one further ahead than :data:`MAX_ADMISSION_WAIT` (or none, while the limiter's breaker is
    open) puts the message back, invisible until then;
-2. **install** (:class:`~proactive.installer.Installer`);
+2. **install** (:class:`~proactive.install.installer.Installer`);
 3. **outcome**, reported to the limiter (its AIMD and breaker learn from Graph's 429s and 5xx):
 
    =================================  =================================================================
@@ -18,7 +18,7 @@
    =================================  =================================================================
    installed / already (409) /        the reference is stored; the broadcast row that asked for it (the
    reference exists                   request's ``notificationId``) goes ``stale -> pending`` and a
-                                      :class:`~proactive.sender_ports.RetryRequest` re-drives it at once
+                                      :class:`~proactive.delivery.ports.RetryRequest` re-drives it at once
                                       (**self-healing, once**: the row is marked ``lastOperation:
                                       reinstalled`` and never re-driven twice)
    429                                the message is put back with the ``Retry-After`` as its visibility
@@ -44,7 +44,7 @@ dequeue count minus one (every earlier delivery of this copy failed: a success o
 ``dead_letter`` (queue ``installs-poison``): a :class:`~proactive.models.DeadLetter` with the reason
 (id ``install:{tenantId}:{aadObjectId}``, so a repeat is an idempotent upsert), then the row, if the request
 names one and it still waits (``stale``), becomes ``dead_lettered``. The same order as
-:mod:`proactive.functions.retries`: a crash between the two leaves a dead letter, never a silent row.
+:mod:`proactive.functions.redelivery`: a crash between the two leaves a dead letter, never a silent row.
 
 Team installs (``teamId``) are not built yet: such a request is dead-lettered at once with
 ``team_install_not_supported`` so an operator sees it. So is a request for a tenant that is not a GUID or not
@@ -65,6 +65,7 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from proactive.delivery.ports import InstallRequest, RetryRequest, WorkQueue
 from proactive.errors import (
     ConcurrencyConflict,
     DeliveryError,
@@ -73,7 +74,7 @@ from proactive.errors import (
     ProactiveError,
     Throttled,
 )
-from proactive.installer import Installer, InstallOutcome
+from proactive.install.installer import Installer, InstallOutcome
 from proactive.models import (
     DeadLetter,
     DeliveryStatus,
@@ -82,8 +83,7 @@ from proactive.models import (
     RecipientKind,
     recipient_key,
 )
-from proactive.ports import DeadLetterStore, DeliveryLedger, NotificationStore
-from proactive.sender_ports import InstallRequest, RetryRequest, WorkQueue
+from proactive.storage.ports import DeadLetterStore, DeliveryLedger, NotificationStore
 
 __all__ = [
     "CONSENT_REQUIRED",

@@ -2,7 +2,7 @@
 
 :class:`BroadcastService` sits behind ``/api/broadcasts`` (ARCHITECTURE.md flow 3 and 7):
 
-* ``start``: validate (:func:`~proactive.broadcast_request.parse_broadcast_request`), refuse tenants outside
+* ``start``: validate (:func:`~proactive.broadcast.request.parse_broadcast_request`), refuse tenants outside
   the allow-list (403 ``tenant_not_allowed``), store the notification **insert-only** (the notification id
   is the idempotency key), then start orchestration ``broadcast`` with instance id = notification id. The
   same id posted again starts nothing and answers with the existing instance; a *different* body under a
@@ -41,10 +41,11 @@ from typing import Any, Final, Protocol
 
 from proactive import function_names as fn
 from proactive import json_input
-from proactive.audience import AudienceMaterialiser, audience_tenants, stored_request
 from proactive.bot.welcome import WELCOME_PREFIX
-from proactive.broadcast_request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
+from proactive.broadcast.audience import AudienceMaterialiser, audience_tenants, stored_request
+from proactive.broadcast.request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
 from proactive.csv_export import csv_text
+from proactive.delivery.sender import SendBatchInput, SendBatchResult
 from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
 from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
 from proactive.orchestration import policies
@@ -60,9 +61,8 @@ from proactive.orchestration.runs import (
     TenantRows,
 )
 from proactive.orchestration.tenant_broadcast import lane_instance_id, redrive_instance_id
-from proactive.paging import decode_continuation, encode_continuation
-from proactive.ports import DeliveryLedger, NotificationStore
-from proactive.sender import SendBatchInput, SendBatchResult
+from proactive.storage.paging import decode_continuation, encode_continuation
+from proactive.storage.ports import DeliveryLedger, NotificationStore
 
 JsonSender = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 """``send_batch`` on the wire: ``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out."""
@@ -470,7 +470,7 @@ class BroadcastService:
             # (number SEND_LANES) may not exist yet, which raise_event tolerates.
             for lane in range(policies.SEND_LANES + 1):
                 await self._orchestrations.raise_event(lane_instance_id(child, lane), fn.CANCEL_EVENT, None)
-            # A re-drive run of the tenant (proactive.redrive) may sleep until a quiet window ends.
+            # A re-drive run of the tenant (proactive.delivery.redrive) may sleep until a quiet window ends.
             await self._orchestrations.raise_event(
                 redrive_instance_id(notification_id, tenant), fn.CANCEL_EVENT, None
             )

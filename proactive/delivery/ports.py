@@ -1,4 +1,4 @@
-"""Ports the sender needs beyond :mod:`proactive.ports`: the Bot Connector and the work queues.
+"""Ports the sender needs beyond :mod:`proactive.storage.ports`: the Bot Connector and the work queues.
 
 * :class:`BotConnector` is what :class:`~proactive.adapters.connector.BotConnectorClient` already offers for
   proactive messages (send, update, delete), so the client fits as is.
@@ -88,7 +88,7 @@ class InstallRequest(WireModel):
     Wire form ``{"tenantId", "aadObjectId" | "teamId", "reason"}``; ``reason`` is the Teams error code or
     sender reason that made the reference useless (``ConversationNotFound``, ``no_reference``, ...).
     ``notificationId`` (optional) names the broadcast whose ledger row waits for this install: once
-    installed, that row is re-driven in the same broadcast (:mod:`proactive.installs`). ``throttled``
+    installed, that row is re-driven in the same broadcast (:mod:`proactive.install.installs`). ``throttled``
     counts how often Graph's 429 put the message back (each time visible after ``Retry-After``);
     ``failures`` the transient failures of earlier copies (a copy put back starts a new dequeue count).
     """
@@ -113,7 +113,7 @@ class RetryRequest(WireModel):
 
     Written for a row whose in-process retries ran out (the sender's hand-off), a row reconciliation
     found stuck, and a welcome (:mod:`proactive.bot.welcome`). The trigger never sends itself: it makes
-    sure a paced run of the row's tenant takes the row (:mod:`proactive.redrive`).
+    sure a paced run of the row's tenant takes the row (:mod:`proactive.delivery.redrive`).
 
     Attributes:
         notification_id: the notification.
@@ -123,7 +123,7 @@ class RetryRequest(WireModel):
         reason: the last error's code (``Throttled``, ``ServiceUnavailable``, ``Timeout``, ...), or
             ``reconciled`` / ``welcome``.
         uncertain: the last attempt may have been delivered (a timeout or a lost connection): a re-drive
-            may duplicate it (the one documented duplicate window, see :mod:`proactive.sender`).
+            may duplicate it (the one documented duplicate window, see :mod:`proactive.delivery.sender`).
         attempt: which hand-off of the row this is (its ``DeliveryRecord.redrives`` when written; 0 for a
             first send such as a welcome). Past ``policies.MAX_REDRIVES`` the row is dead-lettered.
         waits: how often the trigger already put this message back because the row was not due yet or a

@@ -3,8 +3,8 @@
 Three triggers, each wiring to one method of :class:`Redelivery`:
 
 ``deliveries_retry`` (queue trigger on ``Settings.queues.deliveries_retry``, with a Durable client)
-    Makes sure the one ledger row a :class:`~proactive.sender_ports.RetryRequest` names is taken by a
-    paced run of its tenant; it never sends itself (:mod:`proactive.redrive` has the design and the
+    Makes sure the one ledger row a :class:`~proactive.delivery.ports.RetryRequest` names is taken by a
+    paced run of its tenant; it never sends itself (:mod:`proactive.delivery.redrive` has the design and the
     decision table): a row not due yet goes back to the queue invisible until its ``notBefore``; a due
     row starts the tenant's re-drive run (``tenant_lane`` under a deterministic instance id), or wakes the
     one under way and is checked again later; a row sent or settled meanwhile completes the message; a row
@@ -22,9 +22,9 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     path sent it) is left alone and no dead letter is written.
     When this trigger itself fails on the message's last delivery, the failure is logged and recorded as
     a dead letter with reason code ``poison_handler_failed``
-    (:func:`~proactive.dead_letters.record_poison_failure`) instead of going to ``-poison-poison``, which
+    (:func:`~proactive.delivery.dead_letters.record_poison_failure`) instead of going to ``-poison-poison``, which
     nothing watches. Dead letters are listed and re-driven through ``/api/deadletters``
-    (:mod:`proactive.dead_letters`).
+    (:mod:`proactive.delivery.dead_letters`).
 
 ``reconcile`` (timer, :data:`RECONCILE_SCHEDULE`, every 5 minutes)
     Which notifications: every ``running`` one, and ``completed`` / ``failed`` / ``cancelled`` ones updated
@@ -34,7 +34,7 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     with those rows still ``sending``. For each notification and tenant:
 
     * rows ``sending`` for longer than ``Settings.reconcile_after_seconds`` (``RECONCILE_AFTER_SECONDS``) go back to ``pending``
-      (:func:`~proactive.sender.reconcile_stuck`): the one duplicate window (Teams may have accepted the send
+      (:func:`~proactive.delivery.sender.reconcile_stuck`): the one duplicate window (Teams may have accepted the send
       the ledger never recorded), counted in :attr:`ReconcileReport.reconciled`;
     * those rows, ``pending`` rows a retry message should have taken long ago (``not_before`` and
       ``updated_at`` both older than the deadline: a lost message), and ``deferred`` rows whose quiet
@@ -50,7 +50,7 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     bounded by host.json ``functionTimeout`` (10 min): a shorter deadline could re-drive a live send.
 
 Scan cost: the notifications come from the reconciliation index of
-:class:`~proactive.stores.TableNotificationStore` (one partition with a row per running or recently
+:class:`~proactive.storage.stores.TableNotificationStore` (one partition with a row per running or recently
 finished notification; rows of notifications finished before the lookback are dropped as they are read),
 so a run reads what is running or just finished, however many notifications the table holds. A table
 written before the index existed is indexed once by the first run.
@@ -69,17 +69,17 @@ import azure.functions as func
 from pydantic import ValidationError
 
 from proactive import json_input, telemetry
-from proactive.audience import audience_tenants, stored_request
+from proactive.broadcast.audience import audience_tenants, stored_request
 from proactive.composition import services
-from proactive.dead_letters import record_poison_failure
+from proactive.delivery.dead_letters import record_poison_failure
+from proactive.delivery.ports import RetryRequest, WorkQueue
+from proactive.delivery.redrive import Action, Decision, PacedRuns, decide, recheck_delay
+from proactive.delivery.sender import Reason, reconcile_stuck
 from proactive.errors import ConcurrencyConflict
 from proactive.functions.broadcasts import DurableOrchestrations
 from proactive.models import DeadLetter, DeliveryStatus, ErrorInfo, Notification, NotificationStatus, utc_now
-from proactive.ports import DeadLetterStore, DeliveryLedger, NotificationStore
-from proactive.redrive import Action, Decision, PacedRuns, decide, recheck_delay
-from proactive.sender import Reason, reconcile_stuck
-from proactive.sender_ports import RetryRequest, WorkQueue
-from proactive.stores import TableNotificationStore
+from proactive.storage.ports import DeadLetterStore, DeliveryLedger, NotificationStore
+from proactive.storage.stores import TableNotificationStore
 
 __all__ = [
     "DELIVERIES_RETRY",
@@ -165,7 +165,7 @@ class Redelivery:
     # ---- deliveries-retry -------------------------------------------------------------------------
 
     async def redrive(self, raw: bytes, runs: PacedRuns) -> Decision:
-        """Make sure a paced run takes the row a ``deliveries-retry`` message names (:mod:`proactive.redrive`).
+        """Make sure a paced run takes the row a ``deliveries-retry`` message names (:mod:`proactive.delivery.redrive`).
 
         Returns:
             What was done: ``done`` (nothing to do, or a malformed message, dead-lettered at once),

@@ -6,7 +6,7 @@ passes through Durable, and works on them concurrently (``asyncio.Semaphore``), 
 
 Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outcome``):
 
-1. **claim** (:func:`proactive.ledger.claim`, ETag-guarded ``pending/deferred -> sending``); ``None`` means
+1. **claim** (:func:`proactive.delivery.ledger.claim`, ETag-guarded ``pending/deferred -> sending``); ``None`` means
    another worker has it or it is settled: skip it silently.
 2. **reference**: missing or inactive ->
 
@@ -23,9 +23,9 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
    ``failed`` with ``service_url_refused``.
 4. **preferences** (users): opted out of everything or of the category -> ``suppressed``. Inside quiet hours
    in the recipient's time zone (preferences, else reference; unknown -> UTC, and the record says so) and not
-   urgent -> ``deferred`` with ``not_before`` = the window's end (:mod:`proactive.quiet_hours`).
-5. **send** the rendered message (:func:`proactive.message_content.render` with the row's ``data``) with
-   in-process retries by type (:func:`proactive.retry.call_with_retries`): 429 after ``Retry-After``,
+   urgent -> ``deferred`` with ``not_before`` = the window's end (:mod:`proactive.delivery.quiet_hours`).
+5. **send** the rendered message (:func:`proactive.broadcast.message.render` with the row's ``data``) with
+   in-process retries by type (:func:`proactive.delivery.retry.call_with_retries`): 429 after ``Retry-After``,
    412/502/503 (504 after update/delete) and connect failures with full-jitter backoff, bounded attempts.
 6. **record** with an ETag-guarded replace of the claimed row:
 
@@ -45,7 +45,7 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
    400 / 413                         ``failed``, never retried
    500                               ``failed`` (the docs say do not retry)
    transient, attempts exhausted     ``pending`` with ``last_error``, ``not_before`` and ``redrives``
-   (or Retry-After too long)         + 1; a :class:`~proactive.sender_ports.RetryRequest` (``attempt``
+   (or Retry-After too long)         + 1; a :class:`~proactive.delivery.ports.RetryRequest` (``attempt``
                                      = ``redrives``) goes to ``deliveries-retry``, visible at
                                      ``not_before``
    ================================  =============================================================
@@ -57,7 +57,7 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
 Pacing
     With ``SendBatchInput.pacing`` (the limiter grant's ``notBefore``, ``paceSeconds``, ``sendBy``,
     ``slackSeconds``) every Bot Connector request, first attempts and in-process retries alike, first takes
-    a slot of a :class:`~proactive.pacing.SlotPacer` with ``limit`` slots, so the batch is spread over its
+    a slot of a :class:`~proactive.delivery.pacing.SlotPacer` with ``limit`` slots, so the batch is spread over its
     grant instead of bursting. The claim and the reference and preference lookups come before the slot, so
     their I/O overlaps the wait. A row whose first request finds no slot is given back untouched (its
     listed status and attempts, ``last_error`` ``slot_expired``); a row whose *retry* finds none (its earlier
@@ -74,7 +74,7 @@ Pacing
 
 Who owns which retry (STYLE.md rule 11): this module retries in-process; rows it hands off are owned by
 the ``deliveries-retry`` queue until their ``not_before``. Its trigger never sends: it starts (or wakes) a
-paced re-drive run of the tenant (:mod:`proactive.redrive`), whose ``send_batch`` takes the row like any
+paced re-drive run of the tenant (:mod:`proactive.delivery.redrive`), whose ``send_batch`` takes the row like any
 other, so a re-drive takes the tenant's grants, reports its 429s, keeps the broadcast's urgency and waits
 out quiet hours. The row's ``redrives`` counts the hand-offs; past ``policies.MAX_REDRIVES`` the trigger
 dead-letters it. ``send_batch`` never picks a ``pending`` row whose ``not_before`` lies ahead: that row is
@@ -116,7 +116,13 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field
 
-from proactive.broadcast_request import BroadcastRequest, Urgency
+from proactive.broadcast.message import MessageContent, render
+from proactive.broadcast.request import BroadcastRequest, Urgency
+from proactive.delivery.ledger import claim_listed
+from proactive.delivery.pacing import SlotPacer
+from proactive.delivery.ports import BotConnector, InstallRequest, RetryRequest, WorkQueue
+from proactive.delivery.quiet_hours import quiet_until
+from proactive.delivery.retry import Failed, RetryPolicy, Sleep, Succeeded, UniformSource, call_with_retries
 from proactive.errors import (
     ActivityNotFound,
     BotMisconfigured,
@@ -137,8 +143,6 @@ from proactive.errors import (
     TransientDeliveryError,
     TransportFailure,
 )
-from proactive.ledger import claim_listed
-from proactive.message_content import MessageContent, render
 from proactive.models import (
     DeliveryRecord,
     DeliveryStatus,
@@ -151,11 +155,13 @@ from proactive.models import (
     StoredReference,
     WireModel,
 )
-from proactive.pacing import SlotPacer
-from proactive.ports import DeliveryLedger, NotificationStore, PreferenceStore, ReferenceStore, Versioned
-from proactive.quiet_hours import quiet_until
-from proactive.retry import Failed, RetryPolicy, Sleep, Succeeded, UniformSource, call_with_retries
-from proactive.sender_ports import BotConnector, InstallRequest, RetryRequest, WorkQueue
+from proactive.storage.ports import (
+    DeliveryLedger,
+    NotificationStore,
+    PreferenceStore,
+    ReferenceStore,
+    Versioned,
+)
 
 __all__ = [
     "BatchSender",
@@ -201,7 +207,7 @@ class Reason:
 
 
 class Pacing(WireModel):
-    """The limiter grant's pacing, passed on by the orchestration (see :mod:`proactive.pacing`).
+    """The limiter grant's pacing, passed on by the orchestration (see :mod:`proactive.delivery.pacing`).
 
     Wire form ``{"notBefore", "paceSeconds", "sendBy", "slackSeconds"}``: the grant's ``notBeforeIso``,
     ``paceSeconds``, ``sendByIso`` and ``slackSeconds``. The batch's ``limit`` is the number of slots.

@@ -21,7 +21,7 @@
 The service URL of a tenant: the user's previous reference, else any active reference of the tenant, else
 ``TEAMS_SERVICE_URL`` (the public ``https://smba.trafficmanager.net/teams/`` by default), cached per tenant.
 
-Errors are the port's (:mod:`proactive.graph_ports`): ``Throttled``, ``ServiceBusy``, ``TransportFailure``
+Errors are the port's (:mod:`proactive.install.ports`): ``Throttled``, ``ServiceBusy``, ``TransportFailure``
 propagate for the caller's pacing and retry; ``GraphAccessDenied`` (no consent, permission missing) and
 ``DirectoryObjectNotFound`` (no such user, app not in the store) are permanent.
 """
@@ -35,7 +35,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from proactive.errors import ServiceBusy
-from proactive.graph_ports import Graph
+from proactive.install.ports import Graph
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,
@@ -44,7 +44,7 @@ from proactive.models import (
     StoredReference,
     recipient_key,
 )
-from proactive.ports import ReferenceStore
+from proactive.storage.ports import ReferenceStore
 
 __all__ = ["BLOCKED_REASONS", "UNINSTALL_REASONS", "InstallOutcome", "InstallStatus", "Installer"]
 
