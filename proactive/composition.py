@@ -27,14 +27,16 @@ from proactive.adapters.table_storage import AzureTables
 from proactive.adapters.telemetry_export import OTLP_ENDPOINT, configure_exporters
 from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
 from proactive.broadcast.audience import AudienceMaterialiser, stored_request
-from proactive.broadcast.service import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
+from proactive.broadcast.ports import JsonSender, Orchestrations
+from proactive.broadcast.service import BroadcastService, BroadcastSteps
 from proactive.delivery.dead_letters import DeadLetterService, DeliveryRedriver
 from proactive.delivery.ports import BotConnector
 from proactive.delivery.retry import RetryPolicy
 from proactive.delivery.sender import BatchSender, SendBatchInput
 from proactive.errors import ConfigurationError, StorageError
 from proactive.install.installer import Installer
-from proactive.install.installs import GraphPacer, InstallWorker
+from proactive.install.installs import InstallWorker
+from proactive.install.ports import GraphPacer
 from proactive.models import utc_now
 from proactive.outbound import OutboundPolicy
 from proactive.settings import Settings
@@ -317,7 +319,7 @@ class Services:
             ledger=self.deliveries,
             notifications=self.notifications,
             installs=self.queues.queue(self.settings.queues.installs),
-            # The name the Functions host gives the poison queue (proactive.functions.installs.POISON_SUFFIX).
+            # The name the Functions host gives the poison queue (proactive.function_names.POISON_SUFFIX).
             poison=self.queues.queue(self.settings.queues.installs + "-poison"),
             retries=self.queues.queue(self.settings.queues.deliveries_retry),
             dead_letters=self.dead_letters,

@@ -14,7 +14,7 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -181,6 +181,17 @@ class Preferences(WireModel):
         if self.opted_out_all:
             return False
         return category is None or category.lower() not in {c.lower() for c in self.opted_out_categories}
+
+
+Operation = Literal["send", "update", "delete"]
+"""What a broadcast's run does to its rows: ``send`` new messages, ``update`` or ``delete`` the sent ones."""
+
+
+class Urgency(StrEnum):
+    """``urgent`` ignores quiet hours (never opt-outs) and takes the limiter's urgent lane."""
+
+    NORMAL = "normal"
+    URGENT = "urgent"
 
 
 class NotificationStatus(StrEnum):

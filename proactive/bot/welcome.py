@@ -34,11 +34,12 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final
 
 from pydantic import ValidationError
 
 from proactive.bot import texts
+from proactive.bot.ports import WelcomeQueue
 from proactive.broadcast.request import BroadcastRequest
 from proactive.delivery.ports import RetryRequest, WorkQueue
 from proactive.errors import ConcurrencyConflict
@@ -62,14 +63,6 @@ def welcome_notification_id(tenant_id: str) -> str:
     if _PLAIN_TENANT.match(tenant_id):
         return WELCOME_PREFIX + tenant_id
     return WELCOME_PREFIX + hashlib.sha256(tenant_id.encode()).hexdigest()[:32]
-
-
-class WelcomeQueue(Protocol):
-    """What the activity handler needs: queue one user's welcome (:class:`Welcomes` implements it)."""
-
-    async def welcome(self, tenant_id: str, aad_object_id: str, bot_name: str | None) -> bool:
-        """Store the welcome and hand it to the paced path; ``False`` when it cannot be stored."""
-        ...
 
 
 class Welcomes:

@@ -44,7 +44,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
@@ -66,6 +65,7 @@ from proactive.models import (
     JsonScalar,
     Recipient,
     RecipientKind,
+    Urgency,
     WireModel,
     normalise_category,
 )
@@ -104,13 +104,6 @@ class BroadcastLimits:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_user_data_bytes: int = 16 * 1024
     max_error_details: int = 100
-
-
-class Urgency(StrEnum):
-    """``urgent`` ignores quiet hours (never opt-outs)."""
-
-    NORMAL = "normal"
-    URGENT = "urgent"
 
 
 def _guid(value: str) -> str:

@@ -34,20 +34,21 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from proactive import function_names as fn
 from proactive import json_input
 from proactive.bot.welcome import WELCOME_PREFIX
 from proactive.broadcast.audience import AudienceMaterialiser, audience_tenants, stored_request
+from proactive.broadcast.ports import TERMINAL, JsonSender, Orchestrations, OrchestrationState
 from proactive.broadcast.request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
 from proactive.csv_export import csv_text
 from proactive.delivery.sender import SendBatchInput, SendBatchResult
 from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
-from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
+from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus, Operation
 from proactive.orchestration import policies
 from proactive.orchestration.broadcast import child_instance_id
 from proactive.orchestration.runs import (
@@ -56,7 +57,6 @@ from proactive.orchestration.runs import (
     CancelledRows,
     LedgerCounts,
     LedgerCountsRequest,
-    Operation,
     RecordRequest,
     TenantRows,
 )
@@ -64,10 +64,6 @@ from proactive.orchestration.tenant_broadcast import lane_instance_id, redrive_i
 from proactive.storage.paging import decode_continuation, encode_continuation
 from proactive.storage.ports import DeliveryLedger, NotificationStore
 
-JsonSender = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-"""``send_batch`` on the wire: ``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out."""
-
-TERMINAL: Final = frozenset({"Completed", "Failed", "Terminated", "Canceled"})
 MAX_PAGE_SIZE: Final = 1000
 DEFAULT_PAGE_SIZE: Final = 100
 CSV_COLUMNS: Final = (
@@ -88,34 +84,6 @@ _OPERATION_SUFFIX: Final[Mapping[str, str]] = {"update": ".update", "delete": ".
 def operation_instance_id(notification_id: str, operation: Operation) -> str:
     """The ``broadcast`` instance of an operation: the id itself for ``send``, ``{id}.update`` / ``{id}.delete``."""
     return notification_id + _OPERATION_SUFFIX.get(operation, "")
-
-
-@dataclass(frozen=True)
-class OrchestrationState:
-    """What the service reads of an orchestration instance."""
-
-    runtime_status: str
-    custom_status: Any = None
-    output: Any = None
-    created_time: datetime | None = None
-    last_updated_time: datetime | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.runtime_status in TERMINAL
-
-
-class Orchestrations(Protocol):
-    """The part of the Durable client the service uses."""
-
-    async def start(self, name: str, instance_id: str, payload: dict[str, Any]) -> None:
-        """Start (or restart a finished) orchestration ``name`` under ``instance_id``."""
-
-    async def state(self, instance_id: str) -> OrchestrationState | None:
-        """The instance's status, or ``None`` when there is no such instance."""
-
-    async def raise_event(self, instance_id: str, name: str, data: Any) -> bool:
-        """Send an external event; ``False`` when the instance is missing or already finished."""
 
 
 @dataclass(frozen=True)
@@ -330,7 +298,7 @@ class BroadcastService:
         return BroadcastRun(
             notification_id=request.notification_id,
             operation=operation,
-            urgency=request.urgency.value,
+            urgency=request.urgency,
             tenants=audience_tenants(request),
             send_at=send_at,
             batch_size=self._batch_size,

@@ -36,13 +36,13 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from pydantic import ValidationError
 
 from proactive import json_input, telemetry
 from proactive.csv_export import csv_text
-from proactive.delivery.ports import RetryRequest, WorkQueue
+from proactive.delivery.ports import Redriver, RedriveResult, RetryRequest, WorkQueue
 from proactive.errors import ConcurrencyConflict, InvalidInput
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
 from proactive.storage.paging import decode_continuation, encode_continuation
@@ -58,8 +58,6 @@ __all__ = [
     "DeadLetterQuery",
     "DeadLetterService",
     "DeliveryRedriver",
-    "RedriveResult",
-    "Redriver",
     "parse_public_id",
     "public_id",
     "record_poison_failure",
@@ -234,25 +232,6 @@ class DeadLetterPage:
             return cells
 
         return csv_text(CSV_COLUMNS, (row(item) for item in self.items))
-
-
-@dataclass(frozen=True)
-class RedriveResult:
-    """What a re-drive did: ``requeued`` (a message is on its way) or ``in_progress`` (a sender has it)."""
-
-    status: str
-    detail: dict[str, Any]
-
-
-class Redriver(Protocol):
-    """Re-drives the dead letters of one source queue."""
-
-    async def redrive(self, entry: DeadLetter) -> RedriveResult:
-        """Put the work back on its paced path.
-
-        Raises:
-            InvalidInput: 409 when the work cannot or must not be re-driven (already done, settled).
-        """
 
 
 def _not_redrivable(message: str, code: str = "not_redrivable") -> InvalidInput:

@@ -1,4 +1,4 @@
-"""Ports the sender needs beyond :mod:`proactive.storage.ports`: the Bot Connector and the work queues.
+"""Ports of delivery beyond :mod:`proactive.storage.ports`: the Bot Connector, the work queues, the re-driver.
 
 * :class:`BotConnector` is what :class:`~proactive.adapters.connector.BotConnectorClient` already offers for
   proactive messages (send, update, delete), so the client fits as is.
@@ -8,19 +8,31 @@
 * The two hand-off messages, :class:`InstallRequest` (queue ``installs``, read by the Graph bootstrap) and
   :class:`RetryRequest` (queue ``deliveries-retry``, read by its queue trigger), are wire models so producer
   and consumer parse the same shape.
+* :class:`Redriver` re-drives the dead letters of one source queue; :data:`Sleep` and :class:`UniformSource`
+  are the in-process retries' clock and randomness, injected so tests check delays exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
-from proactive.models import WireModel
+from proactive.models import DeadLetter, WireModel
 
-__all__ = ["BotConnector", "InstallRequest", "QueueMessage", "RetryRequest", "WorkQueue"]
+__all__ = [
+    "BotConnector",
+    "InstallRequest",
+    "QueueMessage",
+    "RedriveResult",
+    "Redriver",
+    "RetryRequest",
+    "Sleep",
+    "UniformSource",
+    "WorkQueue",
+]
 
 
 class BotConnector(Protocol):
@@ -138,3 +150,34 @@ class RetryRequest(WireModel):
     uncertain: bool = False
     attempt: int = Field(default=0, ge=0)
     waits: int = Field(default=0, ge=0)
+
+
+@dataclass(frozen=True)
+class RedriveResult:
+    """What a re-drive did: ``requeued`` (a message is on its way) or ``in_progress`` (a sender has it)."""
+
+    status: str
+    detail: dict[str, Any]
+
+
+class Redriver(Protocol):
+    """Re-drives the dead letters of one source queue."""
+
+    async def redrive(self, entry: DeadLetter) -> RedriveResult:
+        """Put the work back on its paced path.
+
+        Raises:
+            InvalidInput: 409 when the work cannot or must not be re-driven (already done, settled).
+        """
+
+
+Sleep = Callable[[float], Awaitable[None]]
+"""``asyncio.sleep`` in production; a recorder in tests."""
+
+
+class UniformSource(Protocol):
+    """Where jitter comes from: ``random.Random`` (seeded in tests) fits."""
+
+    def random(self) -> float:
+        """A float in [0, 1)."""
+        ...

@@ -56,7 +56,7 @@ from enum import StrEnum
 
 from proactive import function_names as fn
 from proactive.broadcast.audience import stored_request
-from proactive.broadcast.service import Orchestrations
+from proactive.broadcast.ports import Orchestrations
 from proactive.delivery.ledger import CLAIMABLE
 from proactive.delivery.ports import RetryRequest
 from proactive.models import DeliveryRecord, Notification
@@ -169,7 +169,7 @@ class PacedRuns:
         run = TenantRun(
             notification_id=notification.id,
             tenant_id=tenant_id,
-            urgency=stored_request(notification).urgency.value,
+            urgency=stored_request(notification).urgency,
             operation="send",
             batch_size=self._batch_size,
             batches_per_execution=self._batches_per_execution,

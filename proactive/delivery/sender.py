@@ -112,17 +112,24 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import AwareDatetime, Field
 
 from proactive.broadcast.message import MessageContent, render
-from proactive.broadcast.request import BroadcastRequest, Urgency
+from proactive.broadcast.request import BroadcastRequest
 from proactive.delivery.ledger import claim_listed
 from proactive.delivery.pacing import SlotPacer
-from proactive.delivery.ports import BotConnector, InstallRequest, RetryRequest, WorkQueue
+from proactive.delivery.ports import (
+    BotConnector,
+    InstallRequest,
+    RetryRequest,
+    Sleep,
+    UniformSource,
+    WorkQueue,
+)
 from proactive.delivery.quiet_hours import quiet_until
-from proactive.delivery.retry import Failed, RetryPolicy, Sleep, Succeeded, UniformSource, call_with_retries
+from proactive.delivery.retry import Failed, RetryPolicy, Succeeded, call_with_retries
 from proactive.errors import (
     ActivityNotFound,
     BotMisconfigured,
@@ -148,11 +155,13 @@ from proactive.models import (
     DeliveryStatus,
     ErrorInfo,
     NotificationStatus,
+    Operation,
     Preferences,
     RecipientKind,
     SendOutcome,
     SendStatus,
     StoredReference,
+    Urgency,
     WireModel,
 )
 from proactive.storage.ports import (
@@ -181,9 +190,6 @@ __all__ = [
 PREPARE_AHEAD_SECONDS = 2.0
 
 logger = logging.getLogger(__name__)
-
-Operation = Literal["send", "update", "delete"]
-
 
 # Reasons a user's reference was closed by the user's own act: never reinstalled behind their back.
 _USER_CLOSED = frozenset({"messagewritesblocked", "conversationblockedbyuser", "uninstalled"})

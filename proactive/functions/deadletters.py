@@ -14,11 +14,9 @@ import azure.functions as func
 
 from proactive.composition import services
 from proactive.errors import InvalidInput, StorageError
-from proactive.functions.http import json_response, storage_unavailable
+from proactive.functions.http import CONTINUATION_HEADER, json_response, storage_unavailable
 
 bp = df.Blueprint()
-
-CONTINUATION_HEADER = "X-Continuation-Token"
 
 
 @bp.function_name("deadletters_list")

@@ -68,7 +68,9 @@ import azure.durable_functions as df
 import azure.functions as func
 from pydantic import ValidationError
 
+from proactive import function_names as fn
 from proactive import json_input, telemetry
+from proactive.adapters.durable_client import DurableOrchestrations
 from proactive.broadcast.audience import audience_tenants, stored_request
 from proactive.composition import services
 from proactive.delivery.dead_letters import record_poison_failure
@@ -76,17 +78,12 @@ from proactive.delivery.ports import RetryRequest, WorkQueue
 from proactive.delivery.redrive import Action, Decision, PacedRuns, decide, recheck_delay
 from proactive.delivery.sender import Reason, reconcile_stuck
 from proactive.errors import ConcurrencyConflict
-from proactive.functions.broadcasts import DurableOrchestrations
 from proactive.models import DeadLetter, DeliveryStatus, ErrorInfo, Notification, NotificationStatus, utc_now
 from proactive.storage.ports import DeadLetterStore, DeliveryLedger, NotificationStore
 from proactive.storage.stores import TableNotificationStore
 
 __all__ = [
-    "DELIVERIES_RETRY",
-    "DELIVERIES_RETRY_POISON",
     "FINISHED_LOOKBACK",
-    "POISON_SUFFIX",
-    "RECONCILE",
     "RECONCILE_SCHEDULE",
     "ReconcileReport",
     "Redelivery",
@@ -96,13 +93,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Function names (registered by blueprint()).
-DELIVERIES_RETRY = "deliveries_retry"
-DELIVERIES_RETRY_POISON = "deliveries_retry_poison"
-RECONCILE = "reconcile"
-
-# The Functions host appends this to a queue's name for messages past host.json ``maxDequeueCount``.
-POISON_SUFFIX = "-poison"
 # NCRONTAB with seconds: at second 0 of every 5th minute.
 RECONCILE_SCHEDULE = "0 */5 * * * *"
 # Finished notifications younger than this are still reconciled (a crash in their last batch).
@@ -414,15 +404,15 @@ def blueprint() -> df.Blueprint:
     """
     bp = df.Blueprint()
     queue = services().settings.queues.deliveries_retry
-    poison = queue + POISON_SUFFIX
+    poison = queue + fn.POISON_SUFFIX
 
-    @bp.function_name(DELIVERIES_RETRY)
+    @bp.function_name(fn.DELIVERIES_RETRY)
     @bp.queue_trigger(arg_name="msg", queue_name=queue, connection="AzureWebJobsStorage")
     @bp.durable_client_input(client_name="client")
     async def deliveries_retry(msg: func.QueueMessage, client: df.DurableOrchestrationClient) -> None:
         await _redelivery().redrive(msg.get_body(), _runs(client))
 
-    @bp.function_name(DELIVERIES_RETRY_POISON)
+    @bp.function_name(fn.DELIVERIES_RETRY_POISON)
     @bp.queue_trigger(arg_name="msg", queue_name=poison, connection="AzureWebJobsStorage")
     async def deliveries_retry_poison(msg: func.QueueMessage) -> None:
         body = msg.get_body()
@@ -435,7 +425,7 @@ def blueprint() -> df.Blueprint:
             clock=utc_now,
         )
 
-    @bp.function_name(RECONCILE)
+    @bp.function_name(fn.RECONCILE)
     @bp.timer_trigger(arg_name="timer", schedule=RECONCILE_SCHEDULE, run_on_startup=False)
     async def reconcile(timer: func.TimerRequest) -> None:
         s = services()

@@ -9,11 +9,11 @@ from __future__ import annotations
 import azure.durable_functions as df
 import azure.functions as func
 
+from proactive.adapters.durable_client import DurableOrchestrations
 from proactive.broadcast.reports import BroadcastReports, TenantAudienceReport, report_csv
 from proactive.composition import services
 from proactive.errors import InvalidInput, StorageError
-from proactive.functions.broadcasts import CONTINUATION_HEADER, DurableOrchestrations
-from proactive.functions.http import json_response, storage_unavailable
+from proactive.functions.http import CONTINUATION_HEADER, json_response, storage_unavailable
 
 bp = df.Blueprint()
 

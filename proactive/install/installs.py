@@ -61,7 +61,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -75,6 +74,7 @@ from proactive.errors import (
     Throttled,
 )
 from proactive.install.installer import Installer, InstallOutcome
+from proactive.install.ports import GraphPacer, ReportTiming
 from proactive.models import (
     DeadLetter,
     DeliveryStatus,
@@ -93,13 +93,10 @@ __all__ = [
     "MAX_THROTTLED",
     "READS_PER_INSTALL",
     "REINSTALLED",
-    "Admission",
-    "GraphPacer",
     "InstallHandled",
     "InstallResult",
     "InstallRetryLater",
     "InstallWorker",
-    "ReportTiming",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,50 +127,6 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 
 class InstallRetryLater(ProactiveError):
     """Raised by the trigger so the queue delivers the message again (and poisons it in the end)."""
-
-
-@dataclass(frozen=True)
-class Admission:
-    """The limiter's answer: ``tokens`` (0 while its breaker is open) from ``not_before`` (epoch seconds).
-
-    ``granted_at`` is echoed in the report, so the limiter learns how long an install takes from its grant to
-    its first request (its *lead*) and punishes one overload once.
-    """
-
-    tokens: int
-    not_before: float
-    granted_at: float | None = None
-
-
-class GraphPacer(Protocol):
-    """The tenant's Graph limiter, as a queue trigger can use it."""
-
-    async def admit(self, tenant_id: str) -> Admission:
-        """Ask for one install's slot."""
-        ...
-
-    async def report(
-        self,
-        tenant_id: str,
-        *,
-        sent: int = 0,
-        throttled: int = 0,
-        server_errors: int = 0,
-        failed: int = 0,
-        retry_after: float | None = None,
-        timing: ReportTiming | None = None,
-    ) -> None:
-        """Tell the limiter how the install's Graph calls went."""
-        ...
-
-
-@dataclass(frozen=True)
-class ReportTiming:
-    """When the install had its grant, was ready to call Graph and made its first call (epoch seconds)."""
-
-    granted_at: float | None
-    ready_at: float
-    sent_at: float
 
 
 class InstallHandled(StrEnum):

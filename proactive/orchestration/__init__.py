@@ -12,12 +12,11 @@
 
 from proactive.orchestration.broadcast import broadcast
 from proactive.orchestration.graph_admission import graph_admission
-from proactive.orchestration.runs import BroadcastRun, Operation, TenantRun
+from proactive.orchestration.runs import BroadcastRun, TenantRun
 from proactive.orchestration.tenant_broadcast import tenant_broadcast, tenant_lane
 
 __all__ = [
     "BroadcastRun",
-    "Operation",
     "TenantRun",
     "broadcast",
     "graph_admission",

@@ -11,10 +11,8 @@ from typing import Literal
 from pydantic import Field
 
 from proactive.delivery.sender import SendBatchResult
-from proactive.models import NotificationStatus, WireModel
+from proactive.models import NotificationStatus, Operation, Urgency, WireModel
 
-Operation = Literal["send", "update", "delete"]
-Urgency = Literal["normal", "urgent"]
 Phase = Literal["schedule", "materialise", "send"]
 TenantOutcome = Literal["completed", "cancelled", "failed"]
 
@@ -79,7 +77,7 @@ class BroadcastRun(WireModel):
 
     notification_id: str = Field(min_length=1)
     operation: Operation = "send"
-    urgency: Urgency = "normal"
+    urgency: Urgency = Urgency.NORMAL
     tenants: tuple[str, ...] = ()
     send_at: str | None = None
     batch_size: int = Field(default=50, ge=1)
@@ -114,7 +112,7 @@ class TenantRun(WireModel):
 
     notification_id: str = Field(min_length=1)
     tenant_id: str = Field(min_length=1)
-    urgency: Urgency = "normal"
+    urgency: Urgency = Urgency.NORMAL
     operation: Operation = "send"
     batch_size: int = Field(default=50, ge=1)
     batches_per_execution: int = Field(default=20, ge=1)

@@ -46,12 +46,12 @@ from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
 from devhost.settings import HostSettings
 from proactive import composition
+from proactive import function_names as fn
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
 from proactive.broadcast.service import ledger_counts
 from proactive.delivery.retry import RetryPolicy
 from proactive.delivery.sender import BatchSender, RowOutcome
-from proactive.functions import redelivery as retries
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,
@@ -336,7 +336,7 @@ async def test_a_1050_recipient_3_tenant_broadcast_under_faults_delivers_once_an
     settled = time.monotonic()
     # The reconcile timer as the host would run it: nothing is stuck, so it changes nothing.
     async with run.http.post(
-        f"{run.host.origin}/admin/functions/{retries.RECONCILE}", headers={"x-functions-key": KEY}, json={}
+        f"{run.host.origin}/admin/functions/{fn.RECONCILE}", headers={"x-functions-key": KEY}, json={}
     ) as fired:
         assert fired.status == 202
     await run.host.runtime.idle()

@@ -59,11 +59,11 @@ from proactive.install.installs import (
     CONSENT_REQUIRED,
     INSTALL_FAILED,
     REINSTALLED,
-    Admission,
     InstallHandled,
     InstallRetryLater,
     InstallWorker,
 )
+from proactive.install.ports import Admission
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,

@@ -26,8 +26,9 @@ from proactive.adapters.storage_queues import _object as queue_body
 from proactive.bot import ActivityHandler, BotEndpoint
 from proactive.bot.activity import parse_activity
 from proactive.bot.welcome import Welcomes
+from proactive.broadcast.ports import OrchestrationState
 from proactive.broadcast.request import parse_broadcast_request
-from proactive.broadcast.service import BroadcastService, OrchestrationState
+from proactive.broadcast.service import BroadcastService
 from proactive.errors import InvalidInput
 from proactive.functions.redelivery import Redelivery
 from proactive.storage.paging import encode_continuation

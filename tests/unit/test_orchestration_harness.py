@@ -34,7 +34,8 @@ from devhost.durable import (
 from devhost.durable.store import InstanceRecord
 from proactive import composition
 from proactive.adapters.memory_tables import MemoryTables
-from proactive.broadcast.service import BroadcastService, OrchestrationState
+from proactive.broadcast.ports import OrchestrationState
+from proactive.broadcast.service import BroadcastService
 from proactive.composition import Services
 from proactive.delivery.ledger import claim
 from proactive.delivery.sender import part_of

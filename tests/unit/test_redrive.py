@@ -17,7 +17,7 @@ from proactive import function_names as fn
 from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable
 from proactive.bot import Welcomes, welcome_notification_id
-from proactive.broadcast.service import OrchestrationState
+from proactive.broadcast.ports import OrchestrationState
 from proactive.delivery.ports import RetryRequest
 from proactive.delivery.redrive import Action, PacedRuns, decide, recheck_delay
 from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus

@@ -323,9 +323,9 @@ async def test_a_poison_message_for_a_row_sent_meanwhile_writes_no_dead_letter(w
     request = RetryRequest(
         notification_id="poison-late", tenant_id=TENANT, recipient_key=user_key(0), reason="Throttled"
     )
-    await world.services.queues.queue(world.names["retry"] + retries.POISON_SUFFIX).put(request.to_json())
+    await world.services.queues.queue(world.names["retry"] + fn.POISON_SUFFIX).put(request.to_json())
 
-    await world.until(lambda: _empty(world, world.names["retry"] + retries.POISON_SUFFIX))
+    await world.until(lambda: _empty(world, world.names["retry"] + fn.POISON_SUFFIX))
     await world.host.runtime.idle()
     assert (await world.record("poison-late", 0)).status is DeliveryStatus.SENT
     assert await world.dead_letters() == []
@@ -366,7 +366,7 @@ async def test_the_reconcile_timer_redrives_stuck_rows_and_leaves_the_orchestrat
     # A window that ended a moment ago: a live lane wakes for it, reconciliation leaves it alone.
     await world.row("quiet", 7, DeliveryStatus.DEFERRED, not_before=datetime.now(UTC))
 
-    await run_timer(world, retries.RECONCILE)
+    await run_timer(world, fn.RECONCILE)
 
     async def settled() -> bool:
         rows = [await world.record("done", n) for n in (0, 2)]
