@@ -13,7 +13,7 @@ per-thread limits never bite; only the per-tenant ceiling does):
 ``ours``
     the product's pacing without Durable: the limiter state machine (:func:`proactive.limiter.apply`)
     grants up to ``Settings.batch_size`` tokens, ``asyncio.sleep`` until ``notBefore`` stands in for the
-    durable timer, :class:`proactive.delivery.sender.BatchSender` (in-memory ledger tables, the real
+    durable timer, :class:`proactive.delivery.batch.BatchSender` (in-memory ledger tables, the real
     :class:`~proactive.adapters.connector.BotConnectorClient`, the product's retry policy and in-batch
     concurrency) sends the batch, and its result is reported back exactly as ``tenant_broadcast`` does.
 ``ours (durable)``
@@ -112,8 +112,9 @@ from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.memory_queues import MemoryQueues, MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable, MemoryTables
 from proactive.composition import Services
+from proactive.delivery.batch import BatchSender
+from proactive.delivery.contract import Pacing, SendBatchInput, SendBatchResult
 from proactive.delivery.retry import RetryPolicy
-from proactive.delivery.sender import BatchSender, Pacing, SendBatchInput, SendBatchResult
 from proactive.errors import ProactiveError, Throttled
 from proactive.functions.durable import bp as durable_blueprint
 from proactive.limiter import LimiterConfig, apply, tenant_defaults
@@ -337,7 +338,7 @@ def new_tenants(count: int) -> list[str]:
 
 
 def activity_for(recipient: Recipient, notification_id: str) -> dict[str, Any]:
-    """The activity the product sends (``proactive.delivery.sender._outgoing``), so both sides carry the same bytes."""
+    """The activity the product sends (``proactive.delivery.batch._outgoing``), so both sides carry the same bytes."""
     return {
         "type": "message",
         "text": f"Benchmark message {recipient.index}",

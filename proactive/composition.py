@@ -26,13 +26,15 @@ from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
 from proactive.adapters.telemetry_export import OTLP_ENDPOINT, configure_exporters
 from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
+from proactive.broadcast.activities import BroadcastSteps
 from proactive.broadcast.audience import AudienceMaterialiser, stored_request
 from proactive.broadcast.ports import JsonSender, Orchestrations
-from proactive.broadcast.service import BroadcastService, BroadcastSteps
+from proactive.broadcast.service import BroadcastService
+from proactive.delivery.batch import BatchSender
+from proactive.delivery.contract import SendBatchInput
 from proactive.delivery.dead_letters import DeadLetterService, DeliveryRedriver
 from proactive.delivery.ports import BotConnector
 from proactive.delivery.retry import RetryPolicy
-from proactive.delivery.sender import BatchSender, SendBatchInput
 from proactive.errors import ConfigurationError, StorageError
 from proactive.install.installer import Installer
 from proactive.install.installs import InstallWorker

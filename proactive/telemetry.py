@@ -43,8 +43,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, StatusCode
 
 from proactive import __version__
+from proactive.delivery.contract import RowOutcome
 from proactive.delivery.ports import BotConnector
-from proactive.delivery.sender import RowOutcome
 from proactive.errors import DeliveryError, Throttled
 
 __all__ = ["SCOPE", "Telemetry", "TimedConnector", "current", "use"]
@@ -108,7 +108,7 @@ class Telemetry:
     def outcome_recorder(
         self, *, tenant: str, operation: str, category: str = _NONE
     ) -> Callable[[RowOutcome], None]:
-        """The sender's ``on_outcome`` hook for one batch (a :class:`~proactive.delivery.sender.RowOutcome` each)."""
+        """The sender's ``on_outcome`` hook for one batch (a :class:`~proactive.delivery.batch.RowOutcome` each)."""
 
         def record(outcome: RowOutcome) -> None:
             self._sends.add(

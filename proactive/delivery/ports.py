@@ -135,7 +135,7 @@ class RetryRequest(WireModel):
         reason: the last error's code (``Throttled``, ``ServiceUnavailable``, ``Timeout``, ...), or
             ``reconciled`` / ``welcome``.
         uncertain: the last attempt may have been delivered (a timeout or a lost connection): a re-drive
-            may duplicate it (the one documented duplicate window, see :mod:`proactive.delivery.sender`).
+            may duplicate it (the one documented duplicate window, see :mod:`proactive.delivery.batch`).
         attempt: which hand-off of the row this is (its ``DeliveryRecord.redrives`` when written; 0 for a
             first send such as a welcome). Past ``policies.MAX_REDRIVES`` the row is dead-lettered.
         waits: how often the trigger already put this message back because the row was not due yet or a

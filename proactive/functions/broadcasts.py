@@ -19,7 +19,8 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from proactive.adapters.durable_client import DurableOrchestrations
-from proactive.broadcast.service import Accepted, BroadcastService, status_finished
+from proactive.broadcast.service import Accepted, BroadcastService
+from proactive.broadcast.status import status_finished
 from proactive.composition import services
 from proactive.errors import InvalidInput, StorageError
 from proactive.functions.http import CONTINUATION_HEADER, json_response, storage_unavailable

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from proactive.delivery.sender import Pacing, SendBatchInput, SendBatchResult
+from proactive.delivery.contract import Pacing, SendBatchInput, SendBatchResult
 from proactive.limiter import Acquire, Grant, Report
 from proactive.models import Urgency
 from proactive.orchestration import policies

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from proactive.delivery.sender import SendBatchResult
+from proactive.delivery.contract import SendBatchResult
 from proactive.models import NotificationStatus, Operation, Urgency, WireModel
 
 Phase = Literal["schedule", "materialise", "send"]
@@ -18,7 +18,7 @@ TenantOutcome = Literal["completed", "cancelled", "failed"]
 
 
 class BatchTotals(WireModel):
-    """The counters of :class:`~proactive.delivery.sender.SendBatchResult` that add up across a tenant's batches."""
+    """The counters of :class:`~proactive.delivery.batch.SendBatchResult` that add up across a tenant's batches."""
 
     attempted: int = 0
     sent: int = 0

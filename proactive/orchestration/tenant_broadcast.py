@@ -32,7 +32,7 @@ import azure.durable_functions as df
 from pydantic import ValidationError
 
 from proactive import function_names as fn
-from proactive.delivery.sender import SendBatchResult
+from proactive.delivery.contract import SendBatchResult
 from proactive.limiter import AcquireDecision
 from proactive.orchestration import policies
 from proactive.orchestration.clock import Orchestration, WaitEnd, now, wait_until

@@ -44,7 +44,7 @@ from devhost.emulators.teams import build_app, emulator_key
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
-from proactive.broadcast.service import ledger_counts
+from proactive.broadcast.status import ledger_counts
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,

@@ -49,9 +49,10 @@ from proactive import composition
 from proactive import function_names as fn
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
-from proactive.broadcast.service import ledger_counts
+from proactive.broadcast.status import ledger_counts
+from proactive.delivery.batch import BatchSender
+from proactive.delivery.contract import RowOutcome
 from proactive.delivery.retry import RetryPolicy
-from proactive.delivery.sender import BatchSender, RowOutcome
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 
 from proactive import function_names as fn
-from proactive.broadcast.service import ledger_counts
+from proactive.broadcast.status import ledger_counts
+from proactive.delivery import redelivery as retries
 from proactive.delivery.dead_letters import POISON_HANDLER_FAILED, public_id
 from proactive.delivery.ports import RetryRequest
 from proactive.errors import StorageError
-from proactive.functions import redelivery as retries
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
 from tests.support.invariants import assert_settled
 from tests.unit import test_retries_functions as redelivery

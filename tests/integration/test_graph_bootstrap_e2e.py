@@ -47,7 +47,7 @@ from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
 from devhost.settings import HostSettings
 from proactive import composition
-from proactive.broadcast.service import ledger_counts
+from proactive.broadcast.status import ledger_counts
 from proactive.install.installs import INSTALL_FAILED
 from proactive.models import (
     ChannelAccount,

@@ -33,14 +33,10 @@ from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
+from proactive.delivery.batch import BatchSender
+from proactive.delivery.contract import Pacing, SendBatchInput, SendBatchResult
+from proactive.delivery.redelivery import reconcile_stuck
 from proactive.delivery.retry import RetryPolicy
-from proactive.delivery.sender import (
-    BatchSender,
-    Pacing,
-    SendBatchInput,
-    SendBatchResult,
-    reconcile_stuck,
-)
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,

@@ -162,7 +162,7 @@ def test_the_app_quiets_the_sdk_request_logs_that_carry_tenant_and_user_ids(
         assert not request_log.isEnabledFor(logging.INFO)
         assert request_log.isEnabledFor(logging.WARNING)
         assert not logging.getLogger("msal").isEnabledFor(logging.INFO)
-        assert logging.getLogger("proactive.delivery.sender").isEnabledFor(
+        assert logging.getLogger("proactive.delivery.batch").isEnabledFor(
             logging.INFO
         )  # ours are not quietened
     finally:

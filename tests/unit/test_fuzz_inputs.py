@@ -29,8 +29,8 @@ from proactive.bot.welcome import Welcomes
 from proactive.broadcast.ports import OrchestrationState
 from proactive.broadcast.request import parse_broadcast_request
 from proactive.broadcast.service import BroadcastService
+from proactive.delivery.redelivery import Redelivery
 from proactive.errors import InvalidInput
-from proactive.functions.redelivery import Redelivery
 from proactive.storage.paging import encode_continuation
 from proactive.storage.stores import (
     TableDeadLetterStore,

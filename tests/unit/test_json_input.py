@@ -10,9 +10,9 @@ import pytest
 from proactive import json_input
 from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable
+from proactive.delivery.redelivery import Redelivery
 from proactive.delivery.redrive import Action
 from proactive.errors import InvalidInput
-from proactive.functions.redelivery import Redelivery
 from proactive.storage.paging import decode_continuation, encode_continuation
 from proactive.storage.stores import TableDeadLetterStore, TableDeliveryLedger, TableNotificationStore
 

@@ -4,7 +4,7 @@ The broadcast functions (``proactive.functions.durable``) run on the devhost dur
 the real ``azure-functions-durable`` replay engine (history, replay, determinism checks, timers, entities,
 sub-orchestrations, continue-as-new) with a :class:`ManualClock` the harness moves from timer to timer.
 Tables are the in-memory fake that serialises like Azure Tables. The sender is :class:`FakeSender`, a
-stand-in for ``proactive.delivery.sender.BatchSender`` on the JSON contract of ``/tmp/issue6_contract.md``
+stand-in for ``proactive.delivery.batch.BatchSender`` on the JSON contract of ``/tmp/issue6_contract.md``
 (claim the next ``limit`` claimable rows, quiet hours defer, ``remaining``/``nextDeferredAt``), so the
 orchestration can be pinned without the Bot Connector.
 """
@@ -37,8 +37,8 @@ from proactive.adapters.memory_tables import MemoryTables
 from proactive.broadcast.ports import OrchestrationState
 from proactive.broadcast.service import BroadcastService
 from proactive.composition import Services
+from proactive.delivery.contract import part_of
 from proactive.delivery.ledger import claim
-from proactive.delivery.sender import part_of
 from proactive.functions.durable import bp as durable_blueprint
 from proactive.models import (
     ChannelAccount,

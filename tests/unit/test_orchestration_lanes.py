@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from proactive.delivery.sender import SendBatchResult
+from proactive.delivery.contract import SendBatchResult
 from proactive.limiter import Grant
 from proactive.orchestration import policies
 from proactive.orchestration.lanes import LaneProgress, TenantLanes, lane_instance_id

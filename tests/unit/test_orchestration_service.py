@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import proactive.orchestration
-from proactive.broadcast.service import DeliveriesPage
+from proactive.broadcast.export import DeliveriesPage
 from proactive.errors import InvalidInput
 from tests.unit.test_orchestration_harness import (
     TENANTS,

@@ -35,8 +35,9 @@ from devhost.settings import HostSettings
 from proactive import composition
 from proactive import function_names as fn
 from proactive.broadcast.request import parse_broadcast_request
+from proactive.delivery.contract import Reason
 from proactive.delivery.ports import RetryRequest
-from proactive.delivery.sender import Reason
+from proactive.delivery.redelivery import notifications_to_reconcile
 from proactive.functions import redelivery as retries
 from proactive.models import (
     ChannelAccount,
@@ -503,7 +504,7 @@ async def test_only_running_and_recently_finished_notifications_are_reconciled(w
             updated_at=long_ago,
         )
     )
-    found = await retries.notifications_to_reconcile(world.services.notifications, now=datetime.now(UTC))
+    found = await notifications_to_reconcile(world.services.notifications, now=datetime.now(UTC))
 
     assert sorted(n.id for n in found) == ["finished-new", "running-old"]
 

@@ -27,19 +27,12 @@ from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable
+from proactive.delivery.batch import PREPARE_AHEAD_SECONDS, BatchSender
+from proactive.delivery.contract import Pacing, Reason, RowOutcome, SendBatchInput, SendBatchResult
 from proactive.delivery.ledger import claim
 from proactive.delivery.ports import BotConnector, RetryRequest
+from proactive.delivery.redelivery import reconcile_stuck
 from proactive.delivery.retry import RetryPolicy
-from proactive.delivery.sender import (
-    PREPARE_AHEAD_SECONDS,
-    BatchSender,
-    Pacing,
-    Reason,
-    RowOutcome,
-    SendBatchInput,
-    SendBatchResult,
-    reconcile_stuck,
-)
 from proactive.errors import StorageError, TransportFailure
 from proactive.models import (
     ChannelAccount,

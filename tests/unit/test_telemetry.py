@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from proactive.adapters import telemetry_export
-from proactive.delivery.sender import RowOutcome
+from proactive.delivery.contract import RowOutcome
 from proactive.errors import ServiceBusy, Throttled
 from proactive.limiter import apply
 from proactive.models import DeliveryStatus, SendOutcome, SendStatus
