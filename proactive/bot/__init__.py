@@ -2,6 +2,7 @@
 
 ``BotEndpoint`` (HTTP-free) answers ``POST /api/messages``; ``ActivityHandler`` does the work for one
 parsed activity; ``plan_capture`` and ``parse_command`` are the pure rules underneath.
+May import: models, errors, json_input, storage and delivery ports, the broadcast request; no adapters, no azure.
 """
 
 from proactive.bot.activity import InboundActivity, parse_activity

@@ -1,4 +1,8 @@
-"""Functions blueprints: triggers are wiring (parse, call one service, map the result)."""
+"""Functions blueprints: triggers are wiring (parse, call one service, map the result).
+
+Owns the bindings: function names, routes, queues, schedules, and the Durable client handed to adapters.
+May import: anything; the only package that imports azure.functions (with the composition root, function_app.py).
+"""
 
 from proactive.functions.broadcasts import bp as broadcasts_blueprint
 from proactive.functions.deadletters import bp as deadletters_blueprint

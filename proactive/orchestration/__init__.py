@@ -8,6 +8,8 @@
 * Inputs and outputs are the JSON of the models in :mod:`proactive.orchestration.runs`; recipient lists
   never pass through Durable (only notification id, tenant ids and cursors do).
 * Retry policies live in :mod:`proactive.orchestration.policies`, names in :mod:`proactive.function_names`.
+
+May import: azure.durable_functions, function_names, models, the limiter and delivery contracts; never adapters.
 """
 
 from proactive.orchestration.broadcast import broadcast
