@@ -31,7 +31,6 @@ import pytest
 from aiohttp import web
 
 from devhost.azurite import free_port
-from devhost.durable.triggers import TriggerService
 from devhost.emulators import graph as graph_emulator
 from devhost.emulators import teams as teams_emulator
 from devhost.emulators.graph_model import (
@@ -45,6 +44,7 @@ from devhost.emulators.graph_model import (
 )
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
+from devhost.host.triggers import TriggerService
 from devhost.settings import HostSettings
 from proactive import composition
 from proactive.broadcast.status import ledger_counts

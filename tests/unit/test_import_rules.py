@@ -53,6 +53,10 @@ def _modules() -> list[tuple[str, Path]]:
     return [*found, ("function_app", ROOT / "function_app.py")]
 
 
+def _devhost_modules() -> list[tuple[str, Path]]:
+    return [(_module_name(p), p) for p in sorted((ROOT / "devhost").rglob("*.py"))]
+
+
 def _imports(path: Path) -> Iterator[str]:
     module = _module_name(path)
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -157,3 +161,18 @@ def test_every_package_says_what_it_owns_and_may_import(package: Path) -> None:
     docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text(encoding="utf-8"))) or ""
     assert docstring, f"{package.name}/__init__.py has no docstring"
     assert "May import:" in docstring, f"{package.name}/__init__.py does not say what it may import"
+
+
+def test_the_devhost_engine_never_imports_the_host_and_the_triggers_never_import_the_server() -> None:
+    """The host drives the Durable engine and its triggers; nothing points back, so there is no cycle."""
+    back = [
+        f"{module} imports {target}"
+        for module, path in _devhost_modules()
+        for target in _imports(path)
+        if (_within(module, "devhost.durable") and _within(target, "devhost.host"))
+        or (
+            (module == "devhost.host.triggers" and _within(target, "devhost.host.server", "devhost.host"))
+            and target != "devhost.host.triggers"
+        )
+    ]
+    assert back == []

@@ -27,10 +27,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue.aio import QueueClient
 
 from devhost.azurite import free_port
-from devhost.durable.triggers import TriggerService
 from devhost.emulators.teams import build_app, emulator_key
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
+from devhost.host.triggers import TriggerService
 from devhost.settings import HostSettings
 from proactive import composition
 from proactive import function_names as fn
