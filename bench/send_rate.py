@@ -136,7 +136,7 @@ from proactive.storage.stores import (
     TablePreferenceStore,
     TableReferenceStore,
 )
-from tests.unit.test_orchestration_harness import RuntimeOrchestrations
+from tests.support.orchestration import RuntimeOrchestrations
 
 BOT = "28:00000000-0000-0000-0000-0000000000b0"
 CEILING = 50.0  # the emulator's default tenant_rate and the facts sheet's 50 msg/s per app per tenant
@@ -1007,8 +1007,7 @@ async def run_durable(
     string, through the latency proxy under ``azure``: tables, queues and the durable task hub)."""
     services = Services(settings)
     if storage is None:
-        services._tables = MemoryTables()  # type: ignore[assignment]
-        services._queues = MemoryQueues()  # type: ignore[assignment]
+        services.use_stand_ins(tables=MemoryTables(), queues=MemoryQueues())  # type: ignore[arg-type]
     clock = SendClock()
     services._connector = TimedConnector(http, clock)
     previous = composition._services

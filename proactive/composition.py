@@ -64,6 +64,26 @@ class Services:
     _connector: BotConnectorClient | None = field(default=None, init=False)
     _bot_endpoint: BotEndpoint | None = field(default=None, init=False)
 
+    def use_stand_ins(
+        self,
+        *,
+        tables: AzureTables | None = None,
+        queues: AzureQueues | None = None,
+        send_batch: JsonSender | None = None,
+    ) -> None:
+        """Put stand-ins in place of storage and ``send_batch`` (tests and benchmarks; the app never calls it).
+
+        ``tables`` and ``queues`` are meant for the in-memory fakes (``adapters.memory_tables`` and
+        ``adapters.memory_queues``), which serialise like the Azure adapters; ``send_batch`` replaces the
+        sender on the wire, so an orchestration can be driven without the Bot Connector.
+        """
+        if tables is not None:
+            self._tables = tables
+        if queues is not None:
+            self._queues = queues
+        if send_batch is not None:
+            self._send_batch_json = send_batch
+
     @property
     def tables(self) -> AzureTables:
         if self._tables is None:
@@ -263,7 +283,7 @@ class Services:
 
     async def send_batch_json(self) -> JsonSender:
         """``send_batch`` on the wire (``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out)."""
-        if self._send_batch_json is not None:  # tests put a stand-in here
+        if self._send_batch_json is not None:  # a stand-in (use_stand_ins)
             return self._send_batch_json
 
         async def send(payload: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,6 +30,7 @@ import pytest
 from aiohttp import web
 
 from devhost.azurite import free_port
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
@@ -147,13 +147,11 @@ async def start_bot(
     http = aiohttp.ClientSession()
 
     async def start(emulator: TeamsEmulatorConfig | None = None, **env: str) -> Bot:
-        runner = web.AppRunner(build_app(emulator or TeamsEmulatorConfig()), shutdown_timeout=1.0)
-        await runner.setup()
+        runner, base_url = await start_on_loopback(
+            build_app(emulator or TeamsEmulatorConfig()), shutdown_timeout=1.0
+        )
         runners.append(runner)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(runner, sock).start()
-        emulator_url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        emulator_url = base_url
         anonymous = "MicrosoftAppId" not in env
         environ = {
             "AzureWebJobsStorage": storage_connection_string,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +23,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from devhost.azurite import free_port
 from devhost.emulators.graph import SERVICE_KEY, build_app
@@ -37,6 +35,7 @@ from devhost.emulators.graph_model import (
     UserConfig,
 )
 from devhost.emulators.graph_service import GraphService
+from devhost.emulators.serving import start_on_loopback
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.graph import GraphClient, graph_tokens
 from proactive.adapters.storage_queues import AzureQueues
@@ -65,15 +64,11 @@ from proactive.install.installs import (
 )
 from proactive.install.ports import Admission
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     DeliveryRecord,
     DeliveryStatus,
     ErrorInfo,
     Notification,
     RecipientKind,
-    StoredReference,
 )
 from proactive.outbound import OutboundPolicy
 from proactive.settings import Settings
@@ -83,6 +78,7 @@ from proactive.storage.stores import (
     TableNotificationStore,
     TableReferenceStore,
 )
+from tests.support.references import stored_reference
 
 pytestmark = [pytest.mark.azurite]
 
@@ -225,12 +221,8 @@ class World:
 @pytest.fixture
 async def world(storage_connection_string: str, unique_name: str) -> AsyncIterator[World]:
     app = build_app(emulator_config(), clock=StoppedClock())
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    runner, base_url = await start_on_loopback(app, shutdown_timeout=0.5)
+    base = base_url.rstrip("/")
     settings = Settings.from_env(
         {
             "AzureWebJobsStorage": storage_connection_string,
@@ -393,15 +385,13 @@ async def test_install_stores_an_unconfirmed_botbuilder_shaped_reference(world: 
 async def test_an_app_installed_already_is_success_and_takes_the_tenants_service_url(world: World) -> None:
     other = "https://smba.trafficmanager.net/amer/"
     await world.references.upsert(
-        StoredReference(
-            tenant_id=TENANT,
-            kind=RecipientKind.USER,
-            recipient_id=user(20),
-            reference=ConversationReference(
-                bot=ChannelAccount(id=f"28:{BOT}"),
-                conversation=ConversationAccount(id="a:other"),
-                service_url=other,
-            ),
+        stored_reference(
+            TENANT,
+            user(20),
+            conversation_id="a:other",
+            service_url=other,
+            bot_id=f"28:{BOT}",
+            conversation_in_tenant=False,
             updated_at=datetime.now(UTC),
         )
     )
@@ -416,17 +406,15 @@ async def test_an_app_installed_already_is_success_and_takes_the_tenants_service
 @pytest.mark.parametrize("reason", ["MessageWritesBlocked", "ConversationBlockedByUser", "uninstalled"])
 async def test_a_user_who_closed_the_bot_is_never_reinstalled(world: World, reason: str) -> None:
     await world.references.upsert(
-        StoredReference(
-            tenant_id=TENANT,
-            kind=RecipientKind.USER,
-            recipient_id=user(5),
-            reference=ConversationReference(
-                bot=ChannelAccount(id=f"28:{BOT}"),
-                conversation=ConversationAccount(id="a:closed"),
-                service_url=TEAMS_URL,
-            ),
+        stored_reference(
+            TENANT,
+            user(5),
+            conversation_id="a:closed",
+            service_url=TEAMS_URL,
+            bot_id=f"28:{BOT}",
             active=False,
             stale_reason=reason,
+            conversation_in_tenant=False,
             updated_at=datetime.now(UTC),
         )
     )
@@ -442,17 +430,15 @@ async def test_the_setting_allows_reinstalling_after_an_uninstall_but_never_afte
 ) -> None:
     for n, reason in ((6, "uninstalled"), (7, "MessageWritesBlocked")):
         await world.references.upsert(
-            StoredReference(
-                tenant_id=TENANT,
-                kind=RecipientKind.USER,
-                recipient_id=user(n),
-                reference=ConversationReference(
-                    bot=ChannelAccount(id=f"28:{BOT}"),
-                    conversation=ConversationAccount(id=f"a:{n}"),
-                    service_url=TEAMS_URL,
-                ),
+            stored_reference(
+                TENANT,
+                user(n),
+                conversation_id=f"a:{n}",
+                service_url=TEAMS_URL,
+                bot_id=f"28:{BOT}",
                 active=False,
                 stale_reason=reason,
+                conversation_in_tenant=False,
                 updated_at=datetime.now(UTC),
             )
         )
@@ -700,16 +686,15 @@ async def test_guests_are_included_when_asked_and_a_repeated_call_adds_nothing(w
 async def test_include_uninstalled_adds_the_directory_after_the_references(world: World) -> None:
     await store_request(world, {"tenants": [TENANT], "includeUninstalled": True})
     await world.references.upsert(
-        StoredReference(
-            tenant_id=TENANT,
+        stored_reference(
+            TENANT,
+            "19:ops@thread.tacv2",
             kind=RecipientKind.CHANNEL,
-            recipient_id="19:ops@thread.tacv2",
+            conversation_id="19:ops@thread.tacv2",
+            service_url=TEAMS_URL,
+            bot_id=f"28:{BOT}",
             team_id="19:team@thread.tacv2",
-            reference=ConversationReference(
-                bot=ChannelAccount(id=f"28:{BOT}"),
-                conversation=ConversationAccount(id="19:ops@thread.tacv2"),
-                service_url=TEAMS_URL,
-            ),
+            conversation_in_tenant=False,
             updated_at=datetime.now(UTC),
         )
     )
