@@ -108,6 +108,7 @@ var defaultTuning = {
   TABLE_NOTIFICATIONS: 'notifications'
   TABLE_DELIVERIES: 'deliveries'
   TABLE_DEADLETTERS: 'deadletters'
+  TABLE_THREADS: 'threads'
   QUEUE_DELIVERIES_RETRY: 'deliveries-retry'
   QUEUE_INSTALLS: 'installs'
   // Empty = the code's default for the cloud (the public cloud today); set a URL only to point elsewhere.
@@ -150,6 +151,7 @@ module storage 'modules/storage.bicep' = {
       productTuning.TABLE_NOTIFICATIONS
       productTuning.TABLE_DELIVERIES
       productTuning.TABLE_DEADLETTERS
+      productTuning.TABLE_THREADS
     ]
     queueNames: [
       productTuning.QUEUE_DELIVERIES_RETRY

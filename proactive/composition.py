@@ -8,6 +8,7 @@ first use, inside the worker's event loop, and never do I/O in a constructor.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ from proactive.errors import ConfigurationError, StorageError
 from proactive.install.installer import Installer
 from proactive.install.installs import InstallWorker
 from proactive.install.ports import GraphPacer
+from proactive.install.requests import InstallRequests
 from proactive.models import utc_now
 from proactive.outbound import OutboundPolicy
 from proactive.settings import Settings
@@ -48,6 +50,7 @@ from proactive.storage.stores import (
     TableNotificationStore,
     TablePreferenceStore,
     TableReferenceStore,
+    TableThreadWindows,
 )
 from proactive.telemetry import TimedConnector
 
@@ -111,6 +114,10 @@ class Services:
     @property
     def dead_letters(self) -> TableDeadLetterStore:
         return TableDeadLetterStore(self.tables.table(self.settings.tables.deadletters))
+
+    @property
+    def threads(self) -> TableThreadWindows:
+        return TableThreadWindows(self.tables.table(self.settings.tables.threads))
 
     @property
     def dead_letter_service(self) -> DeadLetterService:
@@ -259,7 +266,7 @@ class Services:
             notifications=self.notifications,
             connector=connector,
             # The Graph bootstrap is on only with an app to install (TEAMS_APP_ID).
-            installs=self.queues.queue(self.settings.queues.installs) if self.settings.teams_app_id else None,
+            installs=self.install_requests if self.settings.teams_app_id else None,
             retries=self.queues.queue(self.settings.queues.deliveries_retry),
             policy=RetryPolicy.for_sends(self.settings),
             clock=utc_now,
@@ -269,6 +276,7 @@ class Services:
             concurrency=self.settings.send_concurrency,
             handoff_delay=self.settings.retry_handoff_seconds,
             on_outcome=on_outcome,
+            threads=self.threads,
         )
 
     async def category(self, notification_id: str) -> str:
@@ -303,6 +311,12 @@ class Services:
         return send
 
     # ---- Graph bootstrap (issue 14): installs through Graph, audiences from the directory ----
+
+    @functools.cached_property
+    def install_requests(self) -> InstallRequests:
+        """Queue ``installs`` as senders write it: single-user requests coalesced into one message."""
+        return InstallRequests(self.queues.queue(self.settings.queues.installs))
+
     _graph: GraphClient | None = field(default=None, init=False)
     _installer: Installer | None = field(default=None, init=False)
 

@@ -224,14 +224,22 @@ class DeliveryStatus(StrEnum):
     SUPPRESSED = "suppressed"  # opted out
     SKIPPED = "skipped"  # e.g. a channel where the bot is not installed
     UNREACHABLE = "unreachable"  # user blocked the bot
-    STALE = "stale"  # reference no longer works; handed to reinstall
+    STALE = "stale"  # no usable reference and no install to wait for (Graph bootstrap off, a group chat)
+    INSTALLING = "installing"  # no usable reference; the Graph bootstrap is installing the bot for it
     FAILED = "failed"  # permanent failure of this message
     DEAD_LETTERED = "dead_lettered"
     CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self not in {DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED}
+        # An installing row still moves: to pending (installed, re-driven) or to the install's outcome
+        # (failed, dead_lettered, unreachable, cancelled), always through proactive.install.installs.
+        return self not in {
+            DeliveryStatus.PENDING,
+            DeliveryStatus.SENDING,
+            DeliveryStatus.DEFERRED,
+            DeliveryStatus.INSTALLING,
+        }
 
 
 class ErrorInfo(WireModel):

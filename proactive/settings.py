@@ -140,6 +140,7 @@ class TableNames:
     notifications: str = "notifications"
     deliveries: str = "deliveries"
     deadletters: str = "deadletters"
+    threads: str = "threads"
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,25 @@ async def _get_team_app(service: GraphService, call: Call, match: re.Match[str])
     return Reply(200, _render_installations(call, [installation])[0])
 
 
+async def _primary_channel(service: GraphService, call: Call, match: re.Match[str]) -> Reply:
+    """``GET /teams/{id}/primaryChannel``: the General channel (a GET channel, metered as a read)."""
+    team = service.team(call, match["team"])
+    service.throttle(call, "read", *_limits(service, "read"))
+    general = team.general_channel
+    channel = {
+        "@odata.context": f"{call.base_url}/v1.0/$metadata#teams('{team.id}')/primaryChannel/$entity",
+        "id": general.id,
+        "createdDateTime": None,
+        "displayName": general.display_name,
+        "description": team.display_name,
+        "email": None,
+        "webUrl": f"https://teams.microsoft.com/l/channel/{quote(general.id)}/General?groupId={team.id}",
+        "membershipType": "standard",
+        "tenantId": service.tenant(call).id,
+    }
+    return Reply(200, select_properties(channel, call.query.get("$select")))
+
+
 async def _install_team(service: GraphService, call: Call, match: re.Match[str]) -> Reply:
     team = service.team(call, match["team"])
     app = service.app_from_bind(call)
@@ -399,6 +418,7 @@ ROUTES: list[Route] = [  # the order matters only for equal paths
     route("GET", "/users/{user}/teamwork/installedApps/{installation}", "getUserApp", _get_user_app),
     route("DELETE", "/users/{user}/teamwork/installedApps/{installation}", "uninstallUser", _uninstall_user),
     route("GET", "/users/{user}/teamwork/installedApps/{installation}/chat", "chat", _chat),
+    route("GET", "/teams/{team}/primaryChannel", "primaryChannel", _primary_channel),
     route("GET", "/teams/{team}/installedApps", "listTeamApps", _list_team_apps),
     route("POST", "/teams/{team}/installedApps", "installTeam", _install_team),
     route("GET", "/teams/{team}/installedApps/{installation}", "getTeamApp", _get_team_app),

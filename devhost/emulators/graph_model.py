@@ -133,6 +133,7 @@ FaultOperation = Literal[
     "uninstallUser",
     "chat",
     "listTeamApps",
+    "primaryChannel",
     "getTeamApp",
     "installTeam",
     "uninstallTeam",

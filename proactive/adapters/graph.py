@@ -9,8 +9,9 @@ Why REST with the shared ``aiohttp`` session instead of ``msgraph-sdk``'s reques
 * **Errors are mapped by status and code at one boundary**, exactly like the Bot Connector adapter:
   the SDK raises ``ODataError`` with the status buried in ``response_status_code`` and, with its
   ``RetryHandler`` on, sleeps on 429 by itself; our limiter owns retries, so there is nothing to turn off here.
-* **Five calls** (catalog, install, list installations, chat, paged directory reads) do not need a
-  generated client of thousands of modules; the import cost matters on a cold Functions worker.
+* **Seven calls** (catalog, user and team install, list installations, chat, primary channel, paged
+  directory reads) do not need a generated client of thousands of modules; the import cost matters on a
+  cold Functions worker.
 
 The certificate and managed-identity credentials still come from ``azure-identity``
 (:func:`graph_tokens`). Every URL is checked against the Graph outbound allow-list before a token is sent.
@@ -186,6 +187,27 @@ class GraphClient:
         if not isinstance(chat_id, str) or not chat_id:
             raise MessageRejected("Graph returned a chat without an id", status=200, code="ChatWithoutId")
         return chat_id
+
+    async def install_for_team(self, tenant_id: str, team_id: str, catalog_app_id: str) -> bool:
+        """Install the app in a team (``team_id``: the Entra group id); ``False`` when it already is (409)."""
+        bind = {"teamsApp@odata.bind": f"{self._base}/appCatalogs/teamsApps/{catalog_app_id}"}
+        try:
+            await self._request(
+                tenant_id, "POST", f"/teams/{_segment(team_id)}/installedApps", json_body=bind
+            )
+        except ConcurrencyConflict:
+            return False
+        return True
+
+    async def primary_channel_id(self, tenant_id: str, team_id: str) -> str:
+        """The id of the team's General channel (``19:...@thread.tacv2``), the team's Bot Framework id."""
+        body = await self._request(tenant_id, "GET", f"/teams/{_segment(team_id)}/primaryChannel?$select=id")
+        channel_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(channel_id, str) or not channel_id:
+            raise MessageRejected(
+                "Graph returned a channel without an id", status=200, code="ChannelWithoutId"
+            )
+        return channel_id
 
     # ---- directory ---------------------------------------------------------------------------------
 

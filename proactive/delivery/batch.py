@@ -24,10 +24,13 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
 4. **preferences** (users): opted out of everything or of the category -> ``suppressed``. Inside quiet hours
    in the recipient's time zone (preferences, else reference; unknown -> UTC, and the record says so) and not
    urgent -> ``deferred`` with ``not_before`` = the window's end (:mod:`proactive.delivery.quiet_hours`).
-5. **send** the rendered message (:func:`proactive.broadcast.message.render` with the row's ``data``) with
+5. **thread windows** (channels and group chats, with ``threads``): the first request takes a place in
+   the thread's windows (:mod:`proactive.limiter.threads`) after its slot; full windows -> ``deferred``
+   with ``thread_busy`` and ``not_before`` = when they open (no request made).
+6. **send** the rendered message (:func:`proactive.broadcast.message.render` with the row's ``data``) with
    in-process retries by type (:func:`proactive.delivery.retry.call_with_retries`): 429 after ``Retry-After``,
    412/502/503 (504 after update/delete) and connect failures with full-jitter backoff, bounded attempts.
-6. **record** with an ETag-guarded replace of the claimed row:
+7. **record** with an ETag-guarded replace of the claimed row:
 
    ================================  =============================================================
    answer                            row
@@ -124,6 +127,7 @@ from proactive.delivery.failures import (
     NoSlot,
     Release,
     SlotsGone,
+    ThreadBusy,
     Uncertain,
     classify,
     code_of,
@@ -139,6 +143,7 @@ from proactive.delivery.ports import (
     InstallRequest,
     RetryRequest,
     Sleep,
+    ThreadWindows,
     UniformSource,
     WorkQueue,
 )
@@ -193,6 +198,9 @@ PREPARE_AHEAD_SECONDS = 2.0
 logger = logging.getLogger(__name__)
 
 MAX_HANDOFF_DELAY = 3600.0
+# How long a row waits when other senders took the thread's places under each of its tries: the shortest
+# per-thread window (teams-platform-facts.md section 1), after which those senders' places are settled.
+THREAD_CONTENDED_DELAY = timedelta(seconds=1)
 
 
 @dataclass
@@ -289,6 +297,8 @@ class BatchSender:
         concurrency: rows worked on at once inside a batch (claim, lookups, waiting for a slot, sending).
         handoff_delay: seconds before a handed-off row is retried (at least the ``Retry-After``).
         on_outcome: called with every :class:`RowOutcome` (the one place for metrics).
+        threads: per-thread request windows (:mod:`proactive.limiter.threads`) for channels and group chats,
+            the threads that receive many messages; ``None`` leaves them to Teams' 429s.
     """
 
     def __init__(
@@ -309,6 +319,7 @@ class BatchSender:
         concurrency: int = 16,
         handoff_delay: float = 60.0,
         on_outcome: Callable[[RowOutcome], None] | None = None,
+        threads: ThreadWindows | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -327,6 +338,7 @@ class BatchSender:
         self._concurrency = concurrency
         self._handoff_delay = handoff_delay
         self._on_outcome = on_outcome
+        self._threads = threads
 
     # ---- entry points -----------------------------------------------------------------------------
 
@@ -593,9 +605,16 @@ class BatchSender:
             raise Halt
         conversation_id = reference.reference.conversation.id
         service_url = reference.reference.service_url
+        # Channels and group chats are the threads that receive many messages: their first request takes a
+        # place in the thread's windows (retries come after a Retry-After and need none).
+        reserve = self._threads is not None and kind is not RecipientKind.USER
 
         async def send_once() -> str | None:
+            nonlocal reserve
             await self._start_request(batch)
+            if reserve:
+                reserve = False
+                await self._reserve_thread(batch.tenant_id, conversation_id)
             try:
                 return await self._connector.send_activity(service_url, conversation_id, activity)
             except TransportFailure as exc:
@@ -604,6 +623,16 @@ class BatchSender:
                 raise
 
         result = await call_with_retries(send_once, policy=self._policy, sleep=self._sleep, rng=self._rng)
+        if isinstance(result, Failed) and isinstance(result.error, ThreadBusy):
+            # Nothing was sent: the row waits, like one in quiet hours, until the thread has room.
+            return await self._settle(
+                claimed,
+                DeliveryStatus.DEFERRED,
+                Reason.THREAD_BUSY,
+                str(result.error),
+                attempts=previous_attempts,
+                not_before=result.error.until,
+            )
         if isinstance(result, Failed) and isinstance(result.error, NoSlot):
             if result.attempts == 1:
                 raise SlotsGone  # nothing was sent: give the row back as it was listed
@@ -635,6 +664,23 @@ class BatchSender:
     ) -> RowOutcome:
         attempts = claimed.value.attempts - 1  # no send was made: the claim's count does not stand
         reason = (reference.stale_reason if reference is not None else None) or Reason.NO_REFERENCE
+        if kind is RecipientKind.CHANNEL and reference is None and self._installs is not None:
+            # A channel of a team the bot was never added to: the Graph bootstrap installs it in the team.
+            await self._installs.put(
+                InstallRequest(
+                    tenant_id=batch.tenant_id,
+                    channel_id=recipient_id,
+                    reason=reason,
+                    notification_id=batch.notification_id,  # the team comes from this audience
+                ).to_json()
+            )
+            return await self._settle(
+                claimed,
+                DeliveryStatus.INSTALLING,
+                reason,
+                "bot not in the team; install requested",
+                attempts=attempts,
+            )
         if kind is not RecipientKind.USER:
             return await self._settle(
                 claimed,
@@ -655,6 +701,7 @@ class BatchSender:
             return await self._settle(
                 claimed, DeliveryStatus.STALE, reason, "no usable reference", attempts=attempts
             )
+        # Put before the row is recorded: a crash between leaves the row sending, which is re-driven.
         await self._installs.put(
             InstallRequest(
                 tenant_id=batch.tenant_id,
@@ -664,7 +711,11 @@ class BatchSender:
             ).to_json()
         )
         return await self._settle(
-            claimed, DeliveryStatus.STALE, reason, "no usable reference; install requested", attempts=attempts
+            claimed,
+            DeliveryStatus.INSTALLING,
+            reason,
+            "no usable reference; install requested",
+            attempts=attempts,
         )
 
     async def _consent(
@@ -738,6 +789,8 @@ class BatchSender:
             install = install_request(batch.tenant_id, reference, code, batch.notification_id)
             if install is not None and self._installs is not None:
                 await self._installs.put(install.to_json())
+                if install.notification_id is not None:
+                    status = DeliveryStatus.INSTALLING  # the install re-drives (or settles) this row
         elif isinstance(error, TenantDisabled | BotMisconfigured):
             batch.halted = batch.halted or code
             logger.warning("Sending halted for tenant %s: %s", batch.tenant_id, code)
@@ -817,6 +870,26 @@ class BatchSender:
             failures=failures,
             not_before=claimed.value.not_before,
         )
+
+    async def _reserve_thread(self, tenant_id: str, conversation_id: str) -> None:
+        """Take a place in the thread's windows for a request starting now.
+
+        Raises:
+            ThreadBusy: the windows are full; the first start they allow.
+        """
+        assert self._threads is not None
+        now = self._clock()
+        try:
+            until = await self._threads.reserve(tenant_id, conversation_id, now)
+        except ConcurrencyConflict:
+            # Other senders took places under every try: the thread is busy, look again a window later.
+            raise ThreadBusy(now + THREAD_CONTENDED_DELAY) from None
+        except StorageError:
+            # Sending anyway loses nothing: Teams answers a request over its windows with a 429.
+            logger.warning("Could not reserve a place in a thread's windows; sending without it")
+            return
+        if until is not None:
+            raise ThreadBusy(until)
 
     # ---- one row: update / delete -----------------------------------------------------------------
 
@@ -1038,7 +1111,7 @@ class BatchSender:
             deferred=statuses[DeliveryStatus.DEFERRED],
             skipped=statuses[DeliveryStatus.SKIPPED],
             unreachable=statuses[DeliveryStatus.UNREACHABLE],
-            stale=statuses[DeliveryStatus.STALE],
+            stale=statuses[DeliveryStatus.STALE] + statuses[DeliveryStatus.INSTALLING],
             failed=statuses[DeliveryStatus.FAILED],
             retry_queued=handed_off,
             unrecorded=unrecorded,

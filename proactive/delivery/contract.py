@@ -26,6 +26,7 @@ class Reason:
     RECONCILED = "reconciled"
     TENANT_HALTED = "tenant_halted"
     NO_SLOT = "slot_expired"
+    THREAD_BUSY = "thread_busy"
 
 
 class Pacing(WireModel):

@@ -6,6 +6,8 @@ as code, so every branch of the sender decides by error type, never by message t
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from proactive.delivery.contract import Reason
 from proactive.delivery.ports import InstallRequest
 from proactive.errors import (
@@ -30,6 +32,7 @@ __all__ = [
     "NoSlot",
     "Release",
     "SlotsGone",
+    "ThreadBusy",
     "Uncertain",
     "classify",
     "code_of",
@@ -56,6 +59,14 @@ class Uncertain(ProactiveError):
 
 class NoSlot(ProactiveError):
     """The grant has no slot left for this request: ends the in-process retries (not transient on purpose)."""
+
+
+class ThreadBusy(ProactiveError):
+    """The thread's windows are full until ``until``: ends the in-process retries (not transient on purpose)."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"the conversation's per-thread windows are full until {until.isoformat()}")
+        self.until = until
 
 
 class Release(Exception):

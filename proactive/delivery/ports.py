@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
@@ -23,6 +24,7 @@ from pydantic import Field, model_validator
 from proactive.models import DeadLetter, WireModel
 
 __all__ = [
+    "MAX_INSTALL_USERS",
     "BotConnector",
     "InstallRequest",
     "QueueMessage",
@@ -30,6 +32,7 @@ __all__ = [
     "Redriver",
     "RetryRequest",
     "Sleep",
+    "ThreadWindows",
     "UniformSource",
     "WorkQueue",
 ]
@@ -54,6 +57,17 @@ class BotConnector(Protocol):
 
     async def delete_activity(self, service_url: str, conversation_id: str, activity_id: str) -> None:
         """Delete a sent activity."""
+
+
+class ThreadWindows(Protocol):
+    """Per-thread request windows shared by every sender (:mod:`proactive.limiter.threads`).
+
+    Adapter: :class:`proactive.storage.stores.TableThreadWindows` (one row per thread, ETag-guarded).
+    """
+
+    async def reserve(self, tenant_id: str, conversation_id: str, now: datetime) -> datetime | None:
+        """Take a place for a request starting at ``now``: ``None`` when taken, else the first start the
+        windows allow (nothing was taken)."""
 
 
 @dataclass(frozen=True)
@@ -95,19 +109,26 @@ class WorkQueue(Protocol):
 
 
 class InstallRequest(WireModel):
-    """Queue ``installs``: ask the Graph bootstrap to (re)install the bot for a user or a team.
+    """Queue ``installs``: ask the Graph bootstrap to (re)install the bot for users or a team.
 
-    Wire form ``{"tenantId", "aadObjectId" | "teamId", "reason"}``; ``reason`` is the Teams error code or
-    sender reason that made the reference useless (``ConversationNotFound``, ``no_reference``, ...).
-    ``notificationId`` (optional) names the broadcast whose ledger row waits for this install: once
-    installed, that row is re-driven in the same broadcast (:mod:`proactive.install.installs`). ``throttled``
-    counts how often Graph's 429 put the message back (each time visible after ``Retry-After``);
-    ``failures`` the transient failures of earlier copies (a copy put back starts a new dequeue count).
+    Wire form ``{"tenantId", "aadObjectId" | "aadObjectIds" | "teamId" / "channelId", "reason"}``; ``reason``
+    is the Teams error code or sender reason that made the reference useless (``ConversationNotFound``,
+    ``no_reference``, ...). ``aadObjectIds`` carries up to :data:`MAX_INSTALL_USERS` (32) users of one tenant in
+    one message (what :class:`~proactive.install.requests.InstallRequests` writes), so one queue message,
+    one limiter grant and one report serve them all. ``channelId`` names a channel of the broadcast's
+    audience whose team has no reference: the team to install comes from ``teamId`` or, when absent, from
+    that audience. ``notificationId`` (optional) names the broadcast whose ledger rows wait for this install:
+    once installed, those rows are re-driven in the same broadcast (:mod:`proactive.install.installs`).
+    ``throttled`` counts how often Graph's 429 put the message back (each time visible after
+    ``Retry-After``); ``failures`` the transient failures of earlier copies (a copy put back starts a new
+    dequeue count).
     """
 
     tenant_id: str = Field(min_length=1)
     aad_object_id: str | None = None
+    aad_object_ids: tuple[str, ...] | None = Field(default=None, min_length=1, max_length=32)
     team_id: str | None = None
+    channel_id: str | None = None
     reason: str = Field(min_length=1)
     notification_id: str | None = None
     throttled: int | None = Field(default=None, ge=1)
@@ -115,9 +136,37 @@ class InstallRequest(WireModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> InstallRequest:
-        if (self.aad_object_id is None) == (self.team_id is None):
-            raise ValueError("an install request names exactly one of aadObjectId and teamId")
+        users = self.aad_object_id is not None or self.aad_object_ids is not None
+        team = self.team_id is not None or self.channel_id is not None
+        if users == team or (self.aad_object_id is not None and self.aad_object_ids is not None):
+            raise ValueError(
+                "an install request names users (aadObjectId or aadObjectIds) or a team (teamId and/or "
+                "channelId), exactly one of them"
+            )
         return self
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """The users to install for (empty for a team install)."""
+        if self.aad_object_ids is not None:
+            return self.aad_object_ids
+        return (self.aad_object_id,) if self.aad_object_id is not None else ()
+
+    def for_users(self, users: tuple[str, ...] | list[str], **update: Any) -> InstallRequest:
+        """The same request for ``users`` only (a put-back copy), one user in the single-user form."""
+        users = tuple(users)
+        single = len(users) == 1
+        return self.model_copy(
+            update={
+                "aad_object_id": users[0] if single else None,
+                "aad_object_ids": None if single else users,
+                **update,
+            }
+        )
+
+
+MAX_INSTALL_USERS = 32
+"""Users per ``installs`` message: their installs' first requests fit one Graph limiter grant (its most)."""
 
 
 class RetryRequest(WireModel):

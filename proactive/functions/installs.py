@@ -14,7 +14,7 @@ Wiring only; the work is :class:`proactive.install.installs.InstallWorker`.
     short ``graph_admission`` orchestration, which calls the tenant's ``graph_limiter`` and ends with the
     grant; the trigger reads it from the instance's status and purges the instance. The installs a worker
     runs at once share one such grant (:class:`~proactive.install.graph_pacing.CoalescingAdmissions`: one
-    orchestration and one entity operation for up to 32 installs). Short-lived instances rather than one
+    orchestration and one entity operation for up to 32 Graph requests). Short-lived instances rather than one
     long-lived per tenant: a per-tenant instance would need a request/answer channel (events in, custom
     status out) between many concurrent triggers and one generator, with a start race on every idle tenant.
     Reports go straight to the entity as signals.
@@ -32,7 +32,7 @@ from proactive import orchestration
 from proactive.adapters.durable_client import DurableGraphPacer
 from proactive.composition import services
 from proactive.install.graph_pacing import MAX_WANT
-from proactive.install.installs import READS_PER_INSTALL, InstallWorker
+from proactive.install.installs import InstallWorker
 from proactive.limiter import apply, tenant_defaults
 
 __all__ = ["blueprint"]
@@ -67,8 +67,9 @@ def blueprint() -> df.Blueprint:
     @bp.function_name(fn.GRAPH_LIMITER)
     @bp.entity_trigger(context_name="context", entity_name=fn.GRAPH_LIMITER)
     def graph_limiter(context: df.DurableEntityContext) -> None:
-        # One token per install; an install costs READS_PER_INSTALL reads of the tenant's Graph budget.
-        rate = services().settings.graph_rate_per_tenant / READS_PER_INSTALL
+        # One token per Graph request (proactive.install.installs.REQUESTS_PER_TOKEN): an install is one POST
+        # when Teams' event brings its reference, so installs run at the tenant's Graph rate.
+        rate = services().settings.graph_rate_per_tenant
         state, decision = apply(
             context.get_state(lambda: None),
             context.operation_name,

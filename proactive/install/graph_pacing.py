@@ -81,7 +81,7 @@ class CoalescingAdmissions:
                 for index, caller in enumerate(batch[: grant.tokens]):
                     slot = grant.not_before + index * grant.pace_seconds
                     if not caller.done():
-                        caller.set_result(Admission(1, slot, grant.granted_at))
+                        caller.set_result(Admission(1, slot, grant.granted_at, grant.pace_seconds))
                 waiting.callers[:0] = batch[grant.tokens :]  # first in line for the next grant
         finally:
             waiting.draining = False

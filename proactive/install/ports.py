@@ -67,6 +67,14 @@ class Graph(Protocol):
         """The chat id of the installation's 1:1 chat with the bot."""
         ...
 
+    async def install_for_team(self, tenant_id: str, team_id: str, catalog_app_id: str) -> bool:
+        """Install in the team (its Entra group id); ``False`` when it was already installed (Graph's 409)."""
+        ...
+
+    async def primary_channel_id(self, tenant_id: str, team_id: str) -> str:
+        """The id of the team's General channel."""
+        ...
+
     async def group_users(self, tenant_id: str, group_id: str, cursor: str | None) -> DirectoryPage:
         """A page of the group's transitive members that are users."""
         ...
@@ -81,12 +89,14 @@ class Admission:
     """The limiter's answer: ``tokens`` (0 while its breaker is open) from ``not_before`` (epoch seconds).
 
     ``granted_at`` is echoed in the report, so the limiter learns how long an install takes from its grant to
-    its first request (its *lead*) and punishes one overload once.
+    its first request (its *lead*) and punishes one overload once. ``pace_seconds`` is the grant's spacing:
+    a request that reaches its slot late still keeps that far from the tenant's previous one.
     """
 
     tokens: int
     not_before: float
     granted_at: float | None = None
+    pace_seconds: float = 0.0
 
 
 class GraphPacer(Protocol):

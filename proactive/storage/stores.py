@@ -13,10 +13,11 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from proactive.errors import ConcurrencyConflict, RecordNotFound
+from proactive.limiter.threads import ThreadLog, next_start, with_start
 from proactive.models import (
     DeadLetter,
     DeliveryRecord,
@@ -472,3 +473,42 @@ class TableDeadLetterStore:
             if value is not None:
                 columns[column] = value
         return to_entity(entry.day, encode_key(entry.id), entry, **columns)
+
+
+class TableThreadWindows:
+    """Per-thread request windows (:mod:`proactive.limiter.threads`) in one table: PartitionKey the tenant,
+    RowKey the conversation id, the :class:`ThreadLog` as the body.
+
+    A place is taken by a conditional write (insert, or replace under the ETag read), so two senders (other
+    broadcasts, other instances) never both take the last place of a window.
+    """
+
+    def __init__(self, table: EntityTable, *, attempts: int = REFERENCE_UPDATE_ATTEMPTS) -> None:
+        self._table = table
+        self._attempts = attempts
+
+    async def reserve(self, tenant_id: str, conversation_id: str, now: datetime) -> datetime | None:
+        """See :class:`proactive.delivery.ports.ThreadWindows`.
+
+        Raises:
+            ConcurrencyConflict: the row changed under each try; nothing was taken.
+            StorageError: the table failed.
+        """
+        partition_key, row_key = encode_key(tenant_id), encode_key(conversation_id)
+        at = now.timestamp()
+        for _ in range(self._attempts):
+            found = await self._table.get(partition_key, row_key)
+            log = from_entity(found[0], ThreadLog) if found else ThreadLog()
+            allowed = next_start(log, at)
+            if allowed > at:
+                return datetime.fromtimestamp(allowed, UTC)
+            entity = to_entity(partition_key, row_key, with_start(log, at))
+            try:
+                if found is None:
+                    await self._table.insert(entity)
+                else:
+                    await self._table.replace(entity, found[1])
+            except (ConcurrencyConflict, RecordNotFound):
+                continue  # another sender took a place meanwhile: look again at its log
+            return None
+        raise ConcurrencyConflict(f"the windows of thread {conversation_id!r} changed under every try")

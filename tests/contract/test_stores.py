@@ -28,6 +28,7 @@ from proactive.storage.stores import (
     TableNotificationStore,
     TablePreferenceStore,
     TableReferenceStore,
+    TableThreadWindows,
     to_entity,
 )
 from tests.contract.conftest import TableFactory
@@ -461,3 +462,18 @@ async def test_deactivate_never_overwrites_a_reinstall_that_lands_between_its_re
     finally:
         table.get = real_get  # type: ignore[method-assign]
     assert raced and await store.get(TENANT, old.key) == reinstalled
+
+
+async def test_thread_windows_take_places_until_a_window_is_full_even_when_senders_race(
+    new_table: TableFactory,
+) -> None:
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    windows = TableThreadWindows(new_table(), attempts=20)
+    thread = "19:incident@thread.tacv2"
+    # Ten senders at the same instant: seven places in the 1-second window, no more, whoever wins each race.
+    answers = await asyncio.gather(*(windows.reserve(HOSTILE_TENANT, thread, now) for _ in range(10)))
+    assert answers.count(None) == 7
+    assert {answer for answer in answers if answer is not None} == {now + timedelta(seconds=1.25)}
+    # Another thread has windows of its own; the full one opens again once its time has come.
+    assert await windows.reserve(HOSTILE_TENANT, "19:other@thread.tacv2", now) is None
+    assert await windows.reserve(HOSTILE_TENANT, thread, now + timedelta(seconds=1.25)) is None

@@ -27,9 +27,11 @@ import pytest
 from devhost.azurite import free_port
 from devhost.emulators.graph import SERVICE_KEY, build_app
 from devhost.emulators.graph_model import (
+    ChannelConfig,
     FaultRule,
     GraphEmulatorConfig,
     GroupConfig,
+    TeamConfig,
     TeamsAppConfig,
     TenantConfig,
     UserConfig,
@@ -69,6 +71,7 @@ from proactive.models import (
     ErrorInfo,
     Notification,
     RecipientKind,
+    StoredReference,
 )
 from proactive.outbound import OutboundPolicy
 from proactive.settings import Settings
@@ -88,6 +91,9 @@ CATALOG = "catalog-notifier"
 BOT = "b0b0b0b0-0000-4000-8000-000000000001"
 TEAMS_URL = "https://smba.trafficmanager.net/emea/"
 NID = "incident-77"
+TEAM = "7e7e7e7e-0000-4000-8000-0000000000aa"  # the team's Entra group id: Graph's team id
+GENERAL = "19:general-ops@thread.tacv2"  # its General channel: also the team's Bot Framework id
+ALERTS = "19:alerts-ops@thread.tacv2"
 
 
 def user(n: int) -> str:
@@ -102,7 +108,12 @@ def emulator_config() -> GraphEmulatorConfig:
         GroupConfig(id="ops-nested", members=[user(n) for n in range(5, 15)] + ["ops"]),
     ]
     app = TeamsAppConfig(id=CATALOG, external_id=MANIFEST, display_name="Notifier", bot_id=BOT)
-    tenant = TenantConfig(id=TENANT, users=users, groups=groups, apps=[app])
+    teams = [
+        TeamConfig(
+            id=TEAM, display_name="Ops", channels=[ChannelConfig(id=GENERAL), ChannelConfig(id=ALERTS)]
+        )
+    ]
+    tenant = TenantConfig(id=TENANT, users=users, groups=groups, apps=[app], teams=teams)
     return GraphEmulatorConfig(tenants=[tenant], default_page_size=4)
 
 
@@ -145,6 +156,8 @@ class World:
     pacer: RecordingPacer = field(default_factory=RecordingPacer)
 
     def installer(self, **options: Any) -> Installer:
+        # This emulator posts no install events (no messaging endpoint): read the chat at once.
+        options.setdefault("capture_wait", 0.0)
         return Installer(
             self.graph,
             self.references,
@@ -182,30 +195,34 @@ class World:
         )
         self.service.set_faults([rule])
 
-    async def stale_row(self, aad: str) -> None:
+    async def stale_row(
+        self, aad: str, status: DeliveryStatus = DeliveryStatus.STALE, key: str | None = None
+    ) -> None:
         now = datetime.now(UTC)
         if await self.notifications.get(NID) is None:
+            audience = {
+                "tenants": [TENANT],
+                "channels": [{"tenantId": TENANT, "teamId": team, "channelId": ALERTS} for team in (TEAM,)],
+            }
             await self.notifications.create(
                 Notification(
-                    id=NID,
-                    request={"audience": {"tenants": [TENANT]}, "message": {"text": "hi"}},
-                    created_at=now,
+                    id=NID, request={"audience": audience, "message": {"text": "hi"}}, created_at=now
                 )
             )
         record = DeliveryRecord(
             notification_id=NID,
             tenant_id=TENANT,
-            recipient_key=f"user:{aad}",
-            status=DeliveryStatus.STALE,
+            recipient_key=key or f"user:{aad}",
+            status=status,
             last_error=ErrorInfo(code="no_reference"),
             created_at=now,
             updated_at=now,
         )
         await self.ledger.add_pending([record])
-        found = await self.ledger.get(NID, TENANT, f"user:{aad}")
+        found = await self.ledger.get(NID, TENANT, record.recipient_key)
         assert found is not None
-        # add_pending writes pending rows; the sender would have recorded stale.
-        if found.value.status is not DeliveryStatus.STALE:
+        # add_pending writes pending rows; the sender would have recorded stale or installing.
+        if found.value.status is not status:
             await self.ledger.replace(record, found.etag)
 
     async def row(self, aad: str) -> DeliveryRecord:
@@ -451,6 +468,20 @@ async def test_the_setting_allows_reinstalling_after_an_uninstall_but_never_afte
 # ---- worker -----------------------------------------------------------------------------------------
 
 
+def closed_reference(aad: str, reason: str) -> StoredReference:
+    return stored_reference(
+        TENANT,
+        aad,
+        conversation_id="a:closed",
+        service_url=TEAMS_URL,
+        bot_id=f"28:{BOT}",
+        active=False,
+        stale_reason=reason,
+        conversation_in_tenant=False,
+        updated_at=datetime.now(UTC),
+    )
+
+
 def message(aad: str, **extra: Any) -> bytes:
     body = InstallRequest(tenant_id=TENANT, aad_object_id=aad, reason="no_reference", **extra).to_json()
     return json.dumps(body).encode()
@@ -471,7 +502,9 @@ async def test_an_installed_user_s_row_is_redriven_once_in_the_same_broadcast(wo
             notification_id=NID, tenant_id=TENANT, recipient_key=f"user:{user(8)}", reason=REINSTALLED
         ).to_json()
     ]
-    assert world.pacer.admissions == 1 and world.pacer.reports == [{"sent": 1}]
+    # One token per Graph request: the catalog lookup (cached afterwards), the install and, as this emulator
+    # posts no install event, the installation and its chat.
+    assert world.pacer.admissions == 4 and world.pacer.reports == [{"sent": 4}]
 
     # The same row stale again (its re-drive failed the same way) is not re-driven a second time.
     stale = row.model_copy(update={"status": DeliveryStatus.STALE})
@@ -484,13 +517,97 @@ async def test_an_installed_user_s_row_is_redriven_once_in_the_same_broadcast(wo
     assert (await world.row(user(8))).status is DeliveryStatus.STALE
 
 
+async def test_a_users_message_installs_each_under_one_report_and_redrives_their_installing_rows(
+    world: World,
+) -> None:
+    users = [user(n) for n in (11, 12, 13)]
+    for aad in users:
+        await world.stale_row(aad, DeliveryStatus.INSTALLING)
+    body = InstallRequest(
+        tenant_id=TENANT, aad_object_ids=tuple(users), reason="no_reference", notification_id=NID
+    )
+
+    result = await world.worker().handle(json.dumps(body.to_json()).encode())
+
+    assert result.by_user == {aad: InstallHandled.INSTALLED for aad in users}
+    assert [(await world.row(aad)).status for aad in users] == [DeliveryStatus.PENDING] * 3
+    assert len(await world.messages("retry")) == 3
+    # One report for the message: the catalog lookup once, then install, installation and chat per user.
+    assert world.pacer.reports == [{"sent": 1 + 3 * 3}] and world.pacer.admissions == 10
+    assert world.service.stats.to_json()["installs"] == {TENANT: 3}
+
+
+async def test_a_user_who_closed_the_bot_meanwhile_leaves_the_installing_row_unreachable(
+    world: World,
+) -> None:
+    await world.stale_row(user(14), DeliveryStatus.INSTALLING)
+    await world.references.upsert(closed_reference(user(14), "MessageWritesBlocked"))
+
+    result = await world.worker().handle(message(user(14), notification_id=NID))
+
+    assert result.handled is InstallHandled.USER_CLOSED
+    row = await world.row(user(14))
+    assert row.status is DeliveryStatus.UNREACHABLE and row.last_error is not None
+    assert row.last_error.code == "MessageWritesBlocked"
+    assert world.pacer.admissions == 0 and world.service.stats.to_json()["installs"] == {}
+
+
+async def test_a_channel_whose_team_has_no_reference_is_installed_in_the_team_and_redriven(
+    world: World,
+) -> None:
+    key = f"channel:{ALERTS}"
+    await world.stale_row("", DeliveryStatus.INSTALLING, key=key)
+    request = InstallRequest(tenant_id=TENANT, channel_id=ALERTS, reason="no_reference", notification_id=NID)
+
+    result = await world.worker().handle(json.dumps(request.to_json()).encode())
+
+    assert result.handled is InstallHandled.INSTALLED and result.redriven
+    assert result.outcome is not None and result.outcome.status is InstallStatus.INSTALLED
+    found = await world.ledger.get(NID, TENANT, key)
+    assert found is not None and found.value.status is DeliveryStatus.PENDING
+    # The team's General channel and the channel the broadcast named, stored as capture would.
+    for channel in (GENERAL, ALERTS):
+        stored = await world.references.get(TENANT, f"channel:{channel}")
+        assert stored is not None and stored.active and stored.confirmed_at is None
+        assert stored.team_id == GENERAL and stored.reference.conversation.id == channel
+        assert stored.reference.conversation.conversation_type == "channel"
+        assert stored.reference.service_url == TEAMS_URL
+    calls = world.service.stats.to_json()["requests"]
+    assert calls["POST /teams/{team}/installedApps"] == {"201": 1}
+    assert calls["GET /teams/{team}/primaryChannel"] == {"200": 1}
+
+    # Installed already (409): the same references, nothing installed twice.
+    again = await world.worker().handle(json.dumps(request.to_json()).encode())
+    assert again.outcome is not None and again.outcome.status is InstallStatus.ALREADY_INSTALLED
+    assert world.service.stats.to_json()["requests"]["POST /teams/{team}/installedApps"] == {
+        "201": 1,
+        "409": 1,
+    }
+
+
+async def test_a_team_known_only_by_its_bot_framework_id_fails_its_row_with_the_reason(world: World) -> None:
+    key = f"channel:{ALERTS}"
+    await world.stale_row("", DeliveryStatus.INSTALLING, key=key)
+    request = InstallRequest(
+        tenant_id=TENANT, team_id=GENERAL, channel_id=ALERTS, reason="x", notification_id=NID
+    )
+
+    result = await world.worker().handle(json.dumps(request.to_json()).encode())
+
+    assert result.error_code == "team_not_addressable"
+    found = await world.ledger.get(NID, TENANT, key)
+    assert found is not None and found.value.status is DeliveryStatus.FAILED
+    assert found.value.last_error is not None and "Entra group id" in found.value.last_error.message
+    assert world.pacer.admissions == 0
+
+
 async def test_a_429_puts_the_message_back_after_retry_after(world: World) -> None:
     world.fault("installUser", 429, retry_after=1)
 
     result = await world.worker().handle(message(user(9)))
 
     assert result.handled is InstallHandled.REQUEUED and result.error_code == "Throttled"
-    assert world.pacer.reports == [{"throttled": 1, "retry_after": 1.0}]
+    assert world.pacer.reports == [{"sent": 1, "throttled": 1, "retry_after": 1.0}]  # the catalog went
     assert await world.messages("installs") == []  # invisible for the Retry-After
     await asyncio.sleep(1.3)
     assert await world.messages("installs") == [
@@ -504,7 +621,7 @@ async def test_a_transient_graph_failure_raises_so_the_queue_redelivers(world: W
     with pytest.raises(InstallRetryLater):
         await world.worker().handle(message(user(10)))
 
-    assert world.pacer.reports == [{"server_errors": 1}]
+    assert world.pacer.reports == [{"sent": 3, "server_errors": 1}]  # catalog, install, installation
 
 
 async def test_the_fifth_failure_across_put_back_copies_goes_to_the_poison_queue(world: World) -> None:
@@ -584,7 +701,8 @@ async def test_malformed_team_and_foreign_tenant_requests_are_dead_lettered_at_o
     ]
 
     assert malformed.handled is InstallHandled.DEAD_LETTERED
-    assert team.handled is InstallHandled.DEAD_LETTERED and team.error_code == "team_install_not_supported"
+    # Graph installs a team by its Entra group id only.
+    assert team.handled is InstallHandled.DEAD_LETTERED and team.error_code == "team_not_addressable"
     assert [r.error_code for r in foreign] == ["tenant_not_allowed"] * 2
     assert world.pacer.admissions == 0 and world.service.stats.to_json()["tokensIssued"] == 0
 

@@ -173,12 +173,12 @@ async def run_scenario(
     assert counts == {
         DeliveryStatus.SENT: 270,
         DeliveryStatus.UNREACHABLE: 10,
-        DeliveryStatus.STALE: 15,
+        DeliveryStatus.INSTALLING: 15,  # handed to the Graph bootstrap, which settles them
         DeliveryStatus.SUPPRESSED: 5,
     }
     reasons = await reasons_by_status(ledger)
     assert reasons[DeliveryStatus.UNREACHABLE] == Counter({"MessageWritesBlocked": 10})
-    assert reasons[DeliveryStatus.STALE] == Counter({"ConversationNotFound": 10, "no_reference": 5})
+    assert reasons[DeliveryStatus.INSTALLING] == Counter({"ConversationNotFound": 10, "no_reference": 5})
     assert reasons[DeliveryStatus.SUPPRESSED] == Counter({"opted_out": 5})
     install_requests = await drain(installs)
     assert sorted(m["aadObjectId"] for m in install_requests) == sorted(

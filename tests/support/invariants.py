@@ -13,7 +13,8 @@ UNSETTLED = tuple(s.value for s in DeliveryStatus if not s.terminal)
 
 
 def assert_settled(status: Mapping[str, Any]) -> None:
-    """``total = sent + failed + suppressed + skipped + unreachable + stale + dead_lettered + cancelled`` and
+    """``total = sent + failed + suppressed + skipped + unreachable + stale + dead_lettered + cancelled`` (a row
+    still ``installing`` is unsettled: the install ends it in one of these) and
     nothing ``pending``, ``sending`` or ``deferred``, and the broadcast is no longer running."""
     counts = status["counts"]
     assert counts["total"] == sum(counts.get(name, 0) for name in SETTLED), counts

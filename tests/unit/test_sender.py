@@ -364,7 +364,7 @@ async def test_a_cancelled_notification_sends_nothing(world: World) -> None:
 # ---- references ------------------------------------------------------------------------------------
 
 
-async def test_a_user_without_a_reference_is_stale_and_handed_to_installs_without_any_call(
+async def test_a_user_without_a_reference_is_installing_and_handed_to_installs_without_any_call(
     world: World,
 ) -> None:
     key = f"user:{aad(7)}"
@@ -374,22 +374,31 @@ async def test_a_user_without_a_reference_is_stale_and_handed_to_installs_withou
 
     record = await world.record(key)
     assert result.stale == 1 and result.requests == 0
-    assert record.status is DeliveryStatus.STALE and record.last_error is not None
+    assert record.status is DeliveryStatus.INSTALLING and record.last_error is not None
     assert record.last_error.code == Reason.NO_REFERENCE and record.attempts == 0
     assert world.installs.bodies() == [
         {"tenantId": TENANT, "aadObjectId": aad(7), "reason": "no_reference", "notificationId": NOTIFICATION}
     ]
 
 
-async def test_a_channel_without_a_reference_is_skipped_and_not_installed(world: World) -> None:
+async def test_a_channel_without_a_reference_is_installing_and_its_team_handed_to_installs(
+    world: World,
+) -> None:
     key = await world.channel("19:gone@thread.tacv2", reference=False)
 
     result = await world.send()
 
     record = await world.record(key)
-    assert result.skipped == 1 and record.status is DeliveryStatus.SKIPPED
+    assert result.stale == 1 and result.requests == 0 and record.status is DeliveryStatus.INSTALLING
     assert record.last_error is not None and record.last_error.code == Reason.NO_REFERENCE
-    assert world.installs.bodies() == []
+    assert world.installs.bodies() == [
+        {
+            "tenantId": TENANT,
+            "channelId": "19:gone@thread.tacv2",
+            "reason": "no_reference",
+            "notificationId": NOTIFICATION,
+        }
+    ]
 
 
 async def test_a_user_who_blocked_the_bot_is_unreachable_and_never_reinstalled(world: World) -> None:
@@ -635,7 +644,7 @@ async def test_a_stale_conversation_deactivates_the_reference_and_asks_for_a_rei
 
     reference = await world.references.get(TENANT, key)
     record = await world.record(key)
-    assert result.stale == 1 and record.status is DeliveryStatus.STALE
+    assert result.stale == 1 and record.status is DeliveryStatus.INSTALLING
     assert record.last_error is not None and record.last_error.code == code
     assert reference is not None and not reference.active and reference.stale_reason == code
     assert world.installs.bodies() == [
