@@ -20,15 +20,15 @@ from proactive.delivery.dead_letters import POISON_HANDLER_FAILED, public_id
 from proactive.delivery.ports import RetryRequest
 from proactive.errors import StorageError
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
-from tests.support.invariants import assert_settled
-from tests.unit import test_retries_functions as redelivery
-from tests.unit.test_retries_functions import (
+from tests.integration import test_redelivery as redelivery
+from tests.integration.test_redelivery import (
     KEY,
     TENANT,
     World,
     _empty,
     user_key,
 )
+from tests.support.invariants import assert_settled
 
 pytestmark = pytest.mark.azurite
 

@@ -1,6 +1,6 @@
 """What a ``deliveries-retry`` message leads to (:func:`proactive.delivery.redrive.decide`), how the tenant's re-drive run
 is started or woken (:class:`proactive.delivery.redrive.PacedRuns`), and how a welcome is stored
-(:class:`proactive.bot.welcome.Welcomes`). The devhost tests in ``test_retries_functions.py`` and
+(:class:`proactive.bot.welcome.Welcomes`). The devhost tests in ``tests/integration/test_redelivery.py`` and
 ``tests/integration/test_welcomes.py`` run the same paths end to end.
 """
 
