@@ -44,7 +44,7 @@ from devhost.latency import from_args as latency_from_args
 from proactive import composition
 from proactive.adapters.memory_tables import MemoryTables
 from proactive.composition import Services
-from tests.unit.test_orchestration_harness import (
+from tests.support.orchestration import (
     START,
     TENANTS,
     FakeSender,
@@ -74,10 +74,10 @@ COLUMNS = (
 async def run(recipients: int, latency: LatencyProfile | None = None) -> dict[str, Any]:
     """Run one broadcast of ``recipients`` (with ``latency``'s dispatch delays) and return the counters."""
     services = Services(make_settings())
-    services._tables = MemoryTables()  # type: ignore[assignment]
+    services.use_stand_ins(tables=MemoryTables())
     clock = ManualClock(START)
     sender = FakeSender(services, clock=clock)
-    services._send_batch_json = sender
+    services.use_stand_ins(send_batch=sender)
     composition._services = services
     composition.utc_now = clock.now  # type: ignore[attr-defined]
     dispatch = DispatchLatency(latency)

@@ -68,7 +68,6 @@ async def measure(users: int, limit: float, within: float) -> dict[str, Any]:
 
     from devhost import azurite
     from devhost.azurite import free_port
-    from devhost.durable.triggers import TriggerService
     from devhost.emulators import graph as graph_emulator
     from devhost.emulators import teams as teams_emulator
     from devhost.emulators.graph_model import (
@@ -80,6 +79,7 @@ async def measure(users: int, limit: float, within: float) -> dict[str, Any]:
     )
     from devhost.emulators.teams_state import TeamsEmulatorConfig
     from devhost.host import DevHost
+    from devhost.host.triggers import TriggerService
     from devhost.settings import HostSettings
 
     with azurite.running() as instance:
@@ -112,7 +112,7 @@ async def measure(users: int, limit: float, within: float) -> dict[str, Any]:
         os.environ.update(environ)
         module = importlib.import_module("function_app")
         from proactive import composition
-        from proactive.broadcasts import ledger_counts
+        from proactive.broadcast.status import ledger_counts
 
         host_json = {
             "extensions": {

@@ -13,7 +13,7 @@ per-thread limits never bite; only the per-tenant ceiling does):
 ``ours``
     the product's pacing without Durable: the limiter state machine (:func:`proactive.limiter.apply`)
     grants up to ``Settings.batch_size`` tokens, ``asyncio.sleep`` until ``notBefore`` stands in for the
-    durable timer, :class:`proactive.sender.BatchSender` (in-memory ledger tables, the real
+    durable timer, :class:`proactive.delivery.batch.BatchSender` (in-memory ledger tables, the real
     :class:`~proactive.adapters.connector.BotConnectorClient`, the product's retry policy and in-batch
     concurrency) sends the batch, and its result is reported back exactly as ``tenant_broadcast`` does.
 ``ours (durable)``
@@ -112,6 +112,9 @@ from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.memory_queues import MemoryQueues, MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable, MemoryTables
 from proactive.composition import Services
+from proactive.delivery.batch import BatchSender
+from proactive.delivery.contract import Pacing, SendBatchInput, SendBatchResult
+from proactive.delivery.retry import RetryPolicy
 from proactive.errors import ProactiveError, Throttled
 from proactive.functions.durable import bp as durable_blueprint
 from proactive.limiter import LimiterConfig, apply, tenant_defaults
@@ -126,16 +129,14 @@ from proactive.models import (
 )
 from proactive.orchestration import policies
 from proactive.outbound import OutboundPolicy
-from proactive.retry import RetryPolicy
-from proactive.sender import BatchSender, Pacing, SendBatchInput, SendBatchResult
 from proactive.settings import Settings
-from proactive.stores import (
+from proactive.storage.stores import (
     TableDeliveryLedger,
     TableNotificationStore,
     TablePreferenceStore,
     TableReferenceStore,
 )
-from tests.unit.test_orchestration_harness import RuntimeOrchestrations
+from tests.support.orchestration import RuntimeOrchestrations
 
 BOT = "28:00000000-0000-0000-0000-0000000000b0"
 CEILING = 50.0  # the emulator's default tenant_rate and the facts sheet's 50 msg/s per app per tenant
@@ -337,7 +338,7 @@ def new_tenants(count: int) -> list[str]:
 
 
 def activity_for(recipient: Recipient, notification_id: str) -> dict[str, Any]:
-    """The activity the product sends (``proactive.sender._outgoing``), so both sides carry the same bytes."""
+    """The activity the product sends (``proactive.delivery.batch._outgoing``), so both sides carry the same bytes."""
     return {
         "type": "message",
         "text": f"Benchmark message {recipient.index}",
@@ -1006,8 +1007,7 @@ async def run_durable(
     string, through the latency proxy under ``azure``: tables, queues and the durable task hub)."""
     services = Services(settings)
     if storage is None:
-        services._tables = MemoryTables()  # type: ignore[assignment]
-        services._queues = MemoryQueues()  # type: ignore[assignment]
+        services.use_stand_ins(tables=MemoryTables(), queues=MemoryQueues())  # type: ignore[arg-type]
     clock = SendClock()
     services._connector = TimedConnector(http, clock)
     previous = composition._services

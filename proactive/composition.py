@@ -26,21 +26,25 @@ from proactive.adapters.graph import GraphClient, graph_tokens
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
 from proactive.adapters.telemetry_export import OTLP_ENDPOINT, configure_exporters
-from proactive.audience import AudienceMaterialiser, stored_request
 from proactive.bot import ActivityHandler, BotEndpoint, Welcomes
-from proactive.broadcasts import BroadcastService, BroadcastSteps, JsonSender, Orchestrations
-from proactive.dead_letters import DeadLetterService, DeliveryRedriver
+from proactive.broadcast.activities import BroadcastSteps
+from proactive.broadcast.audience import AudienceMaterialiser, stored_request
+from proactive.broadcast.ports import JsonSender, Orchestrations
+from proactive.broadcast.service import BroadcastService
+from proactive.delivery.batch import BatchSender
+from proactive.delivery.contract import SendBatchInput
+from proactive.delivery.dead_letters import DeadLetterService, DeliveryRedriver
+from proactive.delivery.ports import BotConnector
+from proactive.delivery.retry import RetryPolicy
 from proactive.errors import ConfigurationError, StorageError
-from proactive.install_requests import InstallRequests
-from proactive.installer import Installer
-from proactive.installs import GraphPacer, InstallWorker
+from proactive.install.installer import Installer
+from proactive.install.installs import InstallWorker
+from proactive.install.ports import GraphPacer
+from proactive.install.requests import InstallRequests
 from proactive.models import utc_now
 from proactive.outbound import OutboundPolicy
-from proactive.retry import RetryPolicy
-from proactive.sender import BatchSender, SendBatchInput
-from proactive.sender_ports import BotConnector
 from proactive.settings import Settings
-from proactive.stores import (
+from proactive.storage.stores import (
     TableDeadLetterStore,
     TableDeliveryLedger,
     TableNotificationStore,
@@ -62,6 +66,26 @@ class Services:
     _http: aiohttp.ClientSession | None = field(default=None, init=False)
     _connector: BotConnectorClient | None = field(default=None, init=False)
     _bot_endpoint: BotEndpoint | None = field(default=None, init=False)
+
+    def use_stand_ins(
+        self,
+        *,
+        tables: AzureTables | None = None,
+        queues: AzureQueues | None = None,
+        send_batch: JsonSender | None = None,
+    ) -> None:
+        """Put stand-ins in place of storage and ``send_batch`` (tests and benchmarks; the app never calls it).
+
+        ``tables`` and ``queues`` are meant for the in-memory fakes (``adapters.memory_tables`` and
+        ``adapters.memory_queues``), which serialise like the Azure adapters; ``send_batch`` replaces the
+        sender on the wire, so an orchestration can be driven without the Bot Connector.
+        """
+        if tables is not None:
+            self._tables = tables
+        if queues is not None:
+            self._queues = queues
+        if send_batch is not None:
+            self._send_batch_json = send_batch
 
     @property
     def tables(self) -> AzureTables:
@@ -267,7 +291,7 @@ class Services:
 
     async def send_batch_json(self) -> JsonSender:
         """``send_batch`` on the wire (``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out)."""
-        if self._send_batch_json is not None:  # tests put a stand-in here
+        if self._send_batch_json is not None:  # a stand-in (use_stand_ins)
             return self._send_batch_json
 
         async def send(payload: dict[str, Any]) -> dict[str, Any]:
@@ -331,7 +355,7 @@ class Services:
             ledger=self.deliveries,
             notifications=self.notifications,
             installs=self.queues.queue(self.settings.queues.installs),
-            # The name the Functions host gives the poison queue (proactive.functions.installs.POISON_SUFFIX).
+            # The name the Functions host gives the poison queue (proactive.function_names.POISON_SUFFIX).
             poison=self.queues.queue(self.settings.queues.installs + "-poison"),
             retries=self.queues.queue(self.settings.queues.deliveries_retry),
             dead_letters=self.dead_letters,

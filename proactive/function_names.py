@@ -1,4 +1,4 @@
-"""Every Durable function, entity and event name, in one place (STYLE.md rule 2).
+"""Every function, entity and event name, in one place (STYLE.md rule 2).
 
 Orchestrators call activities, sub-orchestrations and entities by these names, and the triggers in
 :mod:`proactive.functions.durable` register under them, so a rename cannot leave a dangling caller.
@@ -14,6 +14,15 @@ TENANT_BROADCAST: Final = "tenant_broadcast"
 TENANT_LANE: Final = "tenant_lane"
 GRAPH_ADMISSION: Final = "graph_admission"
 
+# Queue and timer triggers (their queues come from Settings.queues)
+DELIVERIES_RETRY: Final = "deliveries_retry"
+DELIVERIES_RETRY_POISON: Final = "deliveries_retry_poison"
+RECONCILE: Final = "reconcile"
+INSTALLS: Final = "installs"
+INSTALLS_POISON: Final = "installs_poison"
+# The Functions host appends this to a queue's name for messages past host.json ``maxDequeueCount``.
+POISON_SUFFIX: Final = "-poison"
+
 # Activities
 MATERIALISE_AUDIENCE: Final = "materialise_audience"
 SEND_BATCH: Final = "send_batch"
@@ -28,7 +37,7 @@ GRAPH_LIMITER: Final = "graph_limiter"  # Graph installs, a budget apart from th
 # External events
 CANCEL_EVENT: Final = "cancel"
 # Ends a lane's wait for a quiet-hours window early: the re-drive trigger raises it when a row of the
-# tenant became due while the lane sleeps (proactive.redrive).
+# tenant became due while the lane sleeps (proactive.delivery.redrive).
 WAKE_EVENT: Final = "wake"
 
 # Limiter operations (see proactive.limiter)

@@ -14,7 +14,7 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -183,6 +183,17 @@ class Preferences(WireModel):
         return category is None or category.lower() not in {c.lower() for c in self.opted_out_categories}
 
 
+Operation = Literal["send", "update", "delete"]
+"""What a broadcast's run does to its rows: ``send`` new messages, ``update`` or ``delete`` the sent ones."""
+
+
+class Urgency(StrEnum):
+    """``urgent`` ignores quiet hours (never opt-outs) and takes the limiter's urgent lane."""
+
+    NORMAL = "normal"
+    URGENT = "urgent"
+
+
 class NotificationStatus(StrEnum):
     ACCEPTED = "accepted"
     SCHEDULED = "scheduled"
@@ -222,7 +233,7 @@ class DeliveryStatus(StrEnum):
     @property
     def terminal(self) -> bool:
         # An installing row still moves: to pending (installed, re-driven) or to the install's outcome
-        # (failed, dead_lettered, unreachable, cancelled), always through proactive.installs.
+        # (failed, dead_lettered, unreachable, cancelled), always through proactive.install.installs.
         return self not in {
             DeliveryStatus.PENDING,
             DeliveryStatus.SENDING,
@@ -295,7 +306,7 @@ class DeadLetter(WireModel):
     Attributes:
         id: stable per work item (``{notificationId}:{tenantId}:{recipientKey}`` for deliveries), so a
             repeat is an idempotent upsert.
-        source_queue: the queue whose messages ran out (names the re-driver, :mod:`proactive.dead_letters`).
+        source_queue: the queue whose messages ran out (names the re-driver, :mod:`proactive.delivery.dead_letters`).
         payload: the message (ids only, never message text).
         reason: why, for people (the row's last error).
         created_at: when it was dead-lettered (its UTC day is the table partition).

@@ -43,9 +43,9 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, StatusCode
 
 from proactive import __version__
+from proactive.delivery.contract import RowOutcome
+from proactive.delivery.ports import BotConnector
 from proactive.errors import DeliveryError, Throttled
-from proactive.sender import RowOutcome
-from proactive.sender_ports import BotConnector
 
 __all__ = ["SCOPE", "Telemetry", "TimedConnector", "current", "use"]
 
@@ -108,7 +108,7 @@ class Telemetry:
     def outcome_recorder(
         self, *, tenant: str, operation: str, category: str = _NONE
     ) -> Callable[[RowOutcome], None]:
-        """The sender's ``on_outcome`` hook for one batch (a :class:`~proactive.sender.RowOutcome` each)."""
+        """The sender's ``on_outcome`` hook for one batch (a :class:`~proactive.delivery.batch.RowOutcome` each)."""
 
         def record(outcome: RowOutcome) -> None:
             self._sends.add(
@@ -219,7 +219,7 @@ def _phase(state: Mapping[str, Any]) -> str | None:
 
 
 class TimedConnector:
-    """A :class:`~proactive.sender_ports.BotConnector` that times each call into ``proactive.connector.duration``.
+    """A :class:`~proactive.delivery.ports.BotConnector` that times each call into ``proactive.connector.duration``.
 
     Args:
         inner: the real connector.

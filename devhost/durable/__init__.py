@@ -1,4 +1,8 @@
-"""A local stand-in for the Durable Functions extension, driving the real Python replay engine."""
+"""A local stand-in for the Durable Functions extension, driving the real Python replay engine.
+
+Owns the engine only: orchestrations, activities, entities, timers, their store, the webhook API.
+May import: devhost.latency, devhost.settings; never devhost.host (the host drives the engine, not back).
+"""
 
 from devhost.durable.azurite_store import AzuriteStore
 from devhost.durable.clock import Clock, ManualClock, SystemClock

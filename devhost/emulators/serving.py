@@ -1,4 +1,4 @@
-"""Serving an emulator on loopback until SIGINT / SIGTERM, shared by both emulators' commands."""
+"""Serving on loopback: the emulators' commands (until SIGINT / SIGTERM) and the tests' in-process servers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,23 @@ import socket
 from collections.abc import Callable
 
 from aiohttp import web
+
+
+async def start_on_loopback(
+    app: web.Application, port: int = 0, *, shutdown_timeout: float = 2.0
+) -> tuple[web.AppRunner, str]:
+    """Start serving ``app`` on 127.0.0.1:``port`` (0 = any free port, bound here, so no race for it).
+
+    Returns the runner (the caller cleans it up) and the base URL, ``http://127.0.0.1:P/``. The tests'
+    in-process emulators and servers start this way too.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    await web.SockSite(runner, sock).start()
+    return runner, f"http://127.0.0.1:{sock.getsockname()[1]}/"
 
 
 async def serve_on_loopback(
@@ -22,13 +39,7 @@ async def serve_on_loopback(
     Prints the base URL (``http://127.0.0.1:P/``) once listening, so a parent process can read it,
     and hands it to ``on_bound`` first (an emulator that builds absolute links needs its own URL).
     """
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    await web.SockSite(runner, sock).start()
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    runner, base_url = await start_on_loopback(app, port)
     if on_bound is not None:
         on_bound(base_url)
     print(base_url, flush=True)

@@ -38,7 +38,7 @@ resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(a
 
 var actions = empty(alertEmail) ? [] : [actionGroup.id]
 
-// proactive/functions/retries.py logs "Dead-lettered ..." (warning) for every row or message it dead-letters.
+// proactive/delivery/redelivery.py and dead_letters.py log "Dead-lettered ..." (warning) for every row or message it dead-letters.
 resource deadLetters 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = {
   name: '${namePrefix}-dead-letters'
   location: location

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import aiohttp
 from azure.identity.aio import CertificateCredential, ManagedIdentityCredential
 
+from proactive.delivery.retry import parse_retry_after
 from proactive.errors import (
     BotMisconfigured,
     ProactiveError,
@@ -43,7 +44,6 @@ from proactive.errors import (
     Throttled,
     TransportFailure,
 )
-from proactive.retry import parse_retry_after
 from proactive.settings import BotAuthKind, BotIdentity
 
 __all__ = [

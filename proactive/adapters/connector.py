@@ -42,6 +42,7 @@ import aiohttp
 from yarl import URL
 
 from proactive.adapters.bot_token import TokenProvider
+from proactive.delivery.retry import parse_retry_after
 from proactive.errors import (
     ActivityNotFound,
     BotMisconfigured,
@@ -57,7 +58,6 @@ from proactive.errors import (
     TransportFailure,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.retry import parse_retry_after
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",

@@ -41,6 +41,7 @@ from proactive.adapters.bot_token import (
     ClientSecretTokens,
     TokenProvider,
 )
+from proactive.delivery.retry import parse_retry_after
 from proactive.errors import (
     ConcurrencyConflict,
     DeliveryError,
@@ -52,9 +53,8 @@ from proactive.errors import (
     Throttled,
     TransportFailure,
 )
-from proactive.graph_ports import DirectoryPage, DirectoryUser, UserInstallation
+from proactive.install.ports import DirectoryPage, DirectoryUser, UserInstallation
 from proactive.outbound import OutboundPolicy
-from proactive.retry import parse_retry_after
 from proactive.settings import BotAuthKind, Settings
 
 __all__ = ["GRAPH_SCOPE", "GraphClient", "graph_tokens"]

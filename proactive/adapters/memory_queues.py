@@ -1,4 +1,4 @@
-"""An in-memory :class:`~proactive.sender_ports.WorkQueue` that behaves like an Azure Storage queue.
+"""An in-memory :class:`~proactive.delivery.ports.WorkQueue` that behaves like an Azure Storage queue.
 
 It stores the same JSON text the real adapter sends (so a body that would not serialise fails here too),
 rounds delays up to whole seconds, hides received messages for their visibility timeout, counts dequeues,
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proactive.adapters.storage_queues import whole_seconds
+from proactive.delivery.ports import QueueMessage
 from proactive.errors import StorageError
-from proactive.sender_ports import QueueMessage
 
 __all__ = ["MemoryQueues", "MemoryWorkQueue"]
 

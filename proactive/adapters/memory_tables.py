@@ -1,4 +1,4 @@
-"""An in-memory :class:`~proactive.ports.EntityTable` that behaves like Azure Table Storage.
+"""An in-memory :class:`~proactive.storage.ports.EntityTable` that behaves like Azure Table Storage.
 
 It keeps the same entity dicts the real adapter would send, and rejects what the service rejects
 (forbidden key characters, over-long keys, oversized properties and entities, batches over 100 or
@@ -23,8 +23,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from proactive.errors import ConcurrencyConflict, RecordNotFound, StorageError
-from proactive.paging import decode_continuation, encode_continuation
-from proactive.ports import ETAG_FIELD, Entity, Page, Where
+from proactive.storage.paging import decode_continuation, encode_continuation
+from proactive.storage.ports import ETAG_FIELD, Entity, Page, Where
 
 _FORBIDDEN_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _MAX_KEY_BYTES = 1024

@@ -1,4 +1,4 @@
-"""Azure Storage queues (and Azurite) behind :class:`~proactive.sender_ports.WorkQueue`.
+"""Azure Storage queues (and Azurite) behind :class:`~proactive.delivery.ports.WorkQueue`.
 
 :class:`AzureQueues` owns one ``QueueServiceClient`` per worker process (built by the composition root,
 closed at shutdown). A queue is created on first use, never in a constructor. Messages are the compact JSON
@@ -20,8 +20,8 @@ from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
 from proactive import json_input
 from proactive.adapters.storage_identity import storage_credential
+from proactive.delivery.ports import QueueMessage
 from proactive.errors import StorageError
-from proactive.sender_ports import QueueMessage
 from proactive.settings import StorageAccount
 
 __all__ = ["MAX_DELAY_SECONDS", "AzureQueues", "AzureWorkQueue", "whole_seconds"]

@@ -1,4 +1,4 @@
-"""Azure Table Storage (and Azurite) behind :class:`~proactive.ports.EntityTable`.
+"""Azure Table Storage (and Azurite) behind :class:`~proactive.storage.ports.EntityTable`.
 
 :class:`AzureTables` owns one ``TableServiceClient`` per worker process (built by the composition
 root, closed at shutdown). Tables are created on first use, never in a constructor. SDK errors are
@@ -25,9 +25,9 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from proactive.adapters.storage_identity import storage_credential
 from proactive.errors import ConcurrencyConflict, ProactiveError, RecordNotFound, StorageError
-from proactive.paging import decode_continuation, encode_continuation
-from proactive.ports import ETAG_FIELD, Entity, Page, Where
 from proactive.settings import StorageAccount
+from proactive.storage.paging import decode_continuation, encode_continuation
+from proactive.storage.ports import ETAG_FIELD, Entity, Page, Where
 
 # SDK error -> product error, most specific first. TableTransactionError is checked by status code.
 ERROR_MAP: tuple[tuple[type[AzureError], type[ProactiveError]], ...] = (

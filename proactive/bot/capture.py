@@ -1,7 +1,7 @@
 """Which conversation references an activity creates, refreshes or retires, and applying that to the store.
 
 :func:`plan_capture` is pure: activity in, steps out. :class:`ReferenceCapture` applies the steps to a
-:class:`~proactive.ports.ReferenceStore`, whose ``update`` changes a row atomically.
+:class:`~proactive.storage.ports.ReferenceStore`, whose ``update`` changes a row atomically.
 The rules (``reference/teams-platform-facts.md`` section 4):
 
 ======================================================  ==========================================================
@@ -49,7 +49,7 @@ from pydantic import ValidationError
 from proactive.bot.activity import ActivityType, ConversationType, InboundActivity
 from proactive.errors import InvalidInput
 from proactive.models import ConversationReference, RecipientKind, StoredReference, recipient_key
-from proactive.ports import ReferenceStore
+from proactive.storage.ports import ReferenceStore
 
 __all__ = [
     "CONFIRM_INTERVAL",

@@ -19,13 +19,13 @@ a caller without a valid token costs no parsing and learns nothing about what a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from proactive import json_input
 from proactive.bot.activity import parse_activity
 from proactive.bot.handler import ActivityHandler
+from proactive.bot.ports import Authenticator
 from proactive.errors import AuthenticationError, InvalidInput, StorageError
 
 __all__ = ["MAX_BODY_BYTES", "Authenticator", "BotEndpoint", "EndpointAnswer"]
@@ -33,14 +33,6 @@ __all__ = ["MAX_BODY_BYTES", "Authenticator", "BotEndpoint", "EndpointAnswer"]
 logger = logging.getLogger(__name__)
 
 _KEYS_UNAVAILABLE = "keys_unavailable"  # AuthFailure.KEYS_UNAVAILABLE: our side's fault, not the caller's
-
-
-class Authenticator(Protocol):
-    """Validates the channel's token: from the header alone, then against the activity (``BotAuthenticator``)."""
-
-    async def verify(self, authorization_header: str | None) -> Any: ...
-
-    def bind(self, verified: Any, activity: Mapping[str, Any]) -> object: ...
 
 
 @dataclass(frozen=True)

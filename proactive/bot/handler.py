@@ -31,30 +31,20 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from proactive.bot import texts
 from proactive.bot.activity import ActivityType, ConversationType, InboundActivity
 from proactive.bot.capture import CaptureResult, ReferenceCapture, plan_capture
 from proactive.bot.commands import apply_command, parse_command
-from proactive.bot.welcome import WelcomeQueue
+from proactive.bot.ports import ReplyBuilder, ReplySender, WelcomeQueue
 from proactive.errors import DeliveryError, InvalidInput, OutboundHostRefused
 from proactive.models import RecipientKind, recipient_key
-from proactive.ports import PreferenceStore, ReferenceStore
-
-ReplyBuilder = Callable[[Mapping[str, Any], str], dict[str, Any]]
+from proactive.storage.ports import PreferenceStore, ReferenceStore
 
 __all__ = ["ActivityHandler", "HandlerOutcome", "ReplySender"]
 
 logger = logging.getLogger(__name__)
-
-
-class ReplySender(Protocol):
-    """Sends one activity into a conversation (``BotConnectorClient`` fits)."""
-
-    async def send_activity(
-        self, service_url: str, conversation_id: str, activity: Mapping[str, Any]
-    ) -> str | None: ...
 
 
 @dataclass(frozen=True)

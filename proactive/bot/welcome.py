@@ -5,7 +5,7 @@ app out, Graph's proactive installation) hundreds of them went out at once, past
 Teams answered 429 and they were dropped, while they spent the budget of a broadcast running beside them.
 
 Now the install only **stores** the welcome, and the same path as a re-drive sends it
-(:mod:`proactive.redrive`):
+(:mod:`proactive.delivery.redrive`):
 
 1. the tenant's welcome notification, id :func:`welcome_notification_id` (``welcome-{tenantId}``), holds
    the text (:func:`proactive.bot.texts.welcome`) as a stored broadcast request with status ``running``
@@ -15,7 +15,7 @@ Now the install only **stores** the welcome, and the same path as a re-drive sen
 2. one ledger row per user (``user:{aadObjectId}``), ``pending`` with ``notBefore`` = now. The ``notBefore``
    makes the row the queue's: if its message is lost, reconciliation finds the row past the deadline
    and queues it again;
-3. a :class:`~proactive.sender_ports.RetryRequest` (``reason`` ``welcome``, ``attempt`` 0) on
+3. a :class:`~proactive.delivery.ports.RetryRequest` (``reason`` ``welcome``, ``attempt`` 0) on
    ``deliveries-retry``; its trigger starts (or wakes) the paced run of that notification and tenant, and
    many installs of one tenant collapse into one run, paced by the tenant's limiter, 429s reported and
    re-driven like any send.
@@ -34,17 +34,18 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final
 
 from pydantic import ValidationError
 
 from proactive.bot import texts
-from proactive.broadcast_request import BroadcastRequest
+from proactive.bot.ports import WelcomeQueue
+from proactive.broadcast.request import BroadcastRequest
+from proactive.delivery.ports import RetryRequest, WorkQueue
 from proactive.errors import ConcurrencyConflict
 from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus, RecipientKind
 from proactive.models import recipient_key as make_key
-from proactive.ports import DeliveryLedger, NotificationStore
-from proactive.sender_ports import RetryRequest, WorkQueue
+from proactive.storage.ports import DeliveryLedger, NotificationStore
 
 __all__ = ["WELCOME_PREFIX", "WELCOME_REASON", "WelcomeQueue", "Welcomes", "welcome_notification_id"]
 
@@ -62,14 +63,6 @@ def welcome_notification_id(tenant_id: str) -> str:
     if _PLAIN_TENANT.match(tenant_id):
         return WELCOME_PREFIX + tenant_id
     return WELCOME_PREFIX + hashlib.sha256(tenant_id.encode()).hexdigest()[:32]
-
-
-class WelcomeQueue(Protocol):
-    """What the activity handler needs: queue one user's welcome (:class:`Welcomes` implements it)."""
-
-    async def welcome(self, tenant_id: str, aad_object_id: str, bot_name: str | None) -> bool:
-        """Store the welcome and hand it to the paced path; ``False`` when it cannot be stored."""
-        ...
 
 
 class Welcomes:

@@ -1,6 +1,6 @@
 """``/api/broadcasts``: start, follow, cancel, update and recall broadcasts (function key; wiring only).
 
-Every route calls one :class:`~proactive.broadcasts.BroadcastService` method and maps its answer; a bad
+Every route calls one :class:`~proactive.broadcast.service.BroadcastService` method and maps its answer; a bad
 request comes back as the contract's ``{"error": {"code", "message", "details"}}`` with its status.
 
 Starting work (``POST``, ``PATCH``, ``DELETE .../messages``) answers ``202`` with a body of our own,
@@ -13,49 +13,19 @@ can terminate and purge any instance and signal the limiter entities.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import azure.durable_functions as df
 import azure.functions as func
 
-from proactive.broadcasts import Accepted, BroadcastService, OrchestrationState, status_finished
+from proactive.adapters.durable_client import DurableOrchestrations
+from proactive.broadcast.service import Accepted, BroadcastService
+from proactive.broadcast.status import status_finished
 from proactive.composition import services
 from proactive.errors import InvalidInput, StorageError
-from proactive.functions.http import json_response, storage_unavailable
+from proactive.functions.http import CONTINUATION_HEADER, json_response, storage_unavailable
 
 bp = df.Blueprint()
-
-CONTINUATION_HEADER = "X-Continuation-Token"
-
-
-class DurableOrchestrations:
-    """The :class:`~proactive.broadcasts.Orchestrations` port over the Durable client binding."""
-
-    def __init__(self, client: df.DurableOrchestrationClient) -> None:
-        self._client = client
-
-    async def start(self, name: str, instance_id: str, payload: dict[str, Any]) -> None:
-        await self._client.start_new(name, instance_id, payload)
-
-    async def state(self, instance_id: str) -> OrchestrationState | None:
-        status = await self._client.get_status(instance_id)
-        if not status or status.runtime_status is None:
-            return None
-        return OrchestrationState(
-            runtime_status=status.runtime_status.value,
-            custom_status=status.custom_status,
-            output=status.output,
-            created_time=status.created_time,
-            last_updated_time=status.last_updated_time,
-        )
-
-    async def raise_event(self, instance_id: str, name: str, data: Any) -> bool:
-        try:
-            await self._client.raise_event(instance_id, name, data)
-        except Exception:  # the SDK raises a bare Exception for 404 (no instance) and 410 (finished)
-            return False
-        return True
 
 
 def _service(client: df.DurableOrchestrationClient) -> BroadcastService:

@@ -4,7 +4,7 @@
 ``continuation``; JSON, or CSV with ``?format=csv`` / ``Accept: text/csv``, the next page's token then in
 ``X-Continuation-Token``) and ``POST /api/deadletters/{id}/redrive`` (``202`` once the work is back on its
 paced path). Bad input answers the contract's ``{"error": {"code", "message", "details"}}`` naming the
-field; the service is :class:`~proactive.dead_letters.DeadLetterService`.
+field; the service is :class:`~proactive.delivery.dead_letters.DeadLetterService`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ import azure.functions as func
 
 from proactive.composition import services
 from proactive.errors import InvalidInput, StorageError
-from proactive.functions.http import json_response, storage_unavailable
+from proactive.functions.http import CONTINUATION_HEADER, json_response, storage_unavailable
 
 bp = df.Blueprint()
-
-CONTINUATION_HEADER = "X-Continuation-Token"
 
 
 @bp.function_name("deadletters_list")

@@ -1,7 +1,7 @@
 """Durable triggers of broadcasts: orchestrators, activities and the tenant limiter entity (wiring only).
 
 Names come from :mod:`proactive.function_names`; the orchestrator bodies live in
-:mod:`proactive.orchestration`, the activity work in :class:`proactive.broadcasts.BroadcastSteps`, the
+:mod:`proactive.orchestration`, the activity work in :class:`proactive.broadcast.service.BroadcastSteps`, the
 limiter in :func:`proactive.limiter.apply`.
 """
 

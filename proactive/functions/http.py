@@ -31,3 +31,7 @@ def storage_unavailable(error: Exception) -> func.HttpResponse:
     logger.warning("Storage failed while answering a request: %s: %s", type(error).__name__, error)
     body = {"error": {"code": "storage_unavailable", "message": "storage is unavailable; retry later"}}
     return json_response(body, status=503, headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)})
+
+
+# A paged CSV answer carries the next page's token in this header (the CSV body has no room for it).
+CONTINUATION_HEADER = "X-Continuation-Token"

@@ -1,7 +1,7 @@
 """Reports (function key; wiring only): ``GET /api/broadcasts/{id}/report`` (JSON or CSV) and
 ``GET /api/tenants/{tenantId}/audience?kind=inactive|optedOut`` (paged, JSON or CSV).
 
-The services are :class:`~proactive.reports.BroadcastReports` and :class:`~proactive.reports.TenantAudienceReport`.
+The services are :class:`~proactive.broadcast.reports.BroadcastReports` and :class:`~proactive.broadcast.reports.TenantAudienceReport`.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import azure.durable_functions as df
 import azure.functions as func
 
+from proactive.adapters.durable_client import DurableOrchestrations
+from proactive.broadcast.reports import BroadcastReports, TenantAudienceReport, report_csv
 from proactive.composition import services
 from proactive.errors import InvalidInput, StorageError
-from proactive.functions.broadcasts import CONTINUATION_HEADER, DurableOrchestrations
-from proactive.functions.http import json_response, storage_unavailable
-from proactive.reports import BroadcastReports, TenantAudienceReport, report_csv
+from proactive.functions.http import CONTINUATION_HEADER, json_response, storage_unavailable
 
 bp = df.Blueprint()
 

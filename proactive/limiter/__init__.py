@@ -11,6 +11,8 @@ Every operation is ``(state, operation, input) -> (state, decision)``: no I/O, n
   (holds, settling under a real ceiling, noise, the breaker);
 - :mod:`~proactive.limiter.config` and :mod:`~proactive.limiter.state`: settings and the stored state;
 - :mod:`~proactive.limiter.entity`: :func:`apply`, the entity's body, which never raises.
+
+May import: proactive.limiter and proactive.models only.
 """
 
 from proactive.limiter.admission import acquire

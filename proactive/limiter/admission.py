@@ -2,7 +2,7 @@
 
 Teams counts a tenant's requests in sliding windows: at most ``L = floor(rate * W)`` in any ``W``
 (``windowSeconds``). A grant is a run of slots ``pace = (W + marginSeconds) / L`` apart; the sender
-(:mod:`proactive.pacing`) starts each request at most ``slackSeconds`` after its slot (``slack < margin``),
+(:mod:`proactive.delivery.pacing`) starts each request at most ``slackSeconds`` after its slot (``slack < margin``),
 so any window holds at most ``L``. Grants are chained like a virtual clock (GCRA): a grant starts one pace
 after the previous booking's ``sendBy``, so consecutive batches tile the time line. While a batch is out
 its booking runs to ``sendBy = planned + (n - 1) * pace + startLag``, where ``planned = max(start, now +

@@ -206,7 +206,7 @@ class Grant(WireModel):
     """Decision of ``acquire``: from ``not_before``, send up to ``tokens`` requests, one per slot.
 
     Slot ``i`` is at ``origin + i * pace_seconds`` with ``origin = max(not_before, first request)``; a request
-    starts within ``slack_seconds`` after its slot and no slot lies after ``send_by`` (:mod:`proactive.pacing`).
+    starts within ``slack_seconds`` after its slot and no slot lies after ``send_by`` (:mod:`proactive.delivery.pacing`).
     The wire form adds ``notBeforeIso`` and ``sendByIso`` (read back, they are ignored: they are derived).
 
     Attributes:

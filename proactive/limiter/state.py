@@ -123,7 +123,7 @@ class Booking(WireModel):
     """One grant on the time line: ``urgent + normal`` requests, one per slot, paced from ``start``.
 
     The sender starts request ``i`` no earlier than its slot (``origin + i * pace``, ``origin >= start``)
-    and at most ``slackSeconds`` after it, never after ``send_by`` (see :mod:`proactive.pacing`). So the
+    and at most ``slackSeconds`` after it, never after ``send_by`` (see :mod:`proactive.delivery.pacing`). So the
     booking's requests lie in ``[start, send_by + slack]``, at least ``pace`` apart. Stored as a compact row
     ``[start, sendBy, pace, urgent, normal, lane, requester, grantedAt, open]`` (up to 64 per tenant).
 

@@ -3,7 +3,7 @@
 Teams counts request starts per bot and thread in sliding windows: 7 per 1 s, 8 per 2 s, 60 per 30 s,
 1,800 per hour. A tenant's limiter never sees them; they bite when one channel or group chat receives many
 messages (an alert storm posting each alert to the incident channel: 60 per 30 s is 2 per second). A
-:class:`ThreadLog` (kept per thread in storage, see :class:`proactive.stores.TableThreadWindows`) holds the
+:class:`ThreadLog` (kept per thread in storage, see :class:`proactive.storage.stores.TableThreadWindows`) holds the
 recent starts; :func:`next_start` says when one more start keeps every window within its bound, and
 :func:`with_start` records one.
 

@@ -17,7 +17,7 @@ from proactive import function_names as fn
 from proactive.limiter import Acquire
 from proactive.orchestration.clock import Orchestration, now
 
-MAX_WANT = 32  # the most installs one worker runs at once (proactive.graph_pacing.MAX_WANT)
+MAX_WANT = 32  # the most installs one worker runs at once (proactive.install.graph_pacing.MAX_WANT)
 
 
 def graph_admission(context: Any) -> Orchestration:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from proactive.broadcast_request import Urgency
+from proactive.delivery.contract import Pacing, SendBatchInput, SendBatchResult
 from proactive.limiter import Acquire, Grant, Report
+from proactive.models import Urgency
 from proactive.orchestration import policies
 from proactive.orchestration.runs import BatchTotals, TenantOutcome, TenantRun, TenantSummary
-from proactive.sender import Pacing, SendBatchInput, SendBatchResult
 
 
 def lane_instance_id(tenant_instance_id: str, lane: int) -> str:
@@ -126,7 +126,12 @@ class LaneProgress:
     def acquire(self, at: datetime, requester: str) -> Acquire:
         """The limiter request: a batch's worth, or fewer when fewer rows are known to be left."""
         want = self.run.batch_size if not self.remaining else min(self.run.batch_size, self.remaining)
-        return Acquire(now=at.timestamp(), want=max(1, want), priority=self.run.urgency, requester=requester)
+        return Acquire(
+            now=at.timestamp(),
+            want=max(1, want),
+            priority="urgent" if self.run.urgency is Urgency.URGENT else "normal",
+            requester=requester,
+        )
 
     @staticmethod
     def start_at(grant: Grant) -> datetime:
@@ -143,7 +148,7 @@ class LaneProgress:
             tenant_id=run.tenant_id,
             limit=grant.tokens,
             now=at,
-            urgency=Urgency(run.urgency),
+            urgency=run.urgency,
             operation=run.operation,
             part=run.part,
             parts=run.parts,

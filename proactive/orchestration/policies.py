@@ -19,7 +19,7 @@ SEND_BATCH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, m
 # Bookkeeping (status, counts, cancel marks).
 BOOKKEEPING_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2_000, max_number_of_attempts=5)
 
-# Re-drives (proactive.redrive). A row handed to deliveries-retry more often than this is dead-lettered: the
+# Re-drives (proactive.delivery.redrive). A row handed to deliveries-retry more often than this is dead-lettered: the
 # bound that host.json ``maxDequeueCount`` (5) set when the trigger sent itself and raised on failure, kept
 # the same now that the paced run sends and each failure is a new hand-off (RetryRequest.attempt).
 MAX_REDRIVES = 5

@@ -10,17 +10,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from proactive.models import NotificationStatus, WireModel
-from proactive.sender import SendBatchResult
+from proactive.delivery.contract import SendBatchResult
+from proactive.models import NotificationStatus, Operation, Urgency, WireModel
 
-Operation = Literal["send", "update", "delete"]
-Urgency = Literal["normal", "urgent"]
 Phase = Literal["schedule", "materialise", "send"]
 TenantOutcome = Literal["completed", "cancelled", "failed"]
 
 
 class BatchTotals(WireModel):
-    """The counters of :class:`~proactive.sender.SendBatchResult` that add up across a tenant's batches."""
+    """The counters of :class:`~proactive.delivery.batch.SendBatchResult` that add up across a tenant's batches."""
 
     attempted: int = 0
     sent: int = 0
@@ -79,7 +77,7 @@ class BroadcastRun(WireModel):
 
     notification_id: str = Field(min_length=1)
     operation: Operation = "send"
-    urgency: Urgency = "normal"
+    urgency: Urgency = Urgency.NORMAL
     tenants: tuple[str, ...] = ()
     send_at: str | None = None
     batch_size: int = Field(default=50, ge=1)
@@ -108,13 +106,13 @@ class TenantRun(WireModel):
         remaining: the last batch's ``remaining`` (``None`` before one).
         part: the lane's part of the tenant's rows (of ``parts``; see ``SendBatchInput.part``).
         parts: how many parts the tenant's rows are split into (1: every row).
-        redrive: a re-drive run (started by the ``deliveries-retry`` trigger, :mod:`proactive.redrive`): when
+        redrive: a re-drive run (started by the ``deliveries-retry`` trigger, :mod:`proactive.delivery.redrive`): when
             nothing is left it first looks for a wake that came during its last batch, and goes on if one did.
     """
 
     notification_id: str = Field(min_length=1)
     tenant_id: str = Field(min_length=1)
-    urgency: Urgency = "normal"
+    urgency: Urgency = Urgency.NORMAL
     operation: Operation = "send"
     batch_size: int = Field(default=50, ge=1)
     batches_per_execution: int = Field(default=20, ge=1)

@@ -14,7 +14,7 @@ processes actions in order; Azure/azure-functions-durable-python issue 603). The
 a call: the lane does not need its answer, and it is never yielded.
 
 A lane sleeps while its remaining rows wait for a quiet-hours window; the ``wake`` event ends that sleep
-early (a row of the tenant became due meanwhile: :mod:`proactive.redrive`). The same ``tenant_lane`` also
+early (a row of the tenant became due meanwhile: :mod:`proactive.delivery.redrive`). The same ``tenant_lane`` also
 runs on its own, started by the ``deliveries-retry`` trigger under :func:`redrive_instance_id`: a re-drive
 run over every due row of one notification and tenant (hand-offs, reconciled rows, welcomes), paced by the
 same limiter entity as the broadcast's lanes.
@@ -32,18 +32,18 @@ import azure.durable_functions as df
 from pydantic import ValidationError
 
 from proactive import function_names as fn
+from proactive.delivery.contract import SendBatchResult
 from proactive.limiter import AcquireDecision
 from proactive.orchestration import policies
 from proactive.orchestration.clock import Orchestration, WaitEnd, now, wait_until
 from proactive.orchestration.lanes import LaneProgress, TenantLanes, lane_instance_id
 from proactive.orchestration.runs import CancelledRows, TenantRows, TenantRun, TenantSummary
-from proactive.sender import SendBatchResult
 
 __all__ = ["lane_instance_id", "redrive_instance_id", "tenant_broadcast", "tenant_lane"]
 
 
 def redrive_instance_id(notification_id: str, tenant_id: str) -> str:
-    """The ``tenant_lane`` instance that re-drives rows of one notification and tenant (:mod:`proactive.redrive`).
+    """The ``tenant_lane`` instance that re-drives rows of one notification and tenant (:mod:`proactive.delivery.redrive`).
 
     Deterministic, so every retry message of the tenant finds the same instance: while it runs they wake it
     instead of starting another, and many messages collapse into one paced run.

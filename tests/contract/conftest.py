@@ -8,7 +8,7 @@ import pytest
 
 from proactive.adapters.memory_tables import MemoryEntityTable
 from proactive.adapters.table_storage import AzureTables
-from proactive.ports import EntityTable
+from proactive.storage.ports import EntityTable
 
 TableFactory = Callable[[], EntityTable]
 

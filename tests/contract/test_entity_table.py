@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from proactive.errors import ConcurrencyConflict, RecordNotFound, StorageError
-from proactive.keys import encode_key
-from proactive.ports import ETAG_FIELD
+from proactive.storage.keys import encode_key
+from proactive.storage.ports import ETAG_FIELD
 from tests.contract.conftest import TableFactory
 
 

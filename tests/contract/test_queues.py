@@ -9,8 +9,8 @@ import pytest
 
 from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.storage_queues import AzureQueues
+from proactive.delivery.ports import WorkQueue
 from proactive.errors import StorageError
-from proactive.sender_ports import WorkQueue
 
 QueueFactory = Callable[[], WorkQueue]
 

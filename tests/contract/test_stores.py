@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from proactive.delivery.ledger import claim, claim_listed
 from proactive.errors import ConcurrencyConflict
-from proactive.ledger import claim, claim_listed
 from proactive.models import (
     ConversationReference,
     DeadLetter,
@@ -22,7 +22,7 @@ from proactive.models import (
     RecipientKind,
     StoredReference,
 )
-from proactive.stores import (
+from proactive.storage.stores import (
     TableDeadLetterStore,
     TableDeliveryLedger,
     TableNotificationStore,

@@ -24,7 +24,7 @@ from devhost.demo.run import parse_args, run_demo
 from devhost.latency import LatencyProfile
 from devhost.run import DEV_FUNCTION_KEY
 from devhost.stack import Stack, start_stack
-from proactive.broadcasts import CSV_COLUMNS
+from proactive.broadcast.export import CSV_COLUMNS
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 

@@ -4,7 +4,6 @@ small scripted server, the report, the chart. The whole demo against the real st
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from devhost.demo.progress import TenantProgress, plain_line
 from devhost.demo.report import PNG_SIGNATURE, delivery_report, parse_csv, rate_series, write_chart
 from devhost.demo.run import _quiet_until
 from devhost.emulators.graph_model import GraphEmulatorConfig
+from devhost.emulators.serving import start_on_loopback
 from devhost.run import DEV_FUNCTION_KEY, function_key, next_steps
 from devhost.seed import SEED_TENANT, uninstalled_users
 from devhost.stack import DEV_TEAMS_APP_ID, catalog_entry, with_directory_users
@@ -139,12 +139,8 @@ async def scripted_api() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     app.router.add_post("/api/broadcasts", start)
     app.router.add_get("/api/broadcasts/b1", status)
     app.router.add_patch("/api/broadcasts/b1", broken)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", seen
+    runner, base_url = await start_on_loopback(app)
+    yield base_url.rstrip("/"), seen
     await runner.cleanup()
 
 

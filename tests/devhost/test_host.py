@@ -15,8 +15,8 @@ from devhost.azurite import free_port
 from devhost.durable import ManualClock
 from devhost.durable.azurite_store import AzuriteStore
 from devhost.durable.store import MemoryStore
-from devhost.durable.triggers import Ncrontab
 from devhost.host import DevHost, build_store, compile_route, parse_args
+from devhost.host.triggers import Ncrontab
 from devhost.settings import HostSettings
 from tests.devhost.apps import sample
 from tests.devhost.conftest import StoreFactory
@@ -187,7 +187,7 @@ async def test_queue_message_failing_max_dequeue_count_lands_in_poison(
     from azure.storage.queue import TextBase64EncodePolicy
     from azure.storage.queue.aio import QueueClient
 
-    from devhost.durable.triggers import TriggerService
+    from devhost.host.triggers import TriggerService
 
     settings = HostSettings(
         {"AzureWebJobsStorage": storage_connection_string, "DEVHOST_FUNCTION_KEY": KEY},

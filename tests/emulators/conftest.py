@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
 
-
-class FakeClock:
-    """A monotonic clock the test moves by hand, so rate windows are checked exactly without sleeping."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from devhost.emulators.serving import start_on_loopback
+from tests.support.clocks import FakeClock
 
 
 @pytest.fixture
@@ -40,14 +29,9 @@ async def serve_app() -> AsyncIterator[ServeApp]:
     runners: list[web.AppRunner] = []
 
     async def serve(app: web.Application) -> str:
-        runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await runner.setup()
+        runner, base_url = await start_on_loopback(app, shutdown_timeout=1.0)
         runners.append(runner)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(runner, sock)
-        await site.start()
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        return base_url
 
     yield serve
     for runner in reversed(runners):

@@ -38,6 +38,8 @@ from devhost.emulators.graph_model import (
     UserConfig,
 )
 from devhost.emulators.graph_service import GraphService
+from devhost.emulators.serving import start_on_loopback
+from tests.support.clocks import FakeClock
 
 # kiota-abstractions 1.16 warns at import time (DeprecationWarning from its own module), and pytest
 # runs with filterwarnings = error; the product's Graph adapter module meets the same warning.
@@ -76,19 +78,6 @@ MANIFEST_ID = "11111111-2222-3333-4444-555555555555"
 BOT_ID = "b0b0b0b0-0000-0000-0000-000000000001"
 CATALOG_ID_A = "catalog-app-a"
 CATALOG_ID_B = "catalog-app-b"
-
-
-class FakeClock:
-    """Monotonic seconds that move only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _users(prefix: str, count: int) -> list[UserConfig]:
@@ -188,15 +177,12 @@ class Emulator:
 
 @asynccontextmanager
 async def running(config: GraphEmulatorConfig) -> AsyncIterator[Emulator]:
-    clock = FakeClock()
+    clock = FakeClock(5000.0)
     app = build_app(config, clock=clock)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, base_url = await start_on_loopback(app)
     try:
         async with aiohttp.ClientSession() as session:
-            yield Emulator(f"http://127.0.0.1:{port}", app[SERVICE_KEY], session, clock)
+            yield Emulator(base_url.rstrip("/"), app[SERVICE_KEY], session, clock)
     finally:
         await runner.cleanup()
 
@@ -708,12 +694,9 @@ async def receiver(status: int = 200) -> AsyncIterator[tuple[str, asyncio.Queue[
 
     app = web.Application()
     app.router.add_post("/api/messages", messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, base_url = await start_on_loopback(app)
     try:
-        yield f"http://127.0.0.1:{port}/api/messages", received
+        yield f"{base_url}api/messages", received
     finally:
         await runner.cleanup()
 
@@ -941,7 +924,7 @@ async def test_command_line_prints_base_url_and_serves(tmp_path: Path) -> None:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
         async with aiohttp.ClientSession() as session:
-            emulator = Emulator(line.strip().rstrip("/"), None, session, FakeClock())  # type: ignore[arg-type]
+            emulator = Emulator(line.strip().rstrip("/"), None, session, FakeClock(5000.0))  # type: ignore[arg-type]
             token = await emulator.token("tenant-a")
             status, _, body = await emulator.call("GET", "/users?$top=2", token)
     finally:

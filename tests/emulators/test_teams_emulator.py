@@ -21,7 +21,8 @@ from aiohttp import web
 
 from devhost.emulators.teams import build_app, emulator_key, load_config
 from devhost.emulators.teams_state import TeamsEmulatorConfig, teams_user_id
-from tests.emulators.conftest import FakeClock, ServeApp
+from tests.emulators.conftest import ServeApp
+from tests.support.clocks import FakeClock
 
 TENANT = "11111111-1111-1111-1111-111111111111"
 OTHER_TENANT = "22222222-2222-2222-2222-222222222222"

@@ -12,7 +12,8 @@ import aiohttp
 
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_state import TeamsEmulatorConfig
-from tests.emulators.conftest import FakeClock, ServeApp
+from tests.emulators.conftest import ServeApp
+from tests.support.clocks import FakeClock
 
 TENANT = "11111111-2222-4333-8444-555555555555"
 OTHER = "99999999-2222-4333-8444-555555555555"

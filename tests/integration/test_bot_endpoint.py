@@ -16,7 +16,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,14 +30,15 @@ import pytest
 from aiohttp import web
 
 from devhost.azurite import free_port
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
 from devhost.settings import HostSettings
 from proactive import composition
 from proactive.bot.welcome import welcome_notification_id
+from proactive.delivery.ports import RetryRequest
 from proactive.models import ConversationReference, DeliveryStatus, RecipientKind, StoredReference
-from proactive.sender_ports import RetryRequest
 from tests.support.jwt_keys import (
     LocalOpenIdServer,
     SigningKey,
@@ -147,13 +147,11 @@ async def start_bot(
     http = aiohttp.ClientSession()
 
     async def start(emulator: TeamsEmulatorConfig | None = None, **env: str) -> Bot:
-        runner = web.AppRunner(build_app(emulator or TeamsEmulatorConfig()), shutdown_timeout=1.0)
-        await runner.setup()
+        runner, base_url = await start_on_loopback(
+            build_app(emulator or TeamsEmulatorConfig()), shutdown_timeout=1.0
+        )
         runners.append(runner)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(runner, sock).start()
-        emulator_url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        emulator_url = base_url
         anonymous = "MicrosoftAppId" not in env
         environ = {
             "AzureWebJobsStorage": storage_connection_string,
@@ -237,7 +235,7 @@ async def test_install_events_arriving_together_queue_one_welcome_per_install(
     # Teams delivers installationUpdate add and conversationUpdate membersAdded for the same install at
     # the same instant. A generous tenant rate keeps the emulator's throttling from hiding a welcome.
     bot = await start_bot(TeamsEmulatorConfig(tenant_rate=10_000.0))
-    with caplog.at_level(logging.DEBUG, logger="proactive.stores"):
+    with caplog.at_level(logging.DEBUG, logger="proactive.storage.stores"):
         for index in range(RACE_ROUNDS):
             user, chat = f"00000000-0000-4000-8000-{index:012d}", f"a:race-{index}"
             for _install in ("first install", "re-install after an uninstall"):

@@ -9,9 +9,7 @@ import base64
 import csv
 import io
 import json
-import socket
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,23 +17,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from devhost.azurite import free_port
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
 from devhost.settings import HostSettings
 from proactive import composition
-from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
-    RecipientKind,
-    StoredReference,
-)
-from proactive.paging import encode_continuation
+from proactive.storage.paging import encode_continuation
 from tests.support.function_app import load_function_app
+from tests.support.ids import AadIds
+from tests.support.references import stored_reference
 
 pytestmark = pytest.mark.azurite
 
@@ -44,8 +37,7 @@ TENANT_A = "aaaaaaaa-1111-4111-8111-111111111111"
 TENANT_B = "bbbbbbbb-2222-4222-8222-222222222222"
 
 
-def aad(n: int) -> str:
-    return str(uuid.UUID(int=0x600000 + n))
+aad = AadIds(0x600000)
 
 
 @dataclass
@@ -84,15 +76,12 @@ class Api:
         references = composition.services().references
         for n in users:
             await references.upsert(
-                StoredReference(
-                    tenant_id=tenant,
-                    kind=RecipientKind.USER,
-                    recipient_id=aad(n),
-                    reference=ConversationReference(
-                        bot=ChannelAccount(id="28:bot"),
-                        conversation=ConversationAccount(id=f"a:conv-{n}", tenant_id=tenant),
-                        service_url=self.emulator,
-                    ),
+                stored_reference(
+                    tenant,
+                    aad(n),
+                    conversation_id=f"a:conv-{n}",
+                    service_url=self.emulator,
+                    bot_id="28:bot",
                     updated_at=datetime.now(UTC),
                 )
             )
@@ -100,12 +89,8 @@ class Api:
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[str]:
-    runner = web.AppRunner(build_app(TeamsEmulatorConfig()), shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    runner, base_url = await start_on_loopback(build_app(TeamsEmulatorConfig()), shutdown_timeout=0.5)
+    yield base_url
     await runner.cleanup()
 
 

@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,23 +36,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from devhost.azurite import die_with_parent, free_port
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app, emulator_key
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
-from proactive.broadcasts import ledger_counts
+from proactive.broadcast.status import ledger_counts
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     DeliveryStatus,
-    RecipientKind,
-    StoredReference,
 )
-from proactive.stores import TableDeliveryLedger, TableReferenceStore
+from proactive.storage.stores import TableDeliveryLedger, TableReferenceStore
+from tests.support.ids import AadIds
+from tests.support.references import stored_reference
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 
@@ -226,12 +222,11 @@ def conversation(tenant: int, n: int) -> str:
     return f"a:crash-{tenant}-{n}"
 
 
-def aad(tenant: int, n: int) -> str:
-    return str(uuid.UUID(int=0x900000 + tenant * 1000 + n))
+aad = AadIds(0x900000)
 
 
 def conversation_of(recipient_key: str) -> str:
-    offset = uuid.UUID(recipient_key.partition(":")[2]).int - 0x900000
+    offset = aad.offset(recipient_key.partition(":")[2])
     return conversation(offset // 1000, offset % 1000)
 
 
@@ -262,12 +257,8 @@ def emulator_config() -> TeamsEmulatorConfig:
 @pytest.fixture
 async def drill(storage_connection_string: str, unique_name: str, tmp_path: Path) -> AsyncIterator[Drill]:
     emulator_app = build_app(emulator_config())
-    runner = web.AppRunner(emulator_app, shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    emulator_url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    runner, base_url = await start_on_loopback(emulator_app, shutdown_timeout=0.5)
+    emulator_url = base_url
     tables = {
         t: f"{unique_name}{t}"
         for t in ("references", "preferences", "notifications", "deliveries", "deadletters")
@@ -337,16 +328,13 @@ async def seed(drill: Drill) -> None:
     async def user(t: int, n: int) -> None:
         async with gate:
             await drill.references.upsert(
-                StoredReference(
-                    tenant_id=TENANTS[t],
-                    kind=RecipientKind.USER,
-                    recipient_id=aad(t, n),
-                    reference=ConversationReference(
-                        bot=ChannelAccount(id="28:crash-bot"),
-                        user=ChannelAccount(id=f"29:crash-{t}-{n}", aad_object_id=aad(t, n)),
-                        conversation=ConversationAccount(id=conversation(t, n), tenant_id=TENANTS[t]),
-                        service_url=drill.emulator_url,
-                    ),
+                stored_reference(
+                    TENANTS[t],
+                    aad(t, n),
+                    conversation_id=conversation(t, n),
+                    service_url=drill.emulator_url,
+                    bot_id="28:crash-bot",
+                    user_id=f"29:crash-{t}-{n}",
                     updated_at=now,
                 )
             )

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,31 +35,30 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from devhost.azurite import free_port
-from devhost.durable.triggers import TriggerService
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
+from devhost.host.triggers import TriggerService
 from devhost.settings import HostSettings
 from proactive import composition
+from proactive import function_names as fn
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
-from proactive.broadcasts import ledger_counts
-from proactive.functions import retries
+from proactive.broadcast.status import ledger_counts
+from proactive.delivery.batch import BatchSender
+from proactive.delivery.contract import RowOutcome
+from proactive.delivery.retry import RetryPolicy
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     Preferences,
     RecipientKind,
-    StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.retry import RetryPolicy
-from proactive.sender import BatchSender, RowOutcome
 from tests.support.function_app import load_function_app
+from tests.support.ids import AadIds
+from tests.support.references import stored_reference
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 
@@ -83,8 +80,7 @@ SLOW_ANSWER = 4.0  # the slow users' first answer comes this late (after Teams s
 NOTIFICATION = "incident-e2e-1050"
 
 
-def aad(tenant: int, n: int) -> str:
-    return str(uuid.UUID(int=0x800000 + tenant * 1000 + n))
+aad = AadIds(0x800000)
 
 
 def user_conversation(tenant: int, n: int) -> str:
@@ -176,12 +172,8 @@ def install_test_sender(monkeypatch: pytest.MonkeyPatch, outcomes: list[RowOutco
 async def run(
     monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
 ) -> AsyncIterator[Run]:
-    runner = web.AppRunner(build_app(emulator_config()), shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    emulator = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    runner, base_url = await start_on_loopback(build_app(emulator_config()), shutdown_timeout=0.5)
+    emulator = base_url
     environ = {
         "AzureWebJobsStorage": storage_connection_string,
         "BOT_AUTH": "anonymous",
@@ -226,16 +218,13 @@ async def seed(run: Run) -> dict[str, Any]:
     async def user(t: int, n: int) -> None:
         async with gate:
             await services.references.upsert(
-                StoredReference(
-                    tenant_id=TENANTS[t],
-                    kind=RecipientKind.USER,
-                    recipient_id=aad(t, n),
-                    reference=ConversationReference(
-                        bot=ChannelAccount(id="28:e2e-bot"),
-                        user=ChannelAccount(id=f"29:e2e-{t}-{n}", aad_object_id=aad(t, n)),
-                        conversation=ConversationAccount(id=user_conversation(t, n), tenant_id=TENANTS[t]),
-                        service_url=run.emulator,
-                    ),
+                stored_reference(
+                    TENANTS[t],
+                    aad(t, n),
+                    conversation_id=user_conversation(t, n),
+                    service_url=run.emulator,
+                    bot_id="28:e2e-bot",
+                    user_id=f"29:e2e-{t}-{n}",
                     updated_at=now,
                 )
             )
@@ -243,16 +232,14 @@ async def seed(run: Run) -> dict[str, Any]:
     async def channel(t: int, c: int) -> None:
         async with gate:
             await services.references.upsert(
-                StoredReference(
-                    tenant_id=TENANTS[t],
+                stored_reference(
+                    TENANTS[t],
+                    channel_id(t, c),
                     kind=RecipientKind.CHANNEL,
-                    recipient_id=channel_id(t, c),
+                    conversation_id=channel_id(t, c),
+                    service_url=run.emulator,
+                    bot_id="28:e2e-bot",
                     team_id=team_id(t),
-                    reference=ConversationReference(
-                        bot=ChannelAccount(id="28:e2e-bot"),
-                        conversation=ConversationAccount(id=channel_id(t, c), tenant_id=TENANTS[t]),
-                        service_url=run.emulator,
-                    ),
                     updated_at=now,
                 )
             )
@@ -337,7 +324,7 @@ async def test_a_1050_recipient_3_tenant_broadcast_under_faults_delivers_once_an
     settled = time.monotonic()
     # The reconcile timer as the host would run it: nothing is stuck, so it changes nothing.
     async with run.http.post(
-        f"{run.host.origin}/admin/functions/{retries.RECONCILE}", headers={"x-functions-key": KEY}, json={}
+        f"{run.host.origin}/admin/functions/{fn.RECONCILE}", headers={"x-functions-key": KEY}, json={}
     ) as fired:
         assert fired.status == 202
     await run.host.runtime.idle()
@@ -397,5 +384,5 @@ def _conversation_of(recipient_key: str) -> str:
     kind, _, rest = recipient_key.partition(":")
     if kind == RecipientKind.CHANNEL.value:
         return rest
-    object_id = uuid.UUID(rest).int - 0x800000
+    object_id = aad.offset(rest)
     return user_conversation(object_id // 1000, object_id % 1000)

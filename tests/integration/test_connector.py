@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_faults import ERRORS
 from devhost.emulators.teams_state import TeamsEmulatorConfig
@@ -57,7 +58,7 @@ from proactive.errors import (
 )
 from proactive.outbound import OutboundPolicy
 from proactive.settings import BotAuthKind, BotIdentity, Secret
-from tests.emulators.conftest import FakeClock
+from tests.support.clocks import FakeClock
 
 TENANT = "11111111-1111-1111-1111-111111111111"
 APP_ID = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -124,14 +125,9 @@ async def start_emulator(http: aiohttp.ClientSession) -> AsyncIterator[StartEmul
             return response
 
         app.middlewares.append(record)
-        runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await runner.setup()
+        runner, base_url = await start_on_loopback(app, shutdown_timeout=1.0)
         runners.append(runner)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(runner, sock).start()
-        port = sock.getsockname()[1]
-        return Emulator(f"http://127.0.0.1:{port}/", port, clock, http, seen)
+        return Emulator(base_url, runner.addresses[0][1], clock, http, seen)
 
     yield start
     for runner in reversed(runners):
@@ -532,15 +528,11 @@ async def test_redirects_are_not_followed(start_emulator: StartEmulator, http: a
         raise web.HTTPTemporaryRedirect(target.base + request.path.lstrip("/"))
 
     redirector.router.add_route("*", "/{tail:.*}", redirect)
-    runner = web.AppRunner(redirector)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
+    runner, base_url = await start_on_loopback(redirector)
     try:
-        connector = client(http, dev_hosts=(f"127.0.0.1:{sock.getsockname()[1]}",))
+        connector = client(http, dev_hosts=(base_url.removeprefix("http://").rstrip("/"),))
         with pytest.raises(PermanentDeliveryError) as raised:
-            await connector.send_activity(f"http://127.0.0.1:{sock.getsockname()[1]}/", PERSONAL, message())
+            await connector.send_activity(base_url, PERSONAL, message())
     finally:
         await runner.cleanup()
 
@@ -728,18 +720,14 @@ async def test_a_failed_refresh_is_shared_by_concurrent_callers_and_retried_by_t
 
     app = web.Application()
     app.router.add_post("/{tenant}/oauth2/v2.0/token", token)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
+    runner, base_url = await start_on_loopback(app)
     try:
         tokens = ClientSecretTokens(
             http,
             client_id=APP_ID,
             client_secret=SECRET,
             tenant_id=TENANT,
-            authority_host=f"http://127.0.0.1:{sock.getsockname()[1]}",
+            authority_host=base_url.rstrip("/"),
         )
         results = await asyncio.gather(*(tokens.token() for _ in range(5)), return_exceptions=True)
         again = await tokens.token()

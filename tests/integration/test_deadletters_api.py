@@ -13,21 +13,22 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proactive.broadcasts import ledger_counts
-from proactive.dead_letters import POISON_HANDLER_FAILED, public_id
+from proactive import function_names as fn
+from proactive.broadcast.status import ledger_counts
+from proactive.delivery import redelivery as retries
+from proactive.delivery.dead_letters import POISON_HANDLER_FAILED, public_id
+from proactive.delivery.ports import RetryRequest
 from proactive.errors import StorageError
-from proactive.functions import retries
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
-from proactive.sender_ports import RetryRequest
-from tests.support.invariants import assert_settled
-from tests.unit import test_retries_functions as redelivery
-from tests.unit.test_retries_functions import (
+from tests.integration import test_redelivery as redelivery
+from tests.integration.test_redelivery import (
     KEY,
     TENANT,
     World,
     _empty,
     user_key,
 )
+from tests.support.invariants import assert_settled
 
 pytestmark = pytest.mark.azurite
 
@@ -52,7 +53,7 @@ async def poison(world: World, nid: str, n: int) -> None:
     request = RetryRequest(
         notification_id=nid, tenant_id=TENANT, recipient_key=user_key(n), reason="ServiceUnavailable"
     )
-    await world.services.queues.queue(world.names["retry"] + retries.POISON_SUFFIX).put(request.to_json())
+    await world.services.queues.queue(world.names["retry"] + fn.POISON_SUFFIX).put(request.to_json())
 
 
 async def dead_lettered(world: World, nid: str, n: int) -> None:
@@ -222,10 +223,10 @@ async def test_a_message_failing_on_the_poison_queue_is_recorded_never_left_on_p
         return len(await world.dead_letters()) == 1
 
     await world.until(recorded)
-    poison_queue = world.names["retry"] + retries.POISON_SUFFIX
+    poison_queue = world.names["retry"] + fn.POISON_SUFFIX
     await world.until(lambda: _empty(world, poison_queue))
     await world.host.runtime.idle()
-    assert await _empty(world, poison_queue + retries.POISON_SUFFIX)
+    assert await _empty(world, poison_queue + fn.POISON_SUFFIX)
     assert world.host.runtime.stats.queue_poisoned == 0
     _, body, _ = await call(world, "GET", f"deadletters?reason={POISON_HANDLER_FAILED}")
     [item] = body["items"]

@@ -17,7 +17,6 @@ the blocked user is ``unreachable`` and was never installed; Graph's 429s were p
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -31,7 +30,6 @@ import pytest
 from aiohttp import web
 
 from devhost.azurite import free_port
-from devhost.durable.triggers import TriggerService
 from devhost.emulators import graph as graph_emulator
 from devhost.emulators import teams as teams_emulator
 from devhost.emulators.graph_model import (
@@ -43,21 +41,20 @@ from devhost.emulators.graph_model import (
     ThrottleConfig,
     UserConfig,
 )
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
+from devhost.host.triggers import TriggerService
 from devhost.settings import HostSettings
 from proactive import composition
-from proactive.broadcasts import ledger_counts
-from proactive.installs import INSTALL_FAILED
+from proactive.broadcast.status import ledger_counts
+from proactive.install.installs import INSTALL_FAILED
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     DeliveryStatus,
-    RecipientKind,
-    StoredReference,
 )
 from tests.support.function_app import load_function_app
+from tests.support.ids import AadIds
+from tests.support.references import stored_reference
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 
@@ -69,8 +66,7 @@ NID = "graph-bootstrap-1"
 REFERENCED, NEW, UNKNOWN, BLOCKED, THROTTLED = range(0, 5), range(5, 27), 27, 28, 29
 
 
-def aad(n: int) -> str:
-    return f"00000000-0000-4000-9000-{n:012d}"
+aad = AadIds(0x0000000000004000_9000_000000000000)
 
 
 @dataclass
@@ -94,12 +90,7 @@ class Run:
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    return runner, f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    return await start_on_loopback(app, shutdown_timeout=0.5)
 
 
 @dataclass
@@ -187,16 +178,13 @@ async def seed(run: Run) -> None:
     now = datetime.now(UTC)
     for n in (*REFERENCED, BLOCKED):
         await references.upsert(
-            StoredReference(
-                tenant_id=TENANT,
-                kind=RecipientKind.USER,
-                recipient_id=aad(n),
-                reference=ConversationReference(
-                    bot=ChannelAccount(id=f"28:{BOT}"),
-                    user=ChannelAccount(id=f"29:{n}", aad_object_id=aad(n)),
-                    conversation=ConversationAccount(id=f"a:known-{n}", tenant_id=TENANT),
-                    service_url=run.teams,
-                ),
+            stored_reference(
+                TENANT,
+                aad(n),
+                conversation_id=f"a:known-{n}",
+                service_url=run.teams,
+                bot_id=f"28:{BOT}",
+                user_id=f"29:{n}",
                 active=n != BLOCKED,
                 stale_reason="MessageWritesBlocked" if n == BLOCKED else None,
                 updated_at=now,
@@ -389,16 +377,13 @@ async def test_a_stale_reference_is_healed_by_a_reinstall_and_retried_once(
 
 async def seed_reference(run: Run, n: int) -> None:
     await composition.services().references.upsert(
-        StoredReference(
-            tenant_id=TENANT,
-            kind=RecipientKind.USER,
-            recipient_id=aad(n),
-            reference=ConversationReference(
-                bot=ChannelAccount(id=f"28:{BOT}"),
-                user=ChannelAccount(id=f"29:{n}", aad_object_id=aad(n)),
-                conversation=ConversationAccount(id=f"a:known-{n}", tenant_id=TENANT),
-                service_url=run.teams,
-            ),
+        stored_reference(
+            TENANT,
+            aad(n),
+            conversation_id=f"a:known-{n}",
+            service_url=run.teams,
+            bot_id=f"28:{BOT}",
+            user_id=f"29:{n}",
             updated_at=datetime.now(UTC),
         )
     )

@@ -5,9 +5,9 @@ Three layers, each through the real thing below it:
 * :class:`~proactive.adapters.graph.GraphClient`: every Graph answer the installer can see is mapped into
   the error tree (429 -> ``Throttled`` with the emulator's ``Retry-After``, 403 -> ``GraphAccessDenied``,
   404 -> ``DirectoryObjectNotFound``, 5xx -> ``ServiceBusy``, 409 -> "already installed");
-* :class:`~proactive.installer.Installer`: installs, finds the chat, stores a botbuilder-shaped reference,
+* :class:`~proactive.install.installer.Installer`: installs, finds the chat, stores a botbuilder-shaped reference,
   leaves users who blocked the bot alone;
-* :class:`~proactive.installs.InstallWorker`: a ``installs`` message from Azurite's queue to a stored
+* :class:`~proactive.install.installs.InstallWorker`: a ``installs`` message from Azurite's queue to a stored
   reference, a re-driven ledger row, a requeued 429, a dead letter. Its pacer here is a recording fake of
   the port; the Durable pacer runs in ``test_graph_bootstrap_e2e.py``.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +23,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from devhost.azurite import free_port
 from devhost.emulators.graph import SERVICE_KEY, build_app
@@ -39,12 +37,14 @@ from devhost.emulators.graph_model import (
     UserConfig,
 )
 from devhost.emulators.graph_service import GraphService
+from devhost.emulators.serving import start_on_loopback
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.graph import GraphClient, graph_tokens
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
-from proactive.audience import AudienceMaterialiser
-from proactive.broadcast_request import parse_broadcast_request
+from proactive.broadcast.audience import AudienceMaterialiser
+from proactive.broadcast.request import parse_broadcast_request
+from proactive.delivery.ports import InstallRequest, RetryRequest
 from proactive.errors import (
     BotMisconfigured,
     DirectoryObjectNotFound,
@@ -55,20 +55,17 @@ from proactive.errors import (
     Throttled,
     TransportFailure,
 )
-from proactive.installer import Installer, InstallStatus
-from proactive.installs import (
+from proactive.install.installer import Installer, InstallStatus
+from proactive.install.installs import (
     CONSENT_REQUIRED,
     INSTALL_FAILED,
     REINSTALLED,
-    Admission,
     InstallHandled,
     InstallRetryLater,
     InstallWorker,
 )
+from proactive.install.ports import Admission
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     DeliveryRecord,
     DeliveryStatus,
     ErrorInfo,
@@ -77,14 +74,14 @@ from proactive.models import (
     StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.sender_ports import InstallRequest, RetryRequest
 from proactive.settings import Settings
-from proactive.stores import (
+from proactive.storage.stores import (
     TableDeadLetterStore,
     TableDeliveryLedger,
     TableNotificationStore,
     TableReferenceStore,
 )
+from tests.support.references import stored_reference
 
 pytestmark = [pytest.mark.azurite]
 
@@ -241,12 +238,8 @@ class World:
 @pytest.fixture
 async def world(storage_connection_string: str, unique_name: str) -> AsyncIterator[World]:
     app = build_app(emulator_config(), clock=StoppedClock())
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    runner, base_url = await start_on_loopback(app, shutdown_timeout=0.5)
+    base = base_url.rstrip("/")
     settings = Settings.from_env(
         {
             "AzureWebJobsStorage": storage_connection_string,
@@ -409,15 +402,13 @@ async def test_install_stores_an_unconfirmed_botbuilder_shaped_reference(world: 
 async def test_an_app_installed_already_is_success_and_takes_the_tenants_service_url(world: World) -> None:
     other = "https://smba.trafficmanager.net/amer/"
     await world.references.upsert(
-        StoredReference(
-            tenant_id=TENANT,
-            kind=RecipientKind.USER,
-            recipient_id=user(20),
-            reference=ConversationReference(
-                bot=ChannelAccount(id=f"28:{BOT}"),
-                conversation=ConversationAccount(id="a:other"),
-                service_url=other,
-            ),
+        stored_reference(
+            TENANT,
+            user(20),
+            conversation_id="a:other",
+            service_url=other,
+            bot_id=f"28:{BOT}",
+            conversation_in_tenant=False,
             updated_at=datetime.now(UTC),
         )
     )
@@ -432,17 +423,15 @@ async def test_an_app_installed_already_is_success_and_takes_the_tenants_service
 @pytest.mark.parametrize("reason", ["MessageWritesBlocked", "ConversationBlockedByUser", "uninstalled"])
 async def test_a_user_who_closed_the_bot_is_never_reinstalled(world: World, reason: str) -> None:
     await world.references.upsert(
-        StoredReference(
-            tenant_id=TENANT,
-            kind=RecipientKind.USER,
-            recipient_id=user(5),
-            reference=ConversationReference(
-                bot=ChannelAccount(id=f"28:{BOT}"),
-                conversation=ConversationAccount(id="a:closed"),
-                service_url=TEAMS_URL,
-            ),
+        stored_reference(
+            TENANT,
+            user(5),
+            conversation_id="a:closed",
+            service_url=TEAMS_URL,
+            bot_id=f"28:{BOT}",
             active=False,
             stale_reason=reason,
+            conversation_in_tenant=False,
             updated_at=datetime.now(UTC),
         )
     )
@@ -458,17 +447,15 @@ async def test_the_setting_allows_reinstalling_after_an_uninstall_but_never_afte
 ) -> None:
     for n, reason in ((6, "uninstalled"), (7, "MessageWritesBlocked")):
         await world.references.upsert(
-            StoredReference(
-                tenant_id=TENANT,
-                kind=RecipientKind.USER,
-                recipient_id=user(n),
-                reference=ConversationReference(
-                    bot=ChannelAccount(id=f"28:{BOT}"),
-                    conversation=ConversationAccount(id=f"a:{n}"),
-                    service_url=TEAMS_URL,
-                ),
+            stored_reference(
+                TENANT,
+                user(n),
+                conversation_id=f"a:{n}",
+                service_url=TEAMS_URL,
+                bot_id=f"28:{BOT}",
                 active=False,
                 stale_reason=reason,
+                conversation_in_tenant=False,
                 updated_at=datetime.now(UTC),
             )
         )
@@ -482,17 +469,15 @@ async def test_the_setting_allows_reinstalling_after_an_uninstall_but_never_afte
 
 
 def closed_reference(aad: str, reason: str) -> StoredReference:
-    return StoredReference(
-        tenant_id=TENANT,
-        kind=RecipientKind.USER,
-        recipient_id=aad,
-        reference=ConversationReference(
-            bot=ChannelAccount(id=f"28:{BOT}"),
-            conversation=ConversationAccount(id="a:closed"),
-            service_url=TEAMS_URL,
-        ),
+    return stored_reference(
+        TENANT,
+        aad,
+        conversation_id="a:closed",
+        service_url=TEAMS_URL,
+        bot_id=f"28:{BOT}",
         active=False,
         stale_reason=reason,
+        conversation_in_tenant=False,
         updated_at=datetime.now(UTC),
     )
 
@@ -819,16 +804,15 @@ async def test_guests_are_included_when_asked_and_a_repeated_call_adds_nothing(w
 async def test_include_uninstalled_adds_the_directory_after_the_references(world: World) -> None:
     await store_request(world, {"tenants": [TENANT], "includeUninstalled": True})
     await world.references.upsert(
-        StoredReference(
-            tenant_id=TENANT,
+        stored_reference(
+            TENANT,
+            "19:ops@thread.tacv2",
             kind=RecipientKind.CHANNEL,
-            recipient_id="19:ops@thread.tacv2",
+            conversation_id="19:ops@thread.tacv2",
+            service_url=TEAMS_URL,
+            bot_id=f"28:{BOT}",
             team_id="19:team@thread.tacv2",
-            reference=ConversationReference(
-                bot=ChannelAccount(id=f"28:{BOT}"),
-                conversation=ConversationAccount(id="19:ops@thread.tacv2"),
-                service_url=TEAMS_URL,
-            ),
+            conversation_in_tenant=False,
             updated_at=datetime.now(UTC),
         )
     )

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import socket
 import time
-import uuid
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -25,40 +23,33 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
+from proactive.delivery.batch import BatchSender
+from proactive.delivery.contract import Pacing, SendBatchInput, SendBatchResult
+from proactive.delivery.redelivery import reconcile_stuck
+from proactive.delivery.retry import RetryPolicy
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     DeliveryRecord,
     DeliveryStatus,
     Notification,
     Preferences,
-    RecipientKind,
-    StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.retry import RetryPolicy
-from proactive.sender import (
-    BatchSender,
-    Pacing,
-    SendBatchInput,
-    SendBatchResult,
-    reconcile_stuck,
-)
-from proactive.stores import (
+from proactive.storage.stores import (
     TableDeliveryLedger,
     TableNotificationStore,
     TablePreferenceStore,
     TableReferenceStore,
 )
+from tests.support.ids import AadIds
+from tests.support.references import stored_reference
 
 pytestmark = pytest.mark.azurite
 
@@ -72,8 +63,7 @@ NO_REFERENCE = range(20, 25)
 OPTED_OUT = range(25, 30)
 
 
-def aad(index: int) -> str:
-    return str(uuid.UUID(int=0x300000 + index))
+aad = AadIds(0x300000)
 
 
 def conversation(index: int) -> str:
@@ -94,12 +84,8 @@ async def emulator_base() -> AsyncIterator[str]:
             *({"match": {"user": aad(i)}, "kind": "conversation_not_found"} for i in STALE),
         ),
     )
-    runner = web.AppRunner(build_app(config), shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    runner, base_url = await start_on_loopback(build_app(config), shutdown_timeout=0.5)
+    yield base_url
     await runner.cleanup()
 
 
@@ -244,14 +230,10 @@ async def test_paced_batches_spread_their_sends_so_the_tenants_window_never_thro
     the previous batch's last send, as the limiter does): no 429, every recipient exactly once, and the
     sends' starts keep the pacer's bound in every one-second window.
     """
-    runner = web.AppRunner(
+    runner, base_url = await start_on_loopback(
         build_app(TeamsEmulatorConfig(tenant_rate=50, timeout_seconds=3)), shutdown_timeout=0.5
     )
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    base = base_url
     tables = AzureTables.from_connection_string(storage_connection_string)
     queues = AzureQueues.from_connection_string(storage_connection_string)
     try:
@@ -371,16 +353,13 @@ async def seed(
     async def reference(index: int) -> None:
         async with gate:
             await references.upsert(
-                StoredReference(
-                    tenant_id=TENANT,
-                    kind=RecipientKind.USER,
-                    recipient_id=aad(index),
-                    reference=ConversationReference(
-                        bot=ChannelAccount(id=BOT),
-                        user=ChannelAccount(id=f"29:user-{index}", aad_object_id=aad(index)),
-                        conversation=ConversationAccount(id=conversation(index), tenant_id=TENANT),
-                        service_url=base,
-                    ),
+                stored_reference(
+                    TENANT,
+                    aad(index),
+                    conversation_id=conversation(index),
+                    service_url=base,
+                    bot_id=BOT,
+                    user_id=f"29:user-{index}",
                     updated_at=now,
                 )
             )
@@ -394,7 +373,7 @@ async def seed(
 
 async def drain_retries(sender: BatchSender, retries: Any, ledger: TableDeliveryLedger) -> int:
     """What a ``deliveries-retry`` message leads to: a re-drive run's ``send_batch`` over the due rows
-    (the trigger itself never sends; :mod:`proactive.redrive`). Hand-offs come back as new messages."""
+    (the trigger itself never sends; :mod:`proactive.delivery.redrive`). Hand-offs come back as new messages."""
     sent = 0
     for _ in range(30):
         messages = await retries.receive(max_messages=32, visibility_timeout=1)

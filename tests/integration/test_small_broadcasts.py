@@ -11,7 +11,6 @@ ever. The deadline below is a hang guard, not a timing target (those are measure
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,10 +20,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from devhost.azurite import free_port
 from devhost.durable.azurite_store import AzuriteStore
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
@@ -32,13 +31,10 @@ from devhost.latency import DispatchLatency, LatencyProfile, StorageLatency
 from devhost.settings import HostSettings
 from proactive import composition
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     RecipientKind,
-    StoredReference,
 )
 from tests.support.function_app import load_function_app
+from tests.support.references import stored_reference
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 
@@ -58,15 +54,13 @@ class Small:
         for recipient in ids:
             conversation = recipient if kind is RecipientKind.CHANNEL else f"a:small-{recipient}"
             await references.upsert(
-                StoredReference(
-                    tenant_id=TENANT,
+                stored_reference(
+                    TENANT,
+                    recipient,
                     kind=kind,
-                    recipient_id=recipient,
-                    reference=ConversationReference(
-                        bot=ChannelAccount(id="28:bot"),
-                        conversation=ConversationAccount(id=conversation, tenant_id=TENANT),
-                        service_url=self.emulator,
-                    ),
+                    conversation_id=conversation,
+                    service_url=self.emulator,
+                    bot_id="28:bot",
                     team_id="19:small-team@thread.tacv2" if kind is RecipientKind.CHANNEL else None,
                     updated_at=datetime.now(UTC),
                 )
@@ -114,12 +108,8 @@ async def small(
 ) -> AsyncIterator[Small]:
     profile = LatencyProfile.named("azure", seed=11)
     config = TeamsEmulatorConfig(call_latency_ms=150.0, seed=11)
-    runner = web.AppRunner(build_app(config), shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    emulator = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    runner, base_url = await start_on_loopback(build_app(config), shutdown_timeout=0.5)
+    emulator = base_url
     with StorageLatency(storage_connection_string, profile) as storage:
         environ = {
             "AzureWebJobsStorage": storage.connection_string,

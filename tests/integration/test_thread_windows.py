@@ -23,6 +23,9 @@ from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
+from proactive.delivery.batch import BatchSender
+from proactive.delivery.contract import Reason, SendBatchInput, SendBatchResult
+from proactive.delivery.retry import RetryPolicy
 from proactive.limiter.threads import THREAD_WINDOWS
 from proactive.models import (
     ChannelAccount,
@@ -35,9 +38,7 @@ from proactive.models import (
     StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.retry import RetryPolicy
-from proactive.sender import BatchSender, Reason, SendBatchInput, SendBatchResult
-from proactive.stores import (
+from proactive.storage.stores import (
     TableDeliveryLedger,
     TableNotificationStore,
     TablePreferenceStore,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,26 +21,22 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from devhost.azurite import free_port
-from devhost.durable.triggers import TriggerService
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app, emulator_key
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
+from devhost.host.triggers import TriggerService
 from devhost.settings import HostSettings
 from proactive import composition
 from proactive.bot import welcome_notification_id
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     DeliveryStatus,
-    RecipientKind,
-    StoredReference,
 )
 from proactive.orchestration.tenant_broadcast import redrive_instance_id
 from tests.support.function_app import load_function_app
+from tests.support.references import stored_reference
 
 pytestmark = pytest.mark.azurite
 
@@ -103,12 +98,8 @@ async def tenant(
     monkeypatch: pytest.MonkeyPatch, storage_connection_string: str, unique_name: str
 ) -> AsyncIterator[Tenant]:
     emulator_app = build_app(TeamsEmulatorConfig(tenant_rate=10))
-    runner = web.AppRunner(emulator_app, shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    emulator_url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    runner, base_url = await start_on_loopback(emulator_app, shutdown_timeout=0.5)
+    emulator_url = base_url
     environ = {
         "AzureWebJobsStorage": storage_connection_string,
         "BOT_AUTH": "anonymous",
@@ -138,16 +129,13 @@ async def tenant(
 
 async def seed_reference(tenant: Tenant, n: int) -> None:
     await composition.services().references.upsert(
-        StoredReference(
-            tenant_id=TENANT,
-            kind=RecipientKind.USER,
-            recipient_id=user(n),
-            reference=ConversationReference(
-                bot=ChannelAccount(id="28:bot"),
-                user=ChannelAccount(id=f"29:{user(n)}", aad_object_id=user(n)),
-                conversation=ConversationAccount(id=f"a:broadcast-{n}", tenant_id=TENANT),
-                service_url=tenant.emulator_url,
-            ),
+        stored_reference(
+            TENANT,
+            user(n),
+            conversation_id=f"a:broadcast-{n}",
+            service_url=tenant.emulator_url,
+            bot_id="28:bot",
+            user_id=f"29:{user(n)}",
             updated_at=datetime.now(UTC),
         )
     )

@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from devhost.emulators.serving import start_on_loopback
+
 BOT_FRAMEWORK_ISSUER = "https://api.botframework.com"
 METADATA_PATH = "/v1/.well-known/openidconfiguration"
 JWKS_PATH = "/v1/.well-known/keys"
@@ -212,12 +214,8 @@ class LocalOpenIdServer:
         app = web.Application()
         app.router.add_get(METADATA_PATH, self._metadata)
         app.router.add_get(JWKS_PATH, self._jwks)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self._base_url = f"http://127.0.0.1:{port}"
+        self._runner, base_url = await start_on_loopback(app)
+        self._base_url = base_url.rstrip("/")
 
     async def close(self) -> None:
         """Stop listening."""

@@ -20,6 +20,7 @@ from proactive.adapters.bot_auth import (
     entra_issuers,
     normalize_service_url,
 )
+from tests.support.clocks import WallClock
 from tests.support.jwt_keys import (
     LocalOpenIdServer,
     SigningKey,
@@ -35,19 +36,6 @@ APP_ID = "11111111-2222-3333-4444-555555555555"
 TENANT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 SERVICE_URL = "https://smba.trafficmanager.net/teams/"
 START = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +74,12 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
+def clock() -> WallClock:
+    return WallClock(START)
 
 
 def make_authenticator(
-    server: LocalOpenIdServer, session: aiohttp.ClientSession, clock: FakeClock, **overrides: Any
+    server: LocalOpenIdServer, session: aiohttp.ClientSession, clock: WallClock, **overrides: Any
 ) -> BotAuthenticator:
     settings = BotAuthSettings(app_id=APP_ID, openid_metadata_url=server.metadata_url, **overrides)
     return BotAuthenticator(settings, session, clock=clock)
@@ -99,7 +87,7 @@ def make_authenticator(
 
 @pytest.fixture
 def authenticator(
-    server: LocalOpenIdServer, session: aiohttp.ClientSession, clock: FakeClock
+    server: LocalOpenIdServer, session: aiohttp.ClientSession, clock: WallClock
 ) -> BotAuthenticator:
     return make_authenticator(server, session, clock)
 
@@ -141,7 +129,7 @@ async def test_valid_channel_token_is_accepted_with_its_claims(
 
 
 async def test_constructor_does_no_io_and_keys_are_fetched_once_for_many_requests(
-    server: LocalOpenIdServer, session: aiohttp.ClientSession, clock: FakeClock, teams_key: SigningKey
+    server: LocalOpenIdServer, session: aiohttp.ClientSession, clock: WallClock, teams_key: SigningKey
 ) -> None:
     authenticator = make_authenticator(server, session, clock)
     assert (server.metadata_requests, server.jwks_requests) == (0, 0)
@@ -169,7 +157,7 @@ async def test_service_url_matches_after_normalisation(
 
 
 async def test_expired_token_within_clock_skew_is_accepted(
-    authenticator: BotAuthenticator, teams_key: SigningKey, clock: FakeClock
+    authenticator: BotAuthenticator, teams_key: SigningKey, clock: WallClock
 ) -> None:
     clock.advance(timedelta(hours=1, seconds=299))
 
@@ -179,7 +167,7 @@ async def test_expired_token_within_clock_skew_is_accepted(
 
 
 async def test_configured_entra_issuer_is_accepted(
-    server: LocalOpenIdServer, session: aiohttp.ClientSession, clock: FakeClock, teams_key: SigningKey
+    server: LocalOpenIdServer, session: aiohttp.ClientSession, clock: WallClock, teams_key: SigningKey
 ) -> None:
     issuers = ("https://api.botframework.com", *entra_issuers(TENANT_ID))
     authenticator = make_authenticator(server, session, clock, allowed_issuers=issuers)
@@ -327,7 +315,7 @@ async def test_issuer_match_is_exact(authenticator: BotAuthenticator, teams_key:
 
 
 async def test_expired_token_beyond_clock_skew_is_refused(
-    authenticator: BotAuthenticator, teams_key: SigningKey, clock: FakeClock
+    authenticator: BotAuthenticator, teams_key: SigningKey, clock: WallClock
 ) -> None:
     clock.advance(timedelta(hours=1, seconds=301))
 
@@ -386,7 +374,7 @@ async def test_missing_service_url_claim_is_refused(
 
 
 async def test_key_rollover_is_accepted_after_one_refetch(
-    authenticator: BotAuthenticator, server: LocalOpenIdServer, teams_key: SigningKey, clock: FakeClock
+    authenticator: BotAuthenticator, server: LocalOpenIdServer, teams_key: SigningKey, clock: WallClock
 ) -> None:
     await authenticator.authenticate(bearer(sign_token(teams_key, claims())), activity())
     new_key = make_signing_key("rolled-key")
@@ -404,7 +392,7 @@ async def test_unknown_kids_do_not_refetch_the_jwks_on_every_request(
     server: LocalOpenIdServer,
     teams_key: SigningKey,
     stranger_key: SigningKey,
-    clock: FakeClock,
+    clock: WallClock,
 ) -> None:
     await authenticator.authenticate(bearer(sign_token(teams_key, claims())), activity())
     clock.advance(timedelta(minutes=6))
@@ -423,7 +411,7 @@ async def test_unknown_kids_do_not_refetch_the_jwks_on_every_request(
 
 
 async def test_keys_are_refreshed_after_the_refresh_interval(
-    authenticator: BotAuthenticator, server: LocalOpenIdServer, teams_key: SigningKey, clock: FakeClock
+    authenticator: BotAuthenticator, server: LocalOpenIdServer, teams_key: SigningKey, clock: WallClock
 ) -> None:
     await authenticator.authenticate(bearer(sign_token(teams_key, claims())), activity())
     server.withdraw(teams_key.kid)
@@ -443,7 +431,7 @@ async def test_keys_are_refreshed_after_the_refresh_interval(
 
 
 async def test_failed_refresh_keeps_the_previous_keys(
-    authenticator: BotAuthenticator, server: LocalOpenIdServer, teams_key: SigningKey, clock: FakeClock
+    authenticator: BotAuthenticator, server: LocalOpenIdServer, teams_key: SigningKey, clock: WallClock
 ) -> None:
     await authenticator.authenticate(bearer(sign_token(teams_key, claims())), activity())
     server.fail_with = 503
@@ -457,7 +445,7 @@ async def test_failed_refresh_keeps_the_previous_keys(
 
 
 async def test_unreachable_metadata_refuses_with_keys_unavailable_and_retries_later(
-    authenticator: BotAuthenticator, server: LocalOpenIdServer, teams_key: SigningKey, clock: FakeClock
+    authenticator: BotAuthenticator, server: LocalOpenIdServer, teams_key: SigningKey, clock: WallClock
 ) -> None:
     server.fail_with = 500
     token = sign_token(teams_key, claims())

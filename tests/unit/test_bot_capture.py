@@ -21,8 +21,8 @@ from proactive.bot.capture import (
     plan_capture,
 )
 from proactive.errors import InvalidInput
-from proactive.ports import Entity
-from proactive.stores import TableReferenceStore
+from proactive.storage.ports import Entity
+from proactive.storage.stores import TableReferenceStore
 
 PAYLOADS = Path(__file__).parents[1] / "payloads" / "teams"
 TENANT = "9f3c2a41-5b6e-4d7a-8c1f-2e4b6a8d0c13"

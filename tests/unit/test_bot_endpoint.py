@@ -19,10 +19,10 @@ from proactive.adapters.memory_tables import MemoryEntityTable
 from proactive.bot import ActivityHandler, BotEndpoint
 from proactive.bot.endpoint import MAX_BODY_BYTES
 from proactive.bot.welcome import Welcomes, welcome_notification_id
+from proactive.delivery.ports import RetryRequest
 from proactive.errors import StorageError
-from proactive.ports import Entity
-from proactive.sender_ports import RetryRequest
-from proactive.stores import (
+from proactive.storage.ports import Entity
+from proactive.storage.stores import (
     TableDeliveryLedger,
     TableNotificationStore,
     TablePreferenceStore,

@@ -12,14 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from proactive.bot.commands import parse_command
-from proactive.broadcast_request import (
-    BroadcastLimits,
-    BroadcastRequest,
-    Urgency,
-    parse_broadcast_request,
-)
-from proactive.errors import InvalidInput
-from proactive.message_content import (
+from proactive.broadcast.message import (
     ADAPTIVE_CARD_CONTENT_TYPE,
     ActivitySizer,
     MessageContent,
@@ -30,6 +23,13 @@ from proactive.message_content import (
     serialize_activity,
     utf16_size,
 )
+from proactive.broadcast.request import (
+    BroadcastLimits,
+    BroadcastRequest,
+    Urgency,
+    parse_broadcast_request,
+)
+from proactive.errors import InvalidInput
 from proactive.models import Preferences, RecipientKind
 
 NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)

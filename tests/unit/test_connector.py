@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from proactive.broadcast_request import Audience, BroadcastRequest, ChannelTarget, GroupTarget, UserTarget
-from proactive.message_content import MessageContent
+from proactive.broadcast.message import MessageContent
+from proactive.broadcast.request import Audience, BroadcastRequest, ChannelTarget, GroupTarget, UserTarget
 from tests.support.function_app import load_function_app
 
 ROOT = Path(__file__).resolve().parents[2]

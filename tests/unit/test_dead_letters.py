@@ -10,7 +10,7 @@ import pytest
 
 from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable
-from proactive.dead_letters import (
+from proactive.delivery.dead_letters import (
     MAX_DEQUEUE_COUNT,
     DeadLetterQuery,
     DeadLetterService,
@@ -19,10 +19,10 @@ from proactive.dead_letters import (
     public_id,
     record_poison_failure,
 )
+from proactive.delivery.ports import RetryRequest
 from proactive.errors import InvalidInput, StorageError
 from proactive.models import DeadLetter, DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
-from proactive.sender_ports import RetryRequest
-from proactive.stores import TableDeadLetterStore, TableDeliveryLedger, TableNotificationStore
+from proactive.storage.stores import TableDeadLetterStore, TableDeliveryLedger, TableNotificationStore
 
 NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 TENANT = "t-1"

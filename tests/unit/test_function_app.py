@@ -162,7 +162,9 @@ def test_the_app_quiets_the_sdk_request_logs_that_carry_tenant_and_user_ids(
         assert not request_log.isEnabledFor(logging.INFO)
         assert request_log.isEnabledFor(logging.WARNING)
         assert not logging.getLogger("msal").isEnabledFor(logging.INFO)
-        assert logging.getLogger("proactive.sender").isEnabledFor(logging.INFO)  # ours are not quietened
+        assert logging.getLogger("proactive.delivery.batch").isEnabledFor(
+            logging.INFO
+        )  # ours are not quietened
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)

@@ -26,12 +26,13 @@ from proactive.adapters.storage_queues import _object as queue_body
 from proactive.bot import ActivityHandler, BotEndpoint
 from proactive.bot.activity import parse_activity
 from proactive.bot.welcome import Welcomes
-from proactive.broadcast_request import parse_broadcast_request
-from proactive.broadcasts import BroadcastService, OrchestrationState
+from proactive.broadcast.ports import OrchestrationState
+from proactive.broadcast.request import parse_broadcast_request
+from proactive.broadcast.service import BroadcastService
+from proactive.delivery.redelivery import Redelivery
 from proactive.errors import InvalidInput
-from proactive.functions.retries import Redelivery
-from proactive.paging import encode_continuation
-from proactive.stores import (
+from proactive.storage.paging import encode_continuation
+from proactive.storage.stores import (
     TableDeadLetterStore,
     TableDeliveryLedger,
     TableNotificationStore,
@@ -208,7 +209,7 @@ def test_the_activity_parser_accepts_or_names_the_field(data: Any) -> None:
 
 
 class NoRuns:
-    """Stands in for :class:`~proactive.redrive.PacedRuns` where no run may start: nothing here is due."""
+    """Stands in for :class:`~proactive.delivery.redrive.PacedRuns` where no run may start: nothing here is due."""
 
     async def ensure(self, notification: object, tenant_id: str) -> bool:
         raise AssertionError("nothing here is a pending row to send")

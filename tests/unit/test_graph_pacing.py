@@ -1,4 +1,4 @@
-"""Concurrent installs of one tenant share one limiter grant, slot by slot (proactive.graph_pacing)."""
+"""Concurrent installs of one tenant share one limiter grant, slot by slot (proactive.install.graph_pacing)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from proactive.errors import TransportFailure
-from proactive.graph_pacing import CoalescingAdmissions
+from proactive.install.graph_pacing import CoalescingAdmissions
 from proactive.limiter import Grant
 
 

@@ -1,12 +1,12 @@
-"""The sender's install requests coalesced into one ``installs`` message (proactive.install_requests)."""
+"""The sender's install requests coalesced into one ``installs`` message (proactive.install.requests)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from proactive.adapters.memory_queues import MemoryWorkQueue
-from proactive.install_requests import InstallRequests
-from proactive.sender_ports import MAX_INSTALL_USERS, InstallRequest
+from proactive.delivery.ports import MAX_INSTALL_USERS, InstallRequest
+from proactive.install.requests import InstallRequests
 
 TENANT = "7e7e7e7e-0000-4000-8000-000000000007"
 

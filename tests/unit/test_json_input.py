@@ -10,11 +10,11 @@ import pytest
 from proactive import json_input
 from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable
+from proactive.delivery.redelivery import Redelivery
+from proactive.delivery.redrive import Action
 from proactive.errors import InvalidInput
-from proactive.functions.retries import Redelivery
-from proactive.paging import decode_continuation, encode_continuation
-from proactive.redrive import Action
-from proactive.stores import TableDeadLetterStore, TableDeliveryLedger, TableNotificationStore
+from proactive.storage.paging import decode_continuation, encode_continuation
+from proactive.storage.stores import TableDeadLetterStore, TableDeliveryLedger, TableNotificationStore
 
 DEEP = [b"[" * 200_000, b'{"a":' * 100_000, "[" * 200_000]
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proactive.keys import MAX_KEY_LENGTH, compose, decode_key, encode_key
+from proactive.storage.keys import MAX_KEY_LENGTH, compose, decode_key, encode_key
 
 FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 

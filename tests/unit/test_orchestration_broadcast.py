@@ -1,7 +1,5 @@
 """The broadcast orchestrations on the real replay engine: fan-out, pacing, scheduling, deferral, cancel."""
 
-# ruff: noqa: F811 - pytest fixtures imported from the harness are redefined as parameters
-
 from __future__ import annotations
 
 import asyncio
@@ -19,14 +17,12 @@ from proactive.models import DeliveryRecord, DeliveryStatus, NotificationStatus
 from proactive.orchestration import policies
 from proactive.orchestration.runs import TenantRun
 from proactive.orchestration.tenant_broadcast import lane_instance_id, redrive_instance_id
-from tests.unit.test_orchestration_harness import (
+from tests.support.orchestration import (
     FORBIDDEN_TENANT,
     START,
     TENANTS,
     Harness,
     body,
-    harness,  # noqa: F401 - the fixture
-    settings_overrides,  # noqa: F401 - the fixture
     user_id,
 )
 

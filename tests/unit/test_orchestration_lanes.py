@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from proactive.delivery.contract import SendBatchResult
 from proactive.limiter import Grant
 from proactive.orchestration import policies
 from proactive.orchestration.lanes import LaneProgress, TenantLanes, lane_instance_id
 from proactive.orchestration.runs import BatchTotals, TenantRun, TenantSummary
-from proactive.sender import SendBatchResult
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 

@@ -1,7 +1,5 @@
 """History per orchestration execution does not grow with the audience (devhost counters at 1k and 10k)."""
 
-# ruff: noqa: F811 - pytest fixtures imported from the harness are redefined as parameters
-
 from __future__ import annotations
 
 import json
@@ -10,12 +8,10 @@ import pytest
 
 from proactive.orchestration import policies
 from proactive.orchestration.tenant_broadcast import lane_instance_id
-from tests.unit.test_orchestration_harness import (
+from tests.support.orchestration import (
     TENANTS,
     Harness,
     body,
-    harness,  # noqa: F401 - the fixture
-    settings_overrides,  # noqa: F401 - the fixture
 )
 
 # Largest history one tenant_lane execution replays: 5 batches (BATCHES_PER_EXECUTION in the harness)

@@ -1,7 +1,5 @@
 """The broadcast service on the replay engine: update/recall fan-outs, deliveries paging, determinism."""
 
-# ruff: noqa: F811 - pytest fixtures imported from the harness are redefined as parameters
-
 from __future__ import annotations
 
 import ast
@@ -11,14 +9,12 @@ from pathlib import Path
 import pytest
 
 import proactive.orchestration
-from proactive.broadcasts import DeliveriesPage
+from proactive.broadcast.export import DeliveriesPage
 from proactive.errors import InvalidInput
-from tests.unit.test_orchestration_harness import (
+from tests.support.orchestration import (
     TENANTS,
     Harness,
     body,
-    harness,  # noqa: F401 - the fixture
-    settings_overrides,  # noqa: F401 - the fixture
     user_id,
 )
 

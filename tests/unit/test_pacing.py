@@ -16,7 +16,7 @@ from bisect import bisect_right
 
 import pytest
 
-from proactive.pacing import SlotPacer
+from proactive.delivery.pacing import SlotPacer
 
 T = 1_780_000_000.0  # epoch seconds, 2026
 PACE = 0.25

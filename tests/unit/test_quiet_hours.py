@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proactive.delivery.quiet_hours import local_instant, quiet_until
 from proactive.models import QuietHours
-from proactive.quiet_hours import local_instant, quiet_until
 
 NEW_YORK = "America/New_York"
 

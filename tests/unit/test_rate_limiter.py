@@ -70,7 +70,7 @@ def tell_end(
 
 
 def slots(grant: Grant, *, shift: float = 0.0, delay: float = 0.0) -> list[float]:
-    """Request start times of ``grant`` as :mod:`proactive.pacing` may make them.
+    """Request start times of ``grant`` as :mod:`proactive.delivery.pacing` may make them.
 
     ``shift`` moves the origin later (an activity that started late); ``delay`` (<= slack) is how late after
     its slot each request starts. Slots after ``sendBy`` do not exist.

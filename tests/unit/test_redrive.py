@@ -1,6 +1,6 @@
-"""What a ``deliveries-retry`` message leads to (:func:`proactive.redrive.decide`), how the tenant's re-drive run
-is started or woken (:class:`proactive.redrive.PacedRuns`), and how a welcome is stored
-(:class:`proactive.bot.welcome.Welcomes`). The devhost tests in ``test_retries_functions.py`` and
+"""What a ``deliveries-retry`` message leads to (:func:`proactive.delivery.redrive.decide`), how the tenant's re-drive run
+is started or woken (:class:`proactive.delivery.redrive.PacedRuns`), and how a welcome is stored
+(:class:`proactive.bot.welcome.Welcomes`). The devhost tests in ``tests/integration/test_redelivery.py`` and
 ``tests/integration/test_welcomes.py`` run the same paths end to end.
 """
 
@@ -17,14 +17,14 @@ from proactive import function_names as fn
 from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable
 from proactive.bot import Welcomes, welcome_notification_id
-from proactive.broadcasts import OrchestrationState
+from proactive.broadcast.ports import OrchestrationState
+from proactive.delivery.ports import RetryRequest
+from proactive.delivery.redrive import Action, PacedRuns, decide, recheck_delay
 from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
 from proactive.orchestration import policies
 from proactive.orchestration.runs import TenantRun
 from proactive.orchestration.tenant_broadcast import redrive_instance_id
-from proactive.redrive import Action, PacedRuns, decide, recheck_delay
-from proactive.sender_ports import RetryRequest
-from proactive.stores import TableDeliveryLedger, TableNotificationStore
+from proactive.storage.stores import TableDeliveryLedger, TableNotificationStore
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 TENANT = "9f3c2a41-5b6e-4d7a-8c1f-2e4b6a8d0c13"

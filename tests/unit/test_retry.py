@@ -1,4 +1,4 @@
-"""The in-process retry policy (``proactive.retry``): exact delays with a seeded rng and a recording sleep."""
+"""The in-process retry policy (``proactive.delivery.retry``): exact delays with a seeded rng and a recording sleep."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proactive.delivery.retry import (
+    Failed,
+    RetryPolicy,
+    Succeeded,
+    backoff_delay,
+    call_with_retries,
+    parse_retry_after,
+)
 from proactive.errors import (
     ConcurrencyConflict,
     MessageRejected,
@@ -22,14 +30,6 @@ from proactive.errors import (
     ServiceFailed,
     Throttled,
     TransportFailure,
-)
-from proactive.retry import (
-    Failed,
-    RetryPolicy,
-    Succeeded,
-    backoff_delay,
-    call_with_retries,
-    parse_retry_after,
 )
 from proactive.settings import Settings
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,21 +17,23 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from pydantic import ValidationError
 
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from proactive.adapters.bot_token import AnonymousTokens
 from proactive.adapters.connector import BotConnectorClient
 from proactive.adapters.memory_queues import MemoryWorkQueue
 from proactive.adapters.memory_tables import MemoryEntityTable
+from proactive.delivery.batch import PREPARE_AHEAD_SECONDS, BatchSender
+from proactive.delivery.contract import Pacing, Reason, RowOutcome, SendBatchInput, SendBatchResult
+from proactive.delivery.ledger import claim
+from proactive.delivery.ports import BotConnector, RetryRequest
+from proactive.delivery.redelivery import reconcile_stuck
+from proactive.delivery.retry import RetryPolicy
 from proactive.errors import StorageError, TransportFailure
-from proactive.ledger import claim
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     DeliveryRecord,
     DeliveryStatus,
     Notification,
@@ -40,28 +41,17 @@ from proactive.models import (
     Preferences,
     QuietHours,
     RecipientKind,
-    StoredReference,
 )
 from proactive.outbound import OutboundPolicy
-from proactive.ports import DeliveryLedger, Versioned
-from proactive.retry import RetryPolicy
-from proactive.sender import (
-    PREPARE_AHEAD_SECONDS,
-    BatchSender,
-    Pacing,
-    Reason,
-    RowOutcome,
-    SendBatchInput,
-    SendBatchResult,
-    reconcile_stuck,
-)
-from proactive.sender_ports import BotConnector, RetryRequest
-from proactive.stores import (
+from proactive.storage.ports import DeliveryLedger, Versioned
+from proactive.storage.stores import (
     TableDeliveryLedger,
     TableNotificationStore,
     TablePreferenceStore,
     TableReferenceStore,
 )
+from tests.support.ids import AadIds
+from tests.support.references import stored_reference
 
 TENANT = "11111111-1111-1111-1111-111111111111"
 BOT = "28:aaaaaaaa-0000-0000-0000-000000000001"
@@ -69,8 +59,7 @@ NOTIFICATION = "deploy-42"
 T0 = datetime(2026, 6, 1, 16, 0, tzinfo=UTC)
 
 
-def aad(index: int) -> str:
-    return str(uuid.UUID(int=index + 1))
+aad = AadIds(1)
 
 
 class Clock:
@@ -137,12 +126,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def emulator(http: aiohttp.ClientSession) -> AsyncIterator[Emulator]:
     app = build_app(TeamsEmulatorConfig(tenant_rate=1000, timeout_seconds=5))
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    yield Emulator(f"http://127.0.0.1:{sock.getsockname()[1]}/", http)
+    runner, base_url = await start_on_loopback(app, shutdown_timeout=0.5)
+    yield Emulator(base_url, http)
     await runner.cleanup()
 
 
@@ -236,16 +221,13 @@ class World:
         """A user with a reference (conversation ``a:conv-{index}``) and a pending row; returns its key."""
         key = f"user:{aad(index)}"
         await self.references.upsert(
-            StoredReference(
-                tenant_id=TENANT,
-                kind=RecipientKind.USER,
-                recipient_id=aad(index),
-                reference=ConversationReference(
-                    bot=ChannelAccount(id=BOT),
-                    user=ChannelAccount(id=f"29:user-{index}", aad_object_id=aad(index)),
-                    conversation=ConversationAccount(id=f"a:conv-{index}", tenant_id=TENANT),
-                    service_url=service_url or self.emulator.base,
-                ),
+            stored_reference(
+                TENANT,
+                aad(index),
+                conversation_id=f"a:conv-{index}",
+                service_url=service_url or self.emulator.base,
+                bot_id=BOT,
+                user_id=f"29:user-{index}",
                 active=active,
                 stale_reason=reason,
                 updated_at=T0,
@@ -260,16 +242,14 @@ class World:
         key = f"channel:{channel_id}"
         if reference:
             await self.references.upsert(
-                StoredReference(
-                    tenant_id=TENANT,
+                stored_reference(
+                    TENANT,
+                    channel_id,
                     kind=RecipientKind.CHANNEL,
-                    recipient_id=channel_id,
+                    conversation_id=channel_id,
+                    service_url=self.emulator.base,
+                    bot_id=BOT,
                     team_id=team_id,
-                    reference=ConversationReference(
-                        bot=ChannelAccount(id=BOT),
-                        conversation=ConversationAccount(id=channel_id, tenant_id=TENANT),
-                        service_url=self.emulator.base,
-                    ),
                     updated_at=T0,
                 )
             )

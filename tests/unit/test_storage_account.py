@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
+from devhost.emulators.serving import start_on_loopback
 from proactive.adapters.storage_identity import storage_credential
 from proactive.adapters.storage_queues import AzureQueues
 from proactive.adapters.table_storage import AzureTables
@@ -166,12 +167,8 @@ async def identity_endpoint(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Id
 
     app = web.Application()
     app.router.add_get("/msi/token", token)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    endpoint.url = f"http://127.0.0.1:{port}/msi/token"
+    runner, base_url = await start_on_loopback(app)
+    endpoint.url = f"{base_url}msi/token"
     for name in ("MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint.url)

@@ -16,10 +16,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from proactive.adapters import telemetry_export
+from proactive.delivery.contract import RowOutcome
 from proactive.errors import ServiceBusy, Throttled
 from proactive.limiter import apply
 from proactive.models import DeliveryStatus, SendOutcome, SendStatus
-from proactive.sender import RowOutcome
 from proactive.telemetry import TimedConnector
 from tests.support.otel import Recorded
 
@@ -253,7 +253,7 @@ def test_an_otlp_endpoint_without_a_connection_string_exports_metrics_and_spans_
         "from opentelemetry import metrics, trace\n"
         "from proactive import composition, telemetry\n"
         "from proactive.models import DeliveryStatus\n"
-        "from proactive.sender import RowOutcome\n"
+        "from proactive.delivery.contract import RowOutcome\n"
         "environ = {'AzureWebJobsStorage': 'UseDevelopmentStorage=true', 'BOT_AUTH': 'anonymous',\n"
         "           'OTEL_EXPORTER_OTLP_ENDPOINT': os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']}\n"
         "composition.configure(environ)\n"

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from proactive.delivery.contract import RowOutcome
 from proactive.errors import Throttled
 from proactive.limiter import apply
 from proactive.models import DeliveryStatus
-from proactive.sender import RowOutcome
 from tests.support.otel import Recorded
 
 ROOT = Path(__file__).resolve().parents[2]

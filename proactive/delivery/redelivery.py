@@ -1,10 +1,10 @@
 """Re-delivery (ARCHITECTURE.md flow 6): the ``deliveries-retry`` queue, its poison queue, reconciliation.
 
-Three triggers, each wiring to one method of :class:`Redelivery`:
+The three triggers of :mod:`proactive.functions.redelivery` each call one method of :class:`Redelivery`:
 
 ``deliveries_retry`` (queue trigger on ``Settings.queues.deliveries_retry``, with a Durable client)
-    Makes sure the one ledger row a :class:`~proactive.sender_ports.RetryRequest` names is taken by a
-    paced run of its tenant; it never sends itself (:mod:`proactive.redrive` has the design and the
+    Makes sure the one ledger row a :class:`~proactive.delivery.ports.RetryRequest` names is taken by a
+    paced run of its tenant; it never sends itself (:mod:`proactive.delivery.redrive` has the design and the
     decision table): a row not due yet goes back to the queue invisible until its ``notBefore``; a due
     row starts the tenant's re-drive run (``tenant_lane`` under a deterministic instance id), or wakes the
     one under way and is checked again later; a row sent or settled meanwhile completes the message; a row
@@ -22,9 +22,9 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     path sent it) is left alone and no dead letter is written.
     When this trigger itself fails on the message's last delivery, the failure is logged and recorded as
     a dead letter with reason code ``poison_handler_failed``
-    (:func:`~proactive.dead_letters.record_poison_failure`) instead of going to ``-poison-poison``, which
+    (:func:`~proactive.delivery.dead_letters.record_poison_failure`) instead of going to ``-poison-poison``, which
     nothing watches. Dead letters are listed and re-driven through ``/api/deadletters``
-    (:mod:`proactive.dead_letters`).
+    (:mod:`proactive.delivery.dead_letters`).
 
 ``reconcile`` (timer, :data:`RECONCILE_SCHEDULE`, every 5 minutes)
     Which notifications: every ``running`` one, and ``completed`` / ``failed`` / ``cancelled`` ones updated
@@ -34,7 +34,7 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     with those rows still ``sending``. For each notification and tenant:
 
     * rows ``sending`` for longer than ``Settings.reconcile_after_seconds`` (``RECONCILE_AFTER_SECONDS``) go back to ``pending``
-      (:func:`~proactive.sender.reconcile_stuck`): the one duplicate window (Teams may have accepted the send
+      (:func:`~proactive.delivery.batch.reconcile_stuck`): the one duplicate window (Teams may have accepted the send
       the ledger never recorded), counted in :attr:`ReconcileReport.reconciled`;
     * those rows, ``pending`` rows a retry message should have taken long ago (``not_before`` and
       ``updated_at`` both older than the deadline: a lost message), and ``deferred`` rows whose quiet
@@ -50,7 +50,7 @@ Three triggers, each wiring to one method of :class:`Redelivery`:
     bounded by host.json ``functionTimeout`` (10 min): a shorter deadline could re-drive a live send.
 
 Scan cost: the notifications come from the reconciliation index of
-:class:`~proactive.stores.TableNotificationStore` (one partition with a row per running or recently
+:class:`~proactive.storage.stores.TableNotificationStore` (one partition with a row per running or recently
 finished notification; rows of notifications finished before the lookback are dropped as they are read),
 so a run reads what is running or just finished, however many notifications the table holds. A table
 written before the index existed is indexed once by the first run.
@@ -64,49 +64,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import azure.durable_functions as df
-import azure.functions as func
 from pydantic import ValidationError
 
 from proactive import json_input, telemetry
-from proactive.audience import audience_tenants, stored_request
-from proactive.composition import services
-from proactive.dead_letters import record_poison_failure
+from proactive.broadcast.audience import audience_tenants, stored_request
+from proactive.delivery.contract import Reason
+from proactive.delivery.ports import RetryRequest, WorkQueue
+from proactive.delivery.redrive import Action, Decision, PacedRuns, decide, recheck_delay
 from proactive.errors import ConcurrencyConflict
-from proactive.functions.broadcasts import DurableOrchestrations
-from proactive.models import DeadLetter, DeliveryStatus, ErrorInfo, Notification, NotificationStatus, utc_now
-from proactive.ports import DeadLetterStore, DeliveryLedger, NotificationStore
-from proactive.redrive import Action, Decision, PacedRuns, decide, recheck_delay
-from proactive.sender import Reason, reconcile_stuck
-from proactive.sender_ports import RetryRequest, WorkQueue
-from proactive.stores import TableNotificationStore
+from proactive.models import DeadLetter, DeliveryStatus, ErrorInfo, Notification, NotificationStatus
+from proactive.storage.ports import DeadLetterStore, DeliveryLedger, NotificationStore
+from proactive.storage.stores import TableNotificationStore
 
 __all__ = [
-    "DELIVERIES_RETRY",
-    "DELIVERIES_RETRY_POISON",
     "FINISHED_LOOKBACK",
-    "POISON_SUFFIX",
-    "RECONCILE",
-    "RECONCILE_SCHEDULE",
     "ReconcileReport",
     "Redelivery",
-    "blueprint",
     "notifications_to_reconcile",
+    "reconcile_stuck",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Function names (registered by blueprint()).
-DELIVERIES_RETRY = "deliveries_retry"
-DELIVERIES_RETRY_POISON = "deliveries_retry_poison"
-RECONCILE = "reconcile"
 
-# The Functions host appends this to a queue's name for messages past host.json ``maxDequeueCount``.
-POISON_SUFFIX = "-poison"
-# NCRONTAB with seconds: at second 0 of every 5th minute.
-RECONCILE_SCHEDULE = "0 */5 * * * *"
 # Finished notifications younger than this are still reconciled (a crash in their last batch).
 FINISHED_LOOKBACK = timedelta(days=1)
+
+
 # A RetryRequest written by reconciliation is visible at once.
 _REQUEUE_DELAY = 0.0
 
@@ -165,7 +149,7 @@ class Redelivery:
     # ---- deliveries-retry -------------------------------------------------------------------------
 
     async def redrive(self, raw: bytes, runs: PacedRuns) -> Decision:
-        """Make sure a paced run takes the row a ``deliveries-retry`` message names (:mod:`proactive.redrive`).
+        """Make sure a paced run takes the row a ``deliveries-retry`` message names (:mod:`proactive.delivery.redrive`).
 
         Returns:
             What was done: ``done`` (nothing to do, or a malformed message, dead-lettered at once),
@@ -382,66 +366,50 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-# ---- wiring -------------------------------------------------------------------------------------------
+async def reconcile_stuck(
+    ledger: DeliveryLedger,
+    notification_id: str,
+    tenant_id: str,
+    *,
+    now: datetime,
+    older_than: timedelta,
+) -> int:
+    """Return rows stuck in ``sending`` for longer than ``older_than`` to ``pending`` (at-least-once).
 
+    A row stays ``sending`` only when its sender crashed (or could not write) between the claim and the
+    record. Teams may or may not have received that send: re-driving it is the documented duplicate window
+    (module docstring). ``older_than`` must exceed the longest a ``send_batch`` can run (host.json
+    ``functionTimeout``, 10 min, so 15 min is a safe choice), or a live send could be re-driven.
 
-def _redelivery() -> Redelivery:
-    s = services()
-    return Redelivery(
-        ledger=s.deliveries,
-        notifications=s.notifications,
-        dead_letters=s.dead_letters,
-        retries=s.queues.queue(s.settings.queues.deliveries_retry),
-        clock=utc_now,
-    )
-
-
-def _runs(client: df.DurableOrchestrationClient) -> PacedRuns:
-    settings = services().settings
-    return PacedRuns(
-        DurableOrchestrations(client),
-        batch_size=settings.batch_size,
-        batches_per_execution=settings.batches_per_execution,
-    )
-
-
-def blueprint() -> df.Blueprint:
-    """The re-delivery triggers, bound to the queue named by ``Settings.queues.deliveries_retry``.
-
-    A function, not a module-level blueprint: the queue names come from the settings that
-    :func:`proactive.composition.configure` resolved (the worker indexes the app after its app settings are
-    in the environment), so the trigger always listens where the sender writes.
+    Returns:
+        How many rows were returned to ``pending`` (rows another writer changed meanwhile are left alone).
     """
-    bp = df.Blueprint()
-    queue = services().settings.queues.deliveries_retry
-    poison = queue + POISON_SUFFIX
-
-    @bp.function_name(DELIVERIES_RETRY)
-    @bp.queue_trigger(arg_name="msg", queue_name=queue, connection="AzureWebJobsStorage")
-    @bp.durable_client_input(client_name="client")
-    async def deliveries_retry(msg: func.QueueMessage, client: df.DurableOrchestrationClient) -> None:
-        await _redelivery().redrive(msg.get_body(), _runs(client))
-
-    @bp.function_name(DELIVERIES_RETRY_POISON)
-    @bp.queue_trigger(arg_name="msg", queue_name=poison, connection="AzureWebJobsStorage")
-    async def deliveries_retry_poison(msg: func.QueueMessage) -> None:
-        body = msg.get_body()
-        await record_poison_failure(
-            lambda: _redelivery().dead_letter(body, source_queue=queue),
-            body,
-            source_queue=queue,
-            dequeue_count=msg.dequeue_count or 1,
-            store=services().dead_letters,
-            clock=utc_now,
+    cutoff = now - older_than
+    moved = 0
+    continuation: str | None = None
+    while True:
+        page = await ledger.list(
+            notification_id, tenant_id, statuses=[DeliveryStatus.SENDING], continuation=continuation
         )
-
-    @bp.function_name(RECONCILE)
-    @bp.timer_trigger(arg_name="timer", schedule=RECONCILE_SCHEDULE, run_on_startup=False)
-    async def reconcile(timer: func.TimerRequest) -> None:
-        s = services()
-        now = utc_now()
-        candidates = await notifications_to_reconcile(s.notifications, now=now)
-        older_than = timedelta(seconds=s.settings.reconcile_after_seconds)
-        await _redelivery().reconcile(candidates, older_than=older_than)
-
-    return bp
+        for row in page.items:
+            if row.value.status is not DeliveryStatus.SENDING or row.value.updated_at > cutoff:
+                continue
+            reset = row.value.model_copy(
+                update={
+                    "status": DeliveryStatus.PENDING,
+                    "not_before": None,
+                    "updated_at": now,
+                    "last_error": ErrorInfo(
+                        code=Reason.RECONCILED,
+                        message="left 'sending' by a sender that stopped; re-driven (may duplicate)",
+                    ),
+                }
+            )
+            try:
+                await ledger.replace(reset, row.etag)
+                moved += 1
+            except ConcurrencyConflict:
+                continue
+        continuation = page.continuation
+        if continuation is None:
+            return moved

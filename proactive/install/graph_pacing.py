@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from proactive.installs import Admission
+from proactive.install.ports import Admission
 from proactive.limiter import Grant
 
 __all__ = ["MAX_WANT", "CoalescingAdmissions"]

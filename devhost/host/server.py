@@ -43,6 +43,7 @@ from devhost.durable.azurite_store import AzuriteStore
 from devhost.durable.clock import Clock
 from devhost.durable.functions import FunctionInfo
 from devhost.durable.webhooks import RPC_PREFIX, WEBHOOK_PREFIX, WebhookApi, client_binding
+from devhost.host.triggers import TriggerService
 from devhost.latency import DispatchLatency, LatencyProfile, StorageLatency
 from devhost.latency import add_arguments as add_latency_arguments
 from devhost.latency import from_args as latency_from_args
@@ -114,7 +115,7 @@ class DevHost:
         )
         self.routes = [self._route(info) for info in self.index.http]
         self._runner: web.AppRunner | None = None
-        self.triggers: Any = None
+        self.triggers: TriggerService | None = None
 
     def _route(self, info: FunctionInfo) -> HttpRoute:
         trigger = info.trigger
@@ -333,7 +334,6 @@ async def _serve(
     stop: asyncio.Event | None,
 ) -> None:
     from devhost import progress
-    from devhost.durable.triggers import TriggerService
 
     host.triggers = TriggerService(host, settings)
     stop = stop or asyncio.Event()

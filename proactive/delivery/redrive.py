@@ -55,14 +55,14 @@ from datetime import datetime
 from enum import StrEnum
 
 from proactive import function_names as fn
-from proactive.audience import stored_request
-from proactive.broadcasts import Orchestrations
-from proactive.ledger import CLAIMABLE
+from proactive.broadcast.audience import stored_request
+from proactive.broadcast.ports import Orchestrations
+from proactive.delivery.ledger import CLAIMABLE
+from proactive.delivery.ports import RetryRequest
 from proactive.models import DeliveryRecord, Notification
 from proactive.orchestration import policies
 from proactive.orchestration.runs import TenantRun
 from proactive.orchestration.tenant_broadcast import redrive_instance_id
-from proactive.sender_ports import RetryRequest
 
 __all__ = ["MAX_QUEUE_DELAY", "Action", "Decision", "PacedRuns", "decide", "recheck_delay"]
 
@@ -169,7 +169,7 @@ class PacedRuns:
         run = TenantRun(
             notification_id=notification.id,
             tenant_id=tenant_id,
-            urgency=stored_request(notification).urgency.value,
+            urgency=stored_request(notification).urgency,
             operation="send",
             batch_size=self._batch_size,
             batches_per_execution=self._batches_per_execution,

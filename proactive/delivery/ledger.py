@@ -10,7 +10,7 @@ from datetime import datetime
 
 from proactive.errors import ConcurrencyConflict
 from proactive.models import DeliveryRecord, DeliveryStatus
-from proactive.ports import DeliveryLedger, Versioned
+from proactive.storage.ports import DeliveryLedger, Versioned
 
 CLAIMABLE = frozenset({DeliveryStatus.PENDING, DeliveryStatus.DEFERRED})
 

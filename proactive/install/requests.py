@@ -1,13 +1,13 @@
 """The ``installs`` queue as the sender writes it: single-user install requests coalesced into one message.
 
 A broadcast to a tenant nobody installed yet hands every row to the Graph bootstrap, one
-:class:`~proactive.sender_ports.InstallRequest` per user, from up to ``SEND_CONCURRENCY`` rows at once. One
+:class:`~proactive.delivery.ports.InstallRequest` per user, from up to ``SEND_CONCURRENCY`` rows at once. One
 queue message per user costs the install worker one dequeue, one limiter admission, one report and one
 notification read per install; measured on the devhost that overhead, not Graph, held installs to a
 seventh of the tenant's Graph budget (``bench/install_rate.py``). :class:`InstallRequests` is a
-:class:`~proactive.sender_ports.WorkQueue` that merges the single-user requests put within
+:class:`~proactive.delivery.ports.WorkQueue` that merges the single-user requests put within
 :data:`WINDOW_SECONDS` of each other for the same tenant, broadcast and reason into one ``aadObjectIds``
-message of up to :data:`~proactive.sender_ports.MAX_INSTALL_USERS` users, which the worker installs under
+message of up to :data:`~proactive.delivery.ports.MAX_INSTALL_USERS` users, which the worker installs under
 one grant.
 
 Each ``put`` returns only once the message holding its request is on the queue (and raises what that put
@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from proactive.sender_ports import MAX_INSTALL_USERS, InstallRequest, QueueMessage, WorkQueue
+from proactive.delivery.ports import MAX_INSTALL_USERS, InstallRequest, QueueMessage, WorkQueue
 
 __all__ = ["WINDOW_SECONDS", "InstallRequests"]
 
@@ -45,7 +45,7 @@ class _Pending:
 
 
 class InstallRequests:
-    """A :class:`~proactive.sender_ports.WorkQueue` over ``installs`` that coalesces user installs.
+    """A :class:`~proactive.delivery.ports.WorkQueue` over ``installs`` that coalesces user installs.
 
     Args:
         queue: the ``installs`` queue.

@@ -44,14 +44,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from proactive.errors import InvalidInput
-from proactive.message_content import (
+from proactive.broadcast.message import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ActivitySizer,
     MessageContent,
@@ -61,11 +59,13 @@ from proactive.message_content import (
     placeholders,
     show,
 )
+from proactive.errors import InvalidInput
 from proactive.models import (
     CATEGORY_RULE,
     JsonScalar,
     Recipient,
     RecipientKind,
+    Urgency,
     WireModel,
     normalise_category,
 )
@@ -91,7 +91,7 @@ class BroadcastLimits:
         max_recipients_per_request: ids in ``users`` + ``channels`` + ``groups`` + ``tenants`` (413).
         max_schedule_ahead: how far ahead ``sendAt`` may be.
         max_message_bytes: the activity's UTF-16 JSON size, inclusive (413); 80 KiB, see
-            :mod:`proactive.message_content`.
+            :mod:`proactive.broadcast.message`.
         max_user_data_bytes: compact UTF-8 JSON of one user's ``data`` (it is stored on each ledger row,
             whose properties Table Storage caps at 64 KiB) (413).
         max_error_details: how many problems the error body lists.
@@ -104,13 +104,6 @@ class BroadcastLimits:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_user_data_bytes: int = 16 * 1024
     max_error_details: int = 100
-
-
-class Urgency(StrEnum):
-    """``urgent`` ignores quiet hours (never opt-outs)."""
-
-    NORMAL = "normal"
-    URGENT = "urgent"
 
 
 def _guid(value: str) -> str:

@@ -1,6 +1,6 @@
 """The per-broadcast report people ask for (issue 15): ``GET /api/broadcasts/{id}/report``.
 
-The status body (:meth:`~proactive.broadcasts.BroadcastService.status`: ledger counts, throttled, timing) plus
+The status body (:meth:`~proactive.broadcast.service.BroadcastService.status`: ledger counts, throttled, timing) plus
 what only the rows know, read in one pass over the ledger partitions of the broadcast's tenants, a page at
 a time, so memory stays bounded whatever the audience (the aggregates are bounded by the broadcast's
 duration in minutes and by the number of distinct error codes):
@@ -29,15 +29,15 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Final
 
-from proactive.audience import audience_tenants, stored_request
-from proactive.broadcasts import not_found
+from proactive.broadcast.audience import audience_tenants, stored_request
+from proactive.broadcast.service import not_found
 from proactive.csv_export import csv_text
 from proactive.errors import InvalidInput
-from proactive.keys import encode_key
 from proactive.models import DeliveryStatus, Preferences, StoredReference
-from proactive.paging import decode_continuation, encode_continuation
-from proactive.ports import DeliveryLedger, EntityTable, NotificationStore
-from proactive.stores import from_entity
+from proactive.storage.keys import encode_key
+from proactive.storage.paging import decode_continuation, encode_continuation
+from proactive.storage.ports import DeliveryLedger, EntityTable, NotificationStore
+from proactive.storage.stores import from_entity
 
 __all__ = [
     "AUDIENCE_KINDS",

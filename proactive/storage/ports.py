@@ -8,7 +8,7 @@ Two layers for storage:
   :mod:`proactive.adapters.memory_tables` (an in-memory fake that stores the very same entity dicts
   and enforces the same key and size rules).
 * The stores (:class:`ReferenceStore`, :class:`DeliveryLedger`, ...) are written once over an
-  ``EntityTable`` in :mod:`proactive.stores`, so the fake and the real service cannot drift apart.
+  ``EntityTable`` in :mod:`proactive.storage.stores`, so the fake and the real service cannot drift apart.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ passes through Durable, and works on them concurrently (``asyncio.Semaphore``), 
 
 Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outcome``):
 
-1. **claim** (:func:`proactive.ledger.claim`, ETag-guarded ``pending/deferred -> sending``); ``None`` means
+1. **claim** (:func:`proactive.delivery.ledger.claim`, ETag-guarded ``pending/deferred -> sending``); ``None`` means
    another worker has it or it is settled: skip it silently.
 2. **reference**: missing or inactive ->
 
@@ -23,12 +23,12 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
    ``failed`` with ``service_url_refused``.
 4. **preferences** (users): opted out of everything or of the category -> ``suppressed``. Inside quiet hours
    in the recipient's time zone (preferences, else reference; unknown -> UTC, and the record says so) and not
-   urgent -> ``deferred`` with ``not_before`` = the window's end (:mod:`proactive.quiet_hours`).
+   urgent -> ``deferred`` with ``not_before`` = the window's end (:mod:`proactive.delivery.quiet_hours`).
 5. **thread windows** (channels and group chats, with ``threads``): the first request takes a place in
    the thread's windows (:mod:`proactive.limiter.threads`) after its slot; full windows -> ``deferred``
    with ``thread_busy`` and ``not_before`` = when they open (no request made).
-6. **send** the rendered message (:func:`proactive.message_content.render` with the row's ``data``) with
-   in-process retries by type (:func:`proactive.retry.call_with_retries`): 429 after ``Retry-After``,
+6. **send** the rendered message (:func:`proactive.broadcast.message.render` with the row's ``data``) with
+   in-process retries by type (:func:`proactive.delivery.retry.call_with_retries`): 429 after ``Retry-After``,
    412/502/503 (504 after update/delete) and connect failures with full-jitter backoff, bounded attempts.
 7. **record** with an ETag-guarded replace of the claimed row:
 
@@ -48,7 +48,7 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
    400 / 413                         ``failed``, never retried
    500                               ``failed`` (the docs say do not retry)
    transient, attempts exhausted     ``pending`` with ``last_error``, ``not_before`` and ``redrives``
-   (or Retry-After too long)         + 1; a :class:`~proactive.sender_ports.RetryRequest` (``attempt``
+   (or Retry-After too long)         + 1; a :class:`~proactive.delivery.ports.RetryRequest` (``attempt``
                                      = ``redrives``) goes to ``deliveries-retry``, visible at
                                      ``not_before``
    ================================  =============================================================
@@ -60,7 +60,7 @@ Per row (each step a value, :class:`RowOutcome`; telemetry hooks in at ``on_outc
 Pacing
     With ``SendBatchInput.pacing`` (the limiter grant's ``notBefore``, ``paceSeconds``, ``sendBy``,
     ``slackSeconds``) every Bot Connector request, first attempts and in-process retries alike, first takes
-    a slot of a :class:`~proactive.pacing.SlotPacer` with ``limit`` slots, so the batch is spread over its
+    a slot of a :class:`~proactive.delivery.pacing.SlotPacer` with ``limit`` slots, so the batch is spread over its
     grant instead of bursting. The claim and the reference and preference lookups come before the slot, so
     their I/O overlaps the wait. A row whose first request finds no slot is given back untouched (its
     listed status and attempts, ``last_error`` ``slot_expired``); a row whose *retry* finds none (its earlier
@@ -77,7 +77,7 @@ Pacing
 
 Who owns which retry (STYLE.md rule 11): this module retries in-process; rows it hands off are owned by
 the ``deliveries-retry`` queue until their ``not_before``. Its trigger never sends: it starts (or wakes) a
-paced re-drive run of the tenant (:mod:`proactive.redrive`), whose ``send_batch`` takes the row like any
+paced re-drive run of the tenant (:mod:`proactive.delivery.redrive`), whose ``send_batch`` takes the row like any
 other, so a re-drive takes the tenant's grants, reports its 429s, keeps the broadcast's urgency and waits
 out quiet hours. The row's ``redrives`` counts the hand-offs; past ``policies.MAX_REDRIVES`` the trigger
 dead-letters it. ``send_batch`` never picks a ``pending`` row whose ``not_before`` lies ahead: that row is
@@ -95,7 +95,7 @@ Exactly once, and the one duplicate window
       duplicate it (at-least-once, chosen over silently losing the message: the Bot Connector has no
       idempotency key to check);
     * a crash (or a failed ledger write, counted in ``unrecorded``) between Teams accepting and the row
-      being written leaves the row ``sending``; :func:`reconcile_stuck` returns such rows to ``pending``
+      being written leaves the row ``sending``; :func:`~proactive.delivery.redelivery.reconcile_stuck` returns such rows to ``pending``
       after a deadline (count returned), and the re-drive may duplicate it.
 
     Both are the same window, "accepted but not recorded"; everything else is sent at most once. A
@@ -115,61 +115,79 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import AwareDatetime, Field
-
-from proactive.broadcast_request import BroadcastRequest, Urgency
+from proactive.broadcast.message import MessageContent, render
+from proactive.broadcast.request import BroadcastRequest
+from proactive.delivery.contract import Pacing, Reason, RowOutcome, SendBatchInput, SendBatchResult, part_of
+from proactive.delivery.failures import (
+    MAYBE_DELIVERED,
+    USER_CLOSED,
+    Halt,
+    NoSlot,
+    Release,
+    SlotsGone,
+    ThreadBusy,
+    Uncertain,
+    classify,
+    code_of,
+    install_request,
+    server_error,
+    status_of,
+    transient_outcome,
+)
+from proactive.delivery.ledger import claim_listed
+from proactive.delivery.pacing import SlotPacer
+from proactive.delivery.ports import (
+    BotConnector,
+    InstallRequest,
+    RetryRequest,
+    Sleep,
+    ThreadWindows,
+    UniformSource,
+    WorkQueue,
+)
+from proactive.delivery.quiet_hours import quiet_until
+from proactive.delivery.retry import Failed, RetryPolicy, Succeeded, call_with_retries
 from proactive.errors import (
     ActivityNotFound,
     BotMisconfigured,
     ConcurrencyConflict,
     DeliveryError,
     InvalidInput,
-    MessageRejected,
     OutboundHostRefused,
     ProactiveError,
     RecipientUnreachable,
     RecordNotFound,
     ReferenceStale,
-    ServiceBusy,
-    ServiceFailed,
     StorageError,
     TenantDisabled,
     Throttled,
     TransientDeliveryError,
     TransportFailure,
 )
-from proactive.ledger import claim_listed
-from proactive.message_content import MessageContent, render
 from proactive.models import (
     DeliveryRecord,
     DeliveryStatus,
     ErrorInfo,
     NotificationStatus,
+    Operation,
     Preferences,
     RecipientKind,
     SendOutcome,
     SendStatus,
     StoredReference,
-    WireModel,
+    Urgency,
 )
-from proactive.pacing import SlotPacer
-from proactive.ports import DeliveryLedger, NotificationStore, PreferenceStore, ReferenceStore, Versioned
-from proactive.quiet_hours import quiet_until
-from proactive.retry import Failed, RetryPolicy, Sleep, Succeeded, UniformSource, call_with_retries
-from proactive.sender_ports import BotConnector, InstallRequest, RetryRequest, ThreadWindows, WorkQueue
+from proactive.storage.ports import (
+    DeliveryLedger,
+    NotificationStore,
+    PreferenceStore,
+    ReferenceStore,
+    Versioned,
+)
 
-__all__ = [
-    "BatchSender",
-    "Operation",
-    "Pacing",
-    "Reason",
-    "RowOutcome",
-    "SendBatchInput",
-    "SendBatchResult",
-    "reconcile_stuck",
-]
+__all__ = ["BatchSender"]
 
 # How long before its grant's notBefore a paced batch starts claiming and preparing rows (see send_batch):
 # more than preparation takes (tens of ms on Azure storage, a second under load), far below the
@@ -179,209 +197,10 @@ PREPARE_AHEAD_SECONDS = 2.0
 
 logger = logging.getLogger(__name__)
 
-Operation = Literal["send", "update", "delete"]
-
-
-# Reasons a user's reference was closed by the user's own act: never reinstalled behind their back.
-_USER_CLOSED = frozenset({"messagewritesblocked", "conversationblockedbyuser", "uninstalled"})
-# Transport failures after which the request may have been processed (see the module docstring).
-_MAYBE_DELIVERED = frozenset({"Timeout", "ConnectionLost"})
 MAX_HANDOFF_DELAY = 3600.0
 # How long a row waits when other senders took the thread's places under each of its tries: the shortest
 # per-thread window (teams-platform-facts.md section 1), after which those senders' places are settled.
 THREAD_CONTENDED_DELAY = timedelta(seconds=1)
-
-
-class Reason:
-    """Stable ``last_error.code`` values the sender writes itself (Teams' own codes are kept as they come)."""
-
-    NO_REFERENCE = "no_reference"
-    SERVICE_URL_REFUSED = "service_url_refused"
-    OPTED_OUT = "opted_out"
-    OPTED_OUT_CATEGORY = "opted_out_category"
-    QUIET_HOURS = "quiet_hours"
-    MISSING_PLACEHOLDER = "missing_placeholder_value"
-    RECONCILED = "reconciled"
-    TENANT_HALTED = "tenant_halted"
-    NO_SLOT = "slot_expired"
-    THREAD_BUSY = "thread_busy"
-
-
-class Pacing(WireModel):
-    """The limiter grant's pacing, passed on by the orchestration (see :mod:`proactive.pacing`).
-
-    Wire form ``{"notBefore", "paceSeconds", "sendBy", "slackSeconds"}``: the grant's ``notBeforeIso``,
-    ``paceSeconds``, ``sendByIso`` and ``slackSeconds``. The batch's ``limit`` is the number of slots.
-
-    Attributes:
-        not_before: no request starts before it.
-        pace_seconds: the least spacing between two request starts.
-        send_by: no request starts after it.
-        slack_seconds: how late after its slot a request may still start.
-    """
-
-    not_before: AwareDatetime
-    pace_seconds: float = Field(gt=0, allow_inf_nan=False)
-    send_by: AwareDatetime
-    slack_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-
-
-class SendBatchInput(WireModel):
-    """Input of activity ``send_batch`` (JSON from the orchestration).
-
-    Attributes:
-        notification_id: the notification.
-        tenant_id: the tenant whose ledger partition to work on.
-        limit: at most this many rows (the limiter's grant).
-        now: the orchestration's time; rows deferred until then or earlier are due.
-        urgency: ``urgent`` ignores quiet hours (never opt-outs).
-        operation: ``send`` new messages, or ``update`` / ``delete`` the sent ones.
-        pacing: spread the batch's requests over the grant's slots, one request per slot, retries
-            included; ``None`` (a re-drive, a caller without a paced grant) sends as fast as
-            ``concurrency`` allows.
-        part: with ``parts`` > 1, the batch takes only rows whose recipient key hashes to this part
-            (:func:`part_of`), so a tenant's lanes claim disjoint rows instead of racing for the same ones.
-        parts: how many parts the partition has (1: every row).
-    """
-
-    notification_id: str = Field(min_length=1)
-    tenant_id: str = Field(min_length=1)
-    limit: int = Field(ge=0)
-    now: AwareDatetime
-    urgency: Urgency = Urgency.NORMAL
-    operation: Operation = "send"
-    pacing: Pacing | None = None
-    part: int = Field(default=0, ge=0)
-    parts: int = Field(default=1, ge=1)
-
-
-class SendBatchResult(WireModel):
-    """Output of activity ``send_batch``: counts for the orchestration and the limiter.
-
-    Row counts (each claimed row lands in exactly one): ``sent``, ``suppressed``, ``deferred``, ``skipped``,
-    ``unreachable``, ``stale``, ``failed``, ``retry_queued`` (handed to ``deliveries-retry``, row
-    ``pending``) and ``unrecorded`` (sent or settled but the ledger write failed; row left ``sending`` for
-    :func:`reconcile_stuck`). ``attempted`` is their sum. For update/delete, ``sent`` counts rows updated
-    or deleted, ``failed`` rows that could not be.
-
-    Response counts for the limiter: ``requests`` (Bot Connector calls made), ``throttled`` (429 answers,
-    including retried ones), ``server_errors`` (5xx, timeouts, connection failures), ``max_retry_after``.
-
-    Attributes:
-        uncertain: rows whose last send timed out or lost its connection (may have been delivered; the
-            documented duplicate window). They are also in ``retry_queued``.
-        halted: the error code that stopped this batch for the tenant (``BotDisabledByAdmin``,
-            ``BotNotRegistered``, ...), or ``cancelled`` for a cancelled notification; rows not yet sent
-            stay ``pending``.
-        next_deferred_at: the earliest ``not_before`` of a row deferred past ``now`` (quiet hours).
-        remaining: claimable rows left (0 means none at all); otherwise at least 1, counted from the
-            ledger pages read. Rows given back because the grant had no slot left for them count here.
-        first_send_at: when the batch's first Bot Connector request started; ``None`` without requests.
-        last_send_at: when its last request **started** (its slot when paced), so the limiter can time
-            the next window from the batch's real sends rather than from when the orchestration heard of
-            them; ``None`` without requests.
-        first_ready_at: when the batch's first request was ready to start (claimed, looked up, rendered)
-            and asked for its time (paced only): teaches the limiter how far ahead to place grants.
-        slots_skipped: reservations given up because their worker woke too late for them (paced only).
-        cancelled: the notification was cancelled before the batch began (set by the activity, which then
-            sends nothing).
-        returned: rows this batch claimed and then gave back claimable (no slot left, halted, or left
-            ``pending`` for the next batch); also in ``remaining``. A batch running beside this one may have
-            read the ledger before they came back, so its ``remaining`` may miss them.
-    """
-
-    attempted: int = 0
-    sent: int = 0
-    suppressed: int = 0
-    deferred: int = 0
-    skipped: int = 0
-    unreachable: int = 0
-    stale: int = 0
-    failed: int = 0
-    retry_queued: int = 0
-    unrecorded: int = 0
-    uncertain: int = 0
-    requests: int = 0
-    throttled: int = 0
-    server_errors: int = 0
-    max_retry_after: float | None = None
-    next_deferred_at: AwareDatetime | None = None
-    remaining: int = 0
-    halted: str | None = None
-    elapsed_ms: int = 0
-    first_send_at: AwareDatetime | None = None
-    last_send_at: AwareDatetime | None = None
-    first_ready_at: AwareDatetime | None = None
-    slots_skipped: int = 0
-    returned: int = 0
-    cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class RowOutcome:
-    """What became of one claimed row: the row's new status, why, and the send when one was made.
-
-    Attributes:
-        recipient_key: the row.
-        status: the row's status as written (``pending`` for a hand-off, ``sending`` if unrecorded).
-        reason: ``last_error.code`` written, if any.
-        send: the send's outcome when a Bot Connector call was made.
-        handed_off: a :class:`RetryRequest` was queued.
-        uncertain: the last attempt may have been delivered.
-        recorded: the ledger write succeeded.
-        failures: every error seen on the way (for throttle and server-error counts).
-        requests: Bot Connector calls made.
-        not_before: the ``not_before`` written (deferrals and hand-offs).
-    """
-
-    recipient_key: str
-    status: DeliveryStatus
-    reason: str | None = None
-    send: SendOutcome | None = None
-    handed_off: bool = False
-    uncertain: bool = False
-    recorded: bool = True
-    failures: tuple[ProactiveError, ...] = ()
-    requests: int = 0
-    not_before: datetime | None = None
-
-
-class _Uncertain(ProactiveError):
-    """A send that may have reached Teams: ends the in-process retries (not transient on purpose)."""
-
-    def __init__(self, cause: TransportFailure) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class _NoSlot(ProactiveError):
-    """The grant has no slot left for this request: ends the in-process retries (not transient on purpose)."""
-
-
-class _ThreadBusy(ProactiveError):
-    """The thread's windows are full until ``until``: ends the in-process retries (not transient on purpose)."""
-
-    def __init__(self, until: datetime) -> None:
-        super().__init__(f"the conversation's per-thread windows are full until {until.isoformat()}")
-        self.until = until
-
-
-class _Release(Exception):
-    """Internal: give the claimed row back untouched; no request was made for it."""
-
-    code = Reason.TENANT_HALTED
-    detail = "batch halted before this send"
-
-
-class _Halt(_Release):
-    """Internal: the batch was halted before this row was sent."""
-
-
-class _SlotsGone(_Release):
-    """Internal: the grant had no slot left for this row's first request."""
-
-    code = Reason.NO_SLOT
-    detail = "no slot left in this batch's grant; the next batch takes the row"
 
 
 @dataclass
@@ -641,19 +460,19 @@ class BatchSender:
         """Right before a Bot Connector call: wait for its slot (paced batches) and note its start.
 
         Raises:
-            _Halt: the batch was halted (before, or while waiting for the slot: the slot goes unused).
-            _NoSlot: the grant has no slot left.
+            Halt: the batch was halted (before, or while waiting for the slot: the slot goes unused).
+            NoSlot: the grant has no slot left.
         """
         if batch.halted is not None:
-            raise _Halt
+            raise Halt
         if batch.pacer is None:
             batch.started(self._clock())
             return
         start = await batch.pacer.acquire()
         if start is None:
-            raise _NoSlot("no slot left in this batch's grant")
+            raise NoSlot("no slot left in this batch's grant")
         if batch.halted is not None:
-            raise _Halt
+            raise Halt
         batch.started(datetime.fromtimestamp(start, UTC))
 
     # ---- selection --------------------------------------------------------------------------------
@@ -740,7 +559,7 @@ class BatchSender:
             return None
         try:
             return await self._deliver(batch, listed, claimed)
-        except _Release as released:
+        except Release as released:
             await self._release(batch, listed, claimed, released)
             return None
 
@@ -783,7 +602,7 @@ class BatchSender:
                 attempts=previous_attempts,
             )
         if batch.halted is not None:
-            raise _Halt
+            raise Halt
         conversation_id = reference.reference.conversation.id
         service_url = reference.reference.service_url
         # Channels and group chats are the threads that receive many messages: their first request takes a
@@ -799,12 +618,12 @@ class BatchSender:
             try:
                 return await self._connector.send_activity(service_url, conversation_id, activity)
             except TransportFailure as exc:
-                if exc.code in _MAYBE_DELIVERED:
-                    raise _Uncertain(exc) from exc
+                if exc.code in MAYBE_DELIVERED:
+                    raise Uncertain(exc) from exc
                 raise
 
         result = await call_with_retries(send_once, policy=self._policy, sleep=self._sleep, rng=self._rng)
-        if isinstance(result, Failed) and isinstance(result.error, _ThreadBusy):
+        if isinstance(result, Failed) and isinstance(result.error, ThreadBusy):
             # Nothing was sent: the row waits, like one in quiet hours, until the thread has room.
             return await self._settle(
                 claimed,
@@ -814,9 +633,9 @@ class BatchSender:
                 attempts=previous_attempts,
                 not_before=result.error.until,
             )
-        if isinstance(result, Failed) and isinstance(result.error, _NoSlot):
+        if isinstance(result, Failed) and isinstance(result.error, NoSlot):
             if result.attempts == 1:
-                raise _SlotsGone  # nothing was sent: give the row back as it was listed
+                raise SlotsGone  # nothing was sent: give the row back as it was listed
             return await self._out_of_slots(claimed, result, previous_attempts)
         attempts = previous_attempts + result.attempts
         if isinstance(result, Succeeded):
@@ -870,7 +689,7 @@ class BatchSender:
                 f"bot not installed ({reason})",
                 attempts=attempts,
             )
-        if reason.lower() in _USER_CLOSED:
+        if reason.lower() in USER_CLOSED:
             return await self._settle(
                 claimed,
                 DeliveryStatus.UNREACHABLE,
@@ -944,18 +763,18 @@ class BatchSender:
         error = result.error
         key = claimed.value.recipient_key
         failures = result.failures
-        if isinstance(error, _Uncertain | TransientDeliveryError) or not isinstance(
+        if isinstance(error, Uncertain | TransientDeliveryError) or not isinstance(
             error, DeliveryError | OutboundHostRefused
         ):
             # Transient (or not a delivery answer at all, e.g. a token endpoint hiccup): later, out of process.
             return await self._later(batch, claimed, error, result, attempts)
-        status, send_status = _classify(error)
-        code = _code(error)
+        status, send_status = classify(error)
+        code = code_of(error)
         send = SendOutcome(
             recipient_key=key,
             status=send_status,
             attempts=result.attempts,
-            http_status=_status(error),
+            http_status=status_of(error),
             error_code=code,
         )
         failed_in = reference.reference.conversation.id  # a reinstall's fresh reference stays active
@@ -967,7 +786,7 @@ class BatchSender:
             await self._references.deactivate(
                 batch.tenant_id, key, code, self._clock(), conversation_id=failed_in
             )
-            install = _install_request(batch.tenant_id, reference, code, batch.notification_id)
+            install = install_request(batch.tenant_id, reference, code, batch.notification_id)
             if install is not None and self._installs is not None:
                 await self._installs.put(install.to_json())
                 if install.notification_id is not None:
@@ -987,9 +806,9 @@ class BatchSender:
         result: Failed,
         attempts: int,
     ) -> RowOutcome:
-        uncertain = isinstance(error, _Uncertain)
-        cause: ProactiveError = error.cause if isinstance(error, _Uncertain) else error
-        code = _code(cause)
+        uncertain = isinstance(error, Uncertain)
+        cause: ProactiveError = error.cause if isinstance(error, Uncertain) else error
+        code = code_of(cause)
         retry_after = cause.retry_after if isinstance(cause, Throttled) else None
         delay = min(MAX_HANDOFF_DELAY, max(self._handoff_delay, retry_after or 0.0))
         not_before: datetime | None = self._clock() + timedelta(seconds=delay)
@@ -1011,7 +830,7 @@ class BatchSender:
             logger.warning("Could not queue a retry; the row stays pending for the next batch")
             not_before = None
             redrives -= 1
-        send = _transient_outcome(claimed.value.recipient_key, cause, result.attempts)
+        send = transient_outcome(claimed.value.recipient_key, cause, result.attempts)
         return await self._settle(
             claimed,
             DeliveryStatus.PENDING,
@@ -1039,8 +858,8 @@ class BatchSender:
         requests = result.attempts - 1
         failures = result.failures[:-1]
         last = failures[-1]
-        code = _code(last)
-        send = _transient_outcome(claimed.value.recipient_key, last, requests)
+        code = code_of(last)
+        send = transient_outcome(claimed.value.recipient_key, last, requests)
         return await self._settle(
             claimed,
             DeliveryStatus.PENDING,
@@ -1056,7 +875,7 @@ class BatchSender:
         """Take a place in the thread's windows for a request starting now.
 
         Raises:
-            _ThreadBusy: the windows are full; the first start they allow.
+            ThreadBusy: the windows are full; the first start they allow.
         """
         assert self._threads is not None
         now = self._clock()
@@ -1064,13 +883,13 @@ class BatchSender:
             until = await self._threads.reserve(tenant_id, conversation_id, now)
         except ConcurrencyConflict:
             # Other senders took places under every try: the thread is busy, look again a window later.
-            raise _ThreadBusy(now + THREAD_CONTENDED_DELAY) from None
+            raise ThreadBusy(now + THREAD_CONTENDED_DELAY) from None
         except StorageError:
             # Sending anyway loses nothing: Teams answers a request over its windows with a 429.
             logger.warning("Could not reserve a place in a thread's windows; sending without it")
             return
         if until is not None:
-            raise _ThreadBusy(until)
+            raise ThreadBusy(until)
 
     # ---- one row: update / delete -----------------------------------------------------------------
 
@@ -1099,13 +918,13 @@ class BatchSender:
 
         try:
             result = await call_with_retries(once, policy=self._policy, sleep=self._sleep, rng=self._rng)
-        except _Halt:
+        except Halt:
             batch.left += 1
             return None
         if isinstance(result, Succeeded):
             return await self._mark(row, marker, DeliveryStatus.SENT, None, "", result)
         error = result.error
-        if isinstance(error, _NoSlot):
+        if isinstance(error, NoSlot):
             if result.attempts == 1:
                 batch.left += 1  # nothing was called: the row is untouched and due again
                 return None
@@ -1124,24 +943,24 @@ class BatchSender:
             return RowOutcome(
                 record.recipient_key,
                 DeliveryStatus.PENDING,
-                _code(error),
+                code_of(error),
                 failures=result.failures,
                 requests=result.attempts,
                 recorded=False,
             )
         if isinstance(error, TenantDisabled | BotMisconfigured):
-            batch.halted = batch.halted or _code(error)
+            batch.halted = batch.halted or code_of(error)
             return RowOutcome(
                 record.recipient_key,
                 DeliveryStatus.FAILED,
-                _code(error),
+                code_of(error),
                 failures=result.failures,
                 requests=1,
             )
         if isinstance(error, ActivityNotFound):
             # "update/delete of an unknown message: drop" (facts sheet): the row is done either way.
-            return await self._mark(row, marker, DeliveryStatus.SENT, _code(error), str(error), result)
-        return await self._mark(row, marker, DeliveryStatus.FAILED, _code(error), str(error), result)
+            return await self._mark(row, marker, DeliveryStatus.SENT, code_of(error), str(error), result)
+        return await self._mark(row, marker, DeliveryStatus.FAILED, code_of(error), str(error), result)
 
     async def _mark(
         self,
@@ -1232,7 +1051,7 @@ class BatchSender:
         batch: _Batch,
         listed: Versioned[DeliveryRecord],
         claimed: Versioned[DeliveryRecord],
-        why: _Release,
+        why: Release,
     ) -> None:
         # No request was made for this row (halted, or no slot): give it back untouched (its old status
         # and count), claimable by the next batch, so it counts as remaining.
@@ -1299,7 +1118,7 @@ class BatchSender:
             uncertain=sum(1 for o in outcomes if o.uncertain),
             requests=sum(o.requests for o in outcomes),
             throttled=len(throttles),
-            server_errors=sum(1 for f in failures if _server_error(f)),
+            server_errors=sum(1 for f in failures if server_error(f)),
             max_retry_after=max(retry_afters) if retry_afters else None,
             next_deferred_at=_earliest(candidates.next_deferred_at, *deferred_now),
             remaining=candidates.remaining + left,
@@ -1313,66 +1132,11 @@ class BatchSender:
         )
 
 
-async def reconcile_stuck(
-    ledger: DeliveryLedger,
-    notification_id: str,
-    tenant_id: str,
-    *,
-    now: datetime,
-    older_than: timedelta,
-) -> int:
-    """Return rows stuck in ``sending`` for longer than ``older_than`` to ``pending`` (at-least-once).
-
-    A row stays ``sending`` only when its sender crashed (or could not write) between the claim and the
-    record. Teams may or may not have received that send: re-driving it is the documented duplicate window
-    (module docstring). ``older_than`` must exceed the longest a ``send_batch`` can run (host.json
-    ``functionTimeout``, 10 min, so 15 min is a safe choice), or a live send could be re-driven.
-
-    Returns:
-        How many rows were returned to ``pending`` (rows another writer changed meanwhile are left alone).
-    """
-    cutoff = now - older_than
-    moved = 0
-    continuation: str | None = None
-    while True:
-        page = await ledger.list(
-            notification_id, tenant_id, statuses=[DeliveryStatus.SENDING], continuation=continuation
-        )
-        for row in page.items:
-            if row.value.status is not DeliveryStatus.SENDING or row.value.updated_at > cutoff:
-                continue
-            reset = row.value.model_copy(
-                update={
-                    "status": DeliveryStatus.PENDING,
-                    "not_before": None,
-                    "updated_at": now,
-                    "last_error": ErrorInfo(
-                        code=Reason.RECONCILED,
-                        message="left 'sending' by a sender that stopped; re-driven (may duplicate)",
-                    ),
-                }
-            )
-            try:
-                await ledger.replace(reset, row.etag)
-                moved += 1
-            except ConcurrencyConflict:
-                continue
-        continuation = page.continuation
-        if continuation is None:
-            return moved
-
-
 # ---- helpers -------------------------------------------------------------------------------------------
 
 
 async def _nothing() -> dict[str, Preferences]:
     return {}
-
-
-def part_of(recipient_key: str, parts: int) -> int:
-    """The part (of ``parts``) a recipient belongs to: a stable hash, the same in every process."""
-    digest = hashlib.blake2b(recipient_key.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") % parts
 
 
 def _ready_at(pacer: SlotPacer | None, waited: float) -> datetime | None:
@@ -1419,66 +1183,6 @@ def _outgoing(activity: dict[str, Any], stored: StoredReference, notification_id
     channel_data["proactive"] = {"notificationId": notification_id}
     outgoing["channelData"] = channel_data
     return outgoing
-
-
-def _install_request(
-    tenant_id: str, reference: StoredReference, reason: str, notification_id: str
-) -> InstallRequest | None:
-    if reference.kind is RecipientKind.USER:
-        return InstallRequest(
-            tenant_id=tenant_id,
-            aad_object_id=reference.recipient_id,
-            reason=reason,
-            notification_id=notification_id,
-        )
-    if reference.team_id:
-        return InstallRequest(tenant_id=tenant_id, team_id=reference.team_id, reason=reason)
-    return None  # a group chat: only its members can add the bot back
-
-
-def _classify(error: ProactiveError) -> tuple[DeliveryStatus, SendStatus]:
-    if isinstance(error, RecipientUnreachable):
-        return DeliveryStatus.UNREACHABLE, SendStatus.UNREACHABLE
-    if isinstance(error, ReferenceStale):
-        return DeliveryStatus.STALE, SendStatus.STALE
-    if isinstance(error, TenantDisabled):
-        return DeliveryStatus.FAILED, SendStatus.TENANT_DISABLED
-    if isinstance(error, MessageRejected):
-        return DeliveryStatus.FAILED, SendStatus.REJECTED
-    return DeliveryStatus.FAILED, SendStatus.FAILED
-
-
-def _code(error: ProactiveError) -> str:
-    if isinstance(error, OutboundHostRefused):
-        return Reason.SERVICE_URL_REFUSED
-    if isinstance(error, DeliveryError) and error.code:
-        return error.code
-    if isinstance(error, DeliveryError) and error.status is not None:
-        return f"http_{error.status}"
-    return type(error).__name__
-
-
-def _transient_outcome(recipient_key: str, error: ProactiveError, attempts: int) -> SendOutcome:
-    """The send outcome of a row whose last answer was transient (429, 5xx, no connection, timeout)."""
-    return SendOutcome(
-        recipient_key=recipient_key,
-        status=SendStatus.THROTTLED if isinstance(error, Throttled) else SendStatus.TRANSIENT,
-        attempts=attempts,
-        http_status=_status(error),
-        error_code=_code(error),
-        retry_after=error.retry_after if isinstance(error, Throttled) else None,
-    )
-
-
-def _status(error: ProactiveError) -> int | None:
-    return error.status if isinstance(error, DeliveryError) else None
-
-
-def _server_error(error: ProactiveError) -> bool:
-    cause = error.cause if isinstance(error, _Uncertain) else error
-    if isinstance(cause, TransportFailure | ServiceFailed):
-        return True
-    return isinstance(cause, ServiceBusy) and (cause.status or 0) >= 500
 
 
 def _earliest(*moments: datetime | None) -> datetime | None:

@@ -14,7 +14,7 @@ import binascii
 import contextlib
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from azure.core.exceptions import ResourceExistsError
 from azure.functions.queue import QueueMessage
@@ -22,11 +22,9 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from devhost.durable import DurableRuntime, FunctionIndex
 from devhost.durable.functions import FunctionInfo
 from devhost.settings import HostSettings
-
-if TYPE_CHECKING:
-    from devhost.host import DevHost
 
 log = logging.getLogger("devhost.triggers")
 
@@ -104,10 +102,20 @@ class Ncrontab:
 # ---------------------------------------------------------------- service
 
 
+class TriggerHost(Protocol):
+    """What the triggers need of the host (:class:`~devhost.host.DevHost` fits): no import of it, no cycle."""
+
+    index: FunctionIndex
+    runtime: DurableRuntime
+
+    async def invoke(self, info: FunctionInfo, trigger_value: Any) -> Any:
+        """Call a function with its trigger value and its durable client binding."""
+
+
 class TriggerService:
     """Runs the app's queue and timer triggers inside a :class:`~devhost.host.DevHost`."""
 
-    def __init__(self, host: DevHost, settings: HostSettings, *, poll_interval: float = 0.2) -> None:
+    def __init__(self, host: TriggerHost, settings: HostSettings, *, poll_interval: float = 0.2) -> None:
         self.host = host
         self.settings = settings
         self.poll_interval = poll_interval

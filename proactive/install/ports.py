@@ -1,4 +1,4 @@
-"""The Microsoft Graph port: what proactive installation and audience resolution need from Graph.
+"""The install ports: what proactive installation and audience resolution need from Graph, and the Graph pacer.
 
 :class:`~proactive.adapters.graph.GraphClient` implements :class:`Graph` over REST; tests run it against
 the Graph emulator (``devhost/emulators/graph.py``). Every method raises the error tree
@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["DirectoryPage", "DirectoryUser", "Graph", "UserInstallation"]
+__all__ = [
+    "Admission",
+    "DirectoryPage",
+    "DirectoryUser",
+    "Graph",
+    "GraphPacer",
+    "ReportTiming",
+    "UserInstallation",
+]
 
 
 @dataclass(frozen=True)
@@ -74,3 +82,49 @@ class Graph(Protocol):
     async def tenant_users(self, tenant_id: str, cursor: str | None) -> DirectoryPage:
         """A page of the tenant's users."""
         ...
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The limiter's answer: ``tokens`` (0 while its breaker is open) from ``not_before`` (epoch seconds).
+
+    ``granted_at`` is echoed in the report, so the limiter learns how long an install takes from its grant to
+    its first request (its *lead*) and punishes one overload once. ``pace_seconds`` is the grant's spacing:
+    a request that reaches its slot late still keeps that far from the tenant's previous one.
+    """
+
+    tokens: int
+    not_before: float
+    granted_at: float | None = None
+    pace_seconds: float = 0.0
+
+
+class GraphPacer(Protocol):
+    """The tenant's Graph limiter, as a queue trigger can use it."""
+
+    async def admit(self, tenant_id: str) -> Admission:
+        """Ask for one install's slot."""
+        ...
+
+    async def report(
+        self,
+        tenant_id: str,
+        *,
+        sent: int = 0,
+        throttled: int = 0,
+        server_errors: int = 0,
+        failed: int = 0,
+        retry_after: float | None = None,
+        timing: ReportTiming | None = None,
+    ) -> None:
+        """Tell the limiter how the install's Graph calls went."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReportTiming:
+    """When the install had its grant, was ready to call Graph and made its first call (epoch seconds)."""
+
+    granted_at: float | None
+    ready_at: float
+    sent_at: float

@@ -34,7 +34,7 @@ General channel and the channel the broadcast named (a bot in a team may post to
 The service URL of a tenant: the user's previous reference, else any active reference of the tenant, else
 ``TEAMS_SERVICE_URL`` (the public ``https://smba.trafficmanager.net/teams/`` by default), cached per tenant.
 
-Errors are the port's (:mod:`proactive.graph_ports`): ``Throttled``, ``ServiceBusy``, ``TransportFailure``
+Errors are the port's (:mod:`proactive.install.ports`): ``Throttled``, ``ServiceBusy``, ``TransportFailure``
 propagate for the caller's pacing and retry; ``GraphAccessDenied`` (no consent, permission missing) and
 ``DirectoryObjectNotFound`` (no such user, app not in the store) are permanent.
 """
@@ -50,7 +50,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from proactive.errors import ServiceBusy
-from proactive.graph_ports import Graph
+from proactive.install.ports import Graph
 from proactive.models import (
     ChannelAccount,
     ConversationAccount,
@@ -59,7 +59,7 @@ from proactive.models import (
     StoredReference,
     recipient_key,
 )
-from proactive.ports import ReferenceStore
+from proactive.storage.ports import ReferenceStore
 
 __all__ = [
     "BLOCKED_REASONS",

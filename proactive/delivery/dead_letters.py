@@ -18,8 +18,8 @@ Public ids
 Re-driving a delivery (:class:`DeliveryRedriver`)
     The row goes back through the paced path, never straight to Teams: the ``dead_lettered`` ledger row is
     reset to ``pending`` (ETag-guarded, ``redrives`` back to 0 so it gets its full hand-offs again), then a
-    :class:`~proactive.sender_ports.RetryRequest` goes on ``deliveries-retry``, whose trigger starts or
-    wakes the tenant's paced ``tenant_lane`` run (:mod:`proactive.redrive`). Idempotent: a row already
+    :class:`~proactive.delivery.ports.RetryRequest` goes on ``deliveries-retry``, whose trigger starts or
+    wakes the tenant's paced ``tenant_lane`` run (:mod:`proactive.delivery.redrive`). Idempotent: a row already
     ``pending``/``deferred`` (an earlier re-drive) only gets the reminder again, which the trigger collapses
     into the one run and the ledger claim lets send once; a row ``sending`` is left alone. A row already
     ``sent`` is refused with 409 ``already_sent``, any other settled row with 409 ``not_redrivable``.
@@ -36,17 +36,17 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from pydantic import ValidationError
 
 from proactive import json_input, telemetry
 from proactive.csv_export import csv_text
+from proactive.delivery.ports import Redriver, RedriveResult, RetryRequest, WorkQueue
 from proactive.errors import ConcurrencyConflict, InvalidInput
 from proactive.models import DeadLetter, DeliveryStatus, NotificationStatus
-from proactive.paging import decode_continuation, encode_continuation
-from proactive.ports import DeadLetterStore, DeliveryLedger, NotificationStore
-from proactive.sender_ports import RetryRequest, WorkQueue
+from proactive.storage.paging import decode_continuation, encode_continuation
+from proactive.storage.ports import DeadLetterStore, DeliveryLedger, NotificationStore
 
 __all__ = [
     "CSV_COLUMNS",
@@ -58,8 +58,6 @@ __all__ = [
     "DeadLetterQuery",
     "DeadLetterService",
     "DeliveryRedriver",
-    "RedriveResult",
-    "Redriver",
     "parse_public_id",
     "public_id",
     "record_poison_failure",
@@ -234,25 +232,6 @@ class DeadLetterPage:
             return cells
 
         return csv_text(CSV_COLUMNS, (row(item) for item in self.items))
-
-
-@dataclass(frozen=True)
-class RedriveResult:
-    """What a re-drive did: ``requeued`` (a message is on its way) or ``in_progress`` (a sender has it)."""
-
-    status: str
-    detail: dict[str, Any]
-
-
-class Redriver(Protocol):
-    """Re-drives the dead letters of one source queue."""
-
-    async def redrive(self, entry: DeadLetter) -> RedriveResult:
-        """Put the work back on its paced path.
-
-        Raises:
-            InvalidInput: 409 when the work cannot or must not be re-driven (already done, settled).
-        """
 
 
 def _not_redrivable(message: str, code: str = "not_redrivable") -> InvalidInput:

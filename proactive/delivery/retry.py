@@ -26,8 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import ClassVar, Generic, Literal, NoReturn, Protocol, TypeVar
+from typing import ClassVar, Generic, Literal, NoReturn, TypeVar
 
+from proactive.delivery.ports import Sleep, UniformSource
 from proactive.errors import ProactiveError, Throttled, TransientDeliveryError
 from proactive.settings import Settings
 
@@ -35,26 +36,13 @@ __all__ = [
     "Failed",
     "RetryPolicy",
     "RetryResult",
-    "Sleep",
     "Succeeded",
-    "UniformSource",
     "backoff_delay",
     "call_with_retries",
     "parse_retry_after",
 ]
 
 T = TypeVar("T")
-
-Sleep = Callable[[float], Awaitable[None]]
-"""``asyncio.sleep`` in production; a recorder in tests."""
-
-
-class UniformSource(Protocol):
-    """Where jitter comes from: ``random.Random`` (seeded in tests) fits."""
-
-    def random(self) -> float:
-        """A float in [0, 1)."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""The stores of :mod:`proactive.ports`, written once over an :class:`~proactive.ports.EntityTable`.
+"""The stores of :mod:`proactive.storage.ports`, written once over an :class:`~proactive.storage.ports.EntityTable`.
 
 Row layout (ARCHITECTURE.md "Data"): each row holds the model's full JSON in ``body`` (split over
 ``body1``, ``body2``, ... when longer than one table property may be) plus a few plain columns
 that queries filter on (``active``, ``status``) and the original ids (keys may be hashed when ids
-are very long, see :mod:`proactive.keys`).
+are very long, see :mod:`proactive.storage.keys`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from proactive.errors import ConcurrencyConflict, RecordNotFound
-from proactive.keys import compose, encode_key
 from proactive.limiter.threads import ThreadLog, next_start, with_start
 from proactive.models import (
     DeadLetter,
@@ -29,7 +28,8 @@ from proactive.models import (
     StoredReference,
     WireModel,
 )
-from proactive.ports import ETAG_FIELD, Entity, EntityTable, Page, Versioned
+from proactive.storage.keys import compose, encode_key
+from proactive.storage.ports import ETAG_FIELD, Entity, EntityTable, Page, Versioned
 
 M = TypeVar("M", bound=WireModel)
 
@@ -488,7 +488,7 @@ class TableThreadWindows:
         self._attempts = attempts
 
     async def reserve(self, tenant_id: str, conversation_id: str, now: datetime) -> datetime | None:
-        """See :class:`proactive.sender_ports.ThreadWindows`.
+        """See :class:`proactive.delivery.ports.ThreadWindows`.
 
         Raises:
             ConcurrencyConflict: the row changed under each try; nothing was taken.

@@ -2,14 +2,14 @@
 
 :class:`InstallWorker` is what the queue triggers of :mod:`proactive.functions.installs` call.
 
-``handle`` (queue ``installs``), for one :class:`~proactive.sender_ports.InstallRequest`: up to 32 users of
-one tenant (the sender's requests coalesced by :mod:`proactive.install_requests`), or one team. The users
-are installed concurrently, each by :class:`~proactive.installer.Installer`, and:
+``handle`` (queue ``installs``), for one :class:`~proactive.delivery.ports.InstallRequest`: up to 32 users of
+one tenant (the sender's requests coalesced by :mod:`proactive.install.requests`), or one team. The users
+are installed concurrently, each by :class:`~proactive.install.installer.Installer`, and:
 
 1. **every Graph request is admitted** by the tenant's Graph limiter (:class:`GraphPacer`; entity
    ``graph_limiter@{tenantId}``, a key apart from the send limiter, one token per Graph request
    (:data:`REQUESTS_PER_TOKEN`) at ``GRAPH_RATE_PER_TENANT``; the requests a worker makes at once share
-   one grant, :mod:`proactive.graph_pacing`). A slot a little ahead is waited for in process; one further
+   one grant, :mod:`proactive.install.graph_pacing`). A slot a little ahead is waited for in process; one further
    ahead than :data:`MAX_ADMISSION_WAIT` (or none, while the limiter's breaker is open) puts that install
    back, invisible until then. A user whose reference is active needs no request and no token;
 2. **one report** per message tells the limiter what its requests met (its AIMD and breaker learn from
@@ -21,7 +21,7 @@ are installed concurrently, each by :class:`~proactive.installer.Installer`, and
    =================================  =================================================================
    installed / already (409) /        the reference is stored; the broadcast row that asked for it (the
    reference exists                   request's ``notificationId``) goes ``installing -> pending`` and a
-                                      :class:`~proactive.sender_ports.RetryRequest` re-drives it at once
+                                      :class:`~proactive.delivery.ports.RetryRequest` re-drives it at once
                                       (**self-healing, once**: the row is marked ``lastOperation:
                                       reinstalled`` and never re-driven twice); ``-> cancelled`` if the
                                       broadcast was cancelled meanwhile
@@ -50,14 +50,14 @@ dequeue count minus one (every earlier delivery of this copy failed: a success o
 ``dead_letter`` (queue ``installs-poison``): a :class:`~proactive.models.DeadLetter` with the reason
 (id ``install:{tenantId}:{aadObjectId}``, so a repeat is an idempotent upsert), then each row the request
 names that still waits (``installing``, or ``stale`` from before that status), becomes ``dead_lettered``.
-The same order as :mod:`proactive.functions.retries`: a crash between the two leaves a dead letter, never a
+The same order as :mod:`proactive.functions.redelivery`: a crash between the two leaves a dead letter, never a
 silent row.
 
 **Team installs** (``channelId`` and/or ``teamId``): the team is the ``teamId`` of the request or, for a
 channel of a broadcast's audience, the ``teamId`` that audience gave for the channel. Graph addresses a team
 by its Entra group id; a team known only by its Bot Framework id (``19:...``) cannot be installed and is
 dead-lettered with ``team_not_addressable`` (the row ``failed``). Otherwise
-:meth:`~proactive.installer.Installer.install_team` installs it and stores the General channel's reference
+:meth:`~proactive.install.installer.Installer.install_team` installs it and stores the General channel's reference
 and the channel's, and the channel's row is re-driven like a user's.
 
 A request for a tenant that is not a GUID or not on ``TENANT_ALLOW_LIST`` is dead-lettered at once
@@ -76,11 +76,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
 
 from pydantic import ValidationError
 
-from proactive.audience import stored_request
+from proactive.broadcast.audience import stored_request
+from proactive.delivery.ports import InstallRequest, RetryRequest, WorkQueue
 from proactive.errors import (
     ConcurrencyConflict,
     DeliveryError,
@@ -89,7 +89,8 @@ from proactive.errors import (
     ProactiveError,
     Throttled,
 )
-from proactive.installer import Installer, InstallOutcome
+from proactive.install.installer import Installer, InstallOutcome
+from proactive.install.ports import GraphPacer, ReportTiming
 from proactive.models import (
     DeadLetter,
     DeliveryStatus,
@@ -98,8 +99,7 @@ from proactive.models import (
     RecipientKind,
     recipient_key,
 )
-from proactive.ports import DeadLetterStore, DeliveryLedger, NotificationStore
-from proactive.sender_ports import InstallRequest, RetryRequest, WorkQueue
+from proactive.storage.ports import DeadLetterStore, DeliveryLedger, NotificationStore
 
 __all__ = [
     "CONSENT_REQUIRED",
@@ -111,13 +111,10 @@ __all__ = [
     "REQUESTS_PER_TOKEN",
     "TEAM_NOT_ADDRESSABLE",
     "TRANSIENT_RETRY_SECONDS",
-    "Admission",
-    "GraphPacer",
     "InstallHandled",
     "InstallResult",
     "InstallRetryLater",
     "InstallWorker",
-    "ReportTiming",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,52 +154,6 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 
 class InstallRetryLater(ProactiveError):
     """Raised by the trigger so the queue delivers the message again (and poisons it in the end)."""
-
-
-@dataclass(frozen=True)
-class Admission:
-    """The limiter's answer: ``tokens`` (0 while its breaker is open) from ``not_before`` (epoch seconds).
-
-    ``granted_at`` is echoed in the report, so the limiter learns how long an install takes from its grant to
-    its first request (its *lead*) and punishes one overload once. ``pace_seconds`` is the grant's spacing:
-    a request that reaches its slot late still keeps that far from the tenant's previous one.
-    """
-
-    tokens: int
-    not_before: float
-    granted_at: float | None = None
-    pace_seconds: float = 0.0
-
-
-class GraphPacer(Protocol):
-    """The tenant's Graph limiter, as a queue trigger can use it."""
-
-    async def admit(self, tenant_id: str) -> Admission:
-        """Ask for one install's slot."""
-        ...
-
-    async def report(
-        self,
-        tenant_id: str,
-        *,
-        sent: int = 0,
-        throttled: int = 0,
-        server_errors: int = 0,
-        failed: int = 0,
-        retry_after: float | None = None,
-        timing: ReportTiming | None = None,
-    ) -> None:
-        """Tell the limiter how the install's Graph calls went."""
-        ...
-
-
-@dataclass(frozen=True)
-class ReportTiming:
-    """When the install had its grant, was ready to call Graph and made its first call (epoch seconds)."""
-
-    granted_at: float | None
-    ready_at: float
-    sent_at: float
 
 
 class InstallHandled(StrEnum):

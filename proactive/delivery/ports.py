@@ -1,4 +1,4 @@
-"""Ports the sender needs beyond :mod:`proactive.ports`: the Bot Connector and the work queues.
+"""Ports of delivery beyond :mod:`proactive.storage.ports`: the Bot Connector, the work queues, the re-driver.
 
 * :class:`BotConnector` is what :class:`~proactive.adapters.connector.BotConnectorClient` already offers for
   proactive messages (send, update, delete), so the client fits as is.
@@ -8,26 +8,32 @@
 * The two hand-off messages, :class:`InstallRequest` (queue ``installs``, read by the Graph bootstrap) and
   :class:`RetryRequest` (queue ``deliveries-retry``, read by its queue trigger), are wire models so producer
   and consumer parse the same shape.
+* :class:`Redriver` re-drives the dead letters of one source queue; :data:`Sleep` and :class:`UniformSource`
+  are the in-process retries' clock and randomness, injected so tests check delays exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
-from proactive.models import WireModel
+from proactive.models import DeadLetter, WireModel
 
 __all__ = [
     "MAX_INSTALL_USERS",
     "BotConnector",
     "InstallRequest",
     "QueueMessage",
+    "RedriveResult",
+    "Redriver",
     "RetryRequest",
+    "Sleep",
     "ThreadWindows",
+    "UniformSource",
     "WorkQueue",
 ]
 
@@ -56,7 +62,7 @@ class BotConnector(Protocol):
 class ThreadWindows(Protocol):
     """Per-thread request windows shared by every sender (:mod:`proactive.limiter.threads`).
 
-    Adapter: :class:`proactive.stores.TableThreadWindows` (one row per thread, ETag-guarded).
+    Adapter: :class:`proactive.storage.stores.TableThreadWindows` (one row per thread, ETag-guarded).
     """
 
     async def reserve(self, tenant_id: str, conversation_id: str, now: datetime) -> datetime | None:
@@ -108,11 +114,11 @@ class InstallRequest(WireModel):
     Wire form ``{"tenantId", "aadObjectId" | "aadObjectIds" | "teamId" / "channelId", "reason"}``; ``reason``
     is the Teams error code or sender reason that made the reference useless (``ConversationNotFound``,
     ``no_reference``, ...). ``aadObjectIds`` carries up to :data:`MAX_INSTALL_USERS` (32) users of one tenant in
-    one message (what :class:`~proactive.install_requests.InstallRequests` writes), so one queue message,
+    one message (what :class:`~proactive.install.requests.InstallRequests` writes), so one queue message,
     one limiter grant and one report serve them all. ``channelId`` names a channel of the broadcast's
     audience whose team has no reference: the team to install comes from ``teamId`` or, when absent, from
     that audience. ``notificationId`` (optional) names the broadcast whose ledger rows wait for this install:
-    once installed, those rows are re-driven in the same broadcast (:mod:`proactive.installs`).
+    once installed, those rows are re-driven in the same broadcast (:mod:`proactive.install.installs`).
     ``throttled`` counts how often Graph's 429 put the message back (each time visible after
     ``Retry-After``); ``failures`` the transient failures of earlier copies (a copy put back starts a new
     dequeue count).
@@ -168,7 +174,7 @@ class RetryRequest(WireModel):
 
     Written for a row whose in-process retries ran out (the sender's hand-off), a row reconciliation
     found stuck, and a welcome (:mod:`proactive.bot.welcome`). The trigger never sends itself: it makes
-    sure a paced run of the row's tenant takes the row (:mod:`proactive.redrive`).
+    sure a paced run of the row's tenant takes the row (:mod:`proactive.delivery.redrive`).
 
     Attributes:
         notification_id: the notification.
@@ -178,7 +184,7 @@ class RetryRequest(WireModel):
         reason: the last error's code (``Throttled``, ``ServiceUnavailable``, ``Timeout``, ...), or
             ``reconciled`` / ``welcome``.
         uncertain: the last attempt may have been delivered (a timeout or a lost connection): a re-drive
-            may duplicate it (the one documented duplicate window, see :mod:`proactive.sender`).
+            may duplicate it (the one documented duplicate window, see :mod:`proactive.delivery.batch`).
         attempt: which hand-off of the row this is (its ``DeliveryRecord.redrives`` when written; 0 for a
             first send such as a welcome). Past ``policies.MAX_REDRIVES`` the row is dead-lettered.
         waits: how often the trigger already put this message back because the row was not due yet or a
@@ -193,3 +199,34 @@ class RetryRequest(WireModel):
     uncertain: bool = False
     attempt: int = Field(default=0, ge=0)
     waits: int = Field(default=0, ge=0)
+
+
+@dataclass(frozen=True)
+class RedriveResult:
+    """What a re-drive did: ``requeued`` (a message is on its way) or ``in_progress`` (a sender has it)."""
+
+    status: str
+    detail: dict[str, Any]
+
+
+class Redriver(Protocol):
+    """Re-drives the dead letters of one source queue."""
+
+    async def redrive(self, entry: DeadLetter) -> RedriveResult:
+        """Put the work back on its paced path.
+
+        Raises:
+            InvalidInput: 409 when the work cannot or must not be re-driven (already done, settled).
+        """
+
+
+Sleep = Callable[[float], Awaitable[None]]
+"""``asyncio.sleep`` in production; a recorder in tests."""
+
+
+class UniformSource(Protocol):
+    """Where jitter comes from: ``random.Random`` (seeded in tests) fits."""
+
+    def random(self) -> float:
+        """A float in [0, 1)."""
+        ...

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,38 +20,36 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue.aio import QueueClient
 
 from devhost.azurite import free_port
-from devhost.durable.triggers import TriggerService
+from devhost.emulators.serving import start_on_loopback
 from devhost.emulators.teams import build_app, emulator_key
 from devhost.emulators.teams_state import TeamsEmulatorConfig
 from devhost.host import DevHost
+from devhost.host.triggers import TriggerService
 from devhost.settings import HostSettings
 from proactive import composition
 from proactive import function_names as fn
-from proactive.broadcast_request import parse_broadcast_request
-from proactive.functions import retries
+from proactive.broadcast.request import parse_broadcast_request
+from proactive.delivery.contract import Reason
+from proactive.delivery.ports import RetryRequest
+from proactive.delivery.redelivery import notifications_to_reconcile
+from proactive.functions import redelivery as retries
 from proactive.models import (
-    ChannelAccount,
-    ConversationAccount,
-    ConversationReference,
     DeliveryRecord,
     DeliveryStatus,
     Notification,
     NotificationStatus,
     Preferences,
     QuietHours,
-    RecipientKind,
-    StoredReference,
 )
 from proactive.orchestration import policies
 from proactive.orchestration.tenant_broadcast import redrive_instance_id
-from proactive.sender import Reason
-from proactive.sender_ports import RetryRequest
 from tests.support.function_app import load_function_app
+from tests.support.ids import AadIds
+from tests.support.references import stored_reference
 
 pytestmark = pytest.mark.azurite
 
@@ -86,8 +82,7 @@ class ShiftedClock:
             listener()
 
 
-def aad(n: int) -> str:
-    return str(uuid.UUID(int=0x700000 + n))
+aad = AadIds(0x700000)
 
 
 def user_key(n: int) -> str:
@@ -125,16 +120,13 @@ class World:
         )
         for n in users:
             await self.services.references.upsert(
-                StoredReference(
-                    tenant_id=TENANT,
-                    kind=RecipientKind.USER,
-                    recipient_id=aad(n),
-                    reference=ConversationReference(
-                        bot=ChannelAccount(id="28:bot"),
-                        user=ChannelAccount(id=f"29:u{n}", aad_object_id=aad(n)),
-                        conversation=ConversationAccount(id=f"a:conv-{n}", tenant_id=TENANT),
-                        service_url=self.emulator_url,
-                    ),
+                stored_reference(
+                    TENANT,
+                    aad(n),
+                    conversation_id=f"a:conv-{n}",
+                    service_url=self.emulator_url,
+                    bot_id="28:bot",
+                    user_id=f"29:u{n}",
                     updated_at=now,
                 )
             )
@@ -222,12 +214,8 @@ async def world(
         tenant_rate=10, faults=({"match": {"user": aad(9)}, "operations": ["send"], "kind": "503"},)
     )
     emulator_app = build_app(config)
-    runner = web.AppRunner(emulator_app, shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    emulator_url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    runner, base_url = await start_on_loopback(emulator_app, shutdown_timeout=0.5)
+    emulator_url = base_url
     names = {"retry": f"{unique_name}-retry", "installs": f"{unique_name}-installs"}
     environ = {
         "AzureWebJobsStorage": storage_connection_string,
@@ -323,9 +311,9 @@ async def test_a_poison_message_for_a_row_sent_meanwhile_writes_no_dead_letter(w
     request = RetryRequest(
         notification_id="poison-late", tenant_id=TENANT, recipient_key=user_key(0), reason="Throttled"
     )
-    await world.services.queues.queue(world.names["retry"] + retries.POISON_SUFFIX).put(request.to_json())
+    await world.services.queues.queue(world.names["retry"] + fn.POISON_SUFFIX).put(request.to_json())
 
-    await world.until(lambda: _empty(world, world.names["retry"] + retries.POISON_SUFFIX))
+    await world.until(lambda: _empty(world, world.names["retry"] + fn.POISON_SUFFIX))
     await world.host.runtime.idle()
     assert (await world.record("poison-late", 0)).status is DeliveryStatus.SENT
     assert await world.dead_letters() == []
@@ -366,7 +354,7 @@ async def test_the_reconcile_timer_redrives_stuck_rows_and_leaves_the_orchestrat
     # A window that ended a moment ago: a live lane wakes for it, reconciliation leaves it alone.
     await world.row("quiet", 7, DeliveryStatus.DEFERRED, not_before=datetime.now(UTC))
 
-    await run_timer(world, retries.RECONCILE)
+    await run_timer(world, fn.RECONCILE)
 
     async def settled() -> bool:
         rows = [await world.record("done", n) for n in (0, 2)]
@@ -503,7 +491,7 @@ async def test_only_running_and_recently_finished_notifications_are_reconciled(w
             updated_at=long_ago,
         )
     )
-    found = await retries.notifications_to_reconcile(world.services.notifications, now=datetime.now(UTC))
+    found = await notifications_to_reconcile(world.services.notifications, now=datetime.now(UTC))
 
     assert sorted(n.id for n in found) == ["finished-new", "running-old"]
 

@@ -2,7 +2,7 @@
 
 Called by the ``materialise_audience`` activity, one tenant and one slice at a time; each call returns a
 cursor, never recipients, so no recipient list passes through Durable. Idempotent: rows are inserted only
-when missing (:meth:`~proactive.ports.DeliveryLedger.add_pending`), so a retried or replayed call never
+when missing (:meth:`~proactive.storage.ports.DeliveryLedger.add_pending`), so a retried or replayed call never
 resets a row that already moved on.
 
 Per tenant, up to four phases:
@@ -13,13 +13,13 @@ Per tenant, up to four phases:
   Graph's ``@odata.nextLink`` (cursor ``g:{group index}:{nextLink}``); guests only with ``includeGuests``,
   disabled accounts never. A group Graph does not know (404) is skipped with a warning;
 * with the tenant listed in ``audience.tenants``: every *active* reference of the tenant, paged through
-  :meth:`~proactive.ports.ReferenceStore.list_tenant` (cursor ``t:{continuation}``);
+  :meth:`~proactive.storage.ports.ReferenceStore.list_tenant` (cursor ``t:{continuation}``);
 * with ``includeUninstalled`` too: every user Graph lists in the tenant (cursor ``d:{nextLink}``), same
   guest and disabled rules.
 
 A recipient listed twice keeps the row (and data) of its first phase. Users found through Graph who have no
 reference get a plain ``pending`` row: the sender records them ``stale`` and asks the ``installs`` queue to
-install the app, which re-drives the row in the same broadcast once installed (:mod:`proactive.installs`).
+install the app, which re-drives the row in the same broadcast once installed (:mod:`proactive.install.installs`).
 A tenant whose admin has not consented to the Graph permissions (401/403) gets no Graph rows; the warning
 names it (the explicit and reference phases still run).
 
@@ -34,12 +34,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Final
 
-from proactive.broadcast_request import BroadcastRequest
+from proactive.broadcast.request import BroadcastRequest
 from proactive.errors import DirectoryObjectNotFound, GraphAccessDenied, RecordNotFound
-from proactive.graph_ports import DirectoryPage, Graph
+from proactive.install.ports import DirectoryPage, Graph
 from proactive.models import DeliveryRecord, Notification, Recipient, RecipientKind
 from proactive.orchestration.runs import MaterialisePage
-from proactive.ports import DeliveryLedger, NotificationStore, ReferenceStore
+from proactive.storage.ports import DeliveryLedger, NotificationStore, ReferenceStore
 
 EXPLICIT: Final = "e:"
 GROUPS: Final = "g:"

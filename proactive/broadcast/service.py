@@ -1,8 +1,8 @@
-"""The broadcast service: what the HTTP routes and the orchestrations' activities do.
+"""The broadcast service: what the ``/api/broadcasts`` routes do.
 
 :class:`BroadcastService` sits behind ``/api/broadcasts`` (ARCHITECTURE.md flow 3 and 7):
 
-* ``start``: validate (:func:`~proactive.broadcast_request.parse_broadcast_request`), refuse tenants outside
+* ``start``: validate (:func:`~proactive.broadcast.request.parse_broadcast_request`), refuse tenants outside
   the allow-list (403 ``tenant_not_allowed``), store the notification **insert-only** (the notification id
   is the idempotency key), then start orchestration ``broadcast`` with instance id = notification id. The
   same id posted again starts nothing and answers with the existing instance; a *different* body under a
@@ -20,13 +20,13 @@
   every user's data), then start a paced fan-out with operation ``update`` / ``delete`` under instance id
   ``{id}.update`` / ``{id}.delete``. Only once the send has finished, one at a time (409 otherwise).
 
-:class:`BroadcastSteps` is what the activities call: materialise, send a batch (after checking the
-cancelled flag), mark remaining rows cancelled, count, record the notification's status.
+The status body is built in :mod:`proactive.broadcast.status`, the deliveries pages in
+:mod:`proactive.broadcast.export`; the activities are :mod:`proactive.broadcast.activities`.
 
 Ids starting with ``welcome-`` are the tenants' welcome notifications (:mod:`proactive.bot.welcome`): their
 status and deliveries can be read here, but no caller can start, cancel, update or recall one (400 / 404).
 
-Durable's client is behind the :class:`Orchestrations` port so this module imports nothing from ``azure``.
+Durable's client is behind the :class:`~proactive.broadcast.ports.Orchestrations` port.
 """
 
 from __future__ import annotations
@@ -34,88 +34,36 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from proactive import function_names as fn
 from proactive import json_input
-from proactive.audience import AudienceMaterialiser, audience_tenants, stored_request
 from proactive.bot.welcome import WELCOME_PREFIX
-from proactive.broadcast_request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
-from proactive.csv_export import csv_text
-from proactive.errors import ConcurrencyConflict, InvalidInput, RecordNotFound
-from proactive.models import DeliveryRecord, DeliveryStatus, Notification, NotificationStatus
+from proactive.broadcast.audience import audience_tenants, stored_request
+from proactive.broadcast.export import DeliveriesPage, delivery_item, parse_page_size, parse_statuses
+from proactive.broadcast.ports import Orchestrations
+from proactive.broadcast.request import BroadcastLimits, BroadcastRequest, parse_broadcast_request
+from proactive.broadcast.status import ledger_counts, public_status, send_rate
+from proactive.errors import ConcurrencyConflict, InvalidInput
+from proactive.models import DeliveryStatus, Notification, NotificationStatus, Operation
 from proactive.orchestration import policies
 from proactive.orchestration.broadcast import child_instance_id
 from proactive.orchestration.runs import (
-    AudiencePageRequest,
     BroadcastRun,
-    CancelledRows,
-    LedgerCounts,
-    LedgerCountsRequest,
-    Operation,
-    RecordRequest,
-    TenantRows,
 )
 from proactive.orchestration.tenant_broadcast import lane_instance_id, redrive_instance_id
-from proactive.paging import decode_continuation, encode_continuation
-from proactive.ports import DeliveryLedger, NotificationStore
-from proactive.sender import SendBatchInput, SendBatchResult
+from proactive.storage.paging import decode_continuation, encode_continuation
+from proactive.storage.ports import DeliveryLedger, NotificationStore
 
-JsonSender = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-"""``send_batch`` on the wire: ``SendBatchInput`` JSON in, ``SendBatchResult`` JSON out."""
-
-TERMINAL: Final = frozenset({"Completed", "Failed", "Terminated", "Canceled"})
-MAX_PAGE_SIZE: Final = 1000
-DEFAULT_PAGE_SIZE: Final = 100
-CSV_COLUMNS: Final = (
-    "tenantId",
-    "recipientKey",
-    "status",
-    "attempts",
-    "activityId",
-    "errorCode",
-    "errorMessage",
-    "httpStatus",
-    "notBefore",
-    "updatedAt",
-)
 _OPERATION_SUFFIX: Final[Mapping[str, str]] = {"update": ".update", "delete": ".delete"}
 
 
 def operation_instance_id(notification_id: str, operation: Operation) -> str:
     """The ``broadcast`` instance of an operation: the id itself for ``send``, ``{id}.update`` / ``{id}.delete``."""
     return notification_id + _OPERATION_SUFFIX.get(operation, "")
-
-
-@dataclass(frozen=True)
-class OrchestrationState:
-    """What the service reads of an orchestration instance."""
-
-    runtime_status: str
-    custom_status: Any = None
-    output: Any = None
-    created_time: datetime | None = None
-    last_updated_time: datetime | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.runtime_status in TERMINAL
-
-
-class Orchestrations(Protocol):
-    """The part of the Durable client the service uses."""
-
-    async def start(self, name: str, instance_id: str, payload: dict[str, Any]) -> None:
-        """Start (or restart a finished) orchestration ``name`` under ``instance_id``."""
-
-    async def state(self, instance_id: str) -> OrchestrationState | None:
-        """The instance's status, or ``None`` when there is no such instance."""
-
-    async def raise_event(self, instance_id: str, name: str, data: Any) -> bool:
-        """Send an external event; ``False`` when the instance is missing or already finished."""
 
 
 @dataclass(frozen=True)
@@ -135,52 +83,6 @@ class Accepted:
         return body
 
 
-FINISHED_STATUSES: Final = frozenset({"completed", "cancelled", "failed"})
-
-
-def status_finished(body: Mapping[str, Any]) -> bool:
-    """Whether a ``status`` body describes a broadcast with nothing left running (``200``, else ``202``).
-
-    Finished means the send has ended (completed, cancelled or failed) and no update or recall of its
-    messages is still running.
-    """
-    operations = body.get("operations") or {}
-    return body.get("status") in FINISHED_STATUSES and all(
-        op.get("runtimeStatus") in TERMINAL for op in operations.values()
-    )
-
-
-@dataclass(frozen=True)
-class DeliveriesPage:
-    """One page of ledger rows as JSON items, and the continuation of the next page."""
-
-    items: list[dict[str, Any]]
-    continuation: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"items": self.items, "continuation": self.continuation}
-
-    def to_csv(self) -> str:
-        """RFC 4180 CSV with a header (:func:`~proactive.csv_export.csv_text`)."""
-
-        def row(item: dict[str, Any]) -> list[object]:
-            error = item.get("lastError") or {}
-            return [
-                item["tenantId"],
-                item["recipientKey"],
-                item["status"],
-                item["attempts"],
-                item.get("activityId", ""),
-                error.get("code", ""),
-                error.get("message", ""),
-                error.get("httpStatus", ""),
-                item.get("notBefore", ""),
-                item.get("updatedAt", ""),
-            ]
-
-        return csv_text(CSV_COLUMNS, (row(item) for item in self.items))
-
-
 def not_found(notification_id: str) -> InvalidInput:
     """404 with the contract body."""
     return InvalidInput(f"no broadcast with id {notification_id!r}", code="not_found", field="id", status=404)
@@ -189,36 +91,6 @@ def not_found(notification_id: str) -> InvalidInput:
 def conflict(code: str, message: str) -> InvalidInput:
     """409 with the contract body."""
     return InvalidInput(message, code=code, status=409)
-
-
-async def ledger_counts(
-    ledger: DeliveryLedger, notification_id: str, tenants: Sequence[str]
-) -> dict[str, int]:
-    """Rows by status summed over ``tenants``, every status present (0 when none), plus ``total``."""
-    counts = {status.value: 0 for status in DeliveryStatus}
-    for tenant in tenants:
-        for status, count in (await ledger.count_by_status(notification_id, tenant)).items():
-            counts[status.value] += count
-    counts["total"] = sum(counts.values())
-    return counts
-
-
-def delivery_item(record: DeliveryRecord) -> dict[str, Any]:
-    """The public JSON of one ledger row (no personalisation data: it may be personal)."""
-    item: dict[str, Any] = {
-        "tenantId": record.tenant_id,
-        "recipientKey": record.recipient_key,
-        "status": record.status.value,
-        "attempts": record.attempts,
-        "updatedAt": record.updated_at.isoformat(),
-    }
-    if record.activity_id:
-        item["activityId"] = record.activity_id
-    if record.last_error:
-        item["lastError"] = record.last_error.to_json()
-    if record.not_before:
-        item["notBefore"] = record.not_before.isoformat()
-    return item
 
 
 class BroadcastService:
@@ -330,7 +202,7 @@ class BroadcastService:
         return BroadcastRun(
             notification_id=request.notification_id,
             operation=operation,
-            urgency=request.urgency.value,
+            urgency=request.urgency,
             tenants=audience_tenants(request),
             send_at=send_at,
             batch_size=self._batch_size,
@@ -357,7 +229,7 @@ class BroadcastService:
         state = await self._orchestrations.state(notification_id)
         custom = state.custom_status if state and isinstance(state.custom_status, dict) else {}
         started_at, completed_at = custom.get("startedAt"), custom.get("completedAt")
-        public = _public_status(notification, state, custom)
+        public = public_status(notification, state, custom)
         if public == "completed" and any(counts.get(s.value, 0) for s in DeliveryStatus if not s.terminal):
             # The orchestration is done but rows are still on their way (installing, re-driven after a
             # hand-off, reconciled after a crash): their runs settle them, and until then it is running.
@@ -372,7 +244,9 @@ class BroadcastService:
             "sendAt": request.send_at.isoformat() if request.send_at else None,
             "startedAt": started_at,
             "completedAt": completed_at,
-            "rate": _rate(counts.get(DeliveryStatus.SENT.value, 0), started_at, completed_at, self._clock()),
+            "rate": send_rate(
+                counts.get(DeliveryStatus.SENT.value, 0), started_at, completed_at, self._clock()
+            ),
         }
         operations: dict[str, Any] = {}
         for operation in ("update", "delete"):
@@ -407,8 +281,8 @@ class BroadcastService:
         Raises:
             InvalidInput: 404 unknown id; 400 bad status, page size or continuation.
         """
-        wanted = _parse_statuses(statuses)
-        size = _parse_page_size(page_size)
+        wanted = parse_statuses(statuses)
+        size = parse_page_size(page_size)
         notification, _ = await self._require(notification_id)
         tenants = audience_tenants(stored_request(notification))
         index, table_token = 0, None
@@ -475,7 +349,7 @@ class BroadcastService:
             # (number SEND_LANES) may not exist yet, which raise_event tolerates.
             for lane in range(policies.SEND_LANES + 1):
                 await self._orchestrations.raise_event(lane_instance_id(child, lane), fn.CANCEL_EVENT, None)
-            # A re-drive run of the tenant (proactive.redrive) may sleep until a quiet window ends.
+            # A re-drive run of the tenant (proactive.delivery.redrive) may sleep until a quiet window ends.
             await self._orchestrations.raise_event(
                 redrive_instance_id(notification_id, tenant), fn.CANCEL_EVENT, None
             )
@@ -581,178 +455,3 @@ def _message_patch(body: bytes, limits: BroadcastLimits) -> Any:
             ],
         )
     return parsed["message"]
-
-
-def _parse_statuses(raw: str | None) -> list[DeliveryStatus] | None:
-    if not raw:
-        return None
-    wanted: list[DeliveryStatus] = []
-    for part in (p.strip() for p in raw.split(",")):
-        try:
-            wanted.append(DeliveryStatus(part))
-        except ValueError:
-            raise InvalidInput(
-                f"unknown status {part[:40]!r}; use {', '.join(s.value for s in DeliveryStatus)}",
-                code="invalid_status",
-                field="status",
-            ) from None
-    return wanted
-
-
-def _parse_page_size(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return DEFAULT_PAGE_SIZE
-    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (that was a 500).
-    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise InvalidInput(
-            f"pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}",
-            code="invalid_page_size",
-            field="pageSize",
-        )
-    return int(raw)
-
-
-def _public_status(
-    notification: Notification, state: OrchestrationState | None, custom: Mapping[str, Any]
-) -> str:
-    phase = custom.get("phase")
-    if (
-        state is not None
-        and state.runtime_status == "Completed"
-        and phase in ("completed", "cancelled", "failed")
-    ):
-        return str(phase)
-    if notification.status is NotificationStatus.CANCELLED:
-        return "cancelled" if state is None or state.terminal else "cancelling"
-    if state is None:
-        return notification.status.value
-    if state.runtime_status == "Failed":
-        return "failed"
-    if state.runtime_status in ("Terminated", "Canceled"):
-        return "cancelled"
-    if phase == "scheduled" or (
-        state.runtime_status == "Pending" and notification.status is NotificationStatus.SCHEDULED
-    ):
-        return "scheduled"
-    if state.runtime_status == "Completed":
-        return "completed"
-    return "running" if state.runtime_status == "Running" else "accepted"
-
-
-def _rate(sent: int, started_at: Any, completed_at: Any, now: datetime) -> dict[str, float] | None:
-    if not isinstance(started_at, str):
-        return None
-    start = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
-    end = (
-        datetime.fromisoformat(completed_at.replace("Z", "+00:00")) if isinstance(completed_at, str) else now
-    )
-    seconds = max((end - start).total_seconds(), 0.0)
-    return {
-        "sentPerSecond": round(sent / seconds, 3) if seconds > 0 else 0.0,
-        "elapsedSeconds": round(seconds, 3),
-    }
-
-
-class BroadcastSteps:
-    """What the broadcast activities do (one method per activity, JSON in and out).
-
-    Args:
-        notifications: notification store.
-        ledger: delivery ledger.
-        materialiser: audience materialiser.
-        sender: ``send_batch`` on the wire (the composition root wraps ``BatchSender``).
-        clock: current time.
-    """
-
-    def __init__(
-        self,
-        notifications: NotificationStore,
-        ledger: DeliveryLedger,
-        materialiser: AudienceMaterialiser,
-        sender: JsonSender,
-        *,
-        clock: Callable[[], datetime],
-    ) -> None:
-        self._notifications = notifications
-        self._ledger = ledger
-        self._materialiser = materialiser
-        self._sender = sender
-        self._clock = clock
-
-    async def materialise(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Activity ``materialise_audience``: ``{notificationId, tenantId, cursor}`` -> MaterialisePage."""
-        request = AudiencePageRequest.from_json(payload)
-        page = await self._materialiser.materialise(
-            request.notification_id, request.tenant_id, request.cursor
-        )
-        return page.to_json()
-
-    async def send_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Activity ``send_batch``: stop at the cancelled flag (sends only), else run the sender."""
-        batch = SendBatchInput.from_json(payload)
-        if batch.operation == "send":
-            found = await self._notifications.get(batch.notification_id)
-            if found is None or found.value.status is NotificationStatus.CANCELLED:
-                return SendBatchResult(cancelled=True).to_json()
-        result = await self._sender(payload)
-        return {**result, "cancelled": False}
-
-    async def cancel_remaining(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Activity ``cancel_remaining``: ``pending`` / ``deferred`` rows of a tenant -> ``cancelled``."""
-        rows = TenantRows.from_json(payload)
-        notification_id, tenant_id = rows.notification_id, rows.tenant_id
-        marked, continuation = 0, None
-        while True:
-            page = await self._ledger.list(
-                notification_id,
-                tenant_id,
-                statuses=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
-                continuation=continuation,
-            )
-            for row in page.items:
-                cancelled = row.value.model_copy(
-                    update={"status": DeliveryStatus.CANCELLED, "updated_at": self._clock()}
-                )
-                try:
-                    await self._ledger.replace(cancelled, row.etag)
-                    marked += 1
-                except ConcurrencyConflict:
-                    continue  # a sender claimed it first: it ends as sent (or failed), which is the truth
-            continuation = page.continuation
-            if continuation is None:
-                return CancelledRows(cancelled=marked).to_json()
-
-    async def progress(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Activity ``broadcast_progress``: ``{"counts": {...}}`` from the ledger."""
-        request = LedgerCountsRequest.from_json(payload)
-        counts = await ledger_counts(self._ledger, request.notification_id, request.tenants)
-        return LedgerCounts(counts=counts).to_json()
-
-    async def record(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Activity ``record_broadcast``: store the notification's status (and counts when tenants are given).
-
-        A ``cancelled`` notification stays cancelled whatever the orchestration reports afterwards.
-        """
-        request = RecordRequest.from_json(payload)
-        notification_id, status, tenants = request.notification_id, request.status, request.tenants
-        counts = await ledger_counts(self._ledger, notification_id, tenants) if tenants is not None else None
-        for _ in range(5):
-            found = await self._notifications.get(notification_id)
-            if found is None:
-                raise RecordNotFound(f"notification {notification_id} not found")
-            current = found.value
-            new_status = current.status if current.status is NotificationStatus.CANCELLED else status
-            snapshot = dict(current.counts)
-            if counts is not None:
-                snapshot = {**counts, "throttled": request.throttled}
-            try:
-                await self._notifications.replace(
-                    current.model_copy(
-                        update={"status": new_status, "counts": snapshot, "updated_at": self._clock()}
-                    ),
-                    found.etag,
-                )
-                break
-            except ConcurrencyConflict:
-                continue
-        return LedgerCounts(counts=counts).to_json()
