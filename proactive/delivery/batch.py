@@ -509,6 +509,8 @@ class BatchSender:
 
     async def _sent_candidates(self, request: SendBatchInput, marker: str, capacity: int) -> _Candidates:
         def due(record: DeliveryRecord) -> bool:
+            if request.parts > 1 and part_of(record.recipient_key, request.parts) != request.part:
+                return False  # another lane's part: update and delete lanes never share a row
             done = record.last_operation
             return record.activity_id is not None and done != marker and done != "delete"
 

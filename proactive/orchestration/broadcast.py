@@ -76,7 +76,7 @@ def _tenant_child(
     context: df.DurableOrchestrationContext, run: BroadcastRun, position: int, tenant: str
 ) -> Any:
     """The tenant's sub-orchestration: ``tenant_broadcast`` with its lanes, or for one batch's worth of rows
-    (and for update and delete, which run one lane) the lane itself under the same instance id, which saves
+    the lane itself under the same instance id, which saves
     the coordinator's two hops (a few hundred milliseconds on Azure) before the first message and after
     the last one."""
     tenant_run = TenantRun(

@@ -32,8 +32,9 @@ class TenantLanes:
     Sends with more than one batch of rows run :data:`~proactive.orchestration.policies.SEND_LANES` lanes,
     each over its own part of the rows (a stable hash of the recipient key), so lanes never race for a
     claim. When all of them completed, one more lane over every part (the sweep) sends rows that came back
-    after their lane had ended. Update and delete run one lane: they do not claim rows, so two lanes would
-    repeat each other's calls.
+    after their lane had ended. Update and delete run lanes too (their rows' count is not known up front),
+    but a lane whose part is done ends instead of helping: they do not claim rows, so two lanes on one part
+    would repeat each other's calls.
     """
 
     run: TenantRun
@@ -41,8 +42,6 @@ class TenantLanes:
     @property
     def width(self) -> int:
         """How many lanes run side by side."""
-        if self.run.operation != "send":
-            return 1
         if self.run.remaining is not None and self.run.remaining <= self.run.batch_size:
             return 1
         return policies.SEND_LANES
@@ -197,7 +196,7 @@ class LaneProgress:
         if result.next_deferred_at is not None:
             self.remaining = None
             return AfterBatch("wait", result.next_deferred_at)
-        if self.run.parts > 1:
+        if self.run.parts > 1 and self.run.operation == "send":
             # This lane's part is done: help with the others' rows (claims settle any race), so the lanes
             # end together instead of the last part's lane finishing alone at a fraction of the rate.
             self.run = self.run.model_copy(update={"part": 0, "parts": 1})

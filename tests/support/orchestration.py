@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -115,6 +116,7 @@ class FakeSender:
     quiet_until: dict[str, datetime] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     done_ops: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    op_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (operation, row) -> calls
     fail_times: int = 0
     fail_calls: set[int] = field(default_factory=set)
     request_times: list[float] = field(default_factory=list)  # when each request started (with a clock)
@@ -140,17 +142,18 @@ class FakeSender:
         nid, tenant, limit = payload["notificationId"], payload["tenantId"], payload["limit"]
         now, operation = _parse(payload["now"]), payload["operation"]
         result = {"attempted": 0, "sent": 0, "deferred": 0, "throttled": 0, "serverErrors": 0, "elapsedMs": 1}
+        mine = _in_part(payload.get("part", 0), payload.get("parts", 1))
         if operation != "send":
             done = self.done_ops.setdefault((nid, tenant, operation), set())
             sent = await self._rows(nid, tenant, [DeliveryStatus.SENT])
-            todo = [r for r in sent if r.recipient_key not in done]
+            todo = [r for r in sent if r.recipient_key not in done and mine(r)]
             for row in todo[:limit]:
                 done.add(row.recipient_key)
+                self.op_counts[(operation, row.recipient_key)] += 1
                 result["attempted"] += 1
                 result["sent"] += 1
             result["remaining"] = max(0, len(todo) - limit)
             return result
-        mine = _in_part(payload.get("part", 0), payload.get("parts", 1))
         due = await self._due(nid, tenant, now, limit, mine)
         for index, row in enumerate(due):
             claimed = await claim(ledger, nid, tenant, row.recipient_key, now)

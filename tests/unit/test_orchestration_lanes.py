@@ -51,11 +51,11 @@ def summary(outcome: str = "completed", sent: int = 0, **changes: object) -> Ten
         ({}, policies.SEND_LANES),  # rows not counted: assume many
         ({"remaining": 51, "batch_size": 50}, policies.SEND_LANES),
         ({"remaining": 50, "batch_size": 50}, 1),  # one batch's worth: a second lane would idle
-        ({"operation": "update"}, 1),  # update and delete claim nothing: lanes would repeat each other
-        ({"operation": "delete", "remaining": 500}, 1),
+        ({"operation": "update"}, policies.SEND_LANES),  # each lane on its own part (no helping)
+        ({"operation": "delete", "remaining": 500}, policies.SEND_LANES),
     ],
 )
-def test_a_tenant_runs_several_lanes_only_for_sends_of_more_than_one_batch(
+def test_a_tenant_runs_several_lanes_only_for_more_than_one_batch(
     changes: dict[str, object], width: int
 ) -> None:
     assert TenantLanes(tenant_run(**changes)).width == width
@@ -183,6 +183,14 @@ def test_a_lane_whose_part_is_done_goes_on_over_every_part() -> None:
     assert lane.record(result(sent=4, remaining=0)).next == "batch"
     assert (lane.run.part, lane.run.parts, lane.remaining) == (0, 1, None)
     assert lane.record(result(remaining=0)).next == "completed"
+
+
+@pytest.mark.parametrize("operation", ["update", "delete"])
+def test_an_update_or_delete_lane_whose_part_is_done_ends_instead_of_helping(operation: str) -> None:
+    # They claim nothing: a lane on another's part would call Teams again for the same messages.
+    lane = LaneProgress.start(tenant_run(part=2, parts=3, remaining=4, operation=operation))
+    assert lane.record(result(sent=4, remaining=0)).next == "completed"
+    assert (lane.run.part, lane.run.parts) == (2, 3)
 
 
 def test_rows_deferred_by_quiet_hours_make_the_lane_wait_for_the_earliest() -> None:
