@@ -27,6 +27,9 @@ name                                kind       what
 ``proactive.limiter.breaker_open``  gauge      1 while the tenant's breaker is open or half-open, else 0
 ``proactive.limiter.breaker``       counter    breaker phase changes, by tenant and the new phase
 ``proactive.dead_letters``          counter    dead letters written, by queue and reason
+``proactive.installs``              counter    Graph installs handled, by tenant and outcome (``installed``,
+                                               ``user_closed``, ``failed``, ``requeued``, ``poisoned``,
+                                               ``dead_lettered``)
 ``proactive.reconcile``             counter    rows reconciliation acted on, by action
 ==================================  =========  ==========================================================
 """
@@ -35,7 +38,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -98,6 +102,9 @@ class Telemetry:
         )
         self._dead_letters = meter.create_counter(
             "proactive.dead_letters", unit="{message}", description="Dead letters written"
+        )
+        self._installs = meter.create_counter(
+            "proactive.installs", unit="{install}", description="Graph installs handled, by outcome"
         )
         self._reconcile = meter.create_counter(
             "proactive.reconcile", unit="{row}", description="Rows reconciliation acted on"
@@ -195,6 +202,11 @@ class Telemetry:
     def dead_lettered(self, queue: str, reason: str | None) -> None:
         """A dead letter was written for ``queue``'s message."""
         self._dead_letters.add(1, {"queue": queue, "reason": reason or _NONE})
+
+    def installs_handled(self, tenant: str | None, outcomes: Iterable[str]) -> None:
+        """What one ``installs`` message did for each of its users (or its team)."""
+        for outcome, count in Counter(outcomes).items():
+            self._installs.add(count, {"tenant": tenant or _NONE, "outcome": outcome})
 
     def reconciled(self, *, reconciled: int, requeued: int, cancelled: int) -> None:
         """What one reconciliation run did, by action."""

@@ -22,17 +22,18 @@ Wiring only; the work is :class:`proactive.install.installs.InstallWorker`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from proactive import function_names as fn
-from proactive import orchestration
+from proactive import orchestration, telemetry
 from proactive.adapters.durable_client import DurableGraphPacer
 from proactive.composition import services
 from proactive.install.graph_pacing import MAX_WANT
-from proactive.install.installs import InstallWorker
+from proactive.install.installs import InstallHandled, InstallWorker
 from proactive.limiter import apply, tenant_defaults
 
 __all__ = ["blueprint"]
@@ -51,7 +52,11 @@ def blueprint() -> df.Blueprint:
     @bp.queue_trigger(arg_name="msg", queue_name=queue, connection="AzureWebJobsStorage")
     @bp.durable_client_input(client_name="client")
     async def installs(msg: func.QueueMessage, client: df.DurableOrchestrationClient) -> None:
-        await (await _worker(client)).handle(msg.get_body(), msg.dequeue_count or 1)
+        body = msg.get_body()
+        result = await (await _worker(client)).handle(body, msg.dequeue_count or 1)
+        outcomes = [handled.value for handled in result.by_user.values()] or [result.handled.value]
+        tenant = None if result.handled is InstallHandled.DEAD_LETTERED else _tenant_of(body)
+        telemetry.current().installs_handled(tenant, outcomes)
 
     @bp.function_name(fn.INSTALLS_POISON)
     @bp.queue_trigger(arg_name="msg", queue_name=queue + fn.POISON_SUFFIX, connection="AzureWebJobsStorage")
@@ -81,3 +86,12 @@ def blueprint() -> df.Blueprint:
         context.set_result(decision)
 
     return bp
+
+
+def _tenant_of(body: bytes) -> str | None:
+    """The tenant a parsed (so well-formed) ``installs`` message names, for the metric's attribute."""
+    try:
+        tenant = json.loads(body).get("tenantId")
+    except (ValueError, AttributeError):
+        return None
+    return tenant if isinstance(tenant, str) else None

@@ -148,6 +148,14 @@ def test_dead_letters_and_reconcile_actions_are_counted(recorded: Recorded) -> N
     assert recorded.total("proactive.dead_letters", reason="none") == 1
     assert recorded.total("proactive.reconcile", action="reconciled") == 2
     assert recorded.total("proactive.reconcile", action="requeued") == 3
+
+
+def test_install_outcomes_are_counted_by_tenant_and_outcome(recorded: Recorded) -> None:
+    recorded.telemetry.installs_handled(TENANT, ["installed", "installed", "user_closed"])
+    recorded.telemetry.installs_handled(None, ["dead_lettered"])
+    assert recorded.total("proactive.installs", tenant=TENANT, outcome="installed") == 2
+    assert recorded.total("proactive.installs", tenant=TENANT, outcome="user_closed") == 1
+    assert recorded.total("proactive.installs", tenant="none", outcome="dead_lettered") == 1
     assert not recorded.points("proactive.reconcile") or all(
         p.attributes["action"] != "cancelled" for p in recorded.points("proactive.reconcile")
     )
